@@ -1,0 +1,201 @@
+//! Job kinds and their arguments, parsed and checked against the limits.
+//!
+//! The master checks every job at submit time, so a bad argument is an
+//! `INVALID_ARGUMENT` naming the field and the limit and never reaches a
+//! worker; the worker parses the same text again with the same code.
+
+use crate::pb::JobKind;
+
+/// Limits on what a job may ask for. The master's flags set them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest n of a fib job.
+    pub max_fib_n: u64,
+    /// The most decimal digits of a prime job's n.
+    pub max_prime_digits: usize,
+    /// The longest sleep job, in milliseconds.
+    pub max_sleep_ms: u64,
+    /// The most jobs in one submit.
+    pub max_batch_jobs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_fib_n: 10_000_000,
+            max_prime_digits: 4_000,
+            max_sleep_ms: 24 * 3600 * 1000,
+            max_batch_jobs: 100_000,
+        }
+    }
+}
+
+/// A job's argument, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobArgs {
+    /// F(n).
+    Fib(u64),
+    /// Is n prime? n is the decimal text without leading zeros.
+    Prime(String),
+    /// Sleep this many milliseconds.
+    Sleep(u64),
+}
+
+impl JobArgs {
+    /// Parses `arg` for a job of `kind` (the wire's enum value), checking it
+    /// against `limits`. The error names what is wrong and the limit, not the
+    /// field: the caller knows where the argument came from.
+    pub fn parse(kind: i32, arg: &str, limits: &Limits) -> Result<JobArgs, String> {
+        match JobKind::try_from(kind) {
+            Ok(JobKind::Fib) => {
+                let n = parse_u64("fib n", arg)?;
+                if n > limits.max_fib_n {
+                    return Err(format!(
+                        "fib n {n} is over the limit of {} (master flag --max-fib-n)",
+                        limits.max_fib_n
+                    ));
+                }
+                Ok(JobArgs::Fib(n))
+            }
+            Ok(JobKind::Prime) => parse_prime(arg, limits.max_prime_digits).map(JobArgs::Prime),
+            Ok(JobKind::Sleep) => {
+                let ms = parse_u64("sleep ms", arg)?;
+                if ms > limits.max_sleep_ms {
+                    return Err(format!(
+                        "sleep ms {ms} is over the limit of {} (master flag --max-sleep-ms)",
+                        limits.max_sleep_ms
+                    ));
+                }
+                Ok(JobArgs::Sleep(ms))
+            }
+            Ok(JobKind::Unspecified) | Err(_) => Err(format!(
+                "unknown job kind {kind}; the kinds are fib (1), prime (2) and sleep (3)"
+            )),
+        }
+    }
+
+    /// The kind of this job.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobArgs::Fib(_) => JobKind::Fib,
+            JobArgs::Prime(_) => JobKind::Prime,
+            JobArgs::Sleep(_) => JobKind::Sleep,
+        }
+    }
+}
+
+/// The name of a kind as the CLI spells it.
+pub fn kind_name(kind: i32) -> &'static str {
+    match JobKind::try_from(kind) {
+        Ok(JobKind::Fib) => "fib",
+        Ok(JobKind::Prime) => "prime",
+        Ok(JobKind::Sleep) => "sleep",
+        _ => "unknown",
+    }
+}
+
+/// Parses a kind name as the CLI spells it.
+pub fn parse_kind(name: &str) -> Result<JobKind, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "fib" => Ok(JobKind::Fib),
+        "prime" => Ok(JobKind::Prime),
+        "sleep" => Ok(JobKind::Sleep),
+        _ => Err(format!(
+            "unknown job kind {name:?}; the kinds are fib, prime and sleep"
+        )),
+    }
+}
+
+fn parse_u64(what: &str, arg: &str) -> Result<u64, String> {
+    if arg.is_empty() {
+        return Err(format!("{what} is empty; expected a non-negative integer"));
+    }
+    if !arg.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{what} {:?} is not a non-negative decimal integer",
+            shorten(arg)
+        ));
+    }
+    arg.parse::<u64>()
+        .map_err(|_| format!("{what} {} does not fit in 64 bits", shorten(arg)))
+}
+
+fn parse_prime(arg: &str, max_digits: usize) -> Result<String, String> {
+    if arg.is_empty() {
+        return Err("prime n is empty; expected a non-negative decimal integer".into());
+    }
+    if arg.len() > max_digits {
+        return Err(format!(
+            "prime n has {} characters, over the limit of {max_digits} digits (master flag --max-prime-digits)",
+            arg.len()
+        ));
+    }
+    if let Some(pos) = arg.bytes().position(|b| !b.is_ascii_digit()) {
+        return Err(format!(
+            "prime n {:?} is not a non-negative decimal integer (character {} is {:?})",
+            shorten(arg),
+            pos + 1,
+            arg[pos..].chars().next().unwrap_or('?')
+        ));
+    }
+    let trimmed = arg.trim_start_matches('0');
+    Ok(if trimmed.is_empty() { "0" } else { trimmed }.to_string())
+}
+
+/// Cuts long text for an error message, saying how long it was.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 40;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(kind: JobKind, arg: &str) -> Result<JobArgs, String> {
+        JobArgs::parse(kind as i32, arg, &Limits::default())
+    }
+
+    #[test]
+    fn parses_good_arguments() {
+        assert_eq!(parse(JobKind::Fib, "20"), Ok(JobArgs::Fib(20)));
+        assert_eq!(parse(JobKind::Fib, "10000000"), Ok(JobArgs::Fib(10_000_000)));
+        assert_eq!(
+            parse(JobKind::Prime, "0017"),
+            Ok(JobArgs::Prime("17".into()))
+        );
+        assert_eq!(parse(JobKind::Prime, "000"), Ok(JobArgs::Prime("0".into())));
+        assert_eq!(parse(JobKind::Sleep, "500"), Ok(JobArgs::Sleep(500)));
+    }
+
+    #[test]
+    fn refuses_bad_arguments_naming_the_limit() {
+        assert!(parse(JobKind::Fib, "-1").unwrap_err().contains("non-negative"));
+        let e = parse(JobKind::Fib, "1000000000000").unwrap_err();
+        assert!(e.contains("10000000") && e.contains("--max-fib-n"), "{e}");
+        let e = parse(JobKind::Fib, "99999999999999999999999").unwrap_err();
+        assert!(e.contains("64 bits"), "{e}");
+        let e = parse(JobKind::Prime, "12a").unwrap_err();
+        assert!(e.contains("character 3"), "{e}");
+        assert!(parse(JobKind::Prime, "").unwrap_err().contains("empty"));
+        let e = parse(JobKind::Prime, &"7".repeat(100_000)).unwrap_err();
+        assert!(e.contains("100000") && e.contains("4000"), "{e}");
+        let e = JobArgs::parse(9, "1", &Limits::default()).unwrap_err();
+        assert!(e.contains("unknown job kind 9"), "{e}");
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in [JobKind::Fib, JobKind::Prime, JobKind::Sleep] {
+            assert_eq!(parse_kind(kind_name(kind as i32)), Ok(kind));
+        }
+        assert!(parse_kind("fibonacci").is_err());
+    }
+}

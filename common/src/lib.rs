@@ -1,0 +1,43 @@
+//! Shared pieces of drover: the generated wire protocol, job specs and their
+//! validation, limits, errors mapped to gRPC codes, and small helpers for
+//! endpoints, durations, shutdown and logging.
+//!
+//! # Layout
+//!
+//! - [`pb`]: the code generated from `proto/drover/v1/drover.proto`.
+//! - [`job`]: job kinds and arguments, parsed and checked against [`Limits`].
+//! - [`error`]: the error codes of the services, mapped once to gRPC codes.
+//! - [`net`]: how every gRPC endpoint is tuned and connected.
+//! - [`util`]: durations, ranges, shutdown signals and tracing set-up.
+//!
+//! No I/O policy lives here: the master, the worker and the CLI decide that.
+
+pub mod error;
+pub mod job;
+pub mod net;
+pub mod util;
+
+pub use error::Error;
+pub use job::{JobArgs, Limits};
+
+/// Code generated from the protocol.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("drover.v1");
+
+    /// The encoded descriptor set of the protocol, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/drover_descriptor.bin"));
+}
+
+/// The wire protocol version a worker announces in its hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The version of this build of drover.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The address the master listens on, and the others dial, by default.
+pub const DEFAULT_MASTER_ADDR: &str = "127.0.0.1:50051";
+
+/// The URL the worker and the CLI dial by default.
+pub const DEFAULT_MASTER_URL: &str = "http://127.0.0.1:50051";

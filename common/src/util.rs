@@ -1,0 +1,146 @@
+//! Durations, ranges, shutdown signals and tracing set-up.
+
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Parses a duration such as `500ms`, `2s`, `1.5s`, `3m`, `1h` or `250`
+/// (milliseconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "ms"),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 500ms, 2s, 1m, 1h"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => return Err(format!("bad duration unit {unit:?} in {s:?}: use ms, s, m, h or d")),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Expands job arguments: `A..B` (exclusive, like Python's range), `A..=B`,
+/// or a single value kept as it is. At most `max` values come out.
+pub fn expand_args(args: &[String], max: usize) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for arg in args {
+        if let Some((a, b, inclusive)) = split_range(arg) {
+            let a: u64 = a
+                .parse()
+                .map_err(|_| format!("range {arg:?}: start {a:?} is not a non-negative integer"))?;
+            let b: u64 = b
+                .parse()
+                .map_err(|_| format!("range {arg:?}: end {b:?} is not a non-negative integer"))?;
+            let end = if inclusive { b.checked_add(1) } else { Some(b) }
+                .ok_or_else(|| format!("range {arg:?} ends past the largest integer"))?;
+            if end < a {
+                return Err(format!("range {arg:?} runs backwards"));
+            }
+            let count = end - a;
+            if out.len() as u64 + count > max as u64 {
+                return Err(format!(
+                    "range {arg:?} makes {count} jobs; at most {max} fit in one request"
+                ));
+            }
+            out.extend((a..end).map(|v| v.to_string()));
+        } else {
+            if out.len() >= max {
+                return Err(format!("more than {max} jobs in one request"));
+            }
+            out.push(arg.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn split_range(arg: &str) -> Option<(&str, &str, bool)> {
+    if let Some((a, b)) = arg.split_once("..=") {
+        Some((a, b, true))
+    } else {
+        arg.split_once("..").map(|(a, b)| (a, b, false))
+    }
+}
+
+/// Returns a token cancelled on the first SIGINT or SIGTERM; a second signal
+/// exits the process at once with status 130.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("signal received, shutting down (a second signal stops at once)");
+        t.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal, exiting now");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Sets up tracing to stderr with RUST_LOG (default `info`), as text or as
+/// JSON lines.
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("2 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn ranges_like_python() {
+        let v = |s: &[&str]| expand_args(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 100);
+        assert_eq!(v(&["2..5"]).unwrap(), ["2", "3", "4"]);
+        assert_eq!(v(&["2..=4"]).unwrap(), ["2", "3", "4"]);
+        assert_eq!(v(&["3..3"]).unwrap(), Vec::<String>::new());
+        assert_eq!(v(&["7", "1..=2"]).unwrap(), ["7", "1", "2"]);
+        assert!(v(&["5..2"]).unwrap_err().contains("backwards"));
+        assert!(v(&["0..1000"]).unwrap_err().contains("at most 100"));
+        assert!(v(&["a..3"]).unwrap_err().contains("start"));
+    }
+}
