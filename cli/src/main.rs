@@ -1,1 +1,376 @@
-fn main() {}
+//! `drover`: the command-line client (submit, map, apply, get, watch,
+//! cancel, status, jobs, health) and the demo, which runs a master and a
+//! worker inside this one process.
+//!
+//! Every command talks to the master only through the `Queue` service.
+//! Failures print one line on stderr and exit non-zero: 1 for an error,
+//! 2 when jobs failed or were cancelled.
+
+mod client;
+mod demo;
+mod output;
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use drover_common::job::parse_kind;
+use drover_common::util::parse_duration;
+use output::Format;
+use serde_json::json;
+
+use crate::client::{Client, JobOptions, expand, succeeded};
+
+/// drover: a distributed task queue. Submit jobs, wait for them, watch them
+/// finish, cancel them.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version)]
+struct Cli {
+    /// The master's URL.
+    #[arg(long, global = true, env = "DROVER_MASTER", default_value = drover_common::DEFAULT_MASTER_URL)]
+    master: String,
+    /// Output: text for people, json for scripts (one document, or one
+    /// line per job).
+    #[arg(long, global = true, env = "DROVER_OUTPUT", default_value = "text", value_parser = ["text", "json"])]
+    output: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submits jobs as one batch and prints the batch id and the job ids.
+    Submit(JobCommand),
+    /// Submits jobs and prints their results in submission order.
+    Map {
+        #[command(flatten)]
+        job: JobCommand,
+        /// Never show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Runs one job and waits for its result.
+    Apply(JobCommand),
+    /// Prints a job, or every job of a batch.
+    Get {
+        /// A job id or a batch id.
+        id: String,
+        /// Wait until the jobs are finished.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long (e.g. 30s).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Prints a batch's results as they finish.
+    Watch {
+        /// The batch id.
+        batch: String,
+        /// In submission order instead of completion order.
+        #[arg(long)]
+        ordered: bool,
+    },
+    /// Cancels a job or every unfinished job of a batch; running jobs have
+    /// their process killed.
+    Cancel {
+        /// A job id or a batch id.
+        id: String,
+    },
+    /// Shows workers, queue depth by state, and throughput.
+    Status,
+    /// Lists jobs in a state, oldest first.
+    Jobs {
+        /// queued, running, succeeded, failed, cancelled or all.
+        #[arg(long, default_value = "all")]
+        state: String,
+        /// Only jobs of this batch.
+        #[arg(long)]
+        batch: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Exits 0 when the master's health service says it is serving.
+    Health {
+        /// Give up after this long.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Runs the lessons of the Python notes on an embedded master and worker.
+    Demo {
+        /// Child processes of the embedded worker; default: the cores.
+        #[arg(long, env = "DROVER_PROCESSES")]
+        processes: Option<usize>,
+    },
+}
+
+/// What to run, and how.
+#[derive(Debug, Args)]
+struct JobCommand {
+    /// fib, prime or sleep.
+    kind: String,
+    /// Arguments: values, or ranges A..B (end excluded) and A..=B.
+    #[arg(required = true)]
+    args: Vec<String>,
+    /// Higher runs first.
+    #[arg(long, env = "DROVER_PRIORITY", default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Kill a job's process when it runs longer than this (e.g. 500ms, 2s).
+    #[arg(long, env = "DROVER_TIMEOUT", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Attempts before a job is FAILED; default: the master's (3).
+    #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 0)]
+    max_attempts: u32,
+    /// A second submit with the same key returns the first job's id.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+impl JobCommand {
+    fn options(&self) -> JobOptions {
+        JobOptions {
+            priority: self.priority,
+            timeout: self.timeout,
+            max_attempts: self.max_attempts,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+}
+
+/// Jobs per submit when `map` splits a long range.
+const MAP_CHUNK: usize = 50_000;
+
+fn main() {
+    // The demo's worker starts children of this binary.
+    drover_worker::child::run_if_child();
+    let cli = Cli::parse();
+    // The CLI speaks through its output; logs only for what went wrong.
+    drover_common::util::init_tracing(false, "warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("drover: {}", format!("{e:#}").replace('\n', " "));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let format = if cli.output == "json" {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    match cli.command {
+        Command::Demo { processes } => return demo::run(processes).await,
+        Command::Health { timeout } => return health(&cli.master, timeout).await,
+        _ => {}
+    }
+    let client = Client::connect(&cli.master).await?;
+    match cli.command {
+        Command::Submit(job) => {
+            let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
+            let resp = client.submit(kind, expand(&job.args)?, &job.options()).await?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    json!({"batch_id": resp.batch_id, "job_ids": resp.job_ids})
+                ),
+                Format::Text => {
+                    println!("batch {}", resp.batch_id);
+                    for id in &resp.job_ids {
+                        println!("{id}");
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Map { job, no_progress } => map(&client, format, &job, no_progress).await,
+        Command::Apply(job) => {
+            let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
+            let args = expand(&job.args)?;
+            anyhow::ensure!(
+                args.len() == 1,
+                "apply runs one job; got {} arguments (use map for many)",
+                args.len()
+            );
+            let resp = client.submit(kind, args, &job.options()).await?;
+            let got = client.get(vec![], Some(resp.batch_id), true, None).await?;
+            print_all(format, &got.jobs)
+        }
+        Command::Get { id, wait, timeout } => {
+            let got = client.get(vec![id], None, wait, timeout).await?;
+            let code = print_all(format, &got.jobs)?;
+            if wait && !got.complete {
+                anyhow::bail!("timed out waiting: some jobs are not finished");
+            }
+            Ok(code)
+        }
+        Command::Watch { batch, ordered } => {
+            let mut failed = 0usize;
+            client
+                .watch(&batch, ordered, |jobs, _, _| {
+                    for j in jobs {
+                        failed += usize::from(!succeeded(j));
+                        output::print_job(format, j);
+                    }
+                })
+                .await?;
+            Ok(if failed > 0 { 2 } else { 0 })
+        }
+        Command::Cancel { id } => {
+            let resp = client.cancel(&id).await?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    json!({"cancelled": resp.cancelled, "already_finished": resp.already_finished})
+                ),
+                Format::Text => println!(
+                    "cancelled {} job(s); {} had already finished",
+                    resp.cancelled, resp.already_finished
+                ),
+            }
+            Ok(0)
+        }
+        Command::Status => {
+            let stats = client.stats().await?;
+            match format {
+                Format::Json => println!("{}", output::stats_json(&stats)),
+                Format::Text => print!("{}", output::stats_text(&stats)),
+            }
+            Ok(0)
+        }
+        Command::Jobs {
+            state,
+            batch,
+            limit,
+        } => {
+            let state = output::parse_state(&state).map_err(anyhow::Error::msg)?;
+            let resp = client.list(state, batch, limit).await?;
+            for j in &resp.jobs {
+                match format {
+                    Format::Json => println!("{}", output::job_json(j)),
+                    Format::Text => println!(
+                        "{}\t{}\t{} {}\t{}\t{}",
+                        j.job_id,
+                        output::state_name(j.state),
+                        drover_common::job::kind_name(j.kind),
+                        j.arg,
+                        j.attempts,
+                        if j.error.is_empty() { "-" } else { &j.error }
+                    ),
+                }
+            }
+            if resp.truncated {
+                eprintln!("drover: more jobs matched; showing the first {}", resp.jobs.len());
+            }
+            Ok(0)
+        }
+        Command::Demo { .. } | Command::Health { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Prints jobs; 2 if any did not succeed.
+fn print_all(format: Format, jobs: &[drover_common::pb::JobInfo]) -> anyhow::Result<i32> {
+    for j in jobs {
+        output::print_job(format, j);
+    }
+    let bad = jobs.iter().filter(|j| !succeeded(j)).count();
+    if bad > 0 {
+        eprintln!("drover: {bad} of {} job(s) did not succeed", jobs.len());
+        return Ok(2);
+    }
+    Ok(0)
+}
+
+async fn map(client: &Client, format: Format, job: &JobCommand, no_progress: bool) -> anyhow::Result<i32> {
+    let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
+    let args = expand(&job.args)?;
+    let total = args.len();
+    let opts = job.options();
+    // Submit every chunk first so the workers stay busy while we read.
+    let mut batches = Vec::new();
+    for chunk in args.chunks(MAP_CHUNK) {
+        batches.push(client.submit(kind, chunk.to_vec(), &opts).await?.batch_id);
+    }
+    let bar = if !no_progress && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} jobs  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut failed = 0usize;
+    for batch in &batches {
+        client
+            .watch(batch, true, |jobs, _, _| {
+                for j in jobs {
+                    failed += usize::from(!succeeded(j));
+                    match &bar {
+                        Some(bar) => bar.suspend(|| output::print_job(format, j)),
+                        None => output::print_job(format, j),
+                    }
+                }
+                if let Some(bar) = &bar {
+                    bar.inc(jobs.len() as u64);
+                }
+            })
+            .await?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if failed > 0 {
+        eprintln!("drover: {failed} of {total} job(s) did not succeed");
+        return Ok(2);
+    }
+    Ok(0)
+}
+
+async fn health(url: &str, timeout: Duration) -> anyhow::Result<i32> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let check = async {
+        let channel = drover_common::net::connect(url).await.map_err(anyhow::Error::msg)?;
+        let resp = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(client::status_error)?;
+        anyhow::Ok(resp.into_inner().status())
+    };
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            println!("serving");
+            Ok(0)
+        }
+        Ok(Ok(status)) => anyhow::bail!("the master at {url} is {}", status.as_str_name()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => anyhow::bail!("no answer from {url} within {timeout:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+}

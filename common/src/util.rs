@@ -102,11 +102,12 @@ async fn wait_signal() {
     }
 }
 
-/// Sets up tracing to stderr with RUST_LOG (default `info`), as text or as
-/// JSON lines.
-pub fn init_tracing(json: bool) {
+/// Sets up tracing to stderr with RUST_LOG (default `default_level`), as
+/// text or as JSON lines.
+pub fn init_tracing(json: bool, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -1,1 +1,45 @@
-fn main() {}
+//! `drover-master`: parses flags, sets up logging, binds and serves.
+
+use clap::Parser;
+
+/// drover's master: the task queue and result store behind gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "drover-master", version)]
+struct Cli {
+    #[command(flatten)]
+    master: drover_master::MasterArgs,
+    /// Log format on stderr: text or json.
+    #[arg(long, env = "DROVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    drover_common::util::init_tracing(cli.log_format == "json", "info");
+    if let Err(e) = serve(cli).await {
+        eprintln!("drover-master: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.master.config()?;
+    let (listener, addr) = drover_master::bind(&cli.master.listen).await?;
+    // Scripts and tests read the bound port from this one stdout line.
+    println!("drover-master listening on {addr}");
+    tracing::info!(%addr, "listening");
+    let shutdown = drover_common::util::shutdown_on_signals();
+    drover_master::run(config, listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,152 @@
-//! drover worker.
+//! drover's worker: keeps a session with the master, runs CPU jobs in a
+//! fixed pool of long-lived child processes and IO jobs on async slots, and
+//! streams the results back.
+//!
+//! # Layout
+//!
+//! - [`session`]: the `Workers.Connect` stream, reopened with backoff.
+//! - [`engine`]: the one task that owns the jobs held, the pool and the
+//!   credit granted to the master.
+//! - [`pool`]: the child processes, their pipes, and their replacement.
+//! - [`child`]: the hidden child mode of the binary, and the frame format.
+//! - [`kinds`]: the job kinds (fib, prime); sleep lives in the engine.
+//!
+//! One job's path: the master assigns it within our credit; the engine
+//! queues it and hands it to an idle child in a frame with others; the
+//! child runs it and answers; the engine sends the result in the next
+//! `Results` message and grants the credit back.
+
+pub mod child;
+pub(crate) mod engine;
+pub mod kinds;
+pub mod pool;
+pub mod session;
+
+use std::time::Duration;
+
+use drover_common::{PROTOCOL_VERSION, VERSION, pb};
+use tokio_util::sync::CancellationToken;
+
+/// The worker's flags; every one has a DROVER_* environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// The master's URL.
+    #[arg(long, env = "DROVER_MASTER", default_value = drover_common::DEFAULT_MASTER_URL)]
+    pub master: String,
+    /// Child processes for CPU jobs; default: the cores available.
+    #[arg(long, env = "DROVER_PROCESSES")]
+    pub processes: Option<usize>,
+    /// Concurrent IO (sleep) jobs.
+    #[arg(long, env = "DROVER_IO_SLOTS", default_value_t = 1024)]
+    pub io_slots: u32,
+    /// This worker's name in `drover status`; default: host name and pid.
+    #[arg(long, env = "DROVER_NAME")]
+    pub name: Option<String>,
+    /// The most CPU jobs held beyond the running ones. The worker holds fewer
+    /// when jobs are long, so that it never hoards the queue.
+    #[arg(long, env = "DROVER_PREFETCH", default_value_t = 256)]
+    pub prefetch: u64,
+    /// Replace a child after it has run this many jobs; 0 never.
+    #[arg(long, env = "DROVER_MAX_JOBS_PER_CHILD", default_value_t = 0)]
+    pub max_jobs_per_child: u64,
+    /// On SIGTERM or SIGINT, how long running jobs may take to finish.
+    #[arg(long, env = "DROVER_GRACE", default_value = "30s", value_parser = drover_common::util::parse_duration)]
+    pub grace: Duration,
+}
+
+impl WorkerArgs {
+    /// Checks the flags and makes the config.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let processes = match self.processes {
+            Some(0) => anyhow::bail!("--processes must be at least 1"),
+            Some(n) if n > 1024 => anyhow::bail!("--processes {n} is over the limit of 1024"),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        anyhow::ensure!(
+            self.io_slots <= 1_000_000,
+            "--io-slots {} is over the limit of 1000000",
+            self.io_slots
+        );
+        anyhow::ensure!(
+            self.prefetch <= 100_000,
+            "--prefetch {} is over the limit of 100000",
+            self.prefetch
+        );
+        let host = host_name();
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+        Ok(Config {
+            master: self.master.clone(),
+            processes,
+            io_slots: self.io_slots,
+            name,
+            host,
+            prefetch: self.prefetch,
+            max_jobs_per_child: self.max_jobs_per_child,
+            grace: self.grace,
+        })
+    }
+}
+
+/// The worker's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The master's URL.
+    pub master: String,
+    /// Child processes for CPU jobs.
+    pub processes: usize,
+    /// Concurrent IO jobs.
+    pub io_slots: u32,
+    /// Name shown by `drover status`.
+    pub name: String,
+    /// Host name shown by `drover status`.
+    pub host: String,
+    /// The most CPU jobs held beyond the running ones.
+    pub prefetch: u64,
+    /// Recycle a child after this many jobs; 0 never.
+    pub max_jobs_per_child: u64,
+    /// How long a drain waits for running jobs.
+    pub grace: Duration,
+}
+
+/// The machine's host name, or "unknown".
+pub fn host_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs the worker until `shutdown` is cancelled and it has drained.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let hello = pb::Hello {
+        protocol: PROTOCOL_VERSION,
+        name: config.name.clone(),
+        host: config.host.clone(),
+        cpu_slots: config.processes as u32,
+        io_slots: config.io_slots,
+        version: VERSION.to_string(),
+        pid: std::process::id(),
+    };
+    let (session_tx, session_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop_session = CancellationToken::new();
+    let closing = CancellationToken::new();
+    let session = tokio::spawn(session::maintain(
+        config.master.clone(),
+        hello,
+        session_tx,
+        stop_session.clone(),
+        closing.clone(),
+    ));
+    tracing::info!(
+        name = %config.name, master = %config.master, processes = config.processes,
+        io_slots = config.io_slots, "worker starting"
+    );
+    let result = engine::Engine::run(config, session_rx, closing, shutdown).await;
+    stop_session.cancel();
+    let _ = session.await;
+    result
+}

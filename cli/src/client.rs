@@ -1,0 +1,185 @@
+//! The client side of the `Queue` service: submitting, waiting, watching,
+//! cancelling. The commands and the demo share it.
+
+use std::time::Duration;
+
+use drover_common::pb::queue_client::QueueClient;
+use drover_common::pb::{self, JobState};
+use drover_common::{net, util};
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+/// A connected client.
+#[derive(Clone)]
+pub(crate) struct Client {
+    queue: QueueClient<Channel>,
+}
+
+/// Options shared by every job of a submit.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobOptions {
+    pub(crate) priority: i32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) max_attempts: u32,
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// Turns a gRPC status into a one-line error for a person.
+pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
+    let code = match s.code() {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::ResourceExhausted => "limit reached",
+        tonic::Code::Unavailable => "master unavailable",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::DeadlineExceeded => "timed out",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        _ => "error",
+    };
+    anyhow::anyhow!("{code}: {}", s.message())
+}
+
+impl Client {
+    /// Connects to the master at `url`.
+    pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
+        let channel = net::connect(url).await.map_err(anyhow::Error::msg)?;
+        Ok(Client {
+            queue: QueueClient::new(channel)
+                .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(net::MAX_MESSAGE_BYTES),
+        })
+    }
+
+    /// Submits one batch of jobs of one kind.
+    pub(crate) async fn submit(
+        &self,
+        kind: pb::JobKind,
+        args: Vec<String>,
+        opts: &JobOptions,
+    ) -> anyhow::Result<pb::SubmitResponse> {
+        let timeout_ms = opts.timeout.map_or(0, |d| d.as_millis().max(1) as u64);
+        let jobs = args
+            .into_iter()
+            .enumerate()
+            .map(|(i, arg)| pb::JobSpec {
+                kind: kind as i32,
+                arg,
+                priority: opts.priority,
+                timeout_ms,
+                max_attempts: opts.max_attempts,
+                idempotency_key: match &opts.idempotency_key {
+                    // One key per job: the key, then the position for a batch.
+                    Some(k) if i == 0 => k.clone(),
+                    Some(k) => format!("{k}#{i}"),
+                    None => String::new(),
+                },
+            })
+            .collect();
+        let resp = self
+            .queue
+            .clone()
+            .submit(pb::SubmitRequest { jobs })
+            .await
+            .map_err(status_error)?;
+        Ok(resp.into_inner())
+    }
+
+    /// Reads jobs (an id or a batch id), waiting if asked.
+    pub(crate) async fn get(
+        &self,
+        ids: Vec<String>,
+        batch: Option<String>,
+        wait: bool,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<pb::GetResponse> {
+        let req = pb::GetRequest {
+            job_ids: ids,
+            batch_id: batch.unwrap_or_default(),
+            wait,
+            timeout_ms: timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+        };
+        let resp = self.queue.clone().get(req).await.map_err(status_error)?;
+        Ok(resp.into_inner())
+    }
+
+    /// Streams a batch's results; `on_jobs` sees each message's jobs with
+    /// the batch's done and total counts.
+    pub(crate) async fn watch(
+        &self,
+        batch: &str,
+        ordered: bool,
+        mut on_jobs: impl FnMut(&[pb::JobInfo], u32, u32),
+    ) -> anyhow::Result<()> {
+        let mut stream = self
+            .queue
+            .clone()
+            .watch(pb::WatchRequest {
+                batch_id: batch.to_string(),
+                ordered,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(status_error)?;
+            on_jobs(&msg.jobs, msg.done, msg.total);
+        }
+        Ok(())
+    }
+
+    /// Cancels a job or a batch.
+    pub(crate) async fn cancel(&self, id: &str) -> anyhow::Result<pb::CancelResponse> {
+        let resp = self
+            .queue
+            .clone()
+            .cancel(pb::CancelRequest {
+                job_ids: vec![id.to_string()],
+                batch_id: String::new(),
+            })
+            .await
+            .map_err(status_error)?;
+        Ok(resp.into_inner())
+    }
+
+    /// Queue depth, workers and throughput.
+    pub(crate) async fn stats(&self) -> anyhow::Result<pb::StatsResponse> {
+        let resp = self
+            .queue
+            .clone()
+            .stats(pb::StatsRequest {})
+            .await
+            .map_err(status_error)?;
+        Ok(resp.into_inner())
+    }
+
+    /// Jobs in a state.
+    pub(crate) async fn list(
+        &self,
+        state: JobState,
+        batch: Option<String>,
+        limit: u32,
+    ) -> anyhow::Result<pb::ListJobsResponse> {
+        let resp = self
+            .queue
+            .clone()
+            .list_jobs(pb::ListJobsRequest {
+                state: state as i32,
+                limit,
+                batch_id: batch.unwrap_or_default(),
+            })
+            .await
+            .map_err(status_error)?;
+        Ok(resp.into_inner())
+    }
+}
+
+/// Expands the CLI's job arguments (values and ranges).
+pub(crate) fn expand(args: &[String]) -> anyhow::Result<Vec<String>> {
+    util::expand_args(args, 1_000_000).map_err(anyhow::Error::msg)
+}
+
+/// Whether a job ended well.
+pub(crate) fn succeeded(job: &pb::JobInfo) -> bool {
+    job.state == JobState::Succeeded as i32
+}

@@ -1,0 +1,172 @@
+//! How jobs and figures are shown: one text line per job for people, one
+//! JSON document or JSON line per result for scripts.
+
+use drover_common::job::kind_name;
+use drover_common::pb::{self, JobState, job_output};
+use serde_json::{Value, json};
+
+/// The output format chosen with `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Text,
+    Json,
+}
+
+/// The name of a state as the CLI spells it.
+pub(crate) fn state_name(state: i32) -> &'static str {
+    match JobState::try_from(state) {
+        Ok(JobState::Queued) => "queued",
+        Ok(JobState::Running) => "running",
+        Ok(JobState::Succeeded) => "succeeded",
+        Ok(JobState::Failed) => "failed",
+        Ok(JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// Parses a state name, or `all`.
+pub(crate) fn parse_state(name: &str) -> Result<JobState, String> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "queued" => JobState::Queued,
+        "running" => JobState::Running,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        "cancelled" | "canceled" => JobState::Cancelled,
+        "all" => JobState::Unspecified,
+        _ => {
+            return Err(format!(
+                "unknown state {name:?}; use queued, running, succeeded, failed, cancelled or all"
+            ));
+        }
+    })
+}
+
+/// The result of a job as text: F(n), True/False, or the time slept.
+pub(crate) fn result_text(job: &pb::JobInfo) -> String {
+    match job.output.as_ref().and_then(|o| o.value.as_ref()) {
+        Some(job_output::Value::Fib(v)) => v.clone(),
+        Some(job_output::Value::Prime(p)) => {
+            if p.is_prime { "True" } else { "False" }.to_string()
+        }
+        Some(job_output::Value::SleptMs(ms)) => format!("slept {ms}ms"),
+        None => match JobState::try_from(job.state) {
+            Ok(JobState::Failed) => format!("FAILED: {}", job.error),
+            Ok(JobState::Cancelled) => "CANCELLED".into(),
+            _ => state_name(job.state).to_uppercase(),
+        },
+    }
+}
+
+/// A job as one JSON object.
+pub(crate) fn job_json(job: &pb::JobInfo) -> Value {
+    let (result, certainty) = match job.output.as_ref().and_then(|o| o.value.as_ref()) {
+        Some(job_output::Value::Fib(v)) => (json!(v), None),
+        Some(job_output::Value::Prime(p)) => (
+            json!(p.is_prime),
+            Some(match pb::Certainty::try_from(p.certainty) {
+                Ok(pb::Certainty::Proven) => "proven",
+                Ok(pb::Certainty::Probable) => "probable",
+                _ => "unknown",
+            }),
+        ),
+        Some(job_output::Value::SleptMs(ms)) => (json!(ms), None),
+        None => (Value::Null, None),
+    };
+    let mut v = json!({
+        "job_id": job.job_id,
+        "batch_id": job.batch_id,
+        "index": job.index,
+        "kind": kind_name(job.kind),
+        "arg": job.arg,
+        "state": state_name(job.state),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+        "worker": job.worker,
+        "run_us": job.run_us,
+        "result": result,
+        "error": if job.error.is_empty() { Value::Null } else { json!(job.error) },
+        "attempt_errors": job.attempt_errors,
+    });
+    if let Some(c) = certainty {
+        v["certainty"] = json!(c);
+    }
+    v
+}
+
+/// Prints one job.
+pub(crate) fn print_job(format: Format, job: &pb::JobInfo) {
+    match format {
+        Format::Json => println!("{}", job_json(job)),
+        Format::Text => println!("{}\t{}", job.arg, result_text(job)),
+    }
+}
+
+/// `Stats` as JSON.
+pub(crate) fn stats_json(s: &pb::StatsResponse) -> Value {
+    json!({
+        "version": s.version,
+        "uptime_s": s.uptime_s,
+        "queued": s.queued,
+        "running": s.running,
+        "succeeded": s.succeeded,
+        "failed": s.failed,
+        "cancelled": s.cancelled,
+        "jobs_per_s": s.jobs_per_s,
+        "late_results_dropped": s.late_results_dropped,
+        "retried": s.retried,
+        "workers": s.workers.iter().map(|w| json!({
+            "worker_id": w.worker_id,
+            "name": w.name,
+            "host": w.host,
+            "pid": w.pid,
+            "version": w.version,
+            "cpu_slots": w.cpu_slots,
+            "io_slots": w.io_slots,
+            "running": w.running,
+            "completed": w.completed,
+            "child_pids": w.child_pids,
+            "children_restarted": w.children_restarted,
+            "draining": w.draining,
+            "connected_s": w.connected_s,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `Stats` as a few lines for a person.
+pub(crate) fn stats_text(s: &pb::StatsResponse) -> String {
+    let mut out = format!(
+        "master {} up {}s\njobs: {} queued, {} running, {} succeeded, {} failed, {} cancelled; {:.1} jobs/s (last 10 s); {} retried, {} late results dropped\n",
+        s.version,
+        s.uptime_s,
+        s.queued,
+        s.running,
+        s.succeeded,
+        s.failed,
+        s.cancelled,
+        s.jobs_per_s,
+        s.retried,
+        s.late_results_dropped
+    );
+    out.push_str(&format!("workers: {}\n", s.workers.len()));
+    if !s.workers.is_empty() {
+        out.push_str(&format!(
+            "  {:<24} {:<20} {:>5} {:>6} {:>8} {:>10} {:>9}\n",
+            "NAME", "HOST", "CPU", "IO", "RUNNING", "COMPLETED", "RESTARTS"
+        ));
+        for w in &s.workers {
+            out.push_str(&format!(
+                "  {:<24} {:<20} {:>5} {:>6} {:>8} {:>10} {:>9}{}\n",
+                w.name,
+                w.host,
+                w.cpu_slots,
+                w.io_slots,
+                w.running,
+                w.completed,
+                w.children_restarted,
+                if w.draining { "  (draining)" } else { "" }
+            ));
+        }
+    }
+    out
+}

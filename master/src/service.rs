@@ -1,0 +1,362 @@
+//! The gRPC services: `Queue` for clients and `Workers` for worker sessions.
+//!
+//! Each handler locks the [`State`], changes it, releases the lock, and only
+//! then sends what the change produced: no lock is held across an await.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_common::pb::queue_server::Queue;
+use drover_common::pb::workers_server::Workers;
+use drover_common::pb::{self, master_message, worker_message};
+use drover_common::{Error, PROTOCOL_VERSION};
+use futures::Stream;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::Config;
+use crate::state::{SessionId, State};
+
+/// Results per `WatchResponse`: large enough to batch, small enough that a
+/// client sees progress.
+const WATCH_CHUNK: usize = 4096;
+
+/// The master's services, sharing one queue.
+#[derive(Clone)]
+pub struct Master {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    config: Config,
+    /// Ends every long-lived stream when the master shuts down.
+    shutdown: CancellationToken,
+}
+
+impl Master {
+    /// Creates the services over an empty queue.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Self {
+        let state = State::new(config.limits, config.default_max_attempts);
+        Master {
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                config,
+                shutdown,
+            }),
+        }
+    }
+
+    /// Ends the sessions of workers not heard from within the lease, so
+    /// their jobs go back to the queue. Runs until shutdown.
+    pub async fn reap_expired(self) {
+        let lease = self.inner.config.lease;
+        let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(50)));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+            let mut st = self.inner.state.lock();
+            for sid in st.expired_sessions(lease) {
+                tracing::warn!(session = sid, lease_ms = lease.as_millis() as u64, "lease expired");
+                let (_, out) = st.end_session(sid, "lease expired");
+                out.send();
+            }
+        }
+    }
+
+    fn batches_of(&self, ids: &[Uuid]) -> Vec<tokio::sync::watch::Receiver<u64>> {
+        let st = self.inner.state.lock();
+        let batches: HashSet<Uuid> = ids
+            .iter()
+            .filter_map(|id| st.job(id).map(|j| j.batch))
+            .collect();
+        batches.iter().filter_map(|b| st.subscribe(b)).collect()
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Queue for Master {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let jobs = request.into_inner().jobs;
+        let (batch, ids, out) = {
+            let mut st = self.inner.state.lock();
+            let (batch, ids) = st.submit(jobs)?;
+            (batch, ids, st.dispatch())
+        };
+        out.send();
+        Ok(Response::new(pb::SubmitResponse {
+            batch_id: batch.to_string(),
+            job_ids: ids.iter().map(Uuid::to_string).collect(),
+        }))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        let ids = self.inner.state.lock().resolve(&req.job_ids, &req.batch_id)?;
+        if req.wait {
+            let deadline = (req.timeout_ms > 0)
+                .then(|| Instant::now() + Duration::from_millis(req.timeout_ms));
+            let mut receivers = self.batches_of(&ids);
+            loop {
+                for rx in &mut receivers {
+                    rx.borrow_and_update();
+                }
+                if self.inner.state.lock().all_finished(&ids) {
+                    break;
+                }
+                let changed = futures::future::select_all(
+                    receivers.iter_mut().map(|rx| Box::pin(rx.changed())),
+                );
+                let expired = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = changed => {}
+                    _ = expired => break,
+                    _ = self.inner.shutdown.cancelled() => break,
+                }
+            }
+        }
+        let st = self.inner.state.lock();
+        let jobs: Vec<pb::JobInfo> = ids
+            .iter()
+            .filter_map(|id| st.job(id).map(|j| j.info()))
+            .collect();
+        let complete = st.all_finished(&ids);
+        Ok(Response::new(pb::GetResponse { jobs, complete }))
+    }
+
+    type WatchStream = BoxStream<pb::WatchResponse>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        let batch = crate::state::parse_id("batch_id", &req.batch_id)?;
+        let mut notify = self
+            .inner
+            .state
+            .lock()
+            .subscribe(&batch)
+            .ok_or_else(|| Error::NotFound(format!("batch {batch} is not known")))?;
+        let (tx, rx) = mpsc::channel(4);
+        let master = self.clone();
+        tokio::spawn(async move {
+            // Ordered: the next index to send. Unordered: how much of the
+            // batch's completion list was sent.
+            let mut cursor = 0usize;
+            loop {
+                notify.borrow_and_update();
+                let (chunk, done, total) = {
+                    let st = master.inner.state.lock();
+                    let Some(b) = st.batches.get(&batch) else { return };
+                    let total = b.jobs.len();
+                    let mut chunk = Vec::new();
+                    if req.ordered {
+                        while cursor < total
+                            && chunk.len() < WATCH_CHUNK
+                            && st.is_finished(&b.jobs[cursor])
+                        {
+                            chunk.push(st.job(&b.jobs[cursor]).map(|j| j.info()));
+                            cursor += 1;
+                        }
+                    } else {
+                        while cursor < b.finished.len() && chunk.len() < WATCH_CHUNK {
+                            let id = b.jobs[b.finished[cursor] as usize];
+                            chunk.push(st.job(&id).map(|j| j.info()));
+                            cursor += 1;
+                        }
+                    }
+                    let done = b.finished.len().min(total);
+                    (chunk.into_iter().flatten().collect::<Vec<_>>(), done, total)
+                };
+                let full = chunk.len() == WATCH_CHUNK;
+                if !chunk.is_empty() || total == 0 {
+                    let msg = pb::WatchResponse {
+                        jobs: chunk,
+                        done: done as u32,
+                        total: total as u32,
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                if cursor >= total {
+                    return;
+                }
+                if full {
+                    // More may be ready than one chunk held.
+                    continue;
+                }
+                tokio::select! {
+                    r = notify.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = master.inner.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the master is shutting down"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::CancelResponse>, Status> {
+        let req = request.into_inner();
+        let (resp, out) = {
+            let mut st = self.inner.state.lock();
+            let ids = st.resolve(&req.job_ids, &req.batch_id)?;
+            st.cancel(&ids)?
+        };
+        out.send();
+        Ok(Response::new(resp))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(self.inner.state.lock().stats()))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        Ok(Response::new(self.inner.state.lock().list(&req)?))
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for Master {
+    type ConnectStream = BoxStream<pb::MasterMessage>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(worker_message::Msg::Hello(h)) => h,
+            _ => return Err(Status::invalid_argument("msg: the first message must be a hello")),
+        };
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(Error::FailedPrecondition(format!(
+                "worker speaks protocol {}, this master speaks {PROTOCOL_VERSION}",
+                hello.protocol
+            ))
+            .into());
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::Unavailable("the master is shutting down".into()).into());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let lease = self.inner.config.lease;
+        let welcome = |sid: SessionId| pb::MasterMessage {
+            msg: Some(master_message::Msg::Welcome(pb::Welcome {
+                worker_id: sid.to_string(),
+                lease_ms: lease.as_millis() as u64,
+                heartbeat_ms: (lease / 4).as_millis().max(10) as u64,
+            })),
+        };
+        let session = {
+            let mut st = self.inner.state.lock();
+            let sid = st.add_session(&hello, tx.clone());
+            let _ = tx.send(welcome(sid));
+            sid
+        };
+        // Only the state keeps a sender: when the session ends there, the
+        // outbound stream ends and the worker sees it.
+        drop(tx);
+        tracing::info!(
+            worker = %hello.name, host = %hello.host, session,
+            cpu_slots = hello.cpu_slots, io_slots = hello.io_slots,
+            "worker connected"
+        );
+        let master = self.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = master.inner.shutdown.cancelled() => break "master shutting down".to_string(),
+                };
+                match msg {
+                    Ok(Some(m)) => {
+                        if !master.handle(session, m) {
+                            break "session already ended".to_string();
+                        }
+                    }
+                    Ok(None) => break "stream closed".to_string(),
+                    Err(status) => break format!("stream error: {}", status.message()),
+                }
+            };
+            let (_, out) = master.inner.state.lock().end_session(session, &reason);
+            out.send();
+        });
+        let shutdown = self.inner.shutdown.clone().cancelled_owned();
+        let stream = futures::StreamExt::take_until(UnboundedReceiverStream::new(rx), shutdown)
+            .map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl Master {
+    /// Handles one message of a session; false when the session is gone.
+    fn handle(&self, session: SessionId, msg: pb::WorkerMessage) -> bool {
+        let mut st = self.inner.state.lock();
+        if !st.touch(session) {
+            // The lease expired while the worker was silent: what it sends
+            // now is late. Count its results, then end the stream so it
+            // reconnects with a fresh session.
+            if let Some(worker_message::Msg::Results(r)) = msg.msg {
+                st.counters.late_results_dropped += r.results.len() as u64;
+            }
+            return false;
+        }
+        let out = match msg.msg {
+            Some(worker_message::Msg::Credit(c)) => st.add_credit(session, c.cpu, c.io),
+            Some(worker_message::Msg::Results(r)) => st.record_results(session, r.results),
+            Some(worker_message::Msg::Pool(p)) => {
+                st.set_pool(session, p);
+                return true;
+            }
+            Some(worker_message::Msg::Returned(r)) => st.return_jobs(session, &r.job_ids),
+            Some(worker_message::Msg::Draining(_)) => {
+                st.set_draining(session);
+                return true;
+            }
+            Some(worker_message::Msg::Heartbeat(_)) | Some(worker_message::Msg::Hello(_)) | None => {
+                return true;
+            }
+        };
+        drop(st);
+        out.send();
+        true
+    }
+}

@@ -1,0 +1,986 @@
+//! The queue state machine: jobs, batches, the priority queues, worker
+//! sessions and their credit. No I/O happens here: the services lock it,
+//! change it, and send what it hands back once the lock is released.
+//!
+//! ```text
+//! QUEUED -> RUNNING -> SUCCEEDED
+//!    ^         |  \--> FAILED      (bad input, or attempts exhausted)
+//!    +------ retry (child crashed, timed out, worker lost, lease expired)
+//! QUEUED/RUNNING -> CANCELLED
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_common::pb::{self, JobKind, JobState};
+use drover_common::{Error, JobArgs, Limits};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+/// A worker session: one `Connect` stream, from hello to its end.
+pub type SessionId = u64;
+
+/// What the master may send a worker's stream.
+pub type Outbox = mpsc::UnboundedSender<pb::MasterMessage>;
+
+/// A job and everything known about it.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) id: Uuid,
+    pub(crate) batch: Uuid,
+    /// Position in its batch.
+    pub(crate) index: u32,
+    pub(crate) kind: JobKind,
+    pub(crate) arg: Box<str>,
+    pub(crate) priority: i32,
+    pub(crate) timeout_ms: u64,
+    pub(crate) max_attempts: u32,
+    pub(crate) state: JobState,
+    /// Attempts started; the attempt a worker reports must be this one.
+    pub(crate) attempts: u32,
+    /// Submission order across the whole master: FIFO within a priority.
+    pub(crate) seq: u64,
+    /// The session running it, while RUNNING.
+    pub(crate) session: Option<SessionId>,
+    /// The name of the worker that ran it last.
+    pub(crate) worker: Option<Arc<str>>,
+    pub(crate) output: Option<pb::JobOutput>,
+    pub(crate) error: Option<String>,
+    pub(crate) attempt_errors: Vec<String>,
+    pub(crate) run_us: u64,
+}
+
+impl Job {
+    fn is_finished(&self) -> bool {
+        matches!(
+            self.state,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    fn class(&self) -> Class {
+        Class::of(self.kind)
+    }
+
+    /// Renders the job for a client.
+    pub(crate) fn info(&self) -> pb::JobInfo {
+        pb::JobInfo {
+            job_id: self.id.to_string(),
+            batch_id: self.batch.to_string(),
+            index: self.index,
+            kind: self.kind as i32,
+            arg: self.arg.to_string(),
+            state: self.state as i32,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            output: self.output.clone(),
+            error: self.error.clone().unwrap_or_default(),
+            worker: self.worker.as_deref().unwrap_or_default().to_string(),
+            attempt_errors: self.attempt_errors.clone(),
+            run_us: self.run_us,
+        }
+    }
+}
+
+/// Which slots a job needs on a worker: CPU jobs go to its process pool,
+/// IO jobs (sleep) to its async slots. Each has its own queue and credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    Cpu = 0,
+    Io = 1,
+}
+
+impl Class {
+    fn of(kind: JobKind) -> Class {
+        match kind {
+            JobKind::Sleep => Class::Io,
+            _ => Class::Cpu,
+        }
+    }
+}
+
+/// The jobs of one submit.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// Job ids in submission order.
+    pub(crate) jobs: Vec<Uuid>,
+    /// Indexes of finished jobs, in the order they finished.
+    pub(crate) finished: Vec<u32>,
+    /// Bumped on every finish, so waiters and watchers wake.
+    pub(crate) notify: watch::Sender<u64>,
+}
+
+/// A connected worker.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) name: Arc<str>,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) version: String,
+    pub(crate) cpu_slots: u32,
+    pub(crate) io_slots: u32,
+    /// Jobs it may still be sent, per class.
+    pub(crate) credit: [u64; 2],
+    /// Jobs assigned to it and not yet reported.
+    pub(crate) held: HashSet<Uuid>,
+    pub(crate) outbox: Outbox,
+    pub(crate) last_seen: Instant,
+    pub(crate) connected_at: Instant,
+    pub(crate) completed: u64,
+    pub(crate) child_pids: Vec<u32>,
+    pub(crate) children_restarted: u64,
+    pub(crate) draining: bool,
+}
+
+/// Counters for `Stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) late_results_dropped: u64,
+    pub(crate) retried: u64,
+    /// Jobs finished per second, for the last few seconds.
+    pub(crate) per_second: VecDeque<(u64, u64)>,
+}
+
+/// The whole queue.
+#[derive(Debug)]
+pub struct State {
+    limits: Limits,
+    default_max_attempts: u32,
+    pub(crate) jobs: HashMap<Uuid, Job>,
+    pub(crate) batches: HashMap<Uuid, Batch>,
+    /// Queued jobs per class, highest priority first, then oldest first.
+    queues: [BTreeMap<(Reverse<i32>, u64), Uuid>; 2],
+    idempotency: HashMap<String, Uuid>,
+    pub(crate) sessions: HashMap<SessionId, Session>,
+    next_session: SessionId,
+    next_seq: u64,
+    /// Jobs in each state, indexed by the state's wire value.
+    counts: [u64; 6],
+    pub(crate) counters: Counters,
+    started: Instant,
+}
+
+/// Messages to send once the lock is released.
+#[derive(Debug, Default)]
+#[must_use = "the messages must be sent"]
+pub struct Outgoing(Vec<(Outbox, pb::MasterMessage)>);
+
+impl Outgoing {
+    /// Sends every message; a closed outbox means the session is ending,
+    /// and its jobs are handled when it ends.
+    pub fn send(self) {
+        for (outbox, msg) in self.0 {
+            let _ = outbox.send(msg);
+        }
+    }
+}
+
+impl State {
+    /// Creates an empty queue.
+    pub fn new(limits: Limits, default_max_attempts: u32) -> Self {
+        State {
+            limits,
+            default_max_attempts: default_max_attempts.max(1),
+            jobs: HashMap::new(),
+            batches: HashMap::new(),
+            queues: [BTreeMap::new(), BTreeMap::new()],
+            idempotency: HashMap::new(),
+            sessions: HashMap::new(),
+            next_session: 1,
+            next_seq: 0,
+            counts: [0; 6],
+            counters: Counters::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The limits jobs are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn set_state(&mut self, id: Uuid, to: JobState) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            self.counts[job.state as usize] -= 1;
+            self.counts[to as usize] += 1;
+            job.state = to;
+        }
+    }
+
+    /// Jobs in a state.
+    pub fn count(&self, state: JobState) -> u64 {
+        self.counts[state as usize]
+    }
+
+    /// Checks and enqueues a batch, returning its id and the job ids.
+    ///
+    /// Nothing is enqueued unless every job is valid.
+    pub fn submit(&mut self, specs: Vec<pb::JobSpec>) -> Result<(Uuid, Vec<Uuid>), Error> {
+        if specs.is_empty() {
+            return Err(Error::invalid(
+                "jobs: the batch is empty; submit at least one job",
+            ));
+        }
+        if specs.len() > self.limits.max_batch_jobs {
+            return Err(Error::invalid(format!(
+                "jobs: the batch has {} jobs, over the limit of {} per submit (master flag --max-batch-jobs)",
+                specs.len(),
+                self.limits.max_batch_jobs
+            )));
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            JobArgs::parse(spec.kind, &spec.arg, &self.limits)
+                .map_err(|e| Error::invalid(format!("jobs[{i}].arg: {e}")))?;
+            if spec.max_attempts > 100 {
+                return Err(Error::invalid(format!(
+                    "jobs[{i}].max_attempts: {} is over the limit of 100",
+                    spec.max_attempts
+                )));
+            }
+        }
+        let batch_id = Uuid::now_v7();
+        let mut ids = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            if !spec.idempotency_key.is_empty() {
+                if let Some(&existing) = self.idempotency.get(&spec.idempotency_key) {
+                    ids.push(existing);
+                    continue;
+                }
+            }
+            let id = Uuid::now_v7();
+            if !spec.idempotency_key.is_empty() {
+                self.idempotency.insert(spec.idempotency_key, id);
+            }
+            let kind = JobKind::try_from(spec.kind).unwrap_or(JobKind::Unspecified);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let job = Job {
+                id,
+                batch: batch_id,
+                index: i as u32,
+                kind,
+                arg: spec.arg.into_boxed_str(),
+                priority: spec.priority,
+                timeout_ms: spec.timeout_ms,
+                max_attempts: if spec.max_attempts == 0 {
+                    self.default_max_attempts
+                } else {
+                    spec.max_attempts
+                },
+                state: JobState::Queued,
+                attempts: 0,
+                seq,
+                session: None,
+                worker: None,
+                output: None,
+                error: None,
+                attempt_errors: Vec::new(),
+                run_us: 0,
+            };
+            self.queues[job.class() as usize].insert((Reverse(job.priority), seq), id);
+            self.counts[JobState::Queued as usize] += 1;
+            self.jobs.insert(id, job);
+            ids.push(id);
+        }
+        // A job named again by its idempotency key belongs to its first batch;
+        // this batch lists it so the caller can read every result through it.
+        let (tx, _) = watch::channel(0);
+        let mut batch = Batch {
+            jobs: ids.clone(),
+            finished: Vec::new(),
+            notify: tx,
+        };
+        for (i, id) in ids.iter().enumerate() {
+            if self.jobs.get(id).is_some_and(|j| j.is_finished()) {
+                batch.finished.push(i as u32);
+            }
+        }
+        self.batches.insert(batch_id, batch);
+        Ok((batch_id, ids))
+    }
+
+    /// Registers a worker session.
+    pub fn add_session(&mut self, hello: &pb::Hello, outbox: Outbox) -> SessionId {
+        let id = self.next_session;
+        self.next_session += 1;
+        let now = Instant::now();
+        self.sessions.insert(
+            id,
+            Session {
+                name: Arc::from(hello.name.as_str()),
+                host: hello.host.clone(),
+                pid: hello.pid,
+                version: hello.version.clone(),
+                cpu_slots: hello.cpu_slots,
+                io_slots: hello.io_slots,
+                credit: [0, 0],
+                held: HashSet::new(),
+                outbox,
+                last_seen: now,
+                connected_at: now,
+                completed: 0,
+                child_pids: Vec::new(),
+                children_restarted: 0,
+                draining: false,
+            },
+        );
+        id
+    }
+
+    /// Notes that a session was heard from.
+    pub fn touch(&mut self, session: SessionId) -> bool {
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds credit to a session and hands out what it can take.
+    pub fn add_credit(&mut self, session: SessionId, cpu: u32, io: u32) -> Outgoing {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.credit[Class::Cpu as usize] += u64::from(cpu);
+            s.credit[Class::Io as usize] += u64::from(io);
+        }
+        self.dispatch()
+    }
+
+    /// Records the pool of a session's worker.
+    pub fn set_pool(&mut self, session: SessionId, pool: pb::PoolState) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.child_pids = pool.child_pids;
+            s.children_restarted = pool.children_restarted;
+        }
+    }
+
+    /// Stops sending jobs to a draining worker.
+    pub fn set_draining(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.draining = true;
+            s.credit = [0, 0];
+        }
+    }
+
+    /// Assigns queued jobs to sessions with credit, spreading them so that
+    /// no worker takes more than its share while others have room.
+    pub fn dispatch(&mut self) -> Outgoing {
+        let mut plan: HashMap<SessionId, Vec<Uuid>> = HashMap::new();
+        for class in [Class::Cpu, Class::Io] {
+            let c = class as usize;
+            loop {
+                let available = self.queues[c].len() as u64;
+                if available == 0 {
+                    break;
+                }
+                let open: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.credit[c] > 0 && !s.draining)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if open.is_empty() {
+                    break;
+                }
+                let share = available.div_ceil(open.len() as u64);
+                for sid in open {
+                    let Some(s) = self.sessions.get_mut(&sid) else {
+                        continue;
+                    };
+                    let take = share.min(s.credit[c]);
+                    s.credit[c] -= take;
+                    let list = plan.entry(sid).or_default();
+                    for _ in 0..take {
+                        let Some((_, id)) = self.queues[c].pop_first() else {
+                            break;
+                        };
+                        list.push(id);
+                    }
+                }
+            }
+        }
+        let mut out = Outgoing::default();
+        for (sid, ids) in plan {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut assignments = Vec::with_capacity(ids.len());
+            for id in &ids {
+                self.set_state(*id, JobState::Running);
+                let session = self.sessions.get_mut(&sid).expect("planned session exists");
+                session.held.insert(*id);
+                let job = self.jobs.get_mut(id).expect("queued job exists");
+                job.attempts += 1;
+                job.session = Some(sid);
+                job.worker = Some(session.name.clone());
+                assignments.push(pb::Assignment {
+                    job_id: id.to_string(),
+                    kind: job.kind as i32,
+                    arg: job.arg.to_string(),
+                    timeout_ms: job.timeout_ms,
+                    attempt: job.attempts,
+                    priority: job.priority,
+                });
+            }
+            let outbox = self.sessions[&sid].outbox.clone();
+            out.0.push((
+                outbox,
+                pb::MasterMessage {
+                    msg: Some(pb::master_message::Msg::Assign(pb::Assign {
+                        jobs: assignments,
+                    })),
+                },
+            ));
+        }
+        out
+    }
+
+    /// Records results from a session. The first result recorded for a job
+    /// wins; one for an attempt that is no longer current is dropped and
+    /// counted.
+    pub fn record_results(&mut self, session: SessionId, results: Vec<pb::JobResult>) -> Outgoing {
+        let mut requeued = false;
+        for r in results {
+            let Ok(id) = Uuid::parse_str(&r.job_id) else {
+                self.counters.late_results_dropped += 1;
+                continue;
+            };
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.held.remove(&id);
+            }
+            let Some(job) = self.jobs.get(&id) else {
+                self.counters.late_results_dropped += 1;
+                continue;
+            };
+            // A result counts only for the job's current attempt, and only
+            // while nobody else runs a newer one: a worker that lost its
+            // session may still deliver it if the job was not handed out again.
+            let current = r.attempt == job.attempts
+                && matches!(job.state, JobState::Running | JobState::Queued)
+                && (job.session.is_none() || job.session == Some(session));
+            if !current {
+                self.counters.late_results_dropped += 1;
+                tracing::debug!(job = %id, attempt = r.attempt, "late result dropped");
+                continue;
+            }
+            if job.state == JobState::Queued {
+                let key = (Reverse(job.priority), job.seq);
+                let class = job.class() as usize;
+                self.queues[class].remove(&key);
+            }
+            let name = self.sessions.get(&session).map(|s| s.name.clone());
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.completed += 1;
+            }
+            match r.outcome {
+                Some(pb::job_result::Outcome::Output(output)) => {
+                    let job = self.jobs.get_mut(&id).expect("job exists");
+                    job.output = Some(output);
+                    job.run_us = r.run_us;
+                    job.session = None;
+                    if name.is_some() {
+                        job.worker = name;
+                    }
+                    self.finish(id, JobState::Succeeded, None);
+                }
+                Some(pb::job_result::Outcome::Failure(f)) => {
+                    requeued |= self.fail_attempt(id, f.reason, f.retryable);
+                }
+                None => {
+                    requeued |= self.fail_attempt(id, "worker sent an empty result".into(), true);
+                }
+            }
+        }
+        if requeued {
+            self.dispatch()
+        } else {
+            Outgoing::default()
+        }
+    }
+
+    /// Ends an attempt that failed: the job is queued again if it may be
+    /// retried and has attempts left, else it is FAILED. Returns whether it
+    /// was queued again.
+    fn fail_attempt(&mut self, id: Uuid, reason: String, retryable: bool) -> bool {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return false;
+        };
+        job.session = None;
+        job.attempt_errors
+            .push(format!("attempt {}: {reason}", job.attempts));
+        if retryable && job.attempts < job.max_attempts {
+            job.error = Some(reason);
+            let key = (Reverse(job.priority), job.seq);
+            let class = job.class() as usize;
+            self.queues[class].insert(key, id);
+            self.set_state(id, JobState::Queued);
+            self.counters.retried += 1;
+            true
+        } else {
+            let msg = if retryable {
+                format!("{reason} (after {} attempts)", job.attempts)
+            } else {
+                reason
+            };
+            self.finish(id, JobState::Failed, Some(msg));
+            false
+        }
+    }
+
+    fn finish(&mut self, id: Uuid, to: JobState, error: Option<String>) {
+        self.set_state(id, to);
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if error.is_some() {
+            job.error = error;
+        } else if to == JobState::Succeeded {
+            job.error = None;
+        }
+        let (batch, index) = (job.batch, job.index);
+        if let Some(b) = self.batches.get_mut(&batch) {
+            b.finished.push(index);
+            b.notify.send_modify(|v| *v += 1);
+        }
+        let now = self.started.elapsed().as_secs();
+        match self.counters.per_second.back_mut() {
+            Some((sec, n)) if *sec == now => *n += 1,
+            _ => {
+                self.counters.per_second.push_back((now, 1));
+                while self.counters.per_second.len() > 12 {
+                    self.counters.per_second.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Takes back jobs a draining worker did not start: they are queued
+    /// again without counting the attempt.
+    pub fn return_jobs(&mut self, session: SessionId, ids: &[String]) -> Outgoing {
+        for raw in ids {
+            let Ok(id) = Uuid::parse_str(raw) else {
+                continue;
+            };
+            let held = self
+                .sessions
+                .get_mut(&session)
+                .is_some_and(|s| s.held.remove(&id));
+            if !held {
+                continue;
+            }
+            if let Some(job) = self.jobs.get_mut(&id) {
+                if job.state == JobState::Running {
+                    job.attempts = job.attempts.saturating_sub(1);
+                    job.session = None;
+                    let key = (Reverse(job.priority), job.seq);
+                    let class = job.class() as usize;
+                    self.queues[class].insert(key, id);
+                    self.set_state(id, JobState::Queued);
+                }
+            }
+        }
+        self.dispatch()
+    }
+
+    /// Ends a session: its jobs go back to the queue at once, each attempt
+    /// counted. Returns false if it had ended already.
+    pub fn end_session(&mut self, session: SessionId, reason: &str) -> (bool, Outgoing) {
+        let Some(s) = self.sessions.remove(&session) else {
+            return (false, Outgoing::default());
+        };
+        let n = s.held.len();
+        for id in s.held {
+            let still_running = self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| j.state == JobState::Running && j.session == Some(session));
+            if still_running {
+                self.fail_attempt(id, format!("worker {} lost: {reason}", s.name), true);
+            }
+        }
+        tracing::info!(worker = %s.name, session, jobs = n, reason, "worker session ended");
+        (true, self.dispatch())
+    }
+
+    /// Sessions not heard from within `lease`.
+    pub fn expired_sessions(&self, lease: Duration) -> Vec<SessionId> {
+        let now = Instant::now();
+        self.sessions
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_seen) > lease)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Cancels jobs by id; running ones are cancelled on their worker too.
+    pub fn cancel(&mut self, ids: &[Uuid]) -> Result<(pb::CancelResponse, Outgoing), Error> {
+        for id in ids {
+            if !self.jobs.contains_key(id) {
+                return Err(Error::NotFound(format!("job {id} is not known")));
+            }
+        }
+        let mut resp = pb::CancelResponse::default();
+        let mut per_session: HashMap<SessionId, Vec<String>> = HashMap::new();
+        for &id in ids {
+            let job = &self.jobs[&id];
+            match job.state {
+                JobState::Queued => {
+                    let key = (Reverse(job.priority), job.seq);
+                    let class = job.class() as usize;
+                    self.queues[class].remove(&key);
+                }
+                JobState::Running => {
+                    if let Some(sid) = job.session {
+                        per_session.entry(sid).or_default().push(id.to_string());
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.held.remove(&id);
+                        }
+                    }
+                }
+                _ => {
+                    resp.already_finished += 1;
+                    continue;
+                }
+            }
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.session = None;
+            }
+            self.finish(id, JobState::Cancelled, Some("cancelled".into()));
+            resp.cancelled += 1;
+        }
+        let mut out = Outgoing::default();
+        for (sid, job_ids) in per_session {
+            if let Some(s) = self.sessions.get(&sid) {
+                out.0.push((
+                    s.outbox.clone(),
+                    pb::MasterMessage {
+                        msg: Some(pb::master_message::Msg::Cancel(pb::CancelJobs { job_ids })),
+                    },
+                ));
+            }
+        }
+        Ok((resp, out))
+    }
+
+    /// The ids a request names: a batch's jobs in order, or the given ids.
+    pub fn resolve(&self, job_ids: &[String], batch_id: &str) -> Result<Vec<Uuid>, Error> {
+        if !batch_id.is_empty() {
+            let id = parse_id("batch_id", batch_id)?;
+            return match self.batches.get(&id) {
+                Some(b) => Ok(b.jobs.clone()),
+                None => Err(Error::NotFound(format!("batch {id} is not known"))),
+            };
+        }
+        if job_ids.is_empty() {
+            return Err(Error::invalid(
+                "job_ids: name at least one job id, or a batch_id",
+            ));
+        }
+        let mut out = Vec::with_capacity(job_ids.len());
+        for (i, raw) in job_ids.iter().enumerate() {
+            let id = parse_id(&format!("job_ids[{i}]"), raw)?;
+            if !self.jobs.contains_key(&id) {
+                // An id might name a batch: the CLI takes either.
+                if let Some(b) = self.batches.get(&id) {
+                    out.extend_from_slice(&b.jobs);
+                    continue;
+                }
+                return Err(Error::NotFound(format!("job {id} is not known")));
+            }
+            out.push(id);
+        }
+        Ok(out)
+    }
+
+    /// Whether every named job is finished.
+    pub fn all_finished(&self, ids: &[Uuid]) -> bool {
+        ids.iter()
+            .all(|id| self.jobs.get(id).is_none_or(|j| j.is_finished()))
+    }
+
+    /// A job, if known.
+    pub(crate) fn job(&self, id: &Uuid) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    /// Whether a job is finished.
+    pub(crate) fn is_finished(&self, id: &Uuid) -> bool {
+        self.jobs.get(id).is_some_and(|j| j.is_finished())
+    }
+
+    /// A receiver that changes whenever a job of `batch` finishes.
+    pub fn subscribe(&self, batch: &Uuid) -> Option<watch::Receiver<u64>> {
+        self.batches.get(batch).map(|b| b.notify.subscribe())
+    }
+
+    /// Figures for `Stats`.
+    pub fn stats(&self) -> pb::StatsResponse {
+        let now_s = self.started.elapsed().as_secs();
+        // The current second is still filling: average the ten before it.
+        let recent: u64 = self
+            .counters
+            .per_second
+            .iter()
+            .filter(|(s, _)| *s < now_s && *s + 10 >= now_s)
+            .map(|(_, n)| n)
+            .sum();
+        let mut workers: Vec<pb::WorkerInfo> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| pb::WorkerInfo {
+                worker_id: id.to_string(),
+                name: s.name.to_string(),
+                host: s.host.clone(),
+                cpu_slots: s.cpu_slots,
+                io_slots: s.io_slots,
+                running: s.held.len() as u32,
+                completed: s.completed,
+                child_pids: s.child_pids.clone(),
+                children_restarted: s.children_restarted,
+                version: s.version.clone(),
+                draining: s.draining,
+                connected_s: s.connected_at.elapsed().as_secs(),
+                pid: s.pid,
+            })
+            .collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        pb::StatsResponse {
+            queued: self.count(JobState::Queued),
+            running: self.count(JobState::Running),
+            succeeded: self.count(JobState::Succeeded),
+            failed: self.count(JobState::Failed),
+            cancelled: self.count(JobState::Cancelled),
+            workers,
+            jobs_per_s: recent as f64 / 10.0,
+            late_results_dropped: self.counters.late_results_dropped,
+            retried: self.counters.retried,
+            version: drover_common::VERSION.to_string(),
+            uptime_s: now_s,
+        }
+    }
+
+    /// Jobs in a state (or all), oldest first.
+    pub fn list(&self, req: &pb::ListJobsRequest) -> Result<pb::ListJobsResponse, Error> {
+        let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
+        let state = JobState::try_from(req.state)
+            .map_err(|_| Error::invalid(format!("state: unknown state {}", req.state)))?;
+        let batch = if req.batch_id.is_empty() {
+            None
+        } else {
+            Some(parse_id("batch_id", &req.batch_id)?)
+        };
+        let mut matched: Vec<&Job> = self
+            .jobs
+            .values()
+            .filter(|j| state == JobState::Unspecified || j.state == state)
+            .filter(|j| batch.is_none_or(|b| j.batch == b))
+            .collect();
+        matched.sort_by_key(|j| j.seq);
+        let truncated = matched.len() > limit;
+        Ok(pb::ListJobsResponse {
+            jobs: matched.into_iter().take(limit).map(Job::info).collect(),
+            truncated,
+        })
+    }
+}
+
+/// Parses a UUID, naming the field when it is malformed.
+pub(crate) fn parse_id(field: &str, raw: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(raw)
+        .map_err(|_| Error::invalid(format!("{field}: {raw:?} is not a job or batch id (a UUID)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: JobKind, arg: &str, priority: i32) -> pb::JobSpec {
+        pb::JobSpec {
+            kind: kind as i32,
+            arg: arg.into(),
+            priority,
+            ..Default::default()
+        }
+    }
+
+    fn hello(name: &str) -> pb::Hello {
+        pb::Hello {
+            name: name.into(),
+            cpu_slots: 1,
+            io_slots: 1,
+            ..Default::default()
+        }
+    }
+
+    fn assigned(rx: &mut mpsc::UnboundedReceiver<pb::MasterMessage>) -> Vec<pb::Assignment> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Some(pb::master_message::Msg::Assign(a)) = m.msg {
+                out.extend(a.jobs);
+            }
+        }
+        out
+    }
+
+    fn ok(a: &pb::Assignment) -> pb::JobResult {
+        pb::JobResult {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            outcome: Some(pb::job_result::Outcome::Output(pb::JobOutput {
+                value: Some(pb::job_output::Value::SleptMs(1)),
+            })),
+            run_us: 1,
+        }
+    }
+
+    #[test]
+    fn higher_priority_first_then_fifo() {
+        let mut st = State::new(Limits::default(), 3);
+        st.submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Fib, "2", 0)])
+            .unwrap();
+        st.submit(vec![spec(JobKind::Fib, "3", 5)]).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("w"), tx);
+        st.add_credit(s, 3, 0).send();
+        let args: Vec<String> = assigned(&mut rx).into_iter().map(|a| a.arg).collect();
+        assert_eq!(args, ["3", "1", "2"]);
+    }
+
+    #[test]
+    fn credit_bounds_what_a_worker_holds_and_work_is_shared() {
+        let mut st = State::new(Limits::default(), 3);
+        st.submit((0..10).map(|i| spec(JobKind::Fib, &i.to_string(), 0)).collect())
+            .unwrap();
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let a = st.add_session(&hello("a"), tx1);
+        let b = st.add_session(&hello("b"), tx2);
+        st.add_credit(a, 3, 0).send();
+        assert_eq!(assigned(&mut rx1).len(), 3);
+        st.add_credit(b, 100, 0).send();
+        assert_eq!(assigned(&mut rx2).len(), 7);
+        assert_eq!(st.count(JobState::Running), 10);
+    }
+
+    #[test]
+    fn lost_session_requeues_with_attempt_counted_and_late_result_is_dropped() {
+        let mut st = State::new(Limits::default(), 3);
+        let (_, ids) = st.submit(vec![spec(JobKind::Sleep, "5", 0)]).unwrap();
+        let (tx1, mut rx1) = mpsc::unbounded_channel();
+        let a = st.add_session(&hello("a"), tx1);
+        st.add_credit(a, 0, 1).send();
+        let first = assigned(&mut rx1).remove(0);
+        let (ended, out) = st.end_session(a, "stream closed");
+        assert!(ended);
+        out.send();
+        assert_eq!(st.count(JobState::Queued), 1);
+        let (tx2, mut rx2) = mpsc::unbounded_channel();
+        let b = st.add_session(&hello("b"), tx2);
+        st.add_credit(b, 0, 1).send();
+        let second = assigned(&mut rx2).remove(0);
+        assert_eq!(second.attempt, 2);
+        // The first worker's result arrives late: dropped and counted.
+        st.record_results(a, vec![ok(&first)]).send();
+        assert_eq!(st.counters.late_results_dropped, 1);
+        st.record_results(b, vec![ok(&second)]).send();
+        let job = st.job(&ids[0]).unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.attempts, 2);
+        // A duplicate of the winning result is dropped too.
+        st.record_results(b, vec![ok(&second)]).send();
+        assert_eq!(st.counters.late_results_dropped, 2);
+        assert_eq!(st.count(JobState::Succeeded), 1);
+    }
+
+    #[test]
+    fn retryable_failures_end_failed_after_max_attempts() {
+        let mut st = State::new(Limits::default(), 2);
+        let (_, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        for _ in 0..2 {
+            st.add_credit(s, 1, 0).send();
+            let a = assigned(&mut rx).remove(0);
+            st.record_results(
+                s,
+                vec![pb::JobResult {
+                    job_id: a.job_id,
+                    attempt: a.attempt,
+                    outcome: Some(pb::job_result::Outcome::Failure(pb::JobFailure {
+                        reason: "timed out after 50 ms".into(),
+                        retryable: true,
+                    })),
+                    run_us: 0,
+                }],
+            )
+            .send();
+        }
+        let job = st.job(&ids[0]).unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts, 2);
+        assert_eq!(job.attempt_errors.len(), 2);
+        assert!(job.error.as_deref().unwrap().contains("timed out"));
+    }
+
+    #[test]
+    fn cancel_queued_and_running() {
+        let mut st = State::new(Limits::default(), 3);
+        let (_, ids) = st
+            .submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Fib, "2", 0)])
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 1, 0).send();
+        assert_eq!(assigned(&mut rx).len(), 1);
+        let (resp, out) = st.cancel(&ids).unwrap();
+        out.send();
+        assert_eq!(resp.cancelled, 2);
+        let msgs: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert!(matches!(
+            msgs[0].msg,
+            Some(pb::master_message::Msg::Cancel(_))
+        ));
+        assert_eq!(st.count(JobState::Cancelled), 2);
+        assert_eq!(st.count(JobState::Queued), 0);
+        assert!(st.sessions[&s].held.is_empty());
+    }
+
+    #[test]
+    fn idempotency_key_returns_first_id() {
+        let mut st = State::new(Limits::default(), 3);
+        let mut a = spec(JobKind::Fib, "1", 0);
+        a.idempotency_key = "k".into();
+        let (_, first) = st.submit(vec![a.clone()]).unwrap();
+        let (_, second) = st.submit(vec![a]).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(st.jobs.len(), 1);
+    }
+
+    #[test]
+    fn invalid_batches_enqueue_nothing() {
+        let mut st = State::new(
+            Limits {
+                max_batch_jobs: 2,
+                ..Limits::default()
+            },
+            3,
+        );
+        let e = st.submit(vec![]).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let e = st
+            .submit(vec![spec(JobKind::Fib, "1", 0); 3])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limit of 2"), "{e}");
+        let e = st
+            .submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Prime, "12a", 0)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("jobs[1].arg"), "{e}");
+        assert!(st.jobs.is_empty());
+    }
+}

@@ -1,0 +1,676 @@
+//! The worker's engine: one task that owns every job the worker holds, the
+//! process pool and the credit it grants the master.
+//!
+//! It reacts to events (the session's messages, the children's results and
+//! exits, finished sleeps, timers, the shutdown signal) and after each batch
+//! of events "pumps": hands queued jobs to idle children in batches, sends
+//! finished results, grants credit for the room it has, and reports the pool.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use drover_common::pb::{self, JobKind, child_result, job_result, master_message, worker_message};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Config;
+use crate::pool::{Pool, PoolEvent};
+use crate::session::{Outbox, SessionEvent};
+
+/// A child is given at most about this much work per frame, so a timeout
+/// or a cancel wastes little, and results flow back steadily.
+const BATCH_TARGET_US: f64 = 1_000.0;
+/// And at most this many jobs.
+const BATCH_MAX: usize = 512;
+/// Prefetch aims to keep this much work queued per process.
+const PREFETCH_TARGET_US: f64 = 20_000.0;
+/// A job's timeout is judged with this slack, since the child reports its
+/// progress at most a millisecond late.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Cpu = 0,
+    Io = 1,
+}
+
+#[derive(Debug)]
+enum Place {
+    Queued,
+    InChild(usize),
+    Sleeping(AbortHandle),
+}
+
+/// A job the worker holds.
+#[derive(Debug)]
+struct LocalJob {
+    job_id: String,
+    attempt: u32,
+    kind: i32,
+    arg: String,
+    timeout_ms: u64,
+    priority: i32,
+    class: Class,
+    place: Place,
+    /// Cancelled while in a child's batch behind another job: its result
+    /// is dropped when it comes.
+    cancelled: bool,
+    span: tracing::Span,
+}
+
+/// A finished sleep job.
+#[derive(Debug)]
+struct SleepDone {
+    key: u64,
+    outcome: job_result::Outcome,
+    run_us: u64,
+}
+
+/// The engine's state.
+pub(crate) struct Engine {
+    cfg: Config,
+    pool: Pool,
+    jobs: HashMap<u64, LocalJob>,
+    /// CPU jobs waiting for a child: highest priority first, then arrival.
+    cpu_queue: BTreeMap<(Reverse<i32>, u64), u64>,
+    next_key: u64,
+    held: [u64; 2],
+    /// Credit granted on this session and not yet used by assignments.
+    outstanding: [u64; 2],
+    outbox: Option<Outbox>,
+    /// Results not yet handed to a session.
+    unsent: Vec<pb::JobResult>,
+    /// Mean run time per kind, in microseconds, to size batches and prefetch.
+    mean_us: HashMap<i32, f64>,
+    pool_changed: bool,
+    draining: bool,
+    sleep_tx: mpsc::UnboundedSender<SleepDone>,
+    completed: u64,
+    /// Whether a session is open (the outbox may already be dropped while
+    /// the session closes).
+    connected: bool,
+    /// How often to tell the master we are alive, from its welcome.
+    heartbeat_every: Duration,
+}
+
+impl Engine {
+    /// Runs the engine until it has drained after `shutdown`.
+    pub(crate) async fn run(
+        cfg: Config,
+        mut session_rx: mpsc::UnboundedReceiver<SessionEvent>,
+        closing: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
+        let pool = Pool::start(cfg.processes, pool_tx)
+            .map_err(|e| anyhow::anyhow!("cannot start child processes: {e}"))?;
+        let (sleep_tx, mut sleep_rx) = mpsc::unbounded_channel();
+        let mut engine = Engine {
+            cfg,
+            pool,
+            jobs: HashMap::new(),
+            cpu_queue: BTreeMap::new(),
+            next_key: 0,
+            held: [0, 0],
+            outstanding: [0, 0],
+            outbox: None,
+            unsent: Vec::new(),
+            mean_us: HashMap::new(),
+            pool_changed: true,
+            draining: false,
+            sleep_tx,
+            completed: 0,
+            connected: false,
+            heartbeat_every: Duration::from_secs(1),
+        };
+        let mut next_heartbeat = Instant::now() + engine.heartbeat_every;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut close_deadline: Option<Instant> = None;
+        loop {
+            let next_timeout = engine.next_timeout();
+            tokio::select! {
+                ev = session_rx.recv() => match ev {
+                    Some(ev) => engine.on_session(ev),
+                    None => break,
+                },
+                Some(ev) = pool_rx.recv() => engine.on_pool(ev),
+                Some(done) = sleep_rx.recv() => engine.on_sleep_done(done),
+                _ = sleep_until_opt(next_timeout) => engine.enforce_timeouts(),
+                _ = tokio::time::sleep_until(next_heartbeat) => {
+                    engine.send(worker_message::Msg::Heartbeat(pb::Heartbeat {}));
+                    next_heartbeat = Instant::now() + engine.heartbeat_every;
+                }
+                _ = shutdown.cancelled(), if !engine.draining => {
+                    drain_deadline = Some(Instant::now() + engine.cfg.grace);
+                    engine.start_drain();
+                }
+                _ = sleep_until_opt(drain_deadline) => {
+                    tracing::warn!(grace_ms = engine.cfg.grace.as_millis() as u64, "grace period over, stopping running jobs");
+                    engine.abandon_all();
+                    drain_deadline = None;
+                }
+                _ = sleep_until_opt(close_deadline) => {
+                    tracing::warn!("the master did not close the session in time");
+                    break;
+                }
+            }
+            // Take every event that is already waiting before pumping, so
+            // a burst of results becomes one message and one credit grant.
+            for _ in 0..256 {
+                match pool_rx.try_recv() {
+                    Ok(ev) => engine.on_pool(ev),
+                    Err(_) => break,
+                }
+            }
+            engine.pump();
+            if engine.draining && engine.jobs.is_empty() && close_deadline.is_none() {
+                drain_deadline = None;
+                // Closing our half of the stream after the last results lets
+                // the master read them all, then end the session.
+                engine.flush_results();
+                closing.cancel();
+                engine.outbox = None;
+                close_deadline = Some(Instant::now() + Duration::from_secs(5));
+                if !engine.unsent.is_empty() {
+                    tracing::warn!(results = engine.unsent.len(), "no session to deliver the last results");
+                }
+            }
+            if close_deadline.is_some() && !engine.connected {
+                break;
+            }
+        }
+        engine.pool.kill_all();
+        tracing::info!(completed = engine.completed, "worker stopped");
+        Ok(())
+    }
+
+    fn send(&mut self, msg: worker_message::Msg) {
+        if let Some(outbox) = &self.outbox {
+            if outbox.send(pb::WorkerMessage { msg: Some(msg) }).is_err() {
+                self.outbox = None;
+            }
+        }
+    }
+
+    fn on_session(&mut self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Connected {
+                outbox,
+                worker_id,
+                heartbeat,
+            } => {
+                tracing::debug!(%worker_id, held = self.jobs.len(), "session open");
+                self.outbox = Some(outbox);
+                self.connected = true;
+                self.heartbeat_every = heartbeat;
+                self.outstanding = [0, 0];
+                self.pool_changed = true;
+                if self.draining {
+                    self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
+                }
+            }
+            SessionEvent::Disconnected { reason } => {
+                tracing::debug!(%reason, "session closed");
+                self.outbox = None;
+                self.connected = false;
+                self.outstanding = [0, 0];
+            }
+            SessionEvent::Message(m) => match m {
+                master_message::Msg::Assign(a) => self.on_assign(a.jobs),
+                master_message::Msg::Cancel(c) => self.on_cancel(&c.job_ids),
+                master_message::Msg::Drain(_) => {
+                    if !self.draining {
+                        self.start_drain();
+                    }
+                }
+                master_message::Msg::Welcome(_) => {}
+            },
+        }
+    }
+
+    fn on_assign(&mut self, jobs: Vec<pb::Assignment>) {
+        for a in jobs {
+            let class = if a.kind == JobKind::Sleep as i32 {
+                Class::Io
+            } else {
+                Class::Cpu
+            };
+            let c = class as usize;
+            self.outstanding[c] = self.outstanding[c].saturating_sub(1);
+            if self.draining {
+                // Sent before the master saw our drain: hand it straight back.
+                self.send(worker_message::Msg::Returned(pb::Returned {
+                    job_ids: vec![a.job_id],
+                }));
+                continue;
+            }
+            let key = self.next_key;
+            self.next_key += 1;
+            self.held[c] += 1;
+            let span = tracing::info_span!(
+                "job", id = %a.job_id, kind = drover_common::job::kind_name(a.kind),
+                attempt = a.attempt, worker = %self.cfg.name
+            );
+            span.in_scope(|| tracing::debug!(arg = %a.arg, "assigned"));
+            let mut job = LocalJob {
+                job_id: a.job_id,
+                attempt: a.attempt,
+                kind: a.kind,
+                arg: a.arg,
+                timeout_ms: a.timeout_ms,
+                priority: a.priority,
+                class,
+                place: Place::Queued,
+                cancelled: false,
+                span,
+            };
+            match class {
+                Class::Cpu => {
+                    self.cpu_queue.insert((Reverse(job.priority), key), key);
+                }
+                Class::Io => {
+                    job.place = Place::Sleeping(self.start_sleep(key, &job));
+                }
+            }
+            self.jobs.insert(key, job);
+        }
+    }
+
+    fn start_sleep(&self, key: u64, job: &LocalJob) -> AbortHandle {
+        let ms: u64 = job.arg.parse().unwrap_or(0);
+        let timeout = (job.timeout_ms > 0).then_some(job.timeout_ms);
+        let tx = self.sleep_tx.clone();
+        let task = async move {
+            let started = Instant::now();
+            let outcome = match timeout {
+                Some(t) if t < ms => {
+                    tokio::time::sleep(Duration::from_millis(t)).await;
+                    job_result::Outcome::Failure(pb::JobFailure {
+                        reason: format!("timed out after {t} ms"),
+                        retryable: true,
+                    })
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    job_result::Outcome::Output(pb::JobOutput {
+                        value: Some(pb::job_output::Value::SleptMs(ms)),
+                    })
+                }
+            };
+            let run_us = started.elapsed().as_micros() as u64;
+            let _ = tx.send(SleepDone {
+                key,
+                outcome,
+                run_us,
+            });
+        };
+        tokio::spawn(task.instrument(job.span.clone())).abort_handle()
+    }
+
+    fn on_sleep_done(&mut self, done: SleepDone) {
+        if let Some(job) = self.take_job(done.key) {
+            self.finish(job, done.outcome, done.run_us);
+        }
+    }
+
+    /// Removes a job from the worker's books.
+    fn take_job(&mut self, key: u64) -> Option<LocalJob> {
+        let job = self.jobs.remove(&key)?;
+        self.held[job.class as usize] -= 1;
+        Some(job)
+    }
+
+    fn finish(&mut self, job: LocalJob, outcome: job_result::Outcome, run_us: u64) {
+        if job.cancelled {
+            return;
+        }
+        job.span.in_scope(|| match &outcome {
+            job_result::Outcome::Output(_) => tracing::debug!(run_us, "succeeded"),
+            job_result::Outcome::Failure(f) => {
+                tracing::info!(reason = %f.reason, retryable = f.retryable, "failed")
+            }
+        });
+        self.completed += 1;
+        self.unsent.push(pb::JobResult {
+            job_id: job.job_id,
+            attempt: job.attempt,
+            outcome: Some(outcome),
+            run_us,
+        });
+    }
+
+    fn on_cancel(&mut self, ids: &[String]) {
+        let keys: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| ids.contains(&j.job_id))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(job) = self.jobs.get_mut(&key) else { continue };
+            job.cancelled = true;
+            job.span.in_scope(|| tracing::info!("cancelled"));
+            match &job.place {
+                Place::Queued => {
+                    let k = (Reverse(job.priority), key);
+                    self.cpu_queue.remove(&k);
+                    self.take_job(key);
+                }
+                Place::Sleeping(handle) => {
+                    handle.abort();
+                    self.take_job(key);
+                }
+                Place::InChild(slot) => {
+                    let slot = *slot;
+                    if self.pool.children[slot].in_flight.first() == Some(&key) {
+                        // It is running: kill its process now.
+                        self.kill_child(slot, None);
+                    }
+                    // Else it waits behind another job in the batch; its
+                    // result is dropped when it comes.
+                }
+            }
+        }
+    }
+
+    /// Kills the child in `slot` and replaces it. The job it was running
+    /// gets `failure` (or is dropped if cancelled); the rest of its batch
+    /// goes back to the queue.
+    fn kill_child(&mut self, slot: usize, failure: Option<pb::JobFailure>) {
+        let in_flight = self.pool.replace(slot);
+        self.pool_changed = true;
+        self.requeue_batch(in_flight, failure);
+    }
+
+    fn requeue_batch(&mut self, in_flight: Vec<u64>, failure: Option<pb::JobFailure>) {
+        let mut iter = in_flight.into_iter();
+        if let Some(head) = iter.next() {
+            if let Some(job) = self.take_job(head) {
+                if let Some(f) = failure {
+                    self.finish(job, job_result::Outcome::Failure(f), 0);
+                }
+            }
+        }
+        for key in iter {
+            let Some(job) = self.jobs.get_mut(&key) else { continue };
+            if job.cancelled {
+                self.take_job(key);
+                continue;
+            }
+            job.place = Place::Queued;
+            self.cpu_queue.insert((Reverse(job.priority), key), key);
+        }
+    }
+
+    fn on_pool(&mut self, ev: PoolEvent) {
+        match ev {
+            PoolEvent::Output {
+                slot,
+                generation,
+                response,
+            } => {
+                if self.pool.children[slot].generation != generation {
+                    return;
+                }
+                let now = Instant::now();
+                for r in response.results {
+                    let child = &mut self.pool.children[slot];
+                    if let Some(pos) = child.in_flight.iter().position(|k| *k == r.slot_id) {
+                        child.in_flight.remove(pos);
+                    }
+                    child.current_started = now.into_std();
+                    child.jobs_run += 1;
+                    let Some(job) = self.take_job(r.slot_id) else { continue };
+                    let mean = self.mean_us.entry(job.kind).or_insert(r.run_us as f64);
+                    *mean = 0.8 * *mean + 0.2 * r.run_us as f64;
+                    let outcome = match r.outcome {
+                        Some(child_result::Outcome::Output(o)) => job_result::Outcome::Output(o),
+                        Some(child_result::Outcome::Failure(f)) => job_result::Outcome::Failure(f),
+                        None => job_result::Outcome::Failure(pb::JobFailure {
+                            reason: "the child process sent an empty result".into(),
+                            retryable: true,
+                        }),
+                    };
+                    self.finish(job, outcome, r.run_us);
+                }
+                let child = &self.pool.children[slot];
+                if self.cfg.max_jobs_per_child > 0
+                    && child.is_idle()
+                    && child.jobs_run >= self.cfg.max_jobs_per_child
+                {
+                    tracing::debug!(slot, pid = child.pid, jobs = child.jobs_run, "recycling child");
+                    self.kill_child(slot, None);
+                }
+            }
+            PoolEvent::Exited {
+                slot,
+                generation,
+                status,
+            } => {
+                let child = &self.pool.children[slot];
+                if child.generation != generation {
+                    return;
+                }
+                let pid = child.pid;
+                tracing::warn!(slot, pid, %status, "child process died");
+                let failure = pb::JobFailure {
+                    reason: format!("child process {pid} {status} while running the job"),
+                    retryable: true,
+                };
+                self.kill_child(slot, Some(failure));
+            }
+        }
+    }
+
+    /// The earliest moment a running job's timeout is passed.
+    fn next_timeout(&self) -> Option<Instant> {
+        self.pool
+            .children
+            .iter()
+            .filter_map(|c| {
+                let head = self.jobs.get(c.in_flight.first()?)?;
+                (head.timeout_ms > 0).then(|| {
+                    Instant::from_std(c.current_started)
+                        + Duration::from_millis(head.timeout_ms)
+                        + TIMEOUT_SLACK
+                })
+            })
+            .min()
+    }
+
+    fn enforce_timeouts(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.pool.children.len() {
+            let child = &self.pool.children[slot];
+            let Some(head) = child.in_flight.first().and_then(|k| self.jobs.get(k)) else {
+                continue;
+            };
+            if head.timeout_ms == 0 {
+                continue;
+            }
+            let limit = Duration::from_millis(head.timeout_ms);
+            if now.duration_since(Instant::from_std(child.current_started)) > limit + TIMEOUT_SLACK {
+                head.span.in_scope(|| tracing::info!(timeout_ms = head.timeout_ms, pid = child.pid, "timed out, killing its process"));
+                let failure = pb::JobFailure {
+                    reason: format!("timed out after {} ms (its process was killed)", head.timeout_ms),
+                    retryable: true,
+                };
+                self.kill_child(slot, Some(failure));
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        tracing::info!(held = self.jobs.len(), "draining: finishing running jobs, returning the rest");
+        self.draining = true;
+        self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
+        let queued: Vec<u64> = self.cpu_queue.values().copied().collect();
+        self.cpu_queue.clear();
+        let mut returned = Vec::new();
+        for key in queued {
+            if let Some(job) = self.take_job(key) {
+                returned.push(job.job_id);
+            }
+        }
+        if !returned.is_empty() {
+            self.send(worker_message::Msg::Returned(pb::Returned { job_ids: returned }));
+        }
+    }
+
+    /// Ends every job still running when the grace period is over: each is
+    /// reported as a retriable failure, so it runs again elsewhere.
+    fn abandon_all(&mut self) {
+        let reason = format!("worker {} stopped before the job finished", self.cfg.name);
+        let failure = || pb::JobFailure {
+            reason: reason.clone(),
+            retryable: true,
+        };
+        for slot in 0..self.pool.children.len() {
+            let in_flight = std::mem::take(&mut self.pool.children[slot].in_flight);
+            let mut first = true;
+            for key in in_flight {
+                if let Some(job) = self.take_job(key) {
+                    if first {
+                        self.finish(job, job_result::Outcome::Failure(failure()), 0);
+                    } else if !job.cancelled {
+                        self.send(worker_message::Msg::Returned(pb::Returned {
+                            job_ids: vec![job.job_id],
+                        }));
+                    }
+                }
+                first = false;
+            }
+        }
+        self.pool.kill_all();
+        let keys: Vec<u64> = self.jobs.keys().copied().collect();
+        for key in keys {
+            if let Some(job) = self.take_job(key) {
+                if let Place::Sleeping(h) = &job.place {
+                    h.abort();
+                }
+                self.finish(job, job_result::Outcome::Failure(failure()), 0);
+            }
+        }
+    }
+
+    fn pump(&mut self) {
+        if !self.draining || self.pool.children.iter().any(|c| !c.is_idle()) {
+            self.dispatch_to_children();
+        }
+        self.flush_results();
+        if self.pool_changed && self.outbox.is_some() {
+            self.pool_changed = false;
+            self.send(worker_message::Msg::Pool(pb::PoolState {
+                child_pids: self.pool.pids(),
+                children_restarted: self.pool.restarted,
+            }));
+        }
+        self.grant_credit();
+    }
+
+    fn flush_results(&mut self) {
+        if self.unsent.is_empty() || self.outbox.is_none() {
+            return;
+        }
+        let results = std::mem::take(&mut self.unsent);
+        let outbox = self.outbox.as_ref().expect("checked above");
+        if let Err(e) = outbox.send(pb::WorkerMessage {
+            msg: Some(worker_message::Msg::Results(pb::Results { results })),
+        }) {
+            // The session ended: keep the results for the next one.
+            if let Some(worker_message::Msg::Results(r)) = e.0.msg {
+                self.unsent = r.results;
+            }
+            self.outbox = None;
+        }
+    }
+
+    fn dispatch_to_children(&mut self) {
+        let idle: Vec<usize> = (0..self.pool.children.len())
+            .filter(|&s| self.pool.children[s].is_idle() && self.pool.is_alive(s))
+            .collect();
+        if idle.is_empty() || self.cpu_queue.is_empty() {
+            return;
+        }
+        let mut idle_left = idle.len();
+        for slot in idle {
+            if self.cpu_queue.is_empty() {
+                break;
+            }
+            let fair = self.cpu_queue.len().div_ceil(idle_left);
+            idle_left -= 1;
+            let first_key = *self.cpu_queue.values().next().expect("not empty");
+            let kind = self.jobs[&first_key].kind;
+            let by_time = match self.mean_us.get(&kind) {
+                Some(&us) => (BATCH_TARGET_US / us.max(0.1)) as usize,
+                // Unknown cost: one at a time until we know.
+                None => 1,
+            };
+            let size = fair.min(by_time.clamp(1, BATCH_MAX));
+            let mut batch = Vec::with_capacity(size);
+            while batch.len() < size {
+                let Some((_, key)) = self.cpu_queue.pop_first() else { break };
+                let job = self.jobs.get_mut(&key).expect("queued job is held");
+                job.place = Place::InChild(slot);
+                batch.push(pb::ChildJob {
+                    slot_id: key,
+                    kind: job.kind,
+                    arg: job.arg.clone(),
+                });
+            }
+            self.pool.send(slot, batch);
+        }
+    }
+
+    /// Room for more jobs: every process plus an adaptive prefetch for CPU
+    /// jobs (short jobs need a deeper queue to hide the round trip to the
+    /// master; long ones need none, so a slow worker never hoards the
+    /// queue), and the async slots for IO jobs.
+    fn capacity(&self) -> [u64; 2] {
+        let procs = self.cfg.processes as u64;
+        let mean = self
+            .mean_us
+            .iter()
+            .filter(|(k, _)| **k != JobKind::Sleep as i32)
+            .map(|(_, v)| *v)
+            .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))));
+        let adaptive = match mean {
+            Some(us) => (procs as f64 * PREFETCH_TARGET_US / us.max(0.1)) as u64,
+            None => procs,
+        };
+        let prefetch = adaptive.max(1).min(self.cfg.prefetch);
+        [procs + prefetch, self.cfg.io_slots as u64]
+    }
+
+    fn grant_credit(&mut self) {
+        if self.draining || self.outbox.is_none() {
+            return;
+        }
+        let cap = self.capacity();
+        let mut grant = [0u64; 2];
+        for c in 0..2 {
+            let used = self.held[c] + self.outstanding[c];
+            grant[c] = cap[c].saturating_sub(used);
+        }
+        if grant == [0, 0] {
+            return;
+        }
+        self.outstanding[0] += grant[0];
+        self.outstanding[1] += grant[1];
+        self.send(worker_message::Msg::Credit(pb::Credit {
+            cpu: grant[0] as u32,
+            io: grant[1] as u32,
+        }));
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

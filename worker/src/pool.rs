@@ -1,0 +1,263 @@
+//! The fixed pool of long-lived child processes that run CPU jobs.
+//!
+//! Each child is a process of the worker's own binary in child mode
+//! ([`crate::child`]), in its own process group, fed batches of jobs over
+//! its stdin. A reader task per child turns its stdout frames into
+//! [`PoolEvent`]s and reaps it when its output ends, so no child is left as
+//! a zombie. A child that dies, times out, or runs a cancelled job is killed
+//! and replaced at once; the pool always has its N children.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use drover_common::pb;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::child::{CHILD_ARG, MAX_FRAME, encode_frame};
+
+/// What a child's reader task reports.
+#[derive(Debug)]
+pub enum PoolEvent {
+    /// Results from child `slot` of generation `generation`.
+    Output {
+        /// Index of the child in the pool.
+        slot: usize,
+        /// Which process in that slot: a replaced child's events are stale.
+        generation: u64,
+        /// The results.
+        response: pb::ChildResponse,
+    },
+    /// The child's output ended and it was reaped.
+    Exited {
+        /// Index of the child in the pool.
+        slot: usize,
+        /// Which process in that slot.
+        generation: u64,
+        /// How it ended, for the job's failure reason.
+        status: String,
+    },
+}
+
+/// One child process slot.
+#[derive(Debug)]
+pub struct ChildProc {
+    /// Process id, for status and for killing.
+    pub pid: u32,
+    /// Bumped on every replacement, to tell stale events apart.
+    pub generation: u64,
+    /// Jobs sent and not yet answered, in the order the child runs them.
+    pub in_flight: Vec<u64>,
+    /// When the job at the head of `in_flight` started, as near as the
+    /// worker can tell (the batch's start, or the last results' arrival).
+    pub current_started: Instant,
+    /// Jobs this child has run, for `--max-jobs-per-child`.
+    pub jobs_run: u64,
+    stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+impl ChildProc {
+    /// Whether the child has nothing to do.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+}
+
+/// The pool.
+#[derive(Debug)]
+pub struct Pool {
+    /// The children, one per slot.
+    pub children: Vec<ChildProc>,
+    /// Children replaced since the pool started.
+    pub restarted: u64,
+    events: mpsc::UnboundedSender<PoolEvent>,
+    next_generation: u64,
+}
+
+impl Pool {
+    /// Starts `n` children; their events arrive on `events`.
+    pub fn start(n: usize, events: mpsc::UnboundedSender<PoolEvent>) -> std::io::Result<Pool> {
+        let mut pool = Pool {
+            children: Vec::with_capacity(n),
+            restarted: 0,
+            events,
+            next_generation: 1,
+        };
+        for slot in 0..n {
+            let child = pool.spawn(slot)?;
+            pool.children.push(child);
+        }
+        Ok(pool)
+    }
+
+    /// The process ids of the children.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.pid).collect()
+    }
+
+    fn spawn(&mut self, slot: usize) -> std::io::Result<ChildProc> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(CHILD_ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            // Its own process group: a ^C at the terminal reaches the worker,
+            // which decides what happens to running jobs.
+            .process_group(0);
+        let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(stdin, rx));
+        tokio::spawn(read_frames(
+            child,
+            stdout,
+            slot,
+            generation,
+            self.events.clone(),
+        ));
+        tracing::debug!(slot, pid, "child started");
+        Ok(ChildProc {
+            pid,
+            generation,
+            in_flight: Vec::new(),
+            current_started: Instant::now(),
+            jobs_run: 0,
+            stdin: Some(tx),
+        })
+    }
+
+    /// Sends a batch of jobs to the child in `slot`.
+    pub fn send(&mut self, slot: usize, jobs: Vec<pb::ChildJob>) {
+        let child = &mut self.children[slot];
+        child.in_flight.extend(jobs.iter().map(|j| j.slot_id));
+        child.current_started = Instant::now();
+        let frame = encode_frame(&pb::ChildRequest { jobs });
+        if let Some(stdin) = &child.stdin {
+            // A closed pipe shows up as the child's exit event.
+            let _ = stdin.send(frame);
+        }
+    }
+
+    /// Kills the child in `slot` and starts a replacement; returns the jobs
+    /// it had in flight, the running one first.
+    pub fn replace(&mut self, slot: usize) -> Vec<u64> {
+        let old = &mut self.children[slot];
+        let in_flight = std::mem::take(&mut old.in_flight);
+        kill_group(old.pid);
+        old.stdin = None;
+        self.restarted += 1;
+        match self.spawn(slot) {
+            Ok(child) => self.children[slot] = child,
+            Err(e) => {
+                // Keep the slot with no process: it takes no jobs, and the
+                // next exit event or recycle tries again.
+                tracing::error!(slot, error = %e, "cannot start a child process");
+                let old = &mut self.children[slot];
+                old.pid = 0;
+                old.generation = u64::MAX;
+            }
+        }
+        in_flight
+    }
+
+    /// Whether the slot has a live process.
+    pub fn is_alive(&self, slot: usize) -> bool {
+        self.children[slot].stdin.is_some() && self.children[slot].pid != 0
+    }
+
+    /// Kills every child (shutdown).
+    pub fn kill_all(&mut self) {
+        for child in &mut self.children {
+            kill_group(child.pid);
+            child.stdin = None;
+        }
+    }
+}
+
+/// SIGKILLs a child's process group (the child leads it).
+fn kill_group(pid: u32) {
+    if pid != 0 {
+        // SAFETY: kill(2) has no memory effects; a stale pid can only name
+        // a group that no longer exists, since the reader task has not
+        // reaped the child before its output ended.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+}
+
+async fn write_frames(mut stdin: ChildStdin, mut frames: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(frame) = frames.recv().await {
+        if stdin.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    // Dropping stdin closes the pipe: an idle child then exits cleanly.
+}
+
+async fn read_frames(
+    mut child: Child,
+    mut stdout: tokio::process::ChildStdout,
+    slot: usize,
+    generation: u64,
+    events: mpsc::UnboundedSender<PoolEvent>,
+) {
+    let mut buf = Vec::new();
+    let problem = loop {
+        let mut len = [0u8; 4];
+        if stdout.read_exact(&mut len).await.is_err() {
+            break None;
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME {
+            break Some(format!("sent a frame of {len} bytes, over the limit"));
+        }
+        buf.resize(len, 0);
+        if stdout.read_exact(&mut buf).await.is_err() {
+            break None;
+        }
+        match pb::ChildResponse::decode(buf.as_slice()) {
+            Ok(response) => {
+                let _ = events.send(PoolEvent::Output {
+                    slot,
+                    generation,
+                    response,
+                });
+            }
+            Err(e) => break Some(format!("sent a malformed frame: {e}")),
+        }
+    };
+    if problem.is_some() {
+        let _ = child.start_kill();
+    }
+    let status = match child.wait().await {
+        Ok(s) => describe_exit(s),
+        Err(e) => format!("could not be waited for: {e}"),
+    };
+    let status = match problem {
+        Some(p) => format!("{p}; {status}"),
+        None => status,
+    };
+    let _ = events.send(PoolEvent::Exited {
+        slot,
+        generation,
+        status,
+    });
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended".into(),
+    }
+}
