@@ -5,7 +5,10 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from("../proto");
     println!("cargo:rerun-if-changed=../proto");
-    let fds = protox::compile(["drover/v1/drover.proto"], [&proto_root])?;
+    let fds = protox::compile(
+        ["drover/v1/drover.proto", "drover/v1/store.proto"],
+        [&proto_root],
+    )?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out.join("drover_descriptor.bin"),

@@ -142,6 +142,21 @@ impl Client {
         Ok(resp.into_inner())
     }
 
+    /// Queues failed jobs again: one job, a batch, or every failed job.
+    pub(crate) async fn retry(&self, id: Option<String>, all_failed: bool) -> anyhow::Result<u32> {
+        let resp = self
+            .queue
+            .clone()
+            .retry(pb::RetryRequest {
+                job_ids: id.into_iter().collect(),
+                batch_id: String::new(),
+                all_failed,
+            })
+            .await
+            .map_err(status_error)?;
+        Ok(resp.into_inner().retried)
+    }
+
     /// Queue depth, workers and throughput.
     pub(crate) async fn stats(&self) -> anyhow::Result<pb::StatsResponse> {
         let resp = self

@@ -60,7 +60,11 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
 
     println!("1. Pool.map(fib, range(2, 21)) -> drover map fib 2..=20, in order:");
     let batch = client
-        .submit(JobKind::Fib, (2..=20).map(|n| n.to_string()).collect(), &opts)
+        .submit(
+            JobKind::Fib,
+            (2..=20).map(|n| n.to_string()).collect(),
+            &opts,
+        )
         .await?;
     let mut fibs = Vec::new();
     client
@@ -77,7 +81,11 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
 
     println!("2. ProcessPoolExecutor.map(is_prime, PRIMES) -> drover map prime ...:");
     let batch = client
-        .submit(JobKind::Prime, PRIMES.iter().map(|s| s.to_string()).collect(), &opts)
+        .submit(
+            JobKind::Prime,
+            PRIMES.iter().map(|s| s.to_string()).collect(),
+            &opts,
+        )
         .await?;
     client
         .watch(&batch.batch_id, true, |jobs, _, _| {
@@ -91,7 +99,9 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
     println!("3. apply (one at a time) versus apply_async (all at once): 8 sleep jobs of 500 ms");
     let started = Instant::now();
     for _ in 0..8 {
-        let b = client.submit(JobKind::Sleep, vec!["500".into()], &opts).await?;
+        let b = client
+            .submit(JobKind::Sleep, vec!["500".into()], &opts)
+            .await?;
         client.get(vec![], Some(b.batch_id), true, None).await?;
     }
     let sync_wall = started.elapsed();
@@ -109,7 +119,9 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
         sync_wall.as_secs_f64() / async_wall.as_secs_f64()
     );
 
-    println!("4. as_completed / imap_unordered -> drover watch: sleeps of different lengths, in the order they finish");
+    println!(
+        "4. as_completed / imap_unordered -> drover watch: sleeps of different lengths, in the order they finish"
+    );
     let lengths = [800u64, 100, 700, 200, 600, 300, 500, 400];
     let b = client
         .submit(
@@ -131,6 +143,8 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
             }
         })
         .await?;
-    println!("\nThe same commands run against a real master: drover-master, drover-worker, drover map/submit/watch.");
+    println!(
+        "\nThe same commands run against a real master: drover-master, drover-worker, drover map/submit/watch."
+    );
     Ok(0)
 }

@@ -76,6 +76,15 @@ enum Command {
         /// A job id or a batch id.
         id: String,
     },
+    /// Queues failed jobs again (dead letters), with their attempts reset.
+    Retry {
+        /// A job id or a batch id; omit with --failed.
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        id: Option<String>,
+        /// Every failed job.
+        #[arg(long)]
+        failed: bool,
+    },
     /// Shows workers, queue depth by state, and throughput.
     Status,
     /// Lists jobs in a state, oldest first.
@@ -113,7 +122,12 @@ struct JobCommand {
     #[arg(required = true)]
     args: Vec<String>,
     /// Higher runs first.
-    #[arg(long, env = "DROVER_PRIORITY", default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "DROVER_PRIORITY",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     priority: i32,
     /// Kill a job's process when it runs longer than this (e.g. 500ms, 2s).
     #[arg(long, env = "DROVER_TIMEOUT", value_parser = parse_duration)]
@@ -146,7 +160,10 @@ fn main() {
     let cli = Cli::parse();
     // The CLI speaks through its output; logs only for what went wrong.
     drover_common::util::init_tracing(false, "warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover: cannot start the runtime: {e}");
@@ -178,7 +195,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Submit(job) => {
             let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
-            let resp = client.submit(kind, expand(&job.args)?, &job.options()).await?;
+            let resp = client
+                .submit(kind, expand(&job.args)?, &job.options())
+                .await?;
             match format {
                 Format::Json => println!(
                     "{}",
@@ -240,6 +259,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Retry { id, failed } => {
+            let retried = client.retry(id, failed).await?;
+            match format {
+                Format::Json => println!("{}", json!({ "retried": retried })),
+                Format::Text => println!("queued {retried} failed job(s) again"),
+            }
+            Ok(0)
+        }
         Command::Status => {
             let stats = client.stats().await?;
             match format {
@@ -270,7 +297,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             if resp.truncated {
-                eprintln!("drover: more jobs matched; showing the first {}", resp.jobs.len());
+                eprintln!(
+                    "drover: more jobs matched; showing the first {}",
+                    resp.jobs.len()
+                );
             }
             Ok(0)
         }
@@ -291,7 +321,12 @@ fn print_all(format: Format, jobs: &[drover_common::pb::JobInfo]) -> anyhow::Res
     Ok(0)
 }
 
-async fn map(client: &Client, format: Format, job: &JobCommand, no_progress: bool) -> anyhow::Result<i32> {
+async fn map(
+    client: &Client,
+    format: Format,
+    job: &JobCommand,
+    no_progress: bool,
+) -> anyhow::Result<i32> {
     let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
     let args = expand(&job.args)?;
     let total = args.len();
@@ -344,7 +379,9 @@ async fn health(url: &str, timeout: Duration) -> anyhow::Result<i32> {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let check = async {
-        let channel = drover_common::net::connect(url).await.map_err(anyhow::Error::msg)?;
+        let channel = drover_common::net::connect(url)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let resp = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),

@@ -45,9 +45,7 @@ pub(crate) fn parse_state(name: &str) -> Result<JobState, String> {
 pub(crate) fn result_text(job: &pb::JobInfo) -> String {
     match job.output.as_ref().and_then(|o| o.value.as_ref()) {
         Some(job_output::Value::Fib(v)) => v.clone(),
-        Some(job_output::Value::Prime(p)) => {
-            if p.is_prime { "True" } else { "False" }.to_string()
-        }
+        Some(job_output::Value::Prime(p)) => if p.is_prime { "True" } else { "False" }.to_string(),
         Some(job_output::Value::SleptMs(ms)) => format!("slept {ms}ms"),
         None => match JobState::try_from(job.state) {
             Ok(JobState::Failed) => format!("FAILED: {}", job.error),

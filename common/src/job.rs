@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn parses_good_arguments() {
         assert_eq!(parse(JobKind::Fib, "20"), Ok(JobArgs::Fib(20)));
-        assert_eq!(parse(JobKind::Fib, "10000000"), Ok(JobArgs::Fib(10_000_000)));
+        assert_eq!(
+            parse(JobKind::Fib, "10000000"),
+            Ok(JobArgs::Fib(10_000_000))
+        );
         assert_eq!(
             parse(JobKind::Prime, "0017"),
             Ok(JobArgs::Prime("17".into()))
@@ -177,7 +180,11 @@ mod tests {
 
     #[test]
     fn refuses_bad_arguments_naming_the_limit() {
-        assert!(parse(JobKind::Fib, "-1").unwrap_err().contains("non-negative"));
+        assert!(
+            parse(JobKind::Fib, "-1")
+                .unwrap_err()
+                .contains("non-negative")
+        );
         let e = parse(JobKind::Fib, "1000000000000").unwrap_err();
         assert!(e.contains("10000000") && e.contains("--max-fib-n"), "{e}");
         let e = parse(JobKind::Fib, "99999999999999999999999").unwrap_err();

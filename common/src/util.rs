@@ -20,7 +20,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86400.0,
-        _ => return Err(format!("bad duration unit {unit:?} in {s:?}: use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "bad duration unit {unit:?} in {s:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} is out of range"));

@@ -4,8 +4,11 @@
 //! # Layout
 //!
 //! - [`state`]: the queue state machine (jobs, batches, priority queues,
-//!   worker sessions and their credit). Pure: no I/O, unit-tested.
-//! - [`service`]: the gRPC handlers over the state, and the lease reaper.
+//!   retries, worker sessions and their credit). Pure: no I/O, unit-tested.
+//! - [`store`]: where job records survive a restart (redb, or nothing).
+//! - [`committer`]: the thread that group-commits changes to the store.
+//! - [`service`]: the gRPC handlers over the state, and the timers (leases,
+//!   retry backoff, retention).
 //! - [`MasterArgs`] and [`Config`]: flags, and the validated config they make.
 //! - [`run`]: serves the services, health and reflection on a listener
 //!   until a shutdown token is cancelled.
@@ -13,10 +16,14 @@
 //! The master never runs job code: it checks arguments at submit time and
 //! hands jobs to workers within the credit they granted.
 
+pub mod committer;
 pub mod service;
 pub mod state;
+pub mod store;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_common::pb::queue_server::QueueServer;
@@ -52,6 +59,23 @@ pub struct MasterArgs {
     /// Attempts for a job that does not say.
     #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// Where jobs are kept: redb (in --data-dir, survives restarts) or
+    /// memory (lost when the master stops).
+    #[arg(long, env = "DROVER_STORE", default_value = "redb", value_parser = ["redb", "memory"])]
+    pub store: String,
+    /// The directory of the redb store.
+    #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
+    pub data_dir: PathBuf,
+    /// Finished jobs and their results are purged this long after they finish.
+    #[arg(long, env = "DROVER_RETENTION", default_value = "24h", value_parser = drover_common::util::parse_duration)]
+    pub retention: Duration,
+    /// A retried job waits this long after its first failure, doubling
+    /// with each further one (with jitter).
+    #[arg(long, env = "DROVER_RETRY_BASE", default_value = "200ms", value_parser = drover_common::util::parse_duration)]
+    pub retry_base: Duration,
+    /// The longest wait before a retry.
+    #[arg(long, env = "DROVER_RETRY_MAX", default_value = "30s", value_parser = drover_common::util::parse_duration)]
+    pub retry_max: Duration,
 }
 
 impl MasterArgs {
@@ -67,7 +91,10 @@ impl MasterArgs {
             "--max-attempts {} is outside 1..=100",
             self.max_attempts
         );
-        anyhow::ensure!(self.max_batch_jobs >= 1, "--max-batch-jobs must be at least 1");
+        anyhow::ensure!(
+            self.max_batch_jobs >= 1,
+            "--max-batch-jobs must be at least 1"
+        );
         Ok(Config {
             limits: Limits {
                 max_fib_n: self.max_fib_n,
@@ -77,8 +104,34 @@ impl MasterArgs {
             },
             lease: self.lease,
             default_max_attempts: self.max_attempts,
+            store: match self.store.as_str() {
+                "memory" => StoreConfig::Memory,
+                _ => StoreConfig::Redb(self.data_dir.clone()),
+            },
+            retention: self.retention,
+            retry: state::RetryPolicy {
+                base_ms: self.retry_base.as_millis() as u64,
+                max_ms: self.retry_max.as_millis().max(self.retry_base.as_millis()) as u64,
+            },
         })
     }
+}
+
+/// Which store the master keeps its jobs in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Nothing survives a restart.
+    Memory,
+    /// A redb database in this directory.
+    Redb(PathBuf),
+}
+
+/// Opens the configured store.
+pub fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn store::Store>> {
+    Ok(match config {
+        StoreConfig::Memory => Arc::new(store::MemoryStore),
+        StoreConfig::Redb(dir) => Arc::new(store::RedbStore::open(dir)?),
+    })
 }
 
 /// The master's validated configuration.
@@ -90,14 +143,27 @@ pub struct Config {
     pub lease: Duration,
     /// Attempts for a job that does not say.
     pub default_max_attempts: u32,
+    /// Where jobs are kept.
+    pub store: StoreConfig,
+    /// How long finished jobs are kept.
+    pub retention: Duration,
+    /// Backoff between attempts.
+    pub retry: state::RetryPolicy,
 }
 
 impl Default for Config {
+    /// One machine, nothing kept on disk: what `drover demo` runs.
     fn default() -> Self {
         Config {
             limits: Limits::default(),
             lease: Duration::from_secs(10),
             default_max_attempts: 3,
+            store: StoreConfig::Memory,
+            retention: Duration::from_secs(24 * 3600),
+            retry: state::RetryPolicy {
+                base_ms: 200,
+                max_ms: 30_000,
+            },
         }
     }
 }
@@ -111,14 +177,27 @@ pub async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-/// Serves the master on `listener` until `shutdown` is cancelled.
+/// Opens the configured store and serves the master on `listener` until
+/// `shutdown` is cancelled.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let master = Master::new(config, shutdown.clone());
-    tokio::spawn(master.clone().reap_expired());
+    let store = open_store(&config.store)?;
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// Serves the master over an opened store until `shutdown` is cancelled;
+/// then the committer writes what is left before this returns.
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn store::Store>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let master = Master::open(config, store, shutdown.clone())?;
+    tokio::spawn(master.clone().run_timers());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<QueueServer<Master>>().await;
@@ -131,7 +210,7 @@ pub async fn run(
     let queue = QueueServer::new(master.clone())
         .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
-    let workers = WorkersServer::new(master)
+    let workers = WorkersServer::new(master.clone())
         .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
 
@@ -142,5 +221,7 @@ pub async fn run(
         .add_service(workers)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
         .await?;
+    let committer = master.clone();
+    tokio::task::spawn_blocking(move || committer.join_committer()).await?;
     Ok(())
 }

@@ -25,12 +25,15 @@ async fn main() {
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = cli.master.config()?;
+    // The store first: a locked or corrupt data directory is refused before
+    // anything listens.
+    let store = drover_master::open_store(&config.store)?;
     let (listener, addr) = drover_master::bind(&cli.master.listen).await?;
     // Scripts and tests read the bound port from this one stdout line.
     println!("drover-master listening on {addr}");
     tracing::info!(%addr, "listening");
     let shutdown = drover_common::util::shutdown_on_signals();
-    drover_master::run(config, listener, shutdown).await
+    drover_master::run_with_store(config, store, listener, shutdown).await
 }
 
 #[cfg(test)]

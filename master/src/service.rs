@@ -14,7 +14,7 @@ use drover_common::pb::{self, master_message, worker_message};
 use drover_common::{Error, PROTOCOL_VERSION};
 use futures::Stream;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
@@ -23,7 +23,9 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::Config;
-use crate::state::{SessionId, State};
+use crate::committer::{self, CommitState};
+use crate::state::{Outgoing, SessionId, State};
+use crate::store::Store;
 
 /// Results per `WatchResponse`: large enough to batch, small enough that a
 /// client sees progress.
@@ -36,41 +38,126 @@ pub struct Master {
 }
 
 struct Inner {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     config: Config,
     /// Ends every long-lived stream when the master shuts down.
     shutdown: CancellationToken,
+    /// What the committer has written; `None` with a store that keeps nothing.
+    committed: Option<watch::Receiver<CommitState>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Master {
-    /// Creates the services over an empty queue.
-    pub fn new(config: Config, shutdown: CancellationToken) -> Self {
-        let state = State::new(config.limits, config.default_max_attempts);
-        Master {
+    /// Creates the services over what `store` holds, recovering its jobs,
+    /// and starts the committer if the store is durable.
+    pub fn open(
+        config: Config,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let durable = store.is_durable();
+        let mut state = State::new(crate::state::Settings {
+            limits: config.limits,
+            default_max_attempts: config.default_max_attempts,
+            retry: config.retry,
+            retention_ms: config.retention.as_millis() as u64,
+            durable,
+        });
+        let started = std::time::Instant::now();
+        let recovered = store.load()?;
+        let report = state.recover(recovered)?;
+        if report.queued + report.requeued + report.finished > 0 {
+            tracing::info!(
+                queued = report.queued,
+                requeued = report.requeued,
+                finished = report.finished,
+                batches = report.batches,
+                ms = started.elapsed().as_millis() as u64,
+                "recovered the queue"
+            );
+        }
+        let (kick_tx, kick_rx) = std::sync::mpsc::channel();
+        state.set_kick(kick_tx);
+        let state = Arc::new(Mutex::new(state));
+        let (committed, committer) = if durable {
+            let (tx, rx) = watch::channel(CommitState::default());
+            let handle = committer::start(state.clone(), store, kick_rx, tx, shutdown.clone());
+            // Recovery may have changed jobs (running ones queued again).
+            state.lock().nudge();
+            (Some(rx), Some(handle))
+        } else {
+            (None, None)
+        };
+        Ok(Master {
             inner: Arc::new(Inner {
-                state: Mutex::new(state),
+                state,
                 config,
                 shutdown,
+                committed,
+                committer: Mutex::new(committer),
             }),
+        })
+    }
+
+    /// Waits for the committer to write what is left (after shutdown).
+    pub fn join_committer(&self) {
+        if let Some(handle) = self.inner.committer.lock().take() {
+            let _ = handle.join();
         }
     }
 
-    /// Ends the sessions of workers not heard from within the lease, so
-    /// their jobs go back to the queue. Runs until shutdown.
-    pub async fn reap_expired(self) {
+    fn send(&self, out: Outgoing) {
+        out.send(self.inner.committed.as_ref());
+    }
+
+    /// Waits until a change is durable.
+    async fn settle(&self, ticket: Option<u64>) -> Result<(), Status> {
+        match (ticket, &self.inner.committed) {
+            (Some(t), Some(rx)) => Ok(committer::wait_for(&mut rx.clone(), t).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the timers until shutdown: ends the sessions of workers not
+    /// heard from within the lease (their jobs go back to the queue),
+    /// releases retried jobs whose backoff is over, and purges jobs past
+    /// the retention period.
+    pub async fn run_timers(self) {
         let lease = self.inner.config.lease;
-        let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(50)));
+        let retention = self.inner.config.retention;
+        let purge_every =
+            (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut last_reap = Instant::now();
+        let mut last_purge = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.inner.shutdown.cancelled() => return,
             }
             let mut st = self.inner.state.lock();
-            for sid in st.expired_sessions(lease) {
-                tracing::warn!(session = sid, lease_ms = lease.as_millis() as u64, "lease expired");
-                let (_, out) = st.end_session(sid, "lease expired");
-                out.send();
+            let out = st.promote_due();
+            if last_reap.elapsed() >= (lease / 4).max(Duration::from_millis(50)) {
+                last_reap = Instant::now();
+                for sid in st.expired_sessions(lease) {
+                    tracing::warn!(
+                        session = sid,
+                        lease_ms = lease.as_millis() as u64,
+                        "lease expired"
+                    );
+                    let (_, out) = st.end_session(sid, "lease expired");
+                    out.send(self.inner.committed.as_ref());
+                }
             }
+            if last_purge.elapsed() >= purge_every {
+                last_purge = Instant::now();
+                let n = st.purge_expired();
+                if n > 0 {
+                    tracing::info!(jobs = n, "purged finished jobs past the retention period");
+                }
+            }
+            drop(st);
+            self.send(out);
         }
     }
 
@@ -98,16 +185,25 @@ impl Queue for Master {
             let (batch, ids) = st.submit(jobs)?;
             (batch, ids, st.dispatch())
         };
-        out.send();
+        let ticket = out.ticket;
+        self.send(out);
+        self.settle(ticket).await?;
         Ok(Response::new(pb::SubmitResponse {
             batch_id: batch.to_string(),
             job_ids: ids.iter().map(Uuid::to_string).collect(),
         }))
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         let req = request.into_inner();
-        let ids = self.inner.state.lock().resolve(&req.job_ids, &req.batch_id)?;
+        let ids = self
+            .inner
+            .state
+            .lock()
+            .resolve(&req.job_ids, &req.batch_id)?;
         if req.wait {
             let deadline = (req.timeout_ms > 0)
                 .then(|| Instant::now() + Duration::from_millis(req.timeout_ms));
@@ -168,7 +264,9 @@ impl Queue for Master {
                 notify.borrow_and_update();
                 let (chunk, done, total) = {
                     let st = master.inner.state.lock();
-                    let Some(b) = st.batches.get(&batch) else { return };
+                    let Some(b) = st.batches.get(&batch) else {
+                        return;
+                    };
                     let total = b.jobs.len();
                     let mut chunk = Vec::new();
                     if req.ordered {
@@ -230,8 +328,30 @@ impl Queue for Master {
             let ids = st.resolve(&req.job_ids, &req.batch_id)?;
             st.cancel(&ids)?
         };
-        out.send();
+        let ticket = out.ticket;
+        self.send(out);
+        self.settle(ticket).await?;
         Ok(Response::new(resp))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<pb::RetryRequest>,
+    ) -> Result<Response<pb::RetryResponse>, Status> {
+        let req = request.into_inner();
+        let (retried, out) = {
+            let mut st = self.inner.state.lock();
+            let ids = if req.all_failed {
+                st.failed_ids()
+            } else {
+                st.resolve(&req.job_ids, &req.batch_id)?
+            };
+            st.retry_jobs(&ids)
+        };
+        let ticket = out.ticket;
+        self.send(out);
+        self.settle(ticket).await?;
+        Ok(Response::new(pb::RetryResponse { retried }))
     }
 
     async fn stats(
@@ -264,7 +384,11 @@ impl Workers for Master {
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
         let hello = match first.and_then(|m| m.msg) {
             Some(worker_message::Msg::Hello(h)) => h,
-            _ => return Err(Status::invalid_argument("msg: the first message must be a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "msg: the first message must be a hello",
+                ));
+            }
         };
         if hello.protocol != PROTOCOL_VERSION {
             return Err(Error::FailedPrecondition(format!(
@@ -288,7 +412,7 @@ impl Workers for Master {
         let session = {
             let mut st = self.inner.state.lock();
             let sid = st.add_session(&hello, tx.clone());
-            let _ = tx.send(welcome(sid));
+            let _ = tx.send((None, welcome(sid)));
             sid
         };
         // Only the state keeps a sender: when the session ends there, the
@@ -317,11 +441,25 @@ impl Workers for Master {
                 }
             };
             let (_, out) = master.inner.state.lock().end_session(session, &reason);
-            out.send();
+            master.send(out);
         });
         let shutdown = self.inner.shutdown.clone().cancelled_owned();
+        let committed = self.inner.committed.clone();
+        // Each message waits for the commit of the change it announces;
+        // commits finish in order, so the stream keeps its order.
         let stream = futures::StreamExt::take_until(UnboundedReceiverStream::new(rx), shutdown)
-            .map(Ok);
+            .then(move |(ticket, msg)| {
+                let committed = committed.clone();
+                async move {
+                    match (ticket, committed) {
+                        (Some(t), Some(mut rx)) => committer::wait_for(&mut rx, t)
+                            .await
+                            .map(|()| msg)
+                            .map_err(Status::from),
+                        _ => Ok(msg),
+                    }
+                }
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -351,12 +489,14 @@ impl Master {
                 st.set_draining(session);
                 return true;
             }
-            Some(worker_message::Msg::Heartbeat(_)) | Some(worker_message::Msg::Hello(_)) | None => {
+            Some(worker_message::Msg::Heartbeat(_))
+            | Some(worker_message::Msg::Hello(_))
+            | None => {
                 return true;
             }
         };
         drop(st);
-        out.send();
+        self.send(out);
         true
     }
 }

@@ -16,14 +16,48 @@ use std::time::{Duration, Instant};
 
 use drover_common::pb::{self, JobKind, JobState};
 use drover_common::{Error, JobArgs, Limits};
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
+
+use crate::store::{Changes, Recovered, encode_batch};
 
 /// A worker session: one `Connect` stream, from hello to its end.
 pub type SessionId = u64;
 
-/// What the master may send a worker's stream.
-pub type Outbox = mpsc::UnboundedSender<pb::MasterMessage>;
+/// What the master may send a worker's stream: each message with the
+/// commit it must wait for, so a worker is never told of a change that a
+/// crash could undo.
+pub type Outbox = mpsc::UnboundedSender<(Option<u64>, pb::MasterMessage)>;
+
+/// A source of wall-clock time in Unix milliseconds (a test can fake it).
+pub type Clock = Box<dyn Fn() -> u64 + Send>;
+
+/// How long a retried job waits.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// The wait after the first failed attempt, in milliseconds; it doubles
+    /// with each further attempt.
+    pub base_ms: u64,
+    /// The longest wait, in milliseconds.
+    pub max_ms: u64,
+}
+
+impl RetryPolicy {
+    /// The wait after `attempts` failed attempts: exponential, capped, with
+    /// jitter (between half and all of it) so retries do not move in herds.
+    fn backoff_ms(&self, attempts: u32) -> u64 {
+        if self.base_ms == 0 {
+            return 0;
+        }
+        let exp = self
+            .base_ms
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
+        let full = exp.min(self.max_ms);
+        let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
+        (full as f64 * jitter) as u64
+    }
+}
 
 /// A job and everything known about it.
 #[derive(Debug)]
@@ -50,6 +84,13 @@ pub(crate) struct Job {
     pub(crate) error: Option<String>,
     pub(crate) attempt_errors: Vec<String>,
     pub(crate) run_us: u64,
+    /// When it finished (unix ms), for retention.
+    pub(crate) finished_at_ms: u64,
+    /// A retried job waits in the delay queue until then (unix ms).
+    pub(crate) not_before_ms: u64,
+    pub(crate) idempotency_key: Option<Box<str>>,
+    /// Changed since the last commit, and listed in `State::dirty_jobs`.
+    dirty: bool,
 }
 
 impl Job {
@@ -62,6 +103,71 @@ impl Job {
 
     fn class(&self) -> Class {
         Class::of(self.kind)
+    }
+
+    /// The record the store keeps.
+    fn record(&self) -> pb::JobRecord {
+        pb::JobRecord {
+            id: self.id.as_bytes().to_vec(),
+            batch: self.batch.as_bytes().to_vec(),
+            index: self.index,
+            kind: self.kind as i32,
+            arg: self.arg.to_string(),
+            priority: self.priority,
+            timeout_ms: self.timeout_ms,
+            max_attempts: self.max_attempts,
+            state: self.state as i32,
+            attempts: self.attempts,
+            seq: self.seq,
+            worker: self.worker.as_deref().unwrap_or_default().to_string(),
+            output: self.output.clone(),
+            error: self.error.clone().unwrap_or_default(),
+            attempt_errors: self.attempt_errors.clone(),
+            run_us: self.run_us,
+            finished_at_ms: self.finished_at_ms,
+            not_before_ms: self.not_before_ms,
+            idempotency_key: self
+                .idempotency_key
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            running: self.state == JobState::Running,
+        }
+    }
+
+    /// Rebuilds a job from its record.
+    fn from_record(r: pb::JobRecord) -> Result<Job, String> {
+        let id = uuid_from(&r.id).ok_or("a job record has a malformed id")?;
+        let batch =
+            uuid_from(&r.batch).ok_or_else(|| format!("job {id} has a malformed batch id"))?;
+        let kind = JobKind::try_from(r.kind)
+            .map_err(|_| format!("job {id} has unknown kind {}", r.kind))?;
+        let state = JobState::try_from(r.state)
+            .map_err(|_| format!("job {id} has unknown state {}", r.state))?;
+        Ok(Job {
+            id,
+            batch,
+            index: r.index,
+            kind,
+            arg: r.arg.into_boxed_str(),
+            priority: r.priority,
+            timeout_ms: r.timeout_ms,
+            max_attempts: r.max_attempts.max(1),
+            state,
+            attempts: r.attempts,
+            seq: r.seq,
+            session: None,
+            worker: (!r.worker.is_empty()).then(|| Arc::from(r.worker.as_str())),
+            output: r.output,
+            error: (!r.error.is_empty()).then_some(r.error),
+            attempt_errors: r.attempt_errors,
+            run_us: r.run_us,
+            finished_at_ms: r.finished_at_ms,
+            not_before_ms: r.not_before_ms,
+            idempotency_key: (!r.idempotency_key.is_empty())
+                .then(|| r.idempotency_key.into_boxed_str()),
+            dirty: false,
+        })
     }
 
     /// Renders the job for a client.
@@ -145,7 +251,6 @@ pub(crate) struct Counters {
 }
 
 /// The whole queue.
-#[derive(Debug)]
 pub struct State {
     limits: Limits,
     default_max_attempts: u32,
@@ -154,6 +259,8 @@ pub struct State {
     /// Queued jobs per class, highest priority first, then oldest first.
     queues: [BTreeMap<(Reverse<i32>, u64), Uuid>; 2],
     idempotency: HashMap<String, Uuid>,
+    /// Retried jobs waiting out their backoff, by due time (unix ms).
+    delayed: BTreeMap<(u64, u64), Uuid>,
     pub(crate) sessions: HashMap<SessionId, Session>,
     next_session: SessionId,
     next_seq: u64,
@@ -161,40 +268,420 @@ pub struct State {
     counts: [u64; 6],
     pub(crate) counters: Counters,
     started: Instant,
+    retry: RetryPolicy,
+    /// Finished jobs are purged this long after they finish.
+    retention_ms: u64,
+    clock: Clock,
+    /// When the store was created (unix ms): tells an expired id from one
+    /// never seen.
+    created_at_ms: u64,
+    /// Whether changes are committed to a store; if not, none are tracked.
+    durable: bool,
+    dirty_jobs: Vec<Uuid>,
+    dirty_batches: Vec<Uuid>,
+    deleted_jobs: Vec<Uuid>,
+    deleted_batches: Vec<Uuid>,
+    /// The number of the commit that will hold the changes made now.
+    pending_commit: u64,
+    /// Wakes the committer when the first change after a commit is made.
+    kick: Option<std::sync::mpsc::Sender<()>>,
+    kicked: bool,
+    /// Batches with newly finished jobs, to wake once the change is safe.
+    notify_pending: Vec<Uuid>,
 }
 
-/// Messages to send once the lock is released.
+/// How the state is set up.
+pub struct Settings {
+    /// What a job may ask for.
+    pub limits: Limits,
+    /// Attempts for a job that does not say.
+    pub default_max_attempts: u32,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// How long finished jobs are kept, in milliseconds.
+    pub retention_ms: u64,
+    /// Whether changes must be committed before they are acknowledged.
+    pub durable: bool,
+}
+
+/// What a change produced, to act on once the lock is released: messages
+/// for workers, batches whose waiters to wake, and the commit that must
+/// finish before any of it is acted on (with a durable store).
 #[derive(Debug, Default)]
 #[must_use = "the messages must be sent"]
-pub struct Outgoing(Vec<(Outbox, pb::MasterMessage)>);
+pub struct Outgoing {
+    /// The commit holding the change; `None` with no store or no change.
+    pub ticket: Option<u64>,
+    messages: Vec<(Outbox, pb::MasterMessage)>,
+    notify: Vec<watch::Sender<u64>>,
+}
 
 impl Outgoing {
-    /// Sends every message; a closed outbox means the session is ending,
-    /// and its jobs are handled when it ends.
-    pub fn send(self) {
-        for (outbox, msg) in self.0 {
-            let _ = outbox.send(msg);
+    /// Queues every message on its session's stream (which holds each back
+    /// until its commit is done) and wakes the batches' waiters now, or,
+    /// with a ticket, once `committed` shows the commit is done.
+    pub fn send(self, committed: Option<&watch::Receiver<crate::committer::CommitState>>) {
+        for (outbox, msg) in self.messages {
+            // A closed outbox means the session is ending; its jobs are
+            // handled when it ends.
+            let _ = outbox.send((self.ticket, msg));
         }
+        if self.notify.is_empty() {
+            return;
+        }
+        match (self.ticket, committed) {
+            (Some(ticket), Some(committed)) => {
+                let mut committed = committed.clone();
+                let notify = self.notify;
+                tokio::spawn(async move {
+                    if crate::committer::wait_for(&mut committed, ticket)
+                        .await
+                        .is_ok()
+                    {
+                        for n in notify {
+                            n.send_modify(|v| *v += 1);
+                        }
+                    }
+                });
+            }
+            _ => {
+                for n in self.notify {
+                    n.send_modify(|v| *v += 1);
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Outgoing) {
+        self.ticket = self.ticket.max(other.ticket);
+        self.messages.extend(other.messages);
+        self.notify.extend(other.notify);
     }
 }
 
 impl State {
     /// Creates an empty queue.
-    pub fn new(limits: Limits, default_max_attempts: u32) -> Self {
+    pub fn new(settings: Settings) -> Self {
         State {
-            limits,
-            default_max_attempts: default_max_attempts.max(1),
+            limits: settings.limits,
+            default_max_attempts: settings.default_max_attempts.max(1),
             jobs: HashMap::new(),
             batches: HashMap::new(),
             queues: [BTreeMap::new(), BTreeMap::new()],
             idempotency: HashMap::new(),
+            delayed: BTreeMap::new(),
             sessions: HashMap::new(),
             next_session: 1,
             next_seq: 0,
             counts: [0; 6],
             counters: Counters::default(),
             started: Instant::now(),
+            retry: settings.retry,
+            retention_ms: settings.retention_ms,
+            clock: Box::new(crate::store::now_ms),
+            created_at_ms: crate::store::now_ms(),
+            durable: settings.durable,
+            dirty_jobs: Vec::new(),
+            dirty_batches: Vec::new(),
+            deleted_jobs: Vec::new(),
+            deleted_batches: Vec::new(),
+            pending_commit: 1,
+            kick: None,
+            kicked: false,
+            notify_pending: Vec::new(),
         }
+    }
+
+    /// Wakes the committer if changes are waiting (after recovery).
+    pub fn nudge(&mut self) {
+        if self.kicked
+            && let Some(k) = &self.kick
+        {
+            let _ = k.send(());
+        }
+    }
+
+    /// Sets the channel that wakes the committer.
+    pub fn set_kick(&mut self, kick: std::sync::mpsc::Sender<()>) {
+        self.kick = Some(kick);
+    }
+
+    /// Replaces the clock (tests).
+    #[cfg(test)]
+    pub(crate) fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// Rebuilds the queue from what the store held. Queued jobs keep their
+    /// order and priority; jobs that were running go back to the queue with
+    /// their attempt counted (a worker that reconnects and delivers the
+    /// result before the job is handed out again still has it recorded).
+    pub fn recover(&mut self, recovered: Recovered) -> anyhow::Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        self.created_at_ms = recovered.created_at_ms;
+        for record in recovered.jobs {
+            let was_running = record.running;
+            let mut job = Job::from_record(record).map_err(anyhow::Error::msg)?;
+            self.next_seq = self.next_seq.max(job.seq + 1);
+            if let Some(key) = &job.idempotency_key {
+                self.idempotency.insert(key.to_string(), job.id);
+            }
+            if was_running {
+                job.state = JobState::Queued;
+            }
+            let id = job.id;
+            self.counts[job.state as usize] += 1;
+            let state = job.state;
+            let not_before = job.not_before_ms;
+            self.jobs.insert(id, job);
+            if was_running {
+                report.requeued += 1;
+                self.fail_attempt(id, "the master restarted while the job ran".into(), true);
+            } else if state == JobState::Queued {
+                report.queued += 1;
+                self.enqueue(id, not_before);
+            } else {
+                report.finished += 1;
+            }
+        }
+        for (batch_id, ids) in recovered.batches {
+            let (tx, _) = watch::channel(0);
+            let mut finished: Vec<(u64, u32)> = ids
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    let j = self.jobs.get(id)?;
+                    j.is_finished().then_some((j.finished_at_ms, i as u32))
+                })
+                .collect();
+            finished.sort_unstable();
+            self.batches.insert(
+                batch_id,
+                Batch {
+                    jobs: ids,
+                    finished: finished.into_iter().map(|(_, i)| i).collect(),
+                    notify: tx,
+                },
+            );
+            report.batches += 1;
+        }
+        self.notify_pending.clear();
+        Ok(report)
+    }
+
+    /// Takes every change since the last commit, encoded, with the number
+    /// of the commit that will hold it; `None` when nothing changed.
+    pub fn take_changes(&mut self) -> Option<(u64, Changes)> {
+        // Tickets were handed out for the pending commit only if kicked: it
+        // must then be numbered and published, even if it writes nothing.
+        if !self.kicked {
+            return None;
+        }
+        self.kicked = false;
+        let mut changes = Changes {
+            deleted_jobs: std::mem::take(&mut self.deleted_jobs),
+            deleted_batches: std::mem::take(&mut self.deleted_batches),
+            ..Changes::default()
+        };
+        for id in std::mem::take(&mut self.dirty_jobs) {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.dirty = false;
+                changes.jobs.push((id, job.record().encode_to_vec()));
+            }
+        }
+        for id in std::mem::take(&mut self.dirty_batches) {
+            if let Some(b) = self.batches.get(&id) {
+                changes.batches.push((id, encode_batch(&b.jobs)));
+            }
+        }
+        let number = self.pending_commit;
+        self.pending_commit += 1;
+        Some((number, changes))
+    }
+
+    fn kick(&mut self) {
+        if !self.kicked {
+            self.kicked = true;
+            if let Some(k) = &self.kick {
+                let _ = k.send(());
+            }
+        }
+    }
+
+    fn mark(&mut self, id: Uuid) {
+        if !self.durable {
+            return;
+        }
+        if let Some(job) = self.jobs.get_mut(&id)
+            && !job.dirty
+        {
+            job.dirty = true;
+            self.dirty_jobs.push(id);
+        }
+        self.kick();
+    }
+
+    /// Wraps what a change produced with the commit it waits for.
+    fn outgoing(&mut self, messages: Vec<(Outbox, pb::MasterMessage)>) -> Outgoing {
+        let notify = self
+            .notify_pending
+            .drain(..)
+            .filter_map(|b| self.batches.get(&b).map(|b| b.notify.clone()))
+            .collect();
+        Outgoing {
+            ticket: (self.durable && self.kicked).then_some(self.pending_commit),
+            messages,
+            notify,
+        }
+    }
+
+    /// The ticket for a reply: the commit it must wait for, if any.
+    pub fn ticket(&self) -> Option<u64> {
+        (self.durable && self.kicked).then_some(self.pending_commit)
+    }
+
+    /// Puts a job in its queue, or in the delay queue until `not_before`.
+    fn enqueue(&mut self, id: Uuid, not_before_ms: u64) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let now = (self.clock)();
+        if not_before_ms > now {
+            job.not_before_ms = not_before_ms;
+            self.delayed.insert((not_before_ms, job.seq), id);
+        } else {
+            job.not_before_ms = 0;
+            let key = (Reverse(job.priority), job.seq);
+            self.queues[job.class() as usize].insert(key, id);
+        }
+    }
+
+    /// Takes a queued job out of whichever queue holds it.
+    fn unqueue(&mut self, id: Uuid) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if job.not_before_ms > 0 && self.delayed.remove(&(job.not_before_ms, job.seq)).is_some() {
+            return;
+        }
+        let key = (Reverse(job.priority), job.seq);
+        self.queues[job.class() as usize].remove(&key);
+    }
+
+    /// Moves retried jobs whose backoff is over into their queues and hands
+    /// out what it can.
+    pub fn promote_due(&mut self) -> Outgoing {
+        let now = (self.clock)();
+        let mut moved = false;
+        while let Some((&(due, seq), &id)) = self.delayed.first_key_value() {
+            if due > now {
+                break;
+            }
+            self.delayed.remove(&(due, seq));
+            self.enqueue(id, 0);
+            moved = true;
+        }
+        if moved {
+            self.dispatch()
+        } else {
+            Outgoing::default()
+        }
+    }
+
+    /// Purges jobs finished longer ago than the retention period, and
+    /// batches left empty. Returns how many jobs went.
+    pub fn purge_expired(&mut self) -> usize {
+        let cutoff = (self.clock)().saturating_sub(self.retention_ms);
+        let expired: Vec<Uuid> = self
+            .jobs
+            .values()
+            .filter(|j| j.is_finished() && j.finished_at_ms < cutoff)
+            .map(|j| j.id)
+            .collect();
+        let mut batches = HashSet::new();
+        for id in &expired {
+            if let Some(job) = self.jobs.remove(id) {
+                self.counts[job.state as usize] -= 1;
+                if let Some(key) = &job.idempotency_key {
+                    self.idempotency.remove(key.as_ref());
+                }
+                batches.insert(job.batch);
+                if self.durable {
+                    self.deleted_jobs.push(*id);
+                }
+            }
+        }
+        for b in batches {
+            let empty = self
+                .batches
+                .get(&b)
+                .is_some_and(|batch| batch.jobs.iter().all(|id| !self.jobs.contains_key(id)));
+            if empty {
+                self.batches.remove(&b);
+                if self.durable {
+                    self.deleted_batches.push(b);
+                }
+            }
+        }
+        if !expired.is_empty() && self.durable {
+            self.kick();
+        }
+        expired.len()
+    }
+
+    /// Queues failed jobs again, with their attempts reset; returns how many.
+    pub fn retry_jobs(&mut self, ids: &[Uuid]) -> (u32, Outgoing) {
+        let mut n = 0;
+        let mut touched = HashSet::new();
+        for &id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if job.state != JobState::Failed {
+                continue;
+            }
+            job.attempts = 0;
+            job.error = None;
+            job.finished_at_ms = 0;
+            touched.insert(job.batch);
+            self.set_state(id, JobState::Queued);
+            self.enqueue(id, 0);
+            self.mark(id);
+            n += 1;
+        }
+        // Their batches no longer count them as finished.
+        for b in touched {
+            let Some(batch) = self.batches.get(&b) else {
+                continue;
+            };
+            let keep: Vec<u32> = batch
+                .finished
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    batch
+                        .jobs
+                        .get(i as usize)
+                        .is_some_and(|id| self.is_finished(id))
+                })
+                .collect();
+            if let Some(batch) = self.batches.get_mut(&b) {
+                batch.finished = keep;
+            }
+        }
+        let mut out = self.dispatch();
+        let extra = self.outgoing(Vec::new());
+        out.merge(extra);
+        (n, out)
+    }
+
+    /// Ids of every failed job.
+    pub fn failed_ids(&self) -> Vec<Uuid> {
+        self.jobs
+            .values()
+            .filter(|j| j.state == JobState::Failed)
+            .map(|j| j.id)
+            .collect()
     }
 
     /// The limits jobs are checked against.
@@ -244,13 +731,15 @@ impl State {
         let batch_id = Uuid::now_v7();
         let mut ids = Vec::with_capacity(specs.len());
         for (i, spec) in specs.into_iter().enumerate() {
-            if !spec.idempotency_key.is_empty() {
-                if let Some(&existing) = self.idempotency.get(&spec.idempotency_key) {
-                    ids.push(existing);
-                    continue;
-                }
+            if !spec.idempotency_key.is_empty()
+                && let Some(&existing) = self.idempotency.get(&spec.idempotency_key)
+            {
+                ids.push(existing);
+                continue;
             }
             let id = Uuid::now_v7();
+            let idempotency_key = (!spec.idempotency_key.is_empty())
+                .then(|| spec.idempotency_key.clone().into_boxed_str());
             if !spec.idempotency_key.is_empty() {
                 self.idempotency.insert(spec.idempotency_key, id);
             }
@@ -279,10 +768,15 @@ impl State {
                 error: None,
                 attempt_errors: Vec::new(),
                 run_us: 0,
+                finished_at_ms: 0,
+                not_before_ms: 0,
+                idempotency_key,
+                dirty: false,
             };
             self.queues[job.class() as usize].insert((Reverse(job.priority), seq), id);
             self.counts[JobState::Queued as usize] += 1;
             self.jobs.insert(id, job);
+            self.mark(id);
             ids.push(id);
         }
         // A job named again by its idempotency key belongs to its first batch;
@@ -299,6 +793,10 @@ impl State {
             }
         }
         self.batches.insert(batch_id, batch);
+        if self.durable {
+            self.dirty_batches.push(batch_id);
+            self.kick();
+        }
         Ok((batch_id, ids))
     }
 
@@ -403,7 +901,7 @@ impl State {
                 }
             }
         }
-        let mut out = Outgoing::default();
+        let mut messages = Vec::new();
         for (sid, ids) in plan {
             if ids.is_empty() {
                 continue;
@@ -425,9 +923,10 @@ impl State {
                     attempt: job.attempts,
                     priority: job.priority,
                 });
+                self.mark(*id);
             }
             let outbox = self.sessions[&sid].outbox.clone();
-            out.0.push((
+            messages.push((
                 outbox,
                 pb::MasterMessage {
                     msg: Some(pb::master_message::Msg::Assign(pb::Assign {
@@ -436,7 +935,7 @@ impl State {
                 },
             ));
         }
-        out
+        self.outgoing(messages)
     }
 
     /// Records results from a session. The first result recorded for a job
@@ -468,9 +967,7 @@ impl State {
                 continue;
             }
             if job.state == JobState::Queued {
-                let key = (Reverse(job.priority), job.seq);
-                let class = job.class() as usize;
-                self.queues[class].remove(&key);
+                self.unqueue(id);
             }
             let name = self.sessions.get(&session).map(|s| s.name.clone());
             if let Some(s) = self.sessions.get_mut(&session) {
@@ -498,7 +995,7 @@ impl State {
         if requeued {
             self.dispatch()
         } else {
-            Outgoing::default()
+            self.outgoing(Vec::new())
         }
     }
 
@@ -514,10 +1011,11 @@ impl State {
             .push(format!("attempt {}: {reason}", job.attempts));
         if retryable && job.attempts < job.max_attempts {
             job.error = Some(reason);
-            let key = (Reverse(job.priority), job.seq);
-            let class = job.class() as usize;
-            self.queues[class].insert(key, id);
+            let wait = self.retry.backoff_ms(job.attempts);
+            let now = (self.clock)();
             self.set_state(id, JobState::Queued);
+            self.enqueue(id, if wait > 0 { now + wait } else { 0 });
+            self.mark(id);
             self.counters.retried += 1;
             true
         } else {
@@ -541,11 +1039,15 @@ impl State {
         } else if to == JobState::Succeeded {
             job.error = None;
         }
+        job.finished_at_ms = (self.clock)();
         let (batch, index) = (job.batch, job.index);
         if let Some(b) = self.batches.get_mut(&batch) {
             b.finished.push(index);
-            b.notify.send_modify(|v| *v += 1);
+            if self.notify_pending.last() != Some(&batch) {
+                self.notify_pending.push(batch);
+            }
         }
+        self.mark(id);
         let now = self.started.elapsed().as_secs();
         match self.counters.per_second.back_mut() {
             Some((sec, n)) if *sec == now => *n += 1,
@@ -572,15 +1074,14 @@ impl State {
             if !held {
                 continue;
             }
-            if let Some(job) = self.jobs.get_mut(&id) {
-                if job.state == JobState::Running {
-                    job.attempts = job.attempts.saturating_sub(1);
-                    job.session = None;
-                    let key = (Reverse(job.priority), job.seq);
-                    let class = job.class() as usize;
-                    self.queues[class].insert(key, id);
-                    self.set_state(id, JobState::Queued);
-                }
+            if let Some(job) = self.jobs.get_mut(&id)
+                && job.state == JobState::Running
+            {
+                job.attempts = job.attempts.saturating_sub(1);
+                job.session = None;
+                self.set_state(id, JobState::Queued);
+                self.enqueue(id, 0);
+                self.mark(id);
             }
         }
         self.dispatch()
@@ -590,7 +1091,7 @@ impl State {
     /// counted. Returns false if it had ended already.
     pub fn end_session(&mut self, session: SessionId, reason: &str) -> (bool, Outgoing) {
         let Some(s) = self.sessions.remove(&session) else {
-            return (false, Outgoing::default());
+            return (false, self.outgoing(Vec::new()));
         };
         let n = s.held.len();
         for id in s.held {
@@ -620,7 +1121,7 @@ impl State {
     pub fn cancel(&mut self, ids: &[Uuid]) -> Result<(pb::CancelResponse, Outgoing), Error> {
         for id in ids {
             if !self.jobs.contains_key(id) {
-                return Err(Error::NotFound(format!("job {id} is not known")));
+                return Err(self.not_found("job", *id));
             }
         }
         let mut resp = pb::CancelResponse::default();
@@ -629,9 +1130,7 @@ impl State {
             let job = &self.jobs[&id];
             match job.state {
                 JobState::Queued => {
-                    let key = (Reverse(job.priority), job.seq);
-                    let class = job.class() as usize;
-                    self.queues[class].remove(&key);
+                    self.unqueue(id);
                 }
                 JobState::Running => {
                     if let Some(sid) = job.session {
@@ -652,10 +1151,10 @@ impl State {
             self.finish(id, JobState::Cancelled, Some("cancelled".into()));
             resp.cancelled += 1;
         }
-        let mut out = Outgoing::default();
+        let mut messages = Vec::new();
         for (sid, job_ids) in per_session {
             if let Some(s) = self.sessions.get(&sid) {
-                out.0.push((
+                messages.push((
                     s.outbox.clone(),
                     pb::MasterMessage {
                         msg: Some(pb::master_message::Msg::Cancel(pb::CancelJobs { job_ids })),
@@ -663,7 +1162,7 @@ impl State {
                 ));
             }
         }
-        Ok((resp, out))
+        Ok((resp, self.outgoing(messages)))
     }
 
     /// The ids a request names: a batch's jobs in order, or the given ids.
@@ -672,7 +1171,7 @@ impl State {
             let id = parse_id("batch_id", batch_id)?;
             return match self.batches.get(&id) {
                 Some(b) => Ok(b.jobs.clone()),
-                None => Err(Error::NotFound(format!("batch {id} is not known"))),
+                None => Err(self.not_found("batch", id)),
             };
         }
         if job_ids.is_empty() {
@@ -689,11 +1188,30 @@ impl State {
                     out.extend_from_slice(&b.jobs);
                     continue;
                 }
-                return Err(Error::NotFound(format!("job {id} is not known")));
+                return Err(self.not_found("job", id));
             }
             out.push(id);
         }
         Ok(out)
+    }
+
+    /// The error for an id not held: expired if it was made while this
+    /// store existed and long enough ago to have been purged, else unknown.
+    pub(crate) fn not_found(&self, what: &str, id: Uuid) -> Error {
+        let made_ms = id.get_timestamp().map(|t| {
+            let (secs, nanos) = t.to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        });
+        let now = (self.clock)();
+        match made_ms {
+            Some(ms) if ms >= self.created_at_ms && ms + self.retention_ms <= now => {
+                Error::NotFound(format!(
+                    "{what} {id} has expired: finished jobs are kept for {} s (master flag --retention)",
+                    self.retention_ms / 1000
+                ))
+            }
+            _ => Error::NotFound(format!("{what} {id} is not known")),
+        }
     }
 
     /// Whether every named job is finished.
@@ -765,7 +1283,11 @@ impl State {
 
     /// Jobs in a state (or all), oldest first.
     pub fn list(&self, req: &pb::ListJobsRequest) -> Result<pb::ListJobsResponse, Error> {
-        let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
+        let limit = if req.limit == 0 {
+            1000
+        } else {
+            req.limit as usize
+        };
         let state = JobState::try_from(req.state)
             .map_err(|_| Error::invalid(format!("state: unknown state {}", req.state)))?;
         let batch = if req.batch_id.is_empty() {
@@ -788,15 +1310,48 @@ impl State {
     }
 }
 
+/// What recovery found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoveryReport {
+    /// Jobs queued again in their order.
+    pub queued: u64,
+    /// Jobs that were running, queued again with the attempt counted.
+    pub requeued: u64,
+    /// Finished jobs, with their results.
+    pub finished: u64,
+    /// Batches.
+    pub batches: u64,
+}
+
+fn uuid_from(bytes: &[u8]) -> Option<Uuid> {
+    Uuid::from_slice(bytes).ok()
+}
+
 /// Parses a UUID, naming the field when it is malformed.
 pub(crate) fn parse_id(field: &str, raw: &str) -> Result<Uuid, Error> {
-    Uuid::parse_str(raw)
-        .map_err(|_| Error::invalid(format!("{field}: {raw:?} is not a job or batch id (a UUID)")))
+    Uuid::parse_str(raw).map_err(|_| {
+        Error::invalid(format!(
+            "{field}: {raw:?} is not a job or batch id (a UUID)"
+        ))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(max_attempts: u32) -> Settings {
+        Settings {
+            limits: Limits::default(),
+            default_max_attempts: max_attempts,
+            retry: RetryPolicy {
+                base_ms: 0,
+                max_ms: 0,
+            },
+            retention_ms: 3_600_000,
+            durable: false,
+        }
+    }
 
     fn spec(kind: JobKind, arg: &str, priority: i32) -> pb::JobSpec {
         pb::JobSpec {
@@ -816,9 +1371,11 @@ mod tests {
         }
     }
 
-    fn assigned(rx: &mut mpsc::UnboundedReceiver<pb::MasterMessage>) -> Vec<pb::Assignment> {
+    fn assigned(
+        rx: &mut mpsc::UnboundedReceiver<(Option<u64>, pb::MasterMessage)>,
+    ) -> Vec<pb::Assignment> {
         let mut out = Vec::new();
-        while let Ok(m) = rx.try_recv() {
+        while let Ok((_, m)) = rx.try_recv() {
             if let Some(pb::master_message::Msg::Assign(a)) = m.msg {
                 out.extend(a.jobs);
             }
@@ -839,71 +1396,75 @@ mod tests {
 
     #[test]
     fn higher_priority_first_then_fifo() {
-        let mut st = State::new(Limits::default(), 3);
+        let mut st = State::new(settings(3));
         st.submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Fib, "2", 0)])
             .unwrap();
         st.submit(vec![spec(JobKind::Fib, "3", 5)]).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let s = st.add_session(&hello("w"), tx);
-        st.add_credit(s, 3, 0).send();
+        st.add_credit(s, 3, 0).send(None);
         let args: Vec<String> = assigned(&mut rx).into_iter().map(|a| a.arg).collect();
         assert_eq!(args, ["3", "1", "2"]);
     }
 
     #[test]
     fn credit_bounds_what_a_worker_holds_and_work_is_shared() {
-        let mut st = State::new(Limits::default(), 3);
-        st.submit((0..10).map(|i| spec(JobKind::Fib, &i.to_string(), 0)).collect())
-            .unwrap();
+        let mut st = State::new(settings(3));
+        st.submit(
+            (0..10)
+                .map(|i| spec(JobKind::Fib, &i.to_string(), 0))
+                .collect(),
+        )
+        .unwrap();
         let (tx1, mut rx1) = mpsc::unbounded_channel();
         let (tx2, mut rx2) = mpsc::unbounded_channel();
         let a = st.add_session(&hello("a"), tx1);
         let b = st.add_session(&hello("b"), tx2);
-        st.add_credit(a, 3, 0).send();
+        st.add_credit(a, 3, 0).send(None);
         assert_eq!(assigned(&mut rx1).len(), 3);
-        st.add_credit(b, 100, 0).send();
+        st.add_credit(b, 100, 0).send(None);
         assert_eq!(assigned(&mut rx2).len(), 7);
         assert_eq!(st.count(JobState::Running), 10);
     }
 
     #[test]
     fn lost_session_requeues_with_attempt_counted_and_late_result_is_dropped() {
-        let mut st = State::new(Limits::default(), 3);
+        let mut st = State::new(settings(3));
         let (_, ids) = st.submit(vec![spec(JobKind::Sleep, "5", 0)]).unwrap();
         let (tx1, mut rx1) = mpsc::unbounded_channel();
         let a = st.add_session(&hello("a"), tx1);
-        st.add_credit(a, 0, 1).send();
+        st.add_credit(a, 0, 1).send(None);
         let first = assigned(&mut rx1).remove(0);
         let (ended, out) = st.end_session(a, "stream closed");
         assert!(ended);
-        out.send();
+        out.send(None);
         assert_eq!(st.count(JobState::Queued), 1);
         let (tx2, mut rx2) = mpsc::unbounded_channel();
         let b = st.add_session(&hello("b"), tx2);
-        st.add_credit(b, 0, 1).send();
+        st.add_credit(b, 0, 1).send(None);
         let second = assigned(&mut rx2).remove(0);
         assert_eq!(second.attempt, 2);
         // The first worker's result arrives late: dropped and counted.
-        st.record_results(a, vec![ok(&first)]).send();
+        st.record_results(a, vec![ok(&first)]).send(None);
         assert_eq!(st.counters.late_results_dropped, 1);
-        st.record_results(b, vec![ok(&second)]).send();
+        st.record_results(b, vec![ok(&second)]).send(None);
         let job = st.job(&ids[0]).unwrap();
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.attempts, 2);
         // A duplicate of the winning result is dropped too.
-        st.record_results(b, vec![ok(&second)]).send();
+        st.record_results(b, vec![ok(&second)]).send(None);
         assert_eq!(st.counters.late_results_dropped, 2);
         assert_eq!(st.count(JobState::Succeeded), 1);
     }
 
     #[test]
     fn retryable_failures_end_failed_after_max_attempts() {
-        let mut st = State::new(Limits::default(), 2);
+        let mut st = State::new(settings(2));
         let (_, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let s = st.add_session(&hello("a"), tx);
         for _ in 0..2 {
-            st.add_credit(s, 1, 0).send();
+            st.add_credit(s, 1, 0).send(None);
             let a = assigned(&mut rx).remove(0);
             st.record_results(
                 s,
@@ -917,7 +1478,7 @@ mod tests {
                     run_us: 0,
                 }],
             )
-            .send();
+            .send(None);
         }
         let job = st.job(&ids[0]).unwrap();
         assert_eq!(job.state, JobState::Failed);
@@ -928,20 +1489,20 @@ mod tests {
 
     #[test]
     fn cancel_queued_and_running() {
-        let mut st = State::new(Limits::default(), 3);
+        let mut st = State::new(settings(3));
         let (_, ids) = st
             .submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Fib, "2", 0)])
             .unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let s = st.add_session(&hello("a"), tx);
-        st.add_credit(s, 1, 0).send();
+        st.add_credit(s, 1, 0).send(None);
         assert_eq!(assigned(&mut rx).len(), 1);
         let (resp, out) = st.cancel(&ids).unwrap();
-        out.send();
+        out.send(None);
         assert_eq!(resp.cancelled, 2);
         let msgs: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert!(matches!(
-            msgs[0].msg,
+            msgs[0].1.msg,
             Some(pb::master_message::Msg::Cancel(_))
         ));
         assert_eq!(st.count(JobState::Cancelled), 2);
@@ -951,7 +1512,7 @@ mod tests {
 
     #[test]
     fn idempotency_key_returns_first_id() {
-        let mut st = State::new(Limits::default(), 3);
+        let mut st = State::new(settings(3));
         let mut a = spec(JobKind::Fib, "1", 0);
         a.idempotency_key = "k".into();
         let (_, first) = st.submit(vec![a.clone()]).unwrap();
@@ -962,13 +1523,13 @@ mod tests {
 
     #[test]
     fn invalid_batches_enqueue_nothing() {
-        let mut st = State::new(
-            Limits {
+        let mut st = State::new(Settings {
+            limits: Limits {
                 max_batch_jobs: 2,
                 ..Limits::default()
             },
-            3,
-        );
+            ..settings(3)
+        });
         let e = st.submit(vec![]).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
         let e = st
@@ -977,10 +1538,191 @@ mod tests {
             .to_string();
         assert!(e.contains("limit of 2"), "{e}");
         let e = st
-            .submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Prime, "12a", 0)])
+            .submit(vec![
+                spec(JobKind::Fib, "1", 0),
+                spec(JobKind::Prime, "12a", 0),
+            ])
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("jobs[1].arg"), "{e}");
         assert!(st.jobs.is_empty());
+    }
+
+    fn fake_clock(st: &mut State) -> Arc<std::sync::atomic::AtomicU64> {
+        let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000));
+        let c = now.clone();
+        st.set_clock(Box::new(move || {
+            c.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        now
+    }
+
+    fn fail(a: &pb::Assignment) -> pb::JobResult {
+        pb::JobResult {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            outcome: Some(pb::job_result::Outcome::Failure(pb::JobFailure {
+                reason: "child process 42 killed by signal 9 while running the job".into(),
+                retryable: true,
+            })),
+            run_us: 0,
+        }
+    }
+
+    #[test]
+    fn retried_jobs_wait_out_an_exponential_backoff() {
+        let mut st = State::new(Settings {
+            retry: RetryPolicy {
+                base_ms: 1000,
+                max_ms: 60_000,
+            },
+            ..settings(5)
+        });
+        let now = fake_clock(&mut st);
+        st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 10, 0).send(None);
+        let mut a = assigned(&mut rx).remove(0);
+        for (attempt, full_wait) in [(1u32, 1000u64), (2, 2000), (3, 4000)] {
+            assert_eq!(a.attempt, attempt);
+            st.record_results(s, vec![fail(&a)]).send(None);
+            // Jitter keeps the wait between half and all of it.
+            now.fetch_add(full_wait / 2 - 1, std::sync::atomic::Ordering::SeqCst);
+            st.promote_due().send(None);
+            assert!(assigned(&mut rx).is_empty(), "retried before its backoff");
+            assert_eq!(st.count(JobState::Queued), 1);
+            now.fetch_add(full_wait / 2 + 1, std::sync::atomic::Ordering::SeqCst);
+            st.promote_due().send(None);
+            let mut again = assigned(&mut rx);
+            assert_eq!(again.len(), 1, "not retried after its backoff");
+            a = again.remove(0);
+        }
+        assert_eq!(a.attempt, 4);
+    }
+
+    #[test]
+    fn finished_jobs_expire_after_retention_and_say_so() {
+        let mut st = State::new(settings(3));
+        let now = fake_clock(&mut st);
+        now.store(crate::store::now_ms(), std::sync::atomic::Ordering::SeqCst);
+        st.created_at_ms = 0;
+        let (batch, ids) = st.submit(vec![spec(JobKind::Sleep, "1", 0)]).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 0, 1).send(None);
+        let a = assigned(&mut rx).remove(0);
+        st.record_results(s, vec![ok(&a)]).send(None);
+        assert_eq!(st.purge_expired(), 0);
+        let later = now.fetch_add(3_600_001, std::sync::atomic::Ordering::SeqCst) + 3_600_001;
+        assert_eq!(st.purge_expired(), 1);
+        assert!(!st.batches.contains_key(&batch));
+        assert_eq!(st.count(JobState::Succeeded), 0);
+        let e = st
+            .resolve(&[ids[0].to_string()], "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expired") && e.contains("--retention"), "{e}");
+        // An id made just now was never seen: it cannot have expired.
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, later / 1000, 0);
+        let never = Uuid::new_v7(ts);
+        let e = st
+            .resolve(&[never.to_string()], "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not known"), "{e}");
+    }
+
+    #[test]
+    fn recovery_restores_queue_order_results_and_requeues_running_jobs() {
+        let mut st = State::new(Settings {
+            durable: true,
+            ..settings(3)
+        });
+        let (_, first) = st
+            .submit(vec![
+                spec(JobKind::Fib, "10", 0),
+                spec(JobKind::Fib, "11", 0),
+            ])
+            .unwrap();
+        let (batch2, second) = st.submit(vec![spec(JobKind::Fib, "12", 7)]).unwrap();
+        let mut keyed = spec(JobKind::Fib, "13", 0);
+        keyed.idempotency_key = "once".into();
+        st.submit(vec![keyed.clone()]).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 2, 0).send(None);
+        let running = assigned(&mut rx);
+        // Priority 7 went first, then the oldest.
+        assert_eq!(running[0].arg, "12");
+        assert_eq!(running[1].arg, "10");
+        st.record_results(s, vec![ok(&running[0])]).send(None);
+        let (number, changes) = st.take_changes().expect("changes to commit");
+        assert_eq!(number, 1);
+
+        let recovered = Recovered {
+            jobs: changes
+                .jobs
+                .iter()
+                .map(|(_, b)| pb::JobRecord::decode(b.as_slice()).unwrap())
+                .collect(),
+            batches: changes
+                .batches
+                .iter()
+                .map(|(id, b)| {
+                    let r = pb::BatchRecord::decode(b.as_slice()).unwrap();
+                    let ids = r
+                        .job_ids
+                        .chunks_exact(16)
+                        .map(|c| Uuid::from_slice(c).unwrap())
+                        .collect();
+                    (*id, ids)
+                })
+                .collect(),
+            created_at_ms: 1,
+        };
+        let mut back = State::new(settings(3));
+        let report = back.recover(recovered).unwrap();
+        assert_eq!(report.finished, 1);
+        assert_eq!(report.requeued, 1);
+        assert_eq!(report.queued, 2);
+        assert_eq!(back.job(&second[0]).unwrap().state, JobState::Succeeded);
+        assert_eq!(back.batches[&batch2].finished, vec![0]);
+        let was_running = back.job(&first[0]).unwrap();
+        assert_eq!(was_running.state, JobState::Queued);
+        assert_eq!(was_running.attempts, 1);
+        assert!(was_running.attempt_errors[0].contains("master restarted"));
+        // Idempotency survives, and new jobs continue the sequence.
+        let (_, again) = back.submit(vec![keyed]).unwrap();
+        assert_eq!(back.jobs.len(), 4);
+        assert!(back.job(&again[0]).is_some());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = back.add_session(&hello("b"), tx);
+        back.add_credit(s, 10, 0).send(None);
+        let order: Vec<String> = assigned(&mut rx).into_iter().map(|a| a.arg).collect();
+        assert_eq!(order, ["10", "11", "13"]);
+    }
+
+    #[test]
+    fn failed_jobs_can_be_retried() {
+        let mut st = State::new(settings(1));
+        let (batch, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 1, 0).send(None);
+        let a = assigned(&mut rx).remove(0);
+        st.record_results(s, vec![fail(&a)]).send(None);
+        assert_eq!(st.failed_ids(), ids);
+        let (n, out) = st.retry_jobs(&ids);
+        out.send(None);
+        assert_eq!(n, 1);
+        assert!(st.batches[&batch].finished.is_empty());
+        st.add_credit(s, 1, 0).send(None);
+        let a = assigned(&mut rx).remove(0);
+        assert_eq!(a.attempt, 1);
+        st.record_results(s, vec![ok(&a)]).send(None);
+        let job = st.job(&ids[0]).unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.attempt_errors.len(), 1);
     }
 }

@@ -54,8 +54,12 @@ pub fn serve(input: impl Read, output: impl Write) -> io::Result<()> {
         max_batch_jobs: usize::MAX,
     };
     while read_frame(&mut input, &mut frame)? {
-        let request = pb::ChildRequest::decode(frame.as_slice())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad request frame: {e}")))?;
+        let request = pb::ChildRequest::decode(frame.as_slice()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad request frame: {e}"),
+            )
+        })?;
         let mut pending = pb::ChildResponse::default();
         let mut last_flush = Instant::now();
         for job in request.jobs {
@@ -85,7 +89,9 @@ pub fn serve(input: impl Read, output: impl Write) -> io::Result<()> {
 pub fn run_job(kind: i32, arg: &str, limits: &Limits) -> Outcome {
     match JobArgs::parse(kind, arg, limits) {
         Ok(JobArgs::Fib(n)) => Outcome::Output(pb::JobOutput {
-            value: Some(pb::job_output::Value::Fib(crate::kinds::fib::fib_decimal(n))),
+            value: Some(pb::job_output::Value::Fib(crate::kinds::fib::fib_decimal(
+                n,
+            ))),
         }),
         Ok(JobArgs::Prime(n)) => {
             let (is_prime, certainty) = crate::kinds::prime::is_prime_decimal(&n);

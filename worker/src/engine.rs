@@ -176,7 +176,10 @@ impl Engine {
                 engine.outbox = None;
                 close_deadline = Some(Instant::now() + Duration::from_secs(5));
                 if !engine.unsent.is_empty() {
-                    tracing::warn!(results = engine.unsent.len(), "no session to deliver the last results");
+                    tracing::warn!(
+                        results = engine.unsent.len(),
+                        "no session to deliver the last results"
+                    );
                 }
             }
             if close_deadline.is_some() && !engine.connected {
@@ -189,10 +192,10 @@ impl Engine {
     }
 
     fn send(&mut self, msg: worker_message::Msg) {
-        if let Some(outbox) = &self.outbox {
-            if outbox.send(pb::WorkerMessage { msg: Some(msg) }).is_err() {
-                self.outbox = None;
-            }
+        if let Some(outbox) = &self.outbox
+            && outbox.send(pb::WorkerMessage { msg: Some(msg) }).is_err()
+        {
+            self.outbox = None;
         }
     }
 
@@ -351,7 +354,9 @@ impl Engine {
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
-            let Some(job) = self.jobs.get_mut(&key) else { continue };
+            let Some(job) = self.jobs.get_mut(&key) else {
+                continue;
+            };
             job.cancelled = true;
             job.span.in_scope(|| tracing::info!("cancelled"));
             match &job.place {
@@ -388,15 +393,16 @@ impl Engine {
 
     fn requeue_batch(&mut self, in_flight: Vec<u64>, failure: Option<pb::JobFailure>) {
         let mut iter = in_flight.into_iter();
-        if let Some(head) = iter.next() {
-            if let Some(job) = self.take_job(head) {
-                if let Some(f) = failure {
-                    self.finish(job, job_result::Outcome::Failure(f), 0);
-                }
-            }
+        if let Some(head) = iter.next()
+            && let Some(job) = self.take_job(head)
+            && let Some(f) = failure
+        {
+            self.finish(job, job_result::Outcome::Failure(f), 0);
         }
         for key in iter {
-            let Some(job) = self.jobs.get_mut(&key) else { continue };
+            let Some(job) = self.jobs.get_mut(&key) else {
+                continue;
+            };
             if job.cancelled {
                 self.take_job(key);
                 continue;
@@ -424,7 +430,9 @@ impl Engine {
                     }
                     child.current_started = now.into_std();
                     child.jobs_run += 1;
-                    let Some(job) = self.take_job(r.slot_id) else { continue };
+                    let Some(job) = self.take_job(r.slot_id) else {
+                        continue;
+                    };
                     let mean = self.mean_us.entry(job.kind).or_insert(r.run_us as f64);
                     *mean = 0.8 * *mean + 0.2 * r.run_us as f64;
                     let outcome = match r.outcome {
@@ -442,7 +450,12 @@ impl Engine {
                     && child.is_idle()
                     && child.jobs_run >= self.cfg.max_jobs_per_child
                 {
-                    tracing::debug!(slot, pid = child.pid, jobs = child.jobs_run, "recycling child");
+                    tracing::debug!(
+                        slot,
+                        pid = child.pid,
+                        jobs = child.jobs_run,
+                        "recycling child"
+                    );
                     self.kill_child(slot, None);
                 }
             }
@@ -493,10 +506,20 @@ impl Engine {
                 continue;
             }
             let limit = Duration::from_millis(head.timeout_ms);
-            if now.duration_since(Instant::from_std(child.current_started)) > limit + TIMEOUT_SLACK {
-                head.span.in_scope(|| tracing::info!(timeout_ms = head.timeout_ms, pid = child.pid, "timed out, killing its process"));
+            if now.duration_since(Instant::from_std(child.current_started)) > limit + TIMEOUT_SLACK
+            {
+                head.span.in_scope(|| {
+                    tracing::info!(
+                        timeout_ms = head.timeout_ms,
+                        pid = child.pid,
+                        "timed out, killing its process"
+                    )
+                });
                 let failure = pb::JobFailure {
-                    reason: format!("timed out after {} ms (its process was killed)", head.timeout_ms),
+                    reason: format!(
+                        "timed out after {} ms (its process was killed)",
+                        head.timeout_ms
+                    ),
                     retryable: true,
                 };
                 self.kill_child(slot, Some(failure));
@@ -505,7 +528,10 @@ impl Engine {
     }
 
     fn start_drain(&mut self) {
-        tracing::info!(held = self.jobs.len(), "draining: finishing running jobs, returning the rest");
+        tracing::info!(
+            held = self.jobs.len(),
+            "draining: finishing running jobs, returning the rest"
+        );
         self.draining = true;
         self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
         let queued: Vec<u64> = self.cpu_queue.values().copied().collect();
@@ -517,7 +543,9 @@ impl Engine {
             }
         }
         if !returned.is_empty() {
-            self.send(worker_message::Msg::Returned(pb::Returned { job_ids: returned }));
+            self.send(worker_message::Msg::Returned(pb::Returned {
+                job_ids: returned,
+            }));
         }
     }
 
@@ -613,7 +641,9 @@ impl Engine {
             let size = fair.min(by_time.clamp(1, BATCH_MAX));
             let mut batch = Vec::with_capacity(size);
             while batch.len() < size {
-                let Some((_, key)) = self.cpu_queue.pop_first() else { break };
+                let Some((_, key)) = self.cpu_queue.pop_first() else {
+                    break;
+                };
                 let job = self.jobs.get_mut(&key).expect("queued job is held");
                 job.place = Place::InChild(slot);
                 batch.push(pb::ChildJob {
@@ -637,7 +667,9 @@ impl Engine {
             .iter()
             .filter(|(k, _)| **k != JobKind::Sleep as i32)
             .map(|(_, v)| *v)
-            .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))));
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            });
         let adaptive = match mean {
             Some(us) => (procs as f64 * PREFETCH_TARGET_US / us.max(0.1)) as u64,
             None => procs,

@@ -19,7 +19,10 @@ fn main() {
     drover_worker::child::run_if_child();
     let cli = Cli::parse();
     drover_common::util::init_tracing(cli.log_format == "json", "info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover-worker: cannot start the runtime: {e}");

@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use drover_common::pb::{self, master_message, worker_message};
-use drover_common::pb::workers_client::WorkersClient;
 use drover_common::net;
+use drover_common::pb::workers_client::WorkersClient;
+use drover_common::pb::{self, master_message, worker_message};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -70,7 +70,8 @@ pub async fn maintain(
         if connected_at.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(100);
         }
-        let jitter = Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+        let jitter =
+            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
         tokio::select! {
             _ = tokio::time::sleep(backoff + jitter) => {}
             _ = stop.cancelled() => return,

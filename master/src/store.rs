@@ -1,0 +1,332 @@
+//! Where the master keeps its jobs across restarts.
+//!
+//! The queue itself lives in memory ([`crate::state`]); a [`Store`] holds a
+//! copy of every job record and batch so that a restarted master recovers
+//! them. Writes are grouped: the committer ([`crate::committer`]) takes
+//! every change made since its last commit and writes them in one durable
+//! transaction, so many requests share one fsync.
+//!
+//! Two stores: [`RedbStore`] (the default: a redb file in the data
+//! directory) and [`MemoryStore`] (nothing survives a restart).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use drover_common::pb;
+use prost::Message;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
+use uuid::Uuid;
+
+/// Job records by job id.
+const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
+/// Batch records by batch id.
+const BATCHES: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("batches");
+/// Format version and creation time.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// The version of the data directory's format this build writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// The file name of the database inside the data directory.
+const DB_FILE: &str = "drover.redb";
+/// The file a master holds an exclusive lock on while it runs.
+const LOCK_FILE: &str = "LOCK";
+
+/// Changes to write in one transaction.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Job records, encoded, to insert or replace.
+    pub jobs: Vec<(Uuid, Vec<u8>)>,
+    /// Jobs to delete (purged after the retention period).
+    pub deleted_jobs: Vec<Uuid>,
+    /// Batch records, encoded, to insert.
+    pub batches: Vec<(Uuid, Vec<u8>)>,
+    /// Batches to delete.
+    pub deleted_batches: Vec<Uuid>,
+}
+
+impl Changes {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+            && self.deleted_jobs.is_empty()
+            && self.batches.is_empty()
+            && self.deleted_batches.is_empty()
+    }
+}
+
+/// What a store held at start-up.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every job record.
+    pub jobs: Vec<pb::JobRecord>,
+    /// Every batch: its id and its jobs in order.
+    pub batches: Vec<(Uuid, Vec<Uuid>)>,
+    /// When the store was created (unix ms): ids older than this were never
+    /// seen here, younger ones missing were purged.
+    pub created_at_ms: u64,
+}
+
+/// A place to keep job records.
+pub trait Store: Send + Sync + 'static {
+    /// Whether writes survive a restart; when false the master skips the
+    /// committer entirely.
+    fn is_durable(&self) -> bool;
+    /// Reads everything back at start-up.
+    fn load(&self) -> anyhow::Result<Recovered>;
+    /// Writes changes in one durable transaction.
+    fn write(&self, changes: Changes) -> anyhow::Result<()>;
+}
+
+/// Keeps nothing: the queue lives and dies with the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore;
+
+impl Store for MemoryStore {
+    fn is_durable(&self) -> bool {
+        false
+    }
+
+    fn load(&self) -> anyhow::Result<Recovered> {
+        Ok(Recovered {
+            created_at_ms: now_ms(),
+            ..Recovered::default()
+        })
+    }
+
+    fn write(&self, _changes: Changes) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A redb database in a data directory, locked against a second master.
+pub struct RedbStore {
+    db: Database,
+    created_at_ms: u64,
+    /// Held open for its lock; released when the store is dropped.
+    _lock: File,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`. Refuses, with a message that
+    /// says what to do, a directory locked by another master, one written
+    /// by a newer drover, or one that is corrupt.
+    pub fn open(dir: &Path) -> anyhow::Result<RedbStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
+        })?;
+        let lock = lock_dir(dir)?;
+        let path: PathBuf = dir.join(DB_FILE);
+        let existed = path.exists();
+        let mut builder = Database::builder();
+        // The queue is in memory already; the page cache only needs to
+        // hold the pages that writes touch.
+        builder.set_cache_size(64 * 1024 * 1024);
+        let db = builder.create(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the data directory {} ({}): {e}; if it is corrupt, move it aside and start with an empty one",
+                dir.display(),
+                path.display()
+            )
+        })?;
+        let txn = db.begin_write()?;
+        let created_at_ms;
+        {
+            let mut meta = txn.open_table(META)?;
+            let version = meta.get("format_version")?.map(|v| v.value());
+            match version {
+                Some(v) if v > FORMAT_VERSION => anyhow::bail!(
+                    "the data directory {} was written by a newer drover (format {v}; this build reads up to {FORMAT_VERSION}); run that version, or start with another directory",
+                    dir.display()
+                ),
+                Some(_) => {}
+                None if existed && has_tables(&txn)? => anyhow::bail!(
+                    "the data directory {} holds a database without drover's format marker; it is corrupt or not drover's",
+                    dir.display()
+                ),
+                None => {
+                    meta.insert("format_version", FORMAT_VERSION)?;
+                    meta.insert("created_at_ms", now_ms())?;
+                }
+            }
+            created_at_ms = meta.get("created_at_ms")?.map_or(0, |v| v.value());
+            txn.open_table(JOBS)?;
+            txn.open_table(BATCHES)?;
+        }
+        txn.commit()?;
+        Ok(RedbStore {
+            db,
+            created_at_ms,
+            _lock: lock,
+        })
+    }
+}
+
+fn has_tables(txn: &redb::WriteTransaction) -> anyhow::Result<bool> {
+    Ok(txn.list_tables()?.any(|t| t.name() != "meta"))
+}
+
+/// Takes an exclusive lock on the data directory, or says who holds it.
+fn lock_dir(dir: &Path) -> anyhow::Result<File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        anyhow::bail!(
+            "the data directory {} is in use by another master (pid {}); stop it, or give this one another --data-dir",
+            dir.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    file.flush()?;
+    Ok(file)
+}
+
+impl Store for RedbStore {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn load(&self) -> anyhow::Result<Recovered> {
+        let txn = self.db.begin_read()?;
+        let jobs_table = txn.open_table(JOBS)?;
+        let mut jobs = Vec::with_capacity(jobs_table.len()? as usize);
+        for entry in jobs_table.iter()? {
+            let (key, value) = entry?;
+            let record = pb::JobRecord::decode(value.value()).map_err(|e| {
+                anyhow::anyhow!(
+                    "job record {} is corrupt: {e}",
+                    Uuid::from_u128(key.value())
+                )
+            })?;
+            jobs.push(record);
+        }
+        let batch_table = txn.open_table(BATCHES)?;
+        let mut batches = Vec::new();
+        for entry in batch_table.iter()? {
+            let (key, value) = entry?;
+            let id = Uuid::from_u128(key.value());
+            let record = pb::BatchRecord::decode(value.value())
+                .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
+            anyhow::ensure!(
+                record.job_ids.len() % 16 == 0,
+                "batch record {id} is corrupt: its job list is not a whole number of ids"
+            );
+            let ids = record
+                .job_ids
+                .chunks_exact(16)
+                .map(|c| Uuid::from_bytes(c.try_into().expect("chunks of 16")))
+                .collect();
+            batches.push((id, ids));
+        }
+        Ok(Recovered {
+            jobs,
+            batches,
+            created_at_ms: self.created_at_ms,
+        })
+    }
+
+    fn write(&self, changes: Changes) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut jobs = txn.open_table(JOBS)?;
+            for (id, bytes) in &changes.jobs {
+                jobs.insert(id.as_u128(), bytes.as_slice())?;
+            }
+            for id in &changes.deleted_jobs {
+                jobs.remove(id.as_u128())?;
+            }
+            let mut batches = txn.open_table(BATCHES)?;
+            for (id, bytes) in &changes.batches {
+                batches.insert(id.as_u128(), bytes.as_slice())?;
+            }
+            for id in &changes.deleted_batches {
+                batches.remove(id.as_u128())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Encodes a batch's job list.
+pub fn encode_batch(ids: &[Uuid]) -> Vec<u8> {
+    let mut job_ids = Vec::with_capacity(ids.len() * 16);
+    for id in ids {
+        job_ids.extend_from_slice(id.as_bytes());
+    }
+    pb::BatchRecord { job_ids }.encode_to_vec()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_survive_reopening_and_a_second_master_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::now_v7();
+        let batch = Uuid::now_v7();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            let record = pb::JobRecord {
+                id: id.as_bytes().to_vec(),
+                arg: "20".into(),
+                ..Default::default()
+            };
+            store
+                .write(Changes {
+                    jobs: vec![(id, record.encode_to_vec())],
+                    batches: vec![(batch, encode_batch(&[id]))],
+                    ..Changes::default()
+                })
+                .unwrap();
+            let second = RedbStore::open(dir.path()).unwrap_err().to_string();
+            assert!(second.contains("in use by another master"), "{second}");
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        let got = store.load().unwrap();
+        assert_eq!(got.jobs.len(), 1);
+        assert_eq!(got.jobs[0].arg, "20");
+        assert_eq!(got.batches, vec![(batch, vec![id])]);
+        assert!(got.created_at_ms > 0);
+    }
+
+    #[test]
+    fn refuses_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let err = RedbStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+}
