@@ -64,8 +64,9 @@ impl Master {
             durable,
         });
         let started = std::time::Instant::now();
-        let recovered = store.load()?;
-        let report = state.recover(recovered)?;
+        let mut report = crate::state::RecoveryReport::default();
+        let created_at = store.load(&mut |item| state.recover_item(item, &mut report))?;
+        state.set_created_at(created_at);
         if report.queued + report.requeued + report.finished > 0 {
             tracing::info!(
                 queued = report.queued,

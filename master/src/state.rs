@@ -20,10 +20,10 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::store::{Changes, Recovered, encode_batch};
+use crate::store::{Changes, Loaded, Recovered, encode_batch};
 
 /// A worker session: one `Connect` stream, from hello to its end.
-pub type SessionId = u64;
+pub type SessionId = std::num::NonZeroU64;
 
 /// What the master may send a worker's stream: each message with the
 /// commit it must wait for, so a worker is never told of a change that a
@@ -59,25 +59,104 @@ impl RetryPolicy {
     }
 }
 
-/// A job and everything known about it.
+/// A job: what the queue needs of it on every step. The rest, which most
+/// queued jobs do not have yet, sits behind one pointer in [`JobExtra`]:
+/// a million queued jobs must fit in a few hundred megabytes.
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) id: Uuid,
     pub(crate) batch: Uuid,
-    /// Position in its batch.
-    pub(crate) index: u32,
-    pub(crate) kind: JobKind,
     pub(crate) arg: Box<str>,
-    pub(crate) priority: i32,
-    pub(crate) timeout_ms: u64,
-    pub(crate) max_attempts: u32,
-    pub(crate) state: JobState,
-    /// Attempts started; the attempt a worker reports must be this one.
-    pub(crate) attempts: u32,
     /// Submission order across the whole master: FIFO within a priority.
     pub(crate) seq: u64,
+    pub(crate) timeout_ms: u64,
+    /// A retried job waits in the delay queue until then (unix ms).
+    pub(crate) not_before_ms: u64,
     /// The session running it, while RUNNING.
     pub(crate) session: Option<SessionId>,
+    extra: Option<Box<JobExtra>>,
+    /// Position in its batch.
+    pub(crate) index: u32,
+    pub(crate) priority: i32,
+    pub(crate) max_attempts: u32,
+    /// Attempts started; the attempt a worker reports must be this one.
+    pub(crate) attempts: u32,
+    pub(crate) kind: JobKind,
+    pub(crate) state: JobState,
+    /// Changed since the last commit, and listed in `State::dirty_jobs`.
+    dirty: bool,
+}
+
+/// Jobs by id: a slab of records and an index from id to slot, so that a
+/// hash table's spare capacity doubles only the small index, not the
+/// records.
+#[derive(Debug, Default)]
+pub(crate) struct JobTable {
+    slots: Vec<Option<Job>>,
+    index: HashMap<Uuid, u32>,
+    free: Vec<u32>,
+}
+
+impl JobTable {
+    pub(crate) fn get(&self, id: &Uuid) -> Option<&Job> {
+        let slot = *self.index.get(id)?;
+        self.slots[slot as usize].as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &Uuid) -> Option<&mut Job> {
+        let slot = *self.index.get(id)?;
+        self.slots[slot as usize].as_mut()
+    }
+
+    pub(crate) fn contains_key(&self, id: &Uuid) -> bool {
+        self.index.contains_key(id)
+    }
+
+    pub(crate) fn insert(&mut self, id: Uuid, job: Job) {
+        if let Some(&slot) = self.index.get(&id) {
+            self.slots[slot as usize] = Some(job);
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(job);
+                slot
+            }
+            None => {
+                self.slots.push(Some(job));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, slot);
+    }
+
+    pub(crate) fn remove(&mut self, id: &Uuid) -> Option<Job> {
+        let slot = self.index.remove(id)?;
+        self.free.push(slot);
+        self.slots[slot as usize].take()
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Job> {
+        self.slots.iter().flatten()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+impl std::ops::Index<&Uuid> for JobTable {
+    type Output = Job;
+
+    fn index(&self, id: &Uuid) -> &Job {
+        self.get(id).expect("job is in the table")
+    }
+}
+
+/// What a job gains once it runs or finishes.
+#[derive(Debug, Default)]
+pub(crate) struct JobExtra {
     /// The name of the worker that ran it last.
     pub(crate) worker: Option<Arc<str>>,
     pub(crate) output: Option<pb::JobOutput>,
@@ -86,14 +165,30 @@ pub(crate) struct Job {
     pub(crate) run_us: u64,
     /// When it finished (unix ms), for retention.
     pub(crate) finished_at_ms: u64,
-    /// A retried job waits in the delay queue until then (unix ms).
-    pub(crate) not_before_ms: u64,
     pub(crate) idempotency_key: Option<Box<str>>,
-    /// Changed since the last commit, and listed in `State::dirty_jobs`.
-    dirty: bool,
 }
 
+static NO_EXTRA: JobExtra = JobExtra {
+    worker: None,
+    output: None,
+    error: None,
+    attempt_errors: Vec::new(),
+    run_us: 0,
+    finished_at_ms: 0,
+    idempotency_key: None,
+};
+
 impl Job {
+    /// The job's extra fields (empty ones if it has none yet).
+    pub(crate) fn x(&self) -> &JobExtra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    /// The job's extra fields, made if need be.
+    fn xm(&mut self) -> &mut JobExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
     fn is_finished(&self) -> bool {
         matches!(
             self.state,
@@ -119,14 +214,15 @@ impl Job {
             state: self.state as i32,
             attempts: self.attempts,
             seq: self.seq,
-            worker: self.worker.as_deref().unwrap_or_default().to_string(),
-            output: self.output.clone(),
-            error: self.error.clone().unwrap_or_default(),
-            attempt_errors: self.attempt_errors.clone(),
-            run_us: self.run_us,
-            finished_at_ms: self.finished_at_ms,
+            worker: self.x().worker.as_deref().unwrap_or_default().to_string(),
+            output: self.x().output.clone(),
+            error: self.x().error.clone().unwrap_or_default(),
+            attempt_errors: self.x().attempt_errors.clone(),
+            run_us: self.x().run_us,
+            finished_at_ms: self.x().finished_at_ms,
             not_before_ms: self.not_before_ms,
             idempotency_key: self
+                .x()
                 .idempotency_key
                 .as_deref()
                 .unwrap_or_default()
@@ -144,6 +240,22 @@ impl Job {
             .map_err(|_| format!("job {id} has unknown kind {}", r.kind))?;
         let state = JobState::try_from(r.state)
             .map_err(|_| format!("job {id} has unknown state {}", r.state))?;
+        let extra = JobExtra {
+            worker: (!r.worker.is_empty()).then(|| Arc::from(r.worker.as_str())),
+            output: r.output,
+            error: (!r.error.is_empty()).then_some(r.error),
+            attempt_errors: r.attempt_errors,
+            run_us: r.run_us,
+            finished_at_ms: r.finished_at_ms,
+            idempotency_key: (!r.idempotency_key.is_empty())
+                .then(|| r.idempotency_key.into_boxed_str()),
+        };
+        let bare = extra.worker.is_none()
+            && extra.output.is_none()
+            && extra.error.is_none()
+            && extra.attempt_errors.is_empty()
+            && extra.idempotency_key.is_none()
+            && extra.finished_at_ms == 0;
         Ok(Job {
             id,
             batch,
@@ -157,15 +269,8 @@ impl Job {
             attempts: r.attempts,
             seq: r.seq,
             session: None,
-            worker: (!r.worker.is_empty()).then(|| Arc::from(r.worker.as_str())),
-            output: r.output,
-            error: (!r.error.is_empty()).then_some(r.error),
-            attempt_errors: r.attempt_errors,
-            run_us: r.run_us,
-            finished_at_ms: r.finished_at_ms,
             not_before_ms: r.not_before_ms,
-            idempotency_key: (!r.idempotency_key.is_empty())
-                .then(|| r.idempotency_key.into_boxed_str()),
+            extra: (!bare).then(|| Box::new(extra)),
             dirty: false,
         })
     }
@@ -182,11 +287,11 @@ impl Job {
             priority: self.priority,
             attempts: self.attempts,
             max_attempts: self.max_attempts,
-            output: self.output.clone(),
-            error: self.error.clone().unwrap_or_default(),
-            worker: self.worker.as_deref().unwrap_or_default().to_string(),
-            attempt_errors: self.attempt_errors.clone(),
-            run_us: self.run_us,
+            output: self.x().output.clone(),
+            error: self.x().error.clone().unwrap_or_default(),
+            worker: self.x().worker.as_deref().unwrap_or_default().to_string(),
+            attempt_errors: self.x().attempt_errors.clone(),
+            run_us: self.x().run_us,
         }
     }
 }
@@ -254,7 +359,7 @@ pub(crate) struct Counters {
 pub struct State {
     limits: Limits,
     default_max_attempts: u32,
-    pub(crate) jobs: HashMap<Uuid, Job>,
+    pub(crate) jobs: JobTable,
     pub(crate) batches: HashMap<Uuid, Batch>,
     /// Queued jobs per class, highest priority first, then oldest first.
     queues: [BTreeMap<(Reverse<i32>, u64), Uuid>; 2],
@@ -262,7 +367,7 @@ pub struct State {
     /// Retried jobs waiting out their backoff, by due time (unix ms).
     delayed: BTreeMap<(u64, u64), Uuid>,
     pub(crate) sessions: HashMap<SessionId, Session>,
-    next_session: SessionId,
+    next_session: u64,
     next_seq: u64,
     /// Jobs in each state, indexed by the state's wire value.
     counts: [u64; 6],
@@ -365,7 +470,7 @@ impl State {
         State {
             limits: settings.limits,
             default_max_attempts: settings.default_max_attempts.max(1),
-            jobs: HashMap::new(),
+            jobs: JobTable::default(),
             batches: HashMap::new(),
             queues: [BTreeMap::new(), BTreeMap::new()],
             idempotency: HashMap::new(),
@@ -420,53 +525,76 @@ impl State {
         let mut report = RecoveryReport::default();
         self.created_at_ms = recovered.created_at_ms;
         for record in recovered.jobs {
-            let was_running = record.running;
-            let mut job = Job::from_record(record).map_err(anyhow::Error::msg)?;
-            self.next_seq = self.next_seq.max(job.seq + 1);
-            if let Some(key) = &job.idempotency_key {
-                self.idempotency.insert(key.to_string(), job.id);
-            }
-            if was_running {
-                job.state = JobState::Queued;
-            }
-            let id = job.id;
-            self.counts[job.state as usize] += 1;
-            let state = job.state;
-            let not_before = job.not_before_ms;
-            self.jobs.insert(id, job);
-            if was_running {
-                report.requeued += 1;
-                self.fail_attempt(id, "the master restarted while the job ran".into(), true);
-            } else if state == JobState::Queued {
-                report.queued += 1;
-                self.enqueue(id, not_before);
-            } else {
-                report.finished += 1;
-            }
+            self.recover_item(Loaded::Job(record), &mut report)?;
         }
-        for (batch_id, ids) in recovered.batches {
-            let (tx, _) = watch::channel(0);
-            let mut finished: Vec<(u64, u32)> = ids
-                .iter()
-                .enumerate()
-                .filter_map(|(i, id)| {
-                    let j = self.jobs.get(id)?;
-                    j.is_finished().then_some((j.finished_at_ms, i as u32))
-                })
-                .collect();
-            finished.sort_unstable();
-            self.batches.insert(
-                batch_id,
-                Batch {
-                    jobs: ids,
-                    finished: finished.into_iter().map(|(_, i)| i).collect(),
-                    notify: tx,
-                },
-            );
-            report.batches += 1;
+        for (id, ids) in recovered.batches {
+            self.recover_item(Loaded::Batch(id, ids), &mut report)?;
+        }
+        Ok(report)
+    }
+
+    /// Sets when the store was created, as recovery begins.
+    pub fn set_created_at(&mut self, created_at_ms: u64) {
+        self.created_at_ms = created_at_ms;
+    }
+
+    /// Recovers one item read from the store: every job first, then the
+    /// batches (whose finished lists are rebuilt from their jobs).
+    pub fn recover_item(
+        &mut self,
+        item: Loaded,
+        report: &mut RecoveryReport,
+    ) -> anyhow::Result<()> {
+        match item {
+            Loaded::Job(record) => {
+                let was_running = record.running;
+                let mut job = Job::from_record(record).map_err(anyhow::Error::msg)?;
+                self.next_seq = self.next_seq.max(job.seq + 1);
+                if let Some(key) = &job.x().idempotency_key {
+                    self.idempotency.insert(key.to_string(), job.id);
+                }
+                if was_running {
+                    job.state = JobState::Queued;
+                }
+                let id = job.id;
+                self.counts[job.state as usize] += 1;
+                let state = job.state;
+                let not_before = job.not_before_ms;
+                self.jobs.insert(id, job);
+                if was_running {
+                    report.requeued += 1;
+                    self.fail_attempt(id, "the master restarted while the job ran".into(), true);
+                } else if state == JobState::Queued {
+                    report.queued += 1;
+                    self.enqueue(id, not_before);
+                } else {
+                    report.finished += 1;
+                }
+            }
+            Loaded::Batch(batch_id, ids) => {
+                let (tx, _) = watch::channel(0);
+                let mut finished: Vec<(u64, u32)> = ids
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, id)| {
+                        let j = self.jobs.get(id)?;
+                        j.is_finished().then_some((j.x().finished_at_ms, i as u32))
+                    })
+                    .collect();
+                finished.sort_unstable();
+                self.batches.insert(
+                    batch_id,
+                    Batch {
+                        jobs: ids,
+                        finished: finished.into_iter().map(|(_, i)| i).collect(),
+                        notify: tx,
+                    },
+                );
+                report.batches += 1;
+            }
         }
         self.notify_pending.clear();
-        Ok(report)
+        Ok(())
     }
 
     /// Takes every change since the last commit, encoded, with the number
@@ -595,14 +723,14 @@ impl State {
         let expired: Vec<Uuid> = self
             .jobs
             .values()
-            .filter(|j| j.is_finished() && j.finished_at_ms < cutoff)
+            .filter(|j| j.is_finished() && j.x().finished_at_ms < cutoff)
             .map(|j| j.id)
             .collect();
         let mut batches = HashSet::new();
         for id in &expired {
             if let Some(job) = self.jobs.remove(id) {
                 self.counts[job.state as usize] -= 1;
-                if let Some(key) = &job.idempotency_key {
+                if let Some(key) = &job.x().idempotency_key {
                     self.idempotency.remove(key.as_ref());
                 }
                 batches.insert(job.batch);
@@ -641,8 +769,8 @@ impl State {
                 continue;
             }
             job.attempts = 0;
-            job.error = None;
-            job.finished_at_ms = 0;
+            job.xm().error = None;
+            job.xm().finished_at_ms = 0;
             touched.insert(job.batch);
             self.set_state(id, JobState::Queued);
             self.enqueue(id, 0);
@@ -763,14 +891,13 @@ impl State {
                 attempts: 0,
                 seq,
                 session: None,
-                worker: None,
-                output: None,
-                error: None,
-                attempt_errors: Vec::new(),
-                run_us: 0,
-                finished_at_ms: 0,
                 not_before_ms: 0,
-                idempotency_key,
+                extra: idempotency_key.map(|key| {
+                    Box::new(JobExtra {
+                        idempotency_key: Some(key),
+                        ..JobExtra::default()
+                    })
+                }),
                 dirty: false,
             };
             self.queues[job.class() as usize].insert((Reverse(job.priority), seq), id);
@@ -802,7 +929,7 @@ impl State {
 
     /// Registers a worker session.
     pub fn add_session(&mut self, hello: &pb::Hello, outbox: Outbox) -> SessionId {
-        let id = self.next_session;
+        let id = SessionId::new(self.next_session).expect("session ids start at 1");
         self.next_session += 1;
         let now = Instant::now();
         self.sessions.insert(
@@ -914,7 +1041,7 @@ impl State {
                 let job = self.jobs.get_mut(id).expect("queued job exists");
                 job.attempts += 1;
                 job.session = Some(sid);
-                job.worker = Some(session.name.clone());
+                job.xm().worker = Some(session.name.clone());
                 assignments.push(pb::Assignment {
                     job_id: id.to_string(),
                     kind: job.kind as i32,
@@ -976,11 +1103,12 @@ impl State {
             match r.outcome {
                 Some(pb::job_result::Outcome::Output(output)) => {
                     let job = self.jobs.get_mut(&id).expect("job exists");
-                    job.output = Some(output);
-                    job.run_us = r.run_us;
                     job.session = None;
+                    let x = job.xm();
+                    x.output = Some(output);
+                    x.run_us = r.run_us;
                     if name.is_some() {
-                        job.worker = name;
+                        x.worker = name;
                     }
                     self.finish(id, JobState::Succeeded, None);
                 }
@@ -1007,10 +1135,12 @@ impl State {
             return false;
         };
         job.session = None;
-        job.attempt_errors
-            .push(format!("attempt {}: {reason}", job.attempts));
+        let attempt = job.attempts;
+        job.xm()
+            .attempt_errors
+            .push(format!("attempt {attempt}: {reason}"));
         if retryable && job.attempts < job.max_attempts {
-            job.error = Some(reason);
+            job.xm().error = Some(reason);
             let wait = self.retry.backoff_ms(job.attempts);
             let now = (self.clock)();
             self.set_state(id, JobState::Queued);
@@ -1034,12 +1164,14 @@ impl State {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        let now = (self.clock)();
+        let x = job.xm();
         if error.is_some() {
-            job.error = error;
+            x.error = error;
         } else if to == JobState::Succeeded {
-            job.error = None;
+            x.error = None;
         }
-        job.finished_at_ms = (self.clock)();
+        x.finished_at_ms = now;
         let (batch, index) = (job.batch, job.index);
         if let Some(b) = self.batches.get_mut(&batch) {
             b.finished.push(index);
@@ -1483,8 +1615,8 @@ mod tests {
         let job = st.job(&ids[0]).unwrap();
         assert_eq!(job.state, JobState::Failed);
         assert_eq!(job.attempts, 2);
-        assert_eq!(job.attempt_errors.len(), 2);
-        assert!(job.error.as_deref().unwrap().contains("timed out"));
+        assert_eq!(job.x().attempt_errors.len(), 2);
+        assert!(job.x().error.as_deref().unwrap().contains("timed out"));
     }
 
     #[test]
@@ -1545,7 +1677,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("jobs[1].arg"), "{e}");
-        assert!(st.jobs.is_empty());
+        assert_eq!(st.jobs.len(), 0);
     }
 
     fn fake_clock(st: &mut State) -> Arc<std::sync::atomic::AtomicU64> {
@@ -1691,7 +1823,7 @@ mod tests {
         let was_running = back.job(&first[0]).unwrap();
         assert_eq!(was_running.state, JobState::Queued);
         assert_eq!(was_running.attempts, 1);
-        assert!(was_running.attempt_errors[0].contains("master restarted"));
+        assert!(was_running.x().attempt_errors[0].contains("master restarted"));
         // Idempotency survives, and new jobs continue the sequence.
         let (_, again) = back.submit(vec![keyed]).unwrap();
         assert_eq!(back.jobs.len(), 4);
@@ -1723,6 +1855,6 @@ mod tests {
         st.record_results(s, vec![ok(&a)]).send(None);
         let job = st.job(&ids[0]).unwrap();
         assert_eq!(job.state, JobState::Succeeded);
-        assert_eq!(job.attempt_errors.len(), 1);
+        assert_eq!(job.x().attempt_errors.len(), 1);
     }
 }

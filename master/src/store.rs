@@ -15,9 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use drover_common::pb;
 use prost::Message;
-use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use uuid::Uuid;
 
 /// Job records by job id.
@@ -58,7 +56,16 @@ impl Changes {
     }
 }
 
-/// What a store held at start-up.
+/// One item read back at start-up.
+#[derive(Debug)]
+pub enum Loaded {
+    /// A job record.
+    Job(pb::JobRecord),
+    /// A batch: its id and its jobs in order.
+    Batch(Uuid, Vec<Uuid>),
+}
+
+/// What a store held at start-up, all at once (tests).
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Every job record.
@@ -75,8 +82,10 @@ pub trait Store: Send + Sync + 'static {
     /// Whether writes survive a restart; when false the master skips the
     /// committer entirely.
     fn is_durable(&self) -> bool;
-    /// Reads everything back at start-up.
-    fn load(&self) -> anyhow::Result<Recovered>;
+    /// Reads everything back at start-up, item by item (every job, then
+    /// every batch), so a million jobs are never all decoded at once.
+    /// Returns when the store was created (unix ms).
+    fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64>;
     /// Writes changes in one durable transaction.
     fn write(&self, changes: Changes) -> anyhow::Result<()>;
 }
@@ -90,11 +99,8 @@ impl Store for MemoryStore {
         false
     }
 
-    fn load(&self) -> anyhow::Result<Recovered> {
-        Ok(Recovered {
-            created_at_ms: now_ms(),
-            ..Recovered::default()
-        })
+    fn load(&self, _sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {
+        Ok(now_ms())
     }
 
     fn write(&self, _changes: Changes) -> anyhow::Result<()> {
@@ -130,7 +136,7 @@ impl RedbStore {
         let mut builder = Database::builder();
         // The queue is in memory already; the page cache only needs to
         // hold the pages that writes touch.
-        builder.set_cache_size(64 * 1024 * 1024);
+        builder.set_cache_size(16 * 1024 * 1024);
         let db = builder.create(&path).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the data directory {} ({}): {e}; if it is corrupt, move it aside and start with an empty one",
@@ -210,10 +216,9 @@ impl Store for RedbStore {
         true
     }
 
-    fn load(&self) -> anyhow::Result<Recovered> {
+    fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {
         let txn = self.db.begin_read()?;
         let jobs_table = txn.open_table(JOBS)?;
-        let mut jobs = Vec::with_capacity(jobs_table.len()? as usize);
         for entry in jobs_table.iter()? {
             let (key, value) = entry?;
             let record = pb::JobRecord::decode(value.value()).map_err(|e| {
@@ -222,10 +227,9 @@ impl Store for RedbStore {
                     Uuid::from_u128(key.value())
                 )
             })?;
-            jobs.push(record);
+            sink(Loaded::Job(record))?;
         }
         let batch_table = txn.open_table(BATCHES)?;
-        let mut batches = Vec::new();
         for entry in batch_table.iter()? {
             let (key, value) = entry?;
             let id = Uuid::from_u128(key.value());
@@ -240,13 +244,9 @@ impl Store for RedbStore {
                 .chunks_exact(16)
                 .map(|c| Uuid::from_bytes(c.try_into().expect("chunks of 16")))
                 .collect();
-            batches.push((id, ids));
+            sink(Loaded::Batch(id, ids))?;
         }
-        Ok(Recovered {
-            jobs,
-            batches,
-            created_at_ms: self.created_at_ms,
-        })
+        Ok(self.created_at_ms)
     }
 
     fn write(&self, changes: Changes) -> anyhow::Result<()> {
@@ -315,11 +315,17 @@ mod tests {
             assert!(second.contains("in use by another master"), "{second}");
         }
         let store = RedbStore::open(dir.path()).unwrap();
-        let got = store.load().unwrap();
-        assert_eq!(got.jobs.len(), 1);
-        assert_eq!(got.jobs[0].arg, "20");
-        assert_eq!(got.batches, vec![(batch, vec![id])]);
-        assert!(got.created_at_ms > 0);
+        let mut items = Vec::new();
+        let created = store
+            .load(&mut |item| {
+                items.push(item);
+                Ok(())
+            })
+            .unwrap();
+        assert!(created > 0);
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&items[0], Loaded::Job(r) if r.arg == "20"));
+        assert!(matches!(&items[1], Loaded::Batch(b, ids) if *b == batch && *ids == vec![id]));
     }
 
     #[test]
