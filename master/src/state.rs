@@ -525,7 +525,7 @@ impl State {
         let mut report = RecoveryReport::default();
         self.created_at_ms = recovered.created_at_ms;
         for record in recovered.jobs {
-            self.recover_item(Loaded::Job(record), &mut report)?;
+            self.recover_item(Loaded::Job(Box::new(record)), &mut report)?;
         }
         for (id, ids) in recovered.batches {
             self.recover_item(Loaded::Batch(id, ids), &mut report)?;
@@ -548,7 +548,7 @@ impl State {
         match item {
             Loaded::Job(record) => {
                 let was_running = record.running;
-                let mut job = Job::from_record(record).map_err(anyhow::Error::msg)?;
+                let mut job = Job::from_record(*record).map_err(anyhow::Error::msg)?;
                 self.next_seq = self.next_seq.max(job.seq + 1);
                 if let Some(key) = &job.x().idempotency_key {
                     self.idempotency.insert(key.to_string(), job.id);

@@ -60,7 +60,7 @@ impl Changes {
 #[derive(Debug)]
 pub enum Loaded {
     /// A job record.
-    Job(pb::JobRecord),
+    Job(Box<pb::JobRecord>),
     /// A batch: its id and its jobs in order.
     Batch(Uuid, Vec<Uuid>),
 }
@@ -227,7 +227,7 @@ impl Store for RedbStore {
                     Uuid::from_u128(key.value())
                 )
             })?;
-            sink(Loaded::Job(record))?;
+            sink(Loaded::Job(Box::new(record)))?;
         }
         let batch_table = txn.open_table(BATCHES)?;
         for entry in batch_table.iter()? {

@@ -1,1 +1,33 @@
-//! Harness.
+//! The harness for drover's integration tests: it runs the real
+//! `drover-master`, `drover-worker` and `drover` binaries on ephemeral
+//! loopback ports and lets a test check what a user would see.
+//!
+//! # Layout
+//!
+//! - [`bins`]: finds the binaries, building them once per test process
+//!   (`cargo test` does not build other packages' binaries for us).
+//! - [`process`]: [`Master`] and [`Worker`], child processes whose stderr is
+//!   kept in a temporary file; each one is killed and reaped on drop, and the
+//!   tail of every log is printed when a test fails.
+//! - [`cli`]: runs `drover --master URL --output json ...` and parses its
+//!   JSON output, in the foreground or in the background.
+//! - [`grpc`]: a shared tokio runtime and `Queue` clients for direct calls.
+//! - [`wait`]: polls a condition until a deadline, failing at once when a
+//!   started process dies unexpectedly. No test sleeps for a fixed time.
+//! - [`model`]: the CLI's JSON lines as typed values.
+//! - [`reference`]: answers computed independently of drover's code.
+//! - [`sys`]: signals and process lookups (Linux `/proc`).
+
+pub mod bins;
+pub mod cli;
+pub mod grpc;
+pub mod model;
+pub mod process;
+pub mod reference;
+pub mod sys;
+pub mod wait;
+
+pub use cli::{CliOutput, CliRun};
+pub use model::{Cancelled, JobLine, Status, Submitted, WorkerStatus};
+pub use process::{Master, Proc, Worker};
+pub use wait::{wait_for, wait_until};
