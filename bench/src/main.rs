@@ -264,15 +264,10 @@ async fn run_queue_workloads(args: &Args, report: &mut Report) -> Result<()> {
         worker_args: args.worker_args.clone(),
     };
     let mut cluster = Cluster::start(&bins, config).await?;
-    let flags = |extra: &[String]| {
-        if extra.is_empty() {
-            "(defaults)".to_string()
-        } else {
-            extra.join(" ")
-        }
-    };
+    // The extra flags, each with a leading space, or nothing.
+    let flags = |extra: &[String]| extra.iter().map(|a| format!(" {a}")).collect::<String>();
     report.notes.push(format!(
-        "cluster: drover-master {} and {} x drover-worker --processes {} {} on {}, \
+        "cluster: drover-master{} and {} x drover-worker --processes {}{} on {}, \
          in a fresh temporary directory; a current-thread tokio client; an unmeasured \
          warm-up ({WARMUP_JOBS} tiny jobs, {WARMUP_ROUND_TRIPS} round trips) first",
         flags(&args.master_args),

@@ -1,0 +1,550 @@
+//! A drover cluster made of the real binaries, started for a benchmark and
+//! always torn down after it.
+//!
+//! The bench measures what a user runs, so it starts `drover-master` and
+//! `drover-worker` as separate processes on loopback rather than calling the
+//! libraries in-process. [`Cluster`] owns them: workloads that need a
+//! different master (a durable store, a restart for recovery) start one with
+//! other arguments through [`ClusterConfig`], or stop and start pieces with
+//! [`Cluster::stop_master`] and [`Cluster::start_master_on`].
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use drover_common::pb::queue_client::QueueClient;
+use drover_common::pb::{StatsRequest, StatsResponse};
+use tonic::transport::Channel;
+
+/// How long a daemon may take to come up before the bench gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a daemon has to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The paths of the daemon binaries under test.
+#[derive(Debug, Clone)]
+pub(crate) struct Binaries {
+    /// `drover-master`.
+    pub(crate) master: PathBuf,
+    /// `drover-worker`.
+    pub(crate) worker: PathBuf,
+}
+
+impl Binaries {
+    /// Finds the daemons in `dir`, or beside this executable, where cargo
+    /// puts every binary of the workspace. In the latter case it builds them
+    /// first when `build` is set, when they are missing, or when they are
+    /// older than their sources: `cargo run -p drover-bench` does not rebuild
+    /// other packages' binaries, and a bench of a stale master measures old
+    /// code.
+    ///
+    /// Returns notes for the report alongside the paths.
+    pub(crate) fn locate(dir: Option<&Path>, build: bool) -> Result<(Self, Vec<String>)> {
+        // Only the default directory is cargo's: binaries the user points at
+        // are taken as they are.
+        let ours = dir.is_none();
+        let dir = match dir {
+            // Absolute, because the daemons run in their own directory.
+            Some(d) => {
+                std::fs::canonicalize(d).with_context(|| format!("--bin-dir {}", d.display()))?
+            }
+            None => std::env::current_exe()
+                .context("cannot find this executable's path")?
+                .parent()
+                .ok_or_else(|| anyhow!("this executable has no parent directory"))?
+                .to_path_buf(),
+        };
+        let bins = Self {
+            master: dir.join(exe_name("drover-master")),
+            worker: dir.join(exe_name("drover-worker")),
+        };
+        let missing = !bins.master.is_file() || !bins.worker.is_file();
+        let mut notes = Vec::new();
+        if ours && (build || missing || bins.older_than_sources()) {
+            let built = build_daemons().with_context(|| {
+                format!(
+                    "building drover-master and drover-worker for {}",
+                    dir.display()
+                )
+            });
+            match built {
+                // Stale binaries still run: while someone edits the master
+                // the bench measures the last build that compiled, and says so.
+                Err(e) if !build && !missing => notes.push(format!(
+                    "the daemons are older than their sources and rebuilding them failed, \
+                     so the existing binaries were measured: {e:#}"
+                )),
+                other => other?,
+            }
+        }
+        for path in [&bins.master, &bins.worker] {
+            if !path.is_file() {
+                bail!(
+                    "{} not found; build it with `cargo build --release --bins`",
+                    path.display()
+                );
+            }
+        }
+        Ok((bins, notes))
+    }
+}
+
+impl Binaries {
+    /// Whether a daemon is older than any source it is built from, when the
+    /// source tree is at hand: then benchmarking it would measure old code.
+    fn older_than_sources(&self) -> bool {
+        let root = workspace_root();
+        let Some(newest) = ["common", "master", "worker", "proto", "Cargo.lock"]
+            .iter()
+            .filter_map(|p| newest_mtime(&root.join(p)))
+            .max()
+        else {
+            return false;
+        };
+        [&self.master, &self.worker].iter().any(|bin| {
+            std::fs::metadata(bin)
+                .and_then(|m| m.modified())
+                .is_ok_and(|built| built < newest)
+        })
+    }
+}
+
+/// The newest modification time of a file, or of any file under a directory.
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|entry| newest_mtime(&entry.ok()?.path()))
+        .max()
+}
+
+/// The workspace this bench was built from.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn exe_name(name: &str) -> String {
+    format!("{name}{}", std::env::consts::EXE_SUFFIX)
+}
+
+/// Builds the daemons with the bench's own profile, so that they land in the
+/// directory the bench runs from.
+fn build_daemons() -> Result<()> {
+    let root = workspace_root();
+    if !root.join("Cargo.toml").is_file() {
+        bail!(
+            "the drover workspace is not at {}: build the daemons by hand",
+            root.display()
+        );
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--bin", "drover-master", "--bin", "drover-worker"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    // cargo's progress goes to our stderr; stdout stays clean for --json.
+    let status = cmd
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build failed ({status})");
+    }
+    Ok(())
+}
+
+/// What to start: the daemons' shapes and any extra flags.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterConfig {
+    /// Worker daemons to start.
+    pub(crate) workers: usize,
+    /// `--processes` of each worker: its CPU slots.
+    pub(crate) processes: usize,
+    /// Extra master flags, e.g. a store or a lease, for later workloads.
+    pub(crate) master_args: Vec<String>,
+    /// Extra flags given to every worker.
+    pub(crate) worker_args: Vec<String>,
+}
+
+/// A running master and its workers. Dropping it stops and reaps them all.
+pub(crate) struct Cluster {
+    bins: Binaries,
+    config: ClusterConfig,
+    /// The daemons' working directory: it holds their stderr, so a failure
+    /// can show what it said, and whatever they create by relative path (the
+    /// master's default `./drover-data` store), so nothing lands where the
+    /// bench was started and every cluster starts empty. Removed on drop;
+    /// a restarted master finds its store again.
+    work_dir: tempfile::TempDir,
+    /// The master's `http://127.0.0.1:PORT`.
+    url: String,
+    master: Option<Daemon>,
+    workers: Vec<Daemon>,
+}
+
+impl Cluster {
+    /// Starts a master on an ephemeral loopback port, then the workers, and
+    /// waits until the master reports every worker connected.
+    pub(crate) async fn start(bins: &Binaries, config: ClusterConfig) -> Result<Self> {
+        let work_dir = tempfile::Builder::new()
+            .prefix("drover-bench-")
+            .tempdir()
+            .context("cannot create a directory for the daemons' logs")?;
+        let mut cluster = Self {
+            bins: bins.clone(),
+            config,
+            work_dir,
+            url: String::new(),
+            master: None,
+            workers: Vec::new(),
+        };
+        cluster.start_master_on("127.0.0.1:0")?;
+        for i in 0..cluster.config.workers {
+            cluster.start_worker(&format!("bench-w{}", i + 1))?;
+        }
+        let want = cluster.config.workers;
+        cluster.wait_for_workers(want).await?;
+        Ok(cluster)
+    }
+
+    /// The URL clients dial.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Starts a master listening on `listen` (`127.0.0.1:0` for any port)
+    /// with the configured extra flags, and records its URL. A restart for a
+    /// recovery workload passes the previous port.
+    pub(crate) fn start_master_on(&mut self, listen: &str) -> Result<()> {
+        if self.master.is_some() {
+            bail!("a master is already running");
+        }
+        let mut cmd = Command::new(&self.bins.master);
+        cmd.args(["--listen", listen])
+            .args(&self.config.master_args)
+            .stdout(Stdio::piped());
+        let mut master = Daemon::spawn("master", cmd, self.work_dir.path())?;
+        let line = master.read_stdout_line(START_TIMEOUT)?;
+        let addr = line
+            .trim()
+            .strip_prefix("drover-master listening on ")
+            .ok_or_else(|| {
+                anyhow!(
+                    "unexpected first line from drover-master: {line:?}{}",
+                    master.log_tail()
+                )
+            })?;
+        self.url = format!("http://{addr}");
+        self.master = Some(master);
+        Ok(())
+    }
+
+    /// Stops the master (SIGTERM, or SIGKILL when `kill` is set, as a crash
+    /// would) and reaps it; the workers keep running and reconnect to the
+    /// next one.
+    #[allow(dead_code)] // for the recovery workload
+    pub(crate) fn stop_master(&mut self, kill: bool) {
+        if let Some(mut m) = self.master.take() {
+            if kill {
+                m.signal(libc::SIGKILL);
+            }
+            m.stop();
+        }
+    }
+
+    /// Starts one more worker pointed at the master.
+    pub(crate) fn start_worker(&mut self, name: &str) -> Result<()> {
+        let mut cmd = Command::new(&self.bins.worker);
+        cmd.args(["--master", &self.url])
+            .args(["--processes", &self.config.processes.to_string()])
+            .args(["--name", name])
+            .args(&self.config.worker_args)
+            .stdout(Stdio::null());
+        let worker = Daemon::spawn(name, cmd, self.work_dir.path())?;
+        self.workers.push(worker);
+        Ok(())
+    }
+
+    /// Connects a client to the master, accepting messages as large as a
+    /// master may send (a batch of results, a big fib).
+    pub(crate) async fn client(&self) -> Result<QueueClient<Channel>> {
+        let channel = drover_common::net::connect(&self.url)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        Ok(QueueClient::new(channel)
+            .max_decoding_message_size(drover_common::net::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(drover_common::net::MAX_MESSAGE_BYTES))
+    }
+
+    /// Polls Stats until `n` workers are connected with all their CPU slots,
+    /// failing early if a daemon exits.
+    pub(crate) async fn wait_for_workers(&mut self, n: usize) -> Result<StatsResponse> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let want_slots = (n * self.config.processes) as u64;
+        let mut client = None;
+        let mut last = String::from("no answer yet");
+        loop {
+            self.check_alive()?;
+            if client.is_none() {
+                match self.client().await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            if let Some(c) = client.as_mut() {
+                match c.stats(StatsRequest {}).await {
+                    Ok(resp) => {
+                        let stats = resp.into_inner();
+                        let slots: u64 = stats.workers.iter().map(|w| u64::from(w.cpu_slots)).sum();
+                        if stats.workers.len() >= n && slots >= want_slots {
+                            return Ok(stats);
+                        }
+                        last = format!("{} workers, {slots} cpu slots", stats.workers.len());
+                    }
+                    Err(e) => last = format!("stats: {}", e.message()),
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{n} workers did not connect within {START_TIMEOUT:?} (last: {last}){}",
+                    self.log_tails()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fails, with the daemons' last words, if any of them has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        let mut dead = Vec::new();
+        for d in self.master.iter_mut().chain(self.workers.iter_mut()) {
+            if let Some(status) = d.exited() {
+                dead.push(format!("{} exited ({status})", d.name));
+            }
+        }
+        if dead.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}{}", dead.join(", "), self.log_tails())
+        }
+    }
+
+    /// The end of every daemon's stderr, for error messages.
+    pub(crate) fn log_tails(&self) -> String {
+        self.master
+            .iter()
+            .chain(self.workers.iter())
+            .map(Daemon::log_tail)
+            .collect()
+    }
+
+    /// Stops the workers first (so none reconnects to a dying master), then
+    /// the master, and reaps them all. Idempotent.
+    pub(crate) fn shutdown(&mut self) {
+        // Signal every worker before waiting on any, so they drain together.
+        for w in &mut self.workers {
+            w.signal(libc::SIGTERM);
+        }
+        for mut w in self.workers.drain(..) {
+            w.stop();
+        }
+        if let Some(mut m) = self.master.take() {
+            m.stop();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One child process, with its stderr in a log file. Dropping it stops and
+/// reaps it, so no error path leaves a daemon or a zombie behind.
+pub(crate) struct Daemon {
+    /// For messages: `master`, `bench-w1`, ...
+    name: String,
+    child: Child,
+    log: PathBuf,
+    /// Lines of the child's stdout, read by a thread so that waiting for the
+    /// first one can time out and notice a crash.
+    stdout_lines: Option<mpsc::Receiver<String>>,
+    reaped: bool,
+}
+
+impl Daemon {
+    /// Spawns `cmd` in `work_dir`, with stderr to `<work_dir>/<name>.log`.
+    pub(crate) fn spawn(name: &str, mut cmd: Command, work_dir: &Path) -> Result<Self> {
+        let log = work_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        // Plain logs: they end up in files and in error messages.
+        cmd.stderr(file)
+            .stdin(Stdio::null())
+            .current_dir(work_dir)
+            .env("NO_COLOR", "1");
+        die_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
+        let stdout_lines = child.stdout.take().map(|out| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(out);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                    if tx.send(std::mem::take(&mut line)).is_err() {
+                        // Nobody listens any more: keep draining so the
+                        // child never blocks on a full pipe.
+                        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                        break;
+                    }
+                }
+            });
+            rx
+        });
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+            stdout_lines,
+            reaped: false,
+        })
+    }
+
+    /// Waits for the next stdout line, failing if the child exits first or
+    /// `timeout` passes.
+    pub(crate) fn read_stdout_line(&mut self, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rx = self
+                .stdout_lines
+                .as_ref()
+                .ok_or_else(|| anyhow!("{}: stdout is not captured", self.name))?;
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => return Ok(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("{} closed its stdout{}", self.name, self.log_tail())
+                }
+            }
+            if let Some(status) = self.exited() {
+                bail!("{} exited ({status}){}", self.name, self.log_tail());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} printed nothing within {timeout:?}{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+        }
+    }
+
+    /// The exit status, if the child has exited.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.reaped = true;
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends `sig` unless the child is already reaped (its pid may be reused).
+    pub(crate) fn signal(&mut self, sig: libc::c_int) {
+        if self.reaped || self.exited().is_some() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) takes no pointers; the pid is our unreaped child.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// SIGTERM (the daemons drain and exit 0 on it), then SIGKILL after a
+    /// grace period; always reaps.
+    pub(crate) fn stop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+
+    /// The last lines of the child's stderr, formatted for an error message.
+    pub(crate) fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        if tail.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\n--- {} stderr (last lines) ---\n{}",
+            self.name,
+            tail.join("\n")
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Asks the kernel to SIGTERM the child when the bench dies, so that even a
+/// SIGKILLed bench leaves no daemon behind (Drop does not run then).
+///
+/// The signal follows the thread that spawned the child, not the process:
+/// the bench spawns from its main thread (a current-thread runtime), which
+/// lives as long as the process.
+#[cfg(target_os = "linux")]
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid before the fork; between fork and exec the closure only
+    // makes async-signal-safe calls (prctl, getppid) and allocates nothing.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the bench exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere the bench relies on Drop alone.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn die_with_parent(_cmd: &mut Command) {}

@@ -1,0 +1,232 @@
+//! The bench's results: one JSON object for machines, a table for people.
+//!
+//! Every figure is optional: a workload that was not selected, or failed,
+//! reports `null` and says why in `notes`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+/// Everything the bench measured, by the keys bench/README.md documents.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub(crate) tiny_jobs_per_s: Option<f64>,
+    pub(crate) apply_p50_us: Option<f64>,
+    pub(crate) apply_p99_us: Option<f64>,
+    pub(crate) fib_1e6_ms: Option<f64>,
+    pub(crate) fib_1e7_ms: Option<f64>,
+    pub(crate) gmp_fib_1e6_ms: Option<f64>,
+    pub(crate) gmp_fib_1e7_ms: Option<f64>,
+    pub(crate) python_manager_jobs_per_s: Option<f64>,
+    /// Measured runs per workload.
+    pub(crate) runs: u32,
+    /// Cores available to the bench and everything it starts.
+    pub(crate) cpus: usize,
+    /// Jobs in the tiny-jobs workload and its Python baseline.
+    pub(crate) jobs: usize,
+    /// Worker daemons, and `--processes` of each.
+    pub(crate) workers: usize,
+    pub(crate) processes: usize,
+    /// Each run's figure, so a reader can judge the spread behind a median.
+    pub(crate) samples: BTreeMap<&'static str, Vec<f64>>,
+    /// How the figures were made, and what went wrong.
+    pub(crate) notes: Vec<String>,
+    /// Set when drover itself failed (as opposed to a baseline): the bench
+    /// then exits non-zero after printing what it has.
+    pub(crate) failed: bool,
+}
+
+/// A figure, its target, and whether a higher value is better.
+struct Target {
+    key: &'static str,
+    limit: f64,
+    higher_is_better: bool,
+}
+
+impl Target {
+    fn met(&self, v: f64) -> bool {
+        if self.higher_is_better {
+            v >= self.limit
+        } else {
+            v <= self.limit
+        }
+    }
+}
+
+/// The goals bench/README.md states.
+const TARGETS: &[Target] = &[
+    Target {
+        key: "tiny_jobs_per_s",
+        limit: 50_000.0,
+        higher_is_better: true,
+    },
+    Target {
+        key: "apply_p50_us",
+        limit: 500.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "fib_1e7_vs_gmp",
+        limit: 3.0,
+        higher_is_better: false,
+    },
+];
+
+impl Report {
+    /// How many times slower than GMP F(10^7) is: the fib target.
+    pub(crate) fn fib_1e7_vs_gmp(&self) -> Option<f64> {
+        Some(self.fib_1e7_ms? / self.gmp_fib_1e7_ms?)
+    }
+
+    /// How many times the Python BaseManager pattern's throughput drover has.
+    pub(crate) fn ratio_vs_python_manager(&self) -> Option<f64> {
+        Some(self.tiny_jobs_per_s? / self.python_manager_jobs_per_s?)
+    }
+
+    /// The figures in table order, with the derived ratios.
+    fn figures(&self) -> Vec<(&'static str, Option<f64>)> {
+        vec![
+            ("tiny_jobs_per_s", self.tiny_jobs_per_s),
+            ("python_manager_jobs_per_s", self.python_manager_jobs_per_s),
+            ("ratio_vs_python_manager", self.ratio_vs_python_manager()),
+            ("apply_p50_us", self.apply_p50_us),
+            ("apply_p99_us", self.apply_p99_us),
+            ("fib_1e6_ms", self.fib_1e6_ms),
+            ("fib_1e7_ms", self.fib_1e7_ms),
+            ("gmp_fib_1e6_ms", self.gmp_fib_1e6_ms),
+            ("gmp_fib_1e7_ms", self.gmp_fib_1e7_ms),
+            ("fib_1e7_vs_gmp", self.fib_1e7_vs_gmp()),
+        ]
+    }
+
+    /// The one JSON object `--json` prints.
+    pub(crate) fn to_json(&self) -> Value {
+        let mut obj = serde_json::Map::new();
+        for (key, value) in self.figures() {
+            obj.insert(key.into(), value.map(|v| round(key, v)).into());
+        }
+        obj.insert("runs".into(), self.runs.into());
+        obj.insert("cpus".into(), self.cpus.into());
+        obj.insert("jobs".into(), self.jobs.into());
+        obj.insert("workers".into(), self.workers.into());
+        obj.insert("processes".into(), self.processes.into());
+        let samples: serde_json::Map<String, Value> = self
+            .samples
+            .iter()
+            .map(|(k, v)| {
+                let rounded: Vec<f64> = v.iter().map(|x| round(k, *x)).collect();
+                ((*k).to_string(), json!(rounded))
+            })
+            .collect();
+        obj.insert("samples".into(), samples.into());
+        obj.insert("notes".into(), json!(self.notes));
+        obj.into()
+    }
+
+    /// The table printed without `--json`.
+    pub(crate) fn to_table(&self) -> String {
+        let mut out = format!(
+            "drover-bench: {} runs (medians), {} cpus, {} workers x --processes {}, {} jobs\n\n",
+            self.runs, self.cpus, self.workers, self.processes, self.jobs
+        );
+        out.push_str(&format!("{:<28} {:>14}   target\n", "figure", "value"));
+        for (key, value) in self.figures() {
+            let shown = value.map_or_else(|| "-".to_string(), |v| human(key, v));
+            let (target, verdict) = match TARGETS.iter().find(|t| t.key == key) {
+                Some(t) => {
+                    let op = if t.higher_is_better { ">=" } else { "<=" };
+                    let verdict = match value {
+                        Some(v) if t.met(v) => "met",
+                        Some(_) => "MISSED",
+                        None => "",
+                    };
+                    (format!("{op} {}", human(key, t.limit)), verdict)
+                }
+                None => (String::new(), ""),
+            };
+            let line = format!("{key:<28} {shown:>14}   {target:<12} {verdict}");
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        if !self.notes.is_empty() {
+            out.push_str("\nnotes:\n");
+            for note in &self.notes {
+                out.push_str(&format!("  - {note}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Rounds a figure for JSON: ratios to 3 decimals, the rest to 1.
+fn round(key: &str, v: f64) -> f64 {
+    let scale = if is_ratio(key) { 1000.0 } else { 10.0 };
+    (v * scale).round() / scale
+}
+
+fn is_ratio(key: &str) -> bool {
+    key.starts_with("ratio") || key.contains("_vs_")
+}
+
+/// Formats a figure for the table: thousands separators, units implied by
+/// the key's suffix.
+fn human(key: &str, v: f64) -> String {
+    if is_ratio(key) {
+        return format!("{v:.2}x");
+    }
+    if key.ends_with("_ms") && v < 100.0 {
+        return format!("{v:.1}");
+    }
+    let whole = v.round() as i64;
+    let digits = whole.unsigned_abs().to_string();
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if whole < 0 {
+        grouped.insert(0, '-');
+    }
+    grouped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unselected_figures_are_null() {
+        let r = Report {
+            tiny_jobs_per_s: Some(60_000.0),
+            ..Default::default()
+        };
+        let v = r.to_json();
+        assert_eq!(v["tiny_jobs_per_s"], json!(60_000.0));
+        assert!(v["ratio_vs_python_manager"].is_null());
+        assert!(v["fib_1e7_vs_gmp"].is_null());
+    }
+
+    #[test]
+    fn ratios() {
+        let r = Report {
+            tiny_jobs_per_s: Some(90_000.0),
+            python_manager_jobs_per_s: Some(4_500.0),
+            fib_1e7_ms: Some(600.0),
+            gmp_fib_1e7_ms: Some(200.0),
+            ..Default::default()
+        };
+        assert_eq!(r.ratio_vs_python_manager(), Some(20.0));
+        assert_eq!(r.fib_1e7_vs_gmp(), Some(3.0));
+        assert!(r.to_table().contains("met"));
+    }
+
+    #[test]
+    fn human_numbers() {
+        assert_eq!(human("tiny_jobs_per_s", 1_234_567.4), "1,234,567");
+        assert_eq!(human("apply_p50_us", 123.0), "123");
+        assert_eq!(human("fib_1e6_ms", 12.34), "12.3");
+        assert_eq!(human("ratio_vs_python_manager", 12.5), "12.50x");
+    }
+}
