@@ -162,14 +162,30 @@ fn build_daemons() -> Result<()> {
     Ok(())
 }
 
+/// The master's store, which the bench always names on its command line
+/// rather than leaving it to the master's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    /// `--store memory`: nothing on disk. The core figures are defined on
+    /// it; the user's `--master-arg` comes after it and may replace it.
+    Memory,
+    /// `--store redb --data-dir <work dir>/data`: a fresh durable store for
+    /// each cluster, which a restarted master finds again. These come after
+    /// the user's `--master-arg`, whose own `--store` and `--data-dir` are
+    /// dropped: the durable workloads are defined by them.
+    Redb,
+}
+
 /// What to start: the daemons' shapes and any extra flags.
 #[derive(Debug, Clone)]
 pub(crate) struct ClusterConfig {
-    /// Worker daemons to start.
+    /// Worker daemons to start (0 for a master alone).
     pub(crate) workers: usize,
     /// `--processes` of each worker: its CPU slots.
     pub(crate) processes: usize,
-    /// Extra master flags, e.g. a store or a lease, for later workloads.
+    /// The master's store.
+    pub(crate) store: StoreKind,
+    /// The user's extra master flags (`--master-arg`), e.g. a lease.
     pub(crate) master_args: Vec<String>,
     /// Extra flags given to every worker.
     pub(crate) worker_args: Vec<String>,
@@ -180,14 +196,18 @@ pub(crate) struct Cluster {
     bins: Binaries,
     config: ClusterConfig,
     /// The daemons' working directory: it holds their stderr, so a failure
-    /// can show what it said, and whatever they create by relative path (the
-    /// master's default `./drover-data` store), so nothing lands where the
+    /// can show what it said, the redb store's `data/` (see [`StoreKind`]),
+    /// and whatever they create by relative path, so nothing lands where the
     /// bench was started and every cluster starts empty. Removed on drop;
     /// a restarted master finds its store again.
     work_dir: tempfile::TempDir,
+    /// The master's `127.0.0.1:PORT`, once it listens.
+    addr: String,
     /// The master's `http://127.0.0.1:PORT`.
     url: String,
     master: Option<Daemon>,
+    /// Masters started so far, restarts included.
+    master_starts: u32,
     workers: Vec<Daemon>,
 }
 
@@ -203,8 +223,10 @@ impl Cluster {
             bins: bins.clone(),
             config,
             work_dir,
+            addr: String::new(),
             url: String::new(),
             master: None,
+            master_starts: 0,
             workers: Vec::new(),
         };
         cluster.start_master_on("127.0.0.1:0")?;
@@ -221,19 +243,59 @@ impl Cluster {
         &self.url
     }
 
+    /// The address the master listens on, `127.0.0.1:PORT`: a restarted
+    /// master is given it again.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The process id of the running master.
+    pub(crate) fn master_pid(&self) -> Option<u32> {
+        self.master.as_ref().map(|m| m.child.id())
+    }
+
+    /// The redb store's directory (used only with [`StoreKind::Redb`]).
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self.work_dir.path().join("data")
+    }
+
+    /// The master's command line after `--listen`: the store flags and the
+    /// user's, in the order [`StoreKind`] describes.
+    pub(crate) fn master_args(&self) -> Vec<String> {
+        master_flags(
+            self.config.store,
+            &self.config.master_args,
+            &self.data_dir(),
+        )
+    }
+
     /// Starts a master listening on `listen` (`127.0.0.1:0` for any port)
-    /// with the configured extra flags, and records its URL. A restart for a
-    /// recovery workload passes the previous port.
+    /// with the configured flags, and records its address. A restart for a
+    /// recovery workload passes the previous address.
     pub(crate) fn start_master_on(&mut self, listen: &str) -> Result<()> {
+        self.start_master_within(listen, START_TIMEOUT)
+    }
+
+    /// [`Cluster::start_master_on`], allowing `timeout` until the master
+    /// says it listens (it opens its store first, which after a crash may
+    /// take a while).
+    pub(crate) fn start_master_within(&mut self, listen: &str, timeout: Duration) -> Result<()> {
         if self.master.is_some() {
             bail!("a master is already running");
         }
         let mut cmd = Command::new(&self.bins.master);
         cmd.args(["--listen", listen])
-            .args(&self.config.master_args)
+            .args(self.master_args())
             .stdout(Stdio::piped());
-        let mut master = Daemon::spawn("master", cmd, self.work_dir.path())?;
-        let line = master.read_stdout_line(START_TIMEOUT)?;
+        // A restarted master logs to a file of its own, so the last words
+        // of the one before it are kept.
+        self.master_starts += 1;
+        let name = match self.master_starts {
+            1 => "master".to_string(),
+            n => format!("master-{n}"),
+        };
+        let mut master = Daemon::spawn(&name, cmd, self.work_dir.path())?;
+        let line = master.read_stdout_line(timeout)?;
         let addr = line
             .trim()
             .strip_prefix("drover-master listening on ")
@@ -243,6 +305,7 @@ impl Cluster {
                     master.log_tail()
                 )
             })?;
+        self.addr = addr.to_string();
         self.url = format!("http://{addr}");
         self.master = Some(master);
         Ok(())
@@ -251,7 +314,6 @@ impl Cluster {
     /// Stops the master (SIGTERM, or SIGKILL when `kill` is set, as a crash
     /// would) and reaps it; the workers keep running and reconnect to the
     /// next one.
-    #[allow(dead_code)] // for the recovery workload
     pub(crate) fn stop_master(&mut self, kill: bool) {
         if let Some(mut m) = self.master.take() {
             if kill {
@@ -366,6 +428,83 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The master's flags for `store`, around the user's `user` flags, as
+/// [`StoreKind`] describes.
+fn master_flags(store: StoreKind, user: &[String], data_dir: &Path) -> Vec<String> {
+    let owned = |flags: &[&str]| flags.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    match store {
+        // A user's own --store stands alone, whether or not the master lets
+        // a later flag override an earlier one.
+        StoreKind::Memory if without_flags(user, &["--store"]).len() != user.len() => user.to_vec(),
+        StoreKind::Memory => [owned(&["--store", "memory"]), user.to_vec()].concat(),
+        StoreKind::Redb => [
+            without_flags(user, &["--store", "--data-dir"]),
+            owned(&["--store", "redb", "--data-dir"]),
+            vec![data_dir.display().to_string()],
+        ]
+        .concat(),
+    }
+}
+
+/// `args` without the flags named in `drop`, written `--flag value` or
+/// `--flag=value`.
+fn without_flags(args: &[String], drop: &[&str]) -> Vec<String> {
+    let mut kept = Vec::with_capacity(args.len());
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if drop.contains(&arg.as_str()) {
+            iter.next(); // its value
+        } else if !drop.iter().any(|f| {
+            arg.strip_prefix(f)
+                .is_some_and(|rest| rest.starts_with('='))
+        }) {
+            kept.push(arg.clone());
+        }
+    }
+    kept
+}
+
+/// The master's resident memory (VmRSS) in MiB, from /proc.
+pub(crate) fn rss_mib(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS line in {path}"))?;
+    Ok(kib / 1024.0)
+}
+
+/// Where the durable stores go (the system temporary directory, `TMPDIR`)
+/// and its filesystem, for the notes: an fsync on tmpfs costs nothing, so
+/// the durable figures would flatter drover there.
+pub(crate) fn store_location() -> String {
+    let dir = std::env::temp_dir();
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    // The mount whose point is the longest prefix of the directory.
+    let mount = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (device, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            dir.starts_with(point)
+                .then_some((point.len(), device, fstype))
+        })
+        .max_by_key(|m| m.0);
+    match mount {
+        Some((_, _, "tmpfs")) => format!(
+            "{} (tmpfs: fsync costs nothing there, so the durable figures are optimistic; \
+             set TMPDIR to a directory on a disk)",
+            dir.display()
+        ),
+        Some((_, device, fstype)) => format!("{} ({fstype} on {device})", dir.display()),
+        None => dir.display().to_string(),
     }
 }
 
@@ -548,3 +687,49 @@ pub(crate) fn die_with_parent(cmd: &mut Command) {
 /// Elsewhere the bench relies on Drop alone.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn die_with_parent(_cmd: &mut Command) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_dropped_in_both_spellings() {
+        let args: Vec<String> = ["--store", "memory", "--lease=5s", "--data-dir=/x", "-v"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            without_flags(&args, &["--store", "--data-dir"]),
+            ["--lease=5s", "-v"]
+        );
+        assert_eq!(without_flags(&args, &["--stor"]), args);
+    }
+
+    #[test]
+    fn store_flags_and_the_users() {
+        let user = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let dir = Path::new("/d");
+        assert_eq!(
+            master_flags(StoreKind::Memory, &user(&["--lease=5s"]), dir),
+            ["--store", "memory", "--lease=5s"]
+        );
+        assert_eq!(
+            master_flags(StoreKind::Memory, &user(&["--store=redb"]), dir),
+            ["--store=redb"]
+        );
+        assert_eq!(
+            master_flags(
+                StoreKind::Redb,
+                &user(&["--store", "memory", "--data-dir=/x", "--lease=5s"]),
+                dir
+            ),
+            ["--lease=5s", "--store", "redb", "--data-dir", "/d"]
+        );
+    }
+
+    #[test]
+    fn rss_of_this_process() {
+        let mib = rss_mib(std::process::id()).unwrap();
+        assert!(mib > 0.0 && mib < 100_000.0, "{mib}");
+    }
+}

@@ -15,6 +15,9 @@
 //!   store, recovery after a crash) start theirs through it.
 //! - [`tiny`], [`apply`]: the queue workloads: throughput of tiny jobs, and
 //!   the latency of one job.
+//! - [`durable`], [`recovery`]: the durable store: how fast it takes jobs
+//!   in, and a master with a million queued jobs, its memory and its restart
+//!   after a crash. (The tiny workload also runs on a durable master.)
 //! - [`fib`]: the fib kind's speed, in-process.
 //! - [`baselines`]: runs the Python scripts drover is compared with.
 //! - [`jobs`]: the jobs the workloads submit and the check of the answers.
@@ -23,8 +26,10 @@
 mod apply;
 mod baselines;
 mod cluster;
+mod durable;
 mod fib;
 mod jobs;
+mod recovery;
 mod report;
 mod stats;
 mod tiny;
@@ -36,7 +41,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 
-use cluster::{Binaries, Cluster, ClusterConfig};
+use cluster::{Binaries, Cluster, ClusterConfig, StoreKind};
 use report::Report;
 
 /// Measures drover against its targets and the Python baselines.
@@ -56,8 +61,24 @@ struct Args {
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
     round_trips: u32,
     /// Workloads to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "tiny,apply,fib,python")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tiny,apply,fib,python,durable,recovery"
+    )]
     only: Vec<Workload>,
+    /// Jobs of the durable-submit workload, sent in Submits of 1,000.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    durable_jobs: u32,
+    /// Concurrent clients of the durable-submit workload, each on its own
+    /// connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    durable_concurrency: u32,
+    /// Queued jobs of the recovery workload (the `_1m` of its figures).
+    /// Above the master's --max-queued (1,000,000) it needs
+    /// `--master-arg=--max-queued=N` too.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    recovery_jobs: u32,
     /// Worker daemons to start.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     workers: u32,
@@ -65,9 +86,11 @@ struct Args {
     /// processes worker processes, so both use the same cores.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     processes: u32,
-    /// An extra flag for drover-master, e.g. `--master-arg=--store=memory`;
-    /// repeat it for more. The master otherwise runs with its defaults, its
-    /// store in a temporary directory.
+    /// An extra flag for every drover-master, e.g. `--master-arg=--lease=5s`;
+    /// repeat it for more. It follows the `--store memory` of the tiny and
+    /// apply master, so `--master-arg=--store=redb` measures those on the
+    /// durable store; the durable and recovery masters keep their own
+    /// `--store redb --data-dir`.
     #[arg(long = "master-arg", value_name = "ARG", allow_hyphen_values = true)]
     master_args: Vec<String>,
     /// An extra flag for every drover-worker; repeat it for more.
@@ -101,6 +124,11 @@ enum Workload {
     Fib,
     /// python_manager_jobs_per_s.
     Python,
+    /// durable_submit_jobs_per_s, durable_tiny_jobs_per_s and (with tiny)
+    /// durable_vs_memory_tiny.
+    Durable,
+    /// recovery_s_1m, master_rss_mb_1m and master_rss_mb_1m_recovered.
+    Recovery,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -138,6 +166,10 @@ fn run(args: &Args) -> Report {
         jobs: args.jobs as usize,
         workers: args.workers as usize,
         processes: args.processes as usize,
+        durable_submit_jobs: args.durable_jobs as usize,
+        durable_submit_concurrency: args.durable_concurrency as usize,
+        durable_submit_batch: durable::SUBMIT_JOBS,
+        recovery_jobs: args.recovery_jobs as usize,
         ..Default::default()
     };
     if cfg!(debug_assertions) {
@@ -153,19 +185,63 @@ fn run(args: &Args) -> Report {
     if selected(Workload::Python) {
         run_python_manager(args, &mut report);
     }
-    if selected(Workload::Tiny) || selected(Workload::Apply) {
+    let clusters = [
+        Workload::Tiny,
+        Workload::Apply,
+        Workload::Durable,
+        Workload::Recovery,
+    ];
+    if clusters.into_iter().any(selected) {
         // A current-thread client: one job's round trip has no thread
         // hand-off in the client, as in a script or the CLI.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        if let Err(e) = runtime.block_on(run_queue_workloads(args, &mut report)) {
-            report.failed = true;
-            report.notes.push(format!("drover: {e:#}"));
-        }
+        runtime.block_on(run_cluster_workloads(args, &mut report));
     }
     report
+}
+
+/// The workloads that start daemons, each group on its own clusters; a
+/// failure of one group is reported and the next still runs.
+async fn run_cluster_workloads(args: &Args, report: &mut Report) {
+    let selected = |w| args.only.contains(&w);
+    let bins = match Binaries::locate(args.bin_dir.as_deref(), args.build) {
+        Ok((bins, notes)) => {
+            report.notes.extend(notes);
+            bins
+        }
+        Err(e) => {
+            report.failed = true;
+            report.notes.push(format!("drover: {e:#}"));
+            return;
+        }
+    };
+    if selected(Workload::Durable) || selected(Workload::Recovery) {
+        report.notes.push(format!(
+            "durable stores in fresh directories under {}",
+            cluster::store_location()
+        ));
+    }
+    let mut outcomes = Vec::new();
+    if selected(Workload::Tiny) || selected(Workload::Apply) || selected(Workload::Durable) {
+        outcomes.push(run_queue_workloads(args, &bins, report).await);
+    }
+    if selected(Workload::Durable) {
+        outcomes.push(
+            run_durable_submit(args, &bins, report)
+                .await
+                .context("durable submit"),
+        );
+    }
+    if selected(Workload::Recovery) {
+        outcomes.push(run_recovery(args, &bins, report).await.context("recovery"));
+    }
+    for e in outcomes.into_iter().filter_map(Result::err) {
+        report.failed = true;
+        report.notes.push(format!("drover: {e:#}"));
+    }
 }
 
 /// fib_decimal in-process, then GMP through gmp_fib.py.
@@ -253,63 +329,139 @@ fn baselines_dir(args: &Args) -> PathBuf {
         .unwrap_or_else(baselines::default_dir)
 }
 
-/// Starts one cluster and runs the tiny and apply workloads on it.
-async fn run_queue_workloads(args: &Args, report: &mut Report) -> Result<()> {
-    let (bins, notes) = Binaries::locate(args.bin_dir.as_deref(), args.build)?;
-    report.notes.extend(notes);
-    let config = ClusterConfig {
-        workers: args.workers as usize,
+/// The cluster's shape for this bench: `workers` workers, and a master
+/// with `store`.
+fn cluster_config(args: &Args, store: StoreKind, workers: usize) -> ClusterConfig {
+    ClusterConfig {
+        workers,
         processes: args.processes as usize,
+        store,
         master_args: args.master_args.clone(),
         worker_args: args.worker_args.clone(),
-    };
-    let mut cluster = Cluster::start(&bins, config).await?;
-    // The extra flags, each with a leading space, or nothing.
-    let flags = |extra: &[String]| extra.iter().map(|a| format!(" {a}")).collect::<String>();
-    report.notes.push(format!(
-        "cluster: drover-master{} and {} x drover-worker --processes {}{} on {}, \
-         in a fresh temporary directory; a current-thread tokio client; an unmeasured \
-         warm-up ({WARMUP_JOBS} tiny jobs, {WARMUP_ROUND_TRIPS} round trips) first",
-        flags(&args.master_args),
-        args.workers,
-        args.processes,
-        flags(&args.worker_args),
-        cluster.url()
-    ));
-    let mut client = cluster.client().await?;
+    }
+}
 
+/// Describes a cluster for the notes: its command lines and address.
+fn describe(cluster: &Cluster, args: &Args, workers: usize) -> String {
+    // The flags, each with a leading space, or nothing.
+    let flags = |extra: &[String]| extra.iter().map(|a| format!(" {a}")).collect::<String>();
+    let workers = match workers {
+        0 => "no workers".to_string(),
+        n => format!(
+            "{n} x drover-worker --processes {}{}",
+            args.processes,
+            flags(&args.worker_args)
+        ),
+    };
+    format!(
+        "drover-master{} and {workers} on {}",
+        flags(&cluster.master_args()),
+        cluster.url()
+    )
+}
+
+/// The tiny and apply workloads on a master with the memory store, and the
+/// tiny one again (durable_tiny_jobs_per_s) on a master with the redb store.
+///
+/// When both stores are measured their clusters are up together and the
+/// tiny runs alternate, memory then durable: their ratio is the figure, and
+/// the load of whatever else runs on the machine drifts less between two
+/// runs side by side than between two blocks of runs. The cluster not
+/// measured sits idle meanwhile; the durable one is stopped before apply.
+async fn run_queue_workloads(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
     let tiny = args.only.contains(&Workload::Tiny);
     let apply = args.only.contains(&Workload::Apply);
-    let warmup = async {
-        tiny::run_once(&mut client, WARMUP_JOBS.min(args.jobs) as usize).await?;
-        apply::run_once(&mut client, WARMUP_ROUND_TRIPS as usize).await
-    };
-    deadline(warmup)
-        .await
-        .context("warm-up")
-        .map_err(|e| with_logs(e, &mut cluster))?;
+    let durable_tiny = args.only.contains(&Workload::Durable);
+    let workers = args.workers as usize;
 
-    if tiny {
-        let mut samples = Vec::new();
-        for run in 1..=args.runs {
-            let v = deadline(tiny::run_once(&mut client, args.jobs as usize))
-                .await
-                .with_context(|| format!("tiny jobs, run {run}"))
-                .map_err(|e| with_logs(e, &mut cluster))?;
-            samples.push(v);
-        }
-        report.tiny_jobs_per_s = stats::median(&samples);
-        report.samples.insert("tiny_jobs_per_s", samples);
+    let mut memory = None;
+    if tiny || apply {
+        let cluster = Cluster::start(bins, cluster_config(args, StoreKind::Memory, workers))
+            .await
+            .context("starting the memory-store cluster")?;
+        report.notes.push(format!(
+            "tiny and apply: {}, in a fresh temporary directory; a current-thread tokio \
+             client; an unmeasured warm-up ({WARMUP_JOBS} tiny jobs, {WARMUP_ROUND_TRIPS} \
+             round trips) first",
+            describe(&cluster, args, workers)
+        ));
+        let client = cluster.client().await?;
+        memory = Some((cluster, client));
+    }
+    let mut durable = None;
+    if durable_tiny {
+        let cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, workers))
+            .await
+            .context("starting the durable-store cluster")?;
+        report.notes.push(format!(
+            "durable tiny: {}; an unmeasured warm-up ({WARMUP_JOBS} tiny jobs) first{}",
+            describe(&cluster, args, workers),
+            if tiny {
+                "; its runs alternate with the memory store's, both clusters up"
+            } else {
+                "; durable_vs_memory_tiny needs tiny in --only too"
+            }
+        ));
+        let client = cluster.client().await?;
+        durable = Some((cluster, client));
     }
 
-    if apply {
+    if let Some((cluster, client)) = memory.as_mut() {
+        let warmup = async {
+            tiny::run_once(client, WARMUP_JOBS.min(args.jobs) as usize).await?;
+            apply::run_once(client, WARMUP_ROUND_TRIPS as usize).await
+        };
+        measure(cluster, || "warm-up".into(), warmup).await?;
+    }
+    if let Some((cluster, client)) = durable.as_mut() {
+        let warmup = tiny::run_once(client, WARMUP_JOBS.min(args.jobs) as usize);
+        measure(cluster, || "durable warm-up".into(), warmup).await?;
+    }
+
+    let mut memory_samples = Vec::new();
+    let mut durable_samples = Vec::new();
+    for run in 1..=args.runs {
+        if let Some((cluster, client)) = memory.as_mut().filter(|_| tiny) {
+            let v = measure(
+                cluster,
+                || format!("tiny jobs, run {run}"),
+                tiny::run_once(client, args.jobs as usize),
+            )
+            .await?;
+            memory_samples.push(v);
+        }
+        if let Some((cluster, client)) = durable.as_mut() {
+            let v = measure(
+                cluster,
+                || format!("durable tiny jobs, run {run}"),
+                tiny::run_once(client, args.jobs as usize),
+            )
+            .await?;
+            durable_samples.push(v);
+        }
+    }
+    if tiny {
+        report.tiny_jobs_per_s = stats::median(&memory_samples);
+        report.samples.insert("tiny_jobs_per_s", memory_samples);
+    }
+    if let Some((mut cluster, _)) = durable.take() {
+        cluster.check_alive()?;
+        report.durable_tiny_jobs_per_s = stats::median(&durable_samples);
+        report
+            .samples
+            .insert("durable_tiny_jobs_per_s", durable_samples);
+    }
+
+    if let Some((cluster, client)) = memory.as_mut().filter(|_| apply) {
         let mut all = Vec::new();
         let mut p50s = Vec::new();
         for run in 1..=args.runs {
-            let samples = deadline(apply::run_once(&mut client, args.round_trips as usize))
-                .await
-                .with_context(|| format!("apply, run {run}"))
-                .map_err(|e| with_logs(e, &mut cluster))?;
+            let samples = measure(
+                cluster,
+                || format!("apply, run {run}"),
+                apply::run_once(client, args.round_trips as usize),
+            )
+            .await?;
             p50s.extend(stats::percentile(&samples, 50.0));
             all.extend(samples);
         }
@@ -320,8 +472,93 @@ async fn run_queue_workloads(args: &Args, report: &mut Report) -> Result<()> {
         report.samples.insert("apply_p50_us", p50s);
     }
 
-    cluster.check_alive()?;
+    if let Some((mut cluster, _)) = memory {
+        cluster.check_alive()?;
+    }
     Ok(())
+}
+
+/// durable_submit_jobs_per_s: each run on a fresh master with the redb
+/// store and no workers.
+async fn run_durable_submit(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let mut samples = Vec::new();
+    for run in 1..=args.runs {
+        let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, 0)).await?;
+        if run == 1 {
+            report.notes.push(format!(
+                "durable submit: {} jobs in Submits of {} from {} clients (a connection each) \
+                 to {}; a fresh master each run",
+                args.durable_jobs,
+                durable::SUBMIT_JOBS,
+                args.durable_concurrency,
+                describe(&cluster, args, 0)
+            ));
+        }
+        let result = deadline(durable::run_once(
+            &cluster,
+            args.durable_jobs as usize,
+            args.durable_concurrency as usize,
+        ))
+        .await;
+        let v = result
+            .with_context(|| format!("run {run}"))
+            .map_err(|e| with_logs(e, &mut cluster))?;
+        samples.push(v);
+    }
+    report.durable_submit_jobs_per_s = stats::median(&samples);
+    report.samples.insert("durable_submit_jobs_per_s", samples);
+    Ok(())
+}
+
+/// recovery_s_1m and the master's memory: each run on a fresh master with
+/// the redb store and no workers, killed and started again.
+async fn run_recovery(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    let mut rss_recovered = Vec::new();
+    for run in 1..=args.runs {
+        let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, 0)).await?;
+        if run == 1 {
+            report.notes.push(format!(
+                "recovery: {} jobs queued in Submits of {} on {}, then SIGKILL and a restart \
+                 on the same data directory and port; a fresh master each run; MiB of VmRSS",
+                args.recovery_jobs,
+                jobs::MAX_SUBMIT_JOBS,
+                describe(&cluster, args, 0)
+            ));
+        }
+        let result = deadline(recovery::run_once(
+            &mut cluster,
+            args.recovery_jobs as usize,
+        ))
+        .await;
+        let r = result
+            .with_context(|| format!("run {run}"))
+            .map_err(|e| with_logs(e, &mut cluster))?;
+        times.push(r.recovery_s);
+        rss.push(r.rss_mib);
+        rss_recovered.push(r.rss_mib_recovered);
+    }
+    report.recovery_s_1m = stats::median(&times);
+    report.master_rss_mb_1m = stats::median(&rss);
+    report.master_rss_mb_1m_recovered = stats::median(&rss_recovered);
+    report.samples.insert("recovery_s_1m", times);
+    report.samples.insert("master_rss_mb_1m", rss);
+    report
+        .samples
+        .insert("master_rss_mb_1m_recovered", rss_recovered);
+    Ok(())
+}
+
+/// Runs one measured (or warm-up) run of a workload on `cluster` under the
+/// deadline, adding the daemons' logs to its error.
+async fn measure<T>(
+    cluster: &mut Cluster,
+    what: impl FnOnce() -> String,
+    run: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let result = deadline(run).await;
+    result.with_context(what).map_err(|e| with_logs(e, cluster))
 }
 
 /// Fails a run that outlives [`RUN_TIMEOUT`], so a hung cluster ends the
@@ -365,5 +602,10 @@ mod tests {
         ]);
         assert_eq!(args.only, [Workload::Tiny, Workload::Fib]);
         assert_eq!(args.master_args, ["--store=memory", "--lease", "5s"]);
+
+        let args = Args::parse_from(["drover-bench", "--only", "durable,recovery"]);
+        assert_eq!(args.only, [Workload::Durable, Workload::Recovery]);
+        assert_eq!(args.durable_concurrency, 8);
+        assert_eq!(Args::parse_from(["drover-bench"]).only.len(), 6);
     }
 }

@@ -18,6 +18,11 @@ pub(crate) struct Report {
     pub(crate) gmp_fib_1e6_ms: Option<f64>,
     pub(crate) gmp_fib_1e7_ms: Option<f64>,
     pub(crate) python_manager_jobs_per_s: Option<f64>,
+    pub(crate) durable_submit_jobs_per_s: Option<f64>,
+    pub(crate) durable_tiny_jobs_per_s: Option<f64>,
+    pub(crate) recovery_s_1m: Option<f64>,
+    pub(crate) master_rss_mb_1m: Option<f64>,
+    pub(crate) master_rss_mb_1m_recovered: Option<f64>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -27,6 +32,13 @@ pub(crate) struct Report {
     /// Worker daemons, and `--processes` of each.
     pub(crate) workers: usize,
     pub(crate) processes: usize,
+    /// Jobs of the durable-submit workload, and its concurrent clients.
+    pub(crate) durable_submit_jobs: usize,
+    pub(crate) durable_submit_concurrency: usize,
+    /// Jobs per Submit in the durable-submit workload.
+    pub(crate) durable_submit_batch: usize,
+    /// Queued jobs of the recovery workload.
+    pub(crate) recovery_jobs: usize,
     /// Each run's figure, so a reader can judge the spread behind a median.
     pub(crate) samples: BTreeMap<&'static str, Vec<f64>>,
     /// How the figures were made, and what went wrong.
@@ -70,6 +82,26 @@ const TARGETS: &[Target] = &[
         limit: 3.0,
         higher_is_better: false,
     },
+    Target {
+        key: "durable_submit_jobs_per_s",
+        limit: 200_000.0,
+        higher_is_better: true,
+    },
+    Target {
+        key: "durable_vs_memory_tiny",
+        limit: 0.70,
+        higher_is_better: true,
+    },
+    Target {
+        key: "recovery_s_1m",
+        limit: 5.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "master_rss_mb_1m",
+        limit: 400.0,
+        higher_is_better: false,
+    },
 ];
 
 impl Report {
@@ -81,6 +113,12 @@ impl Report {
     /// How many times the Python BaseManager pattern's throughput drover has.
     pub(crate) fn ratio_vs_python_manager(&self) -> Option<f64> {
         Some(self.tiny_jobs_per_s? / self.python_manager_jobs_per_s?)
+    }
+
+    /// What the durable store keeps of the memory store's tiny-job
+    /// throughput.
+    pub(crate) fn durable_vs_memory_tiny(&self) -> Option<f64> {
+        Some(self.durable_tiny_jobs_per_s? / self.tiny_jobs_per_s?)
     }
 
     /// The figures in table order, with the derived ratios.
@@ -96,6 +134,15 @@ impl Report {
             ("gmp_fib_1e6_ms", self.gmp_fib_1e6_ms),
             ("gmp_fib_1e7_ms", self.gmp_fib_1e7_ms),
             ("fib_1e7_vs_gmp", self.fib_1e7_vs_gmp()),
+            ("durable_submit_jobs_per_s", self.durable_submit_jobs_per_s),
+            ("durable_tiny_jobs_per_s", self.durable_tiny_jobs_per_s),
+            ("durable_vs_memory_tiny", self.durable_vs_memory_tiny()),
+            ("recovery_s_1m", self.recovery_s_1m),
+            ("master_rss_mb_1m", self.master_rss_mb_1m),
+            (
+                "master_rss_mb_1m_recovered",
+                self.master_rss_mb_1m_recovered,
+            ),
         ]
     }
 
@@ -110,6 +157,19 @@ impl Report {
         obj.insert("jobs".into(), self.jobs.into());
         obj.insert("workers".into(), self.workers.into());
         obj.insert("processes".into(), self.processes.into());
+        obj.insert(
+            "durable_submit_jobs".into(),
+            self.durable_submit_jobs.into(),
+        );
+        obj.insert(
+            "durable_submit_concurrency".into(),
+            self.durable_submit_concurrency.into(),
+        );
+        obj.insert(
+            "durable_submit_batch".into(),
+            self.durable_submit_batch.into(),
+        );
+        obj.insert("recovery_jobs".into(), self.recovery_jobs.into());
         let samples: serde_json::Map<String, Value> = self
             .samples
             .iter()
@@ -126,8 +186,17 @@ impl Report {
     /// The table printed without `--json`.
     pub(crate) fn to_table(&self) -> String {
         let mut out = format!(
-            "drover-bench: {} runs (medians), {} cpus, {} workers x --processes {}, {} jobs\n\n",
-            self.runs, self.cpus, self.workers, self.processes, self.jobs
+            "drover-bench: {} runs (medians), {} cpus, {} workers x --processes {}, {} jobs; \
+             durable submit: {} jobs by {} from {} clients; recovery: {} jobs\n\n",
+            self.runs,
+            self.cpus,
+            self.workers,
+            self.processes,
+            self.jobs,
+            self.durable_submit_jobs,
+            self.durable_submit_batch,
+            self.durable_submit_concurrency,
+            self.recovery_jobs
         );
         out.push_str(&format!("{:<28} {:>14}   target\n", "figure", "value"));
         for (key, value) in self.figures() {
@@ -158,9 +227,14 @@ impl Report {
     }
 }
 
-/// Rounds a figure for JSON: ratios to 3 decimals, the rest to 1.
+/// Rounds a figure for JSON: ratios and seconds to 3 decimals, the rest
+/// to 1.
 fn round(key: &str, v: f64) -> f64 {
-    let scale = if is_ratio(key) { 1000.0 } else { 10.0 };
+    let scale = if is_ratio(key) || is_seconds(key) {
+        1000.0
+    } else {
+        10.0
+    };
     (v * scale).round() / scale
 }
 
@@ -168,11 +242,18 @@ fn is_ratio(key: &str) -> bool {
     key.starts_with("ratio") || key.contains("_vs_")
 }
 
+fn is_seconds(key: &str) -> bool {
+    key.starts_with("recovery_s")
+}
+
 /// Formats a figure for the table: thousands separators, units implied by
 /// the key's suffix.
 fn human(key: &str, v: f64) -> String {
     if is_ratio(key) {
         return format!("{v:.2}x");
+    }
+    if is_seconds(key) {
+        return format!("{v:.2} s");
     }
     if key.ends_with("_ms") && v < 100.0 {
         return format!("{v:.1}");
@@ -219,6 +300,12 @@ mod tests {
         };
         assert_eq!(r.ratio_vs_python_manager(), Some(20.0));
         assert_eq!(r.fib_1e7_vs_gmp(), Some(3.0));
+        assert_eq!(r.durable_vs_memory_tiny(), None);
+        let r = Report {
+            durable_tiny_jobs_per_s: Some(63_000.0),
+            ..r
+        };
+        assert_eq!(r.durable_vs_memory_tiny(), Some(0.7));
         assert!(r.to_table().contains("met"));
     }
 
@@ -228,5 +315,8 @@ mod tests {
         assert_eq!(human("apply_p50_us", 123.0), "123");
         assert_eq!(human("fib_1e6_ms", 12.34), "12.3");
         assert_eq!(human("ratio_vs_python_manager", 12.5), "12.50x");
+        assert_eq!(human("recovery_s_1m", 1.234), "1.23 s");
+        assert_eq!(round("recovery_s_1m", 1.23456), 1.235);
+        assert_eq!(human("master_rss_mb_1m", 301.6), "302");
     }
 }

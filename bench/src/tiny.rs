@@ -11,32 +11,17 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use drover_common::pb::queue_client::QueueClient;
-use drover_common::pb::{JobInfo, SubmitRequest, WatchRequest};
+use drover_common::pb::{JobInfo, WatchRequest};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::jobs::{FIRST_PRIME_ARG, check_prime_job, prime_spec};
-
-/// The most jobs one Submit carries: the master's default
-/// `--max-batch-jobs`. Up to this many jobs go in one batch, as the workload
-/// asks; more are split into batches of this size.
-const MAX_SUBMIT_JOBS: usize = 100_000;
+use crate::jobs::{FIRST_PRIME_ARG, MAX_SUBMIT_JOBS, check_prime_job, prime_submits};
 
 /// Runs the workload once and returns jobs per second.
 pub(crate) async fn run_once(client: &mut QueueClient<Channel>, jobs: usize) -> Result<f64> {
     // Building the requests is the client's business, not drover's: it stays
     // outside the timer.
-    let requests: Vec<(u64, SubmitRequest)> = (0..jobs)
-        .step_by(MAX_SUBMIT_JOBS)
-        .map(|start| {
-            let end = (start + MAX_SUBMIT_JOBS).min(jobs);
-            let first = FIRST_PRIME_ARG + start as u64;
-            let specs = (first..FIRST_PRIME_ARG + end as u64)
-                .map(prime_spec)
-                .collect();
-            (first, SubmitRequest { jobs: specs })
-        })
-        .collect();
+    let requests = prime_submits(FIRST_PRIME_ARG, jobs, MAX_SUBMIT_JOBS);
 
     let start = Instant::now();
     let mut watches = JoinSet::new();
