@@ -3,16 +3,16 @@
 
 use std::time::Duration;
 
+use drover_common::net::{AuthChannel, ClientOptions};
 use drover_common::pb::queue_client::QueueClient;
 use drover_common::pb::{self, JobState};
 use drover_common::{net, util};
 use futures::StreamExt;
-use tonic::transport::Channel;
 
 /// A connected client.
 #[derive(Clone)]
 pub(crate) struct Client {
-    queue: QueueClient<Channel>,
+    queue: QueueClient<AuthChannel>,
 }
 
 /// Options shared by every job of a submit.
@@ -41,9 +41,12 @@ pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
 }
 
 impl Client {
-    /// Connects to the master at `url`.
-    pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
-        let channel = net::connect(url).await.map_err(anyhow::Error::msg)?;
+    /// Connects to the master at `url`, with the TLS and token `options`
+    /// ask for.
+    pub(crate) async fn connect(url: &str, options: &ClientOptions) -> anyhow::Result<Client> {
+        let channel = net::connect_with(url, options)
+            .await
+            .map_err(anyhow::Error::msg)?;
         Ok(Client {
             queue: QueueClient::new(channel)
                 .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
@@ -194,7 +197,8 @@ pub(crate) fn expand(args: &[String]) -> anyhow::Result<Vec<String>> {
     util::expand_args(args, 1_000_000).map_err(anyhow::Error::msg)
 }
 
-/// Whether a job ended well.
-pub(crate) fn succeeded(job: &pb::JobInfo) -> bool {
-    job.state == JobState::Succeeded as i32
+/// Whether a job ended badly: FAILED or CANCELLED. A queued or running
+/// job has not ended at all.
+pub(crate) fn ended_badly(job: &pb::JobInfo) -> bool {
+    job.state == JobState::Failed as i32 || job.state == JobState::Cancelled as i32
 }

@@ -36,9 +36,12 @@ pub(crate) async fn run(processes: Option<usize>) -> anyhow::Result<i32> {
         processes,
         io_slots: 1024,
         name: Some("demo-worker".into()),
-        prefetch: 256,
+        host: None,
+        prefetch: 1024,
         max_jobs_per_child: 0,
         grace: Duration::from_secs(5),
+        client: drover_common::net::ClientArgs::default(),
+        metrics_listen: Some("off".into()),
     };
     let worker_config = worker_args.config()?;
     let procs = worker_config.processes;
@@ -55,7 +58,7 @@ pub(crate) async fn run(processes: Option<usize>) -> anyhow::Result<i32> {
 }
 
 async fn lessons(url: &str) -> anyhow::Result<i32> {
-    let client = Client::connect(url).await?;
+    let client = Client::connect(url, &Default::default()).await?;
     let opts = JobOptions::default();
 
     println!("1. Pool.map(fib, range(2, 21)) -> drover map fib 2..=20, in order:");

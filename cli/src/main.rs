@@ -19,12 +19,12 @@ use drover_common::util::parse_duration;
 use output::Format;
 use serde_json::json;
 
-use crate::client::{Client, JobOptions, expand, succeeded};
+use crate::client::{Client, JobOptions, ended_badly, expand};
 
 /// drover: a distributed task queue. Submit jobs, wait for them, watch them
 /// finish, cancel them.
 #[derive(Debug, Parser)]
-#[command(name = "drover", version)]
+#[command(name = "drover", version, args_override_self = true)]
 struct Cli {
     /// The master's URL.
     #[arg(long, global = true, env = "DROVER_MASTER", default_value = drover_common::DEFAULT_MASTER_URL)]
@@ -33,6 +33,9 @@ struct Cli {
     /// line per job).
     #[arg(long, global = true, env = "DROVER_OUTPUT", default_value = "text", value_parser = ["text", "json"])]
     output: String,
+    /// The client token, and the TLS files to reach an https:// master.
+    #[command(flatten)]
+    client: drover_common::net::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -186,12 +189,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     } else {
         Format::Text
     };
-    match cli.command {
-        Command::Demo { processes } => return demo::run(processes).await,
-        Command::Health { timeout } => return health(&cli.master, timeout).await,
-        _ => {}
+    if let Command::Demo { processes } = cli.command {
+        return demo::run(processes).await;
     }
-    let client = Client::connect(&cli.master).await?;
+    let options = cli.client.options().map_err(anyhow::Error::msg)?;
+    if let Command::Health { timeout } = cli.command {
+        return health(&cli.master, &options, timeout).await;
+    }
+    let client = Client::connect(&cli.master, &options).await?;
     match cli.command {
         Command::Submit(job) => {
             let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
@@ -238,7 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             client
                 .watch(&batch, ordered, |jobs, _, _| {
                     for j in jobs {
-                        failed += usize::from(!succeeded(j));
+                        failed += usize::from(ended_badly(j));
                         output::print_job(format, j);
                     }
                 })
@@ -308,14 +313,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Prints jobs; 2 if any did not succeed.
+/// Prints jobs; 2 if any failed or was cancelled.
 fn print_all(format: Format, jobs: &[drover_common::pb::JobInfo]) -> anyhow::Result<i32> {
     for j in jobs {
         output::print_job(format, j);
     }
-    let bad = jobs.iter().filter(|j| !succeeded(j)).count();
+    let bad = jobs.iter().filter(|j| ended_badly(j)).count();
     if bad > 0 {
-        eprintln!("drover: {bad} of {} job(s) did not succeed", jobs.len());
+        eprintln!(
+            "drover: {bad} of {} job(s) failed or were cancelled",
+            jobs.len()
+        );
         return Ok(2);
     }
     Ok(0)
@@ -353,7 +361,7 @@ async fn map(
         client
             .watch(batch, true, |jobs, _, _| {
                 for j in jobs {
-                    failed += usize::from(!succeeded(j));
+                    failed += usize::from(ended_badly(j));
                     match &bar {
                         Some(bar) => bar.suspend(|| output::print_job(format, j)),
                         None => output::print_job(format, j),
@@ -369,17 +377,21 @@ async fn map(
         bar.finish_and_clear();
     }
     if failed > 0 {
-        eprintln!("drover: {failed} of {total} job(s) did not succeed");
+        eprintln!("drover: {failed} of {total} job(s) failed or were cancelled");
         return Ok(2);
     }
     Ok(0)
 }
 
-async fn health(url: &str, timeout: Duration) -> anyhow::Result<i32> {
+async fn health(
+    url: &str,
+    options: &drover_common::net::ClientOptions,
+    timeout: Duration,
+) -> anyhow::Result<i32> {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let check = async {
-        let channel = drover_common::net::connect(url)
+        let channel = drover_common::net::connect_with(url, options)
             .await
             .map_err(anyhow::Error::msg)?;
         let resp = HealthClient::new(channel)

@@ -7,13 +7,20 @@
 //! - [`pb`]: the code generated from `proto/drover/v1/drover.proto`.
 //! - [`job`]: job kinds and arguments, parsed and checked against [`Limits`].
 //! - [`error`]: the error codes of the services, mapped once to gRPC codes.
-//! - [`net`]: how every gRPC endpoint is tuned and connected.
+//! - [`net`]: how every gRPC endpoint and server is tuned, secured (TLS)
+//!   and connected.
+//! - [`auth`]: bearer tokens, compared in constant time and attached to
+//!   calls.
+//! - [`metrics`]: histograms, the Prometheus text format and the HTTP
+//!   responder that serves it.
 //! - [`util`]: durations, ranges, shutdown signals and tracing set-up.
 //!
 //! No I/O policy lives here: the master, the worker and the CLI decide that.
 
+pub mod auth;
 pub mod error;
 pub mod job;
+pub mod metrics;
 pub mod net;
 pub mod util;
 

@@ -50,7 +50,8 @@ pub fn expand_args(args: &[String], max: usize) -> Result<Vec<String>, String> {
                 return Err(format!("range {arg:?} runs backwards"));
             }
             let count = end - a;
-            if out.len() as u64 + count > max as u64 {
+            // Compared without adding: a range of 2^64 values must not wrap.
+            if count > (max as u64).saturating_sub(out.len() as u64) {
                 return Err(format!(
                     "range {arg:?} makes {count} jobs; at most {max} fit in one request"
                 ));
@@ -112,8 +113,11 @@ pub fn init_tracing(json: bool, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never in a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();
@@ -147,5 +151,10 @@ mod tests {
         assert!(v(&["5..2"]).unwrap_err().contains("backwards"));
         assert!(v(&["0..1000"]).unwrap_err().contains("at most 100"));
         assert!(v(&["a..3"]).unwrap_err().contains("start"));
+        // Found by fuzzing: the count of a huge range after other values
+        // overflowed the limit check.
+        let e = v(&["1", "0..18446744073709551615"]).unwrap_err();
+        assert!(e.contains("at most 100"), "{e}");
+        assert_eq!(v(&["1..=0"]).unwrap(), Vec::<String>::new());
     }
 }

@@ -9,6 +9,14 @@
 //! - [`committer`]: the thread that group-commits changes to the store.
 //! - [`service`]: the gRPC handlers over the state, and the timers (leases,
 //!   retry backoff, retention).
+//! - [`accept`]: accepting connections, and a clear refusal for a
+//!   plain-text client of a TLS master.
+//! - [`auth`]: the token check in front of each service (client and worker
+//!   roles), and mutual TLS for workers.
+//! - [`limits`]: the limits on queue size, watch streams and message size,
+//!   each refusing with RESOURCE_EXHAUSTED naming its flag.
+//! - [`metrics`]: the Prometheus metrics served on `--metrics-listen`.
+//! - [`trace`]: the master's side of each job's span in the logs.
 //! - [`MasterArgs`] and [`Config`]: flags, and the validated config they make.
 //! - [`run`]: serves the services, health and reflection on a listener
 //!   until a shutdown token is cancelled.
@@ -16,22 +24,29 @@
 //! The master never runs job code: it checks arguments at submit time and
 //! hands jobs to workers within the credit they granted.
 
+pub mod accept;
+pub mod auth;
 pub mod committer;
+pub mod limits;
+pub mod metrics;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_common::auth::Token;
+use drover_common::metrics::MetricsListen;
 use drover_common::pb::queue_server::QueueServer;
 use drover_common::pb::workers_server::WorkersServer;
 use drover_common::{Limits, net, pb};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 pub use service::Master;
 
@@ -76,6 +91,52 @@ pub struct MasterArgs {
     /// The longest wait before a retry.
     #[arg(long, env = "DROVER_RETRY_MAX", default_value = "30s", value_parser = drover_common::util::parse_duration)]
     pub retry_max: Duration,
+    /// The master's certificate chain (PEM). With --tls-key, every
+    /// connection is TLS, and workers and clients dial https:// with --ca.
+    #[arg(long, env = "DROVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "DROVER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// A CA certificate (PEM): workers must then connect with a client
+    /// certificate it signed (mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "DROVER_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// The token clients (the CLI) must present to use the Queue service.
+    /// Prefer --client-token-file or the variable: a flag shows in the
+    /// process list.
+    #[arg(long, env = "DROVER_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    /// A file holding the client token.
+    #[arg(long, env = "DROVER_CLIENT_TOKEN_FILE")]
+    pub client_token_file: Option<PathBuf>,
+    /// The token workers must present to connect.
+    #[arg(long, env = "DROVER_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// A file holding the worker token.
+    #[arg(long, env = "DROVER_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without tokens. Without it such a
+    /// master refuses to start.
+    #[arg(long, env = "DROVER_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub insecure: bool,
+    /// The largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "DROVER_MAX_MESSAGE_BYTES", default_value_t = net::MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// The most jobs queued at once; a submit past it is refused
+    /// (back-pressure) until workers catch up.
+    #[arg(long, env = "DROVER_MAX_QUEUED", default_value_t = Config::default().max_queued)]
+    pub max_queued: u64,
+    /// The most concurrent gRPC streams on one connection.
+    #[arg(long, env = "DROVER_MAX_CONCURRENT_STREAMS", default_value_t = Config::default().max_concurrent_streams)]
+    pub max_concurrent_streams: u32,
+    /// The most watch streams one client (an IP address) may have open.
+    #[arg(long, env = "DROVER_MAX_WATCHES_PER_CLIENT", default_value_t = Config::default().max_watches_per_client)]
+    pub max_watches_per_client: u32,
+    /// Where to serve Prometheus metrics (GET /metrics), default
+    /// 127.0.0.1:9464; `off` serves none. Port 0 picks a free port (logged).
+    #[arg(long, env = "DROVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 impl MasterArgs {
@@ -95,7 +156,72 @@ impl MasterArgs {
             self.max_batch_jobs >= 1,
             "--max-batch-jobs must be at least 1"
         );
+        anyhow::ensure!(
+            (1024..=u32::MAX as usize).contains(&self.max_message_bytes),
+            "--max-message-bytes {} is outside 1024..={}",
+            self.max_message_bytes,
+            u32::MAX
+        );
+        anyhow::ensure!(self.max_queued >= 1, "--max-queued must be at least 1");
+        anyhow::ensure!(
+            self.max_concurrent_streams >= 1,
+            "--max-concurrent-streams must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_watches_per_client >= 1,
+            "--max-watches-per-client must be at least 1"
+        );
+        let tokens = auth::Tokens {
+            client: Token::from_sources(
+                self.client_token.as_deref(),
+                self.client_token_file.as_deref(),
+                "--client-token",
+            )
+            .map_err(anyhow::Error::msg)?,
+            worker: Token::from_sources(
+                self.worker_token.as_deref(),
+                self.worker_token_file.as_deref(),
+                "--worker-token",
+            )
+            .map_err(anyhow::Error::msg)?,
+        };
+        if let (Some(c), Some(w)) = (&tokens.client, &tokens.worker) {
+            anyhow::ensure!(
+                !c.matches(w.expose().as_bytes()),
+                "--client-token and --worker-token are the same: a worker could then submit \
+                 and cancel jobs; give each role its own token"
+            );
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(net::ServerTls {
+                cert: net::read_pem(cert, "--tls-cert").map_err(anyhow::Error::msg)?,
+                key: net::read_pem(key, "--tls-key").map_err(anyhow::Error::msg)?,
+                client_ca: self
+                    .client_ca
+                    .as_deref()
+                    .map(|p| net::read_pem(p, "--client-ca"))
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+            }),
+            (None, None) => {
+                anyhow::ensure!(
+                    self.client_ca.is_none(),
+                    "--client-ca needs TLS: give --tls-cert and --tls-key too"
+                );
+                None
+            }
+            (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
+            (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
+        };
         Ok(Config {
+            max_queued: self.max_queued,
+            max_watches_per_client: self.max_watches_per_client,
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            tokens,
+            tls,
+            insecure: self.insecure,
+            metrics: MetricsListen::from_flag(self.metrics_listen.as_deref(), DEFAULT_METRICS_ADDR),
             limits: Limits {
                 max_fib_n: self.max_fib_n,
                 max_prime_digits: self.max_prime_digits,
@@ -149,6 +275,66 @@ pub struct Config {
     pub retention: Duration,
     /// Backoff between attempts.
     pub retry: state::RetryPolicy,
+    /// The most jobs queued at once.
+    pub max_queued: u64,
+    /// The most watch streams open per client address.
+    pub max_watches_per_client: u32,
+    /// The largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// The most concurrent streams on one connection.
+    pub max_concurrent_streams: u32,
+    /// The tokens of the client and worker roles.
+    pub tokens: auth::Tokens,
+    /// The master's certificate and key, and the CA of worker certificates.
+    pub tls: Option<net::ServerTls>,
+    /// Listen on a non-loopback address without tokens.
+    pub insecure: bool,
+    /// Where the metrics are served.
+    pub metrics: MetricsListen,
+}
+
+/// Where the master serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+impl Config {
+    /// Refuses a master that anyone on the network could use: one that
+    /// listens on `addr`, not a loopback address, with a service that has no
+    /// token (for workers, no token and no `--client-ca`), unless
+    /// `--insecure` says so. What is allowed but unwise comes back as a
+    /// warning to log.
+    pub fn check_exposure(&self, addr: SocketAddr) -> anyhow::Result<Option<String>> {
+        if addr.ip().is_loopback() {
+            return Ok(None);
+        }
+        let mut missing = Vec::new();
+        if self.tokens.client.is_none() {
+            missing.push("a client token (--client-token or --client-token-file)");
+        }
+        let mtls = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if self.tokens.worker.is_none() && !mtls {
+            missing.push("a worker token (--worker-token or --worker-token-file, or --client-ca)");
+        }
+        if missing.is_empty() {
+            return Ok(self.tls.is_none().then(|| {
+                format!(
+                    "tokens travel in clear text on {addr}, not a loopback address; \
+                     give the master --tls-cert and --tls-key"
+                )
+            }));
+        }
+        if self.insecure {
+            return Ok(Some(format!(
+                "listening on {addr} with no authentication (--insecure): anyone who can \
+                 reach it can submit, cancel, or take jobs as a worker"
+            )));
+        }
+        anyhow::bail!(
+            "refusing to listen on {addr} without authentication: it is not a loopback \
+             address, so anyone who can reach it could submit, cancel, or take jobs as a \
+             worker. Set {}, or pass --insecure (DROVER_INSECURE=true) to run open anyway",
+            missing.join(" and ")
+        )
+    }
 }
 
 impl Default for Config {
@@ -164,6 +350,14 @@ impl Default for Config {
                 base_ms: 200,
                 max_ms: 30_000,
             },
+            max_queued: 1_000_000,
+            max_watches_per_client: 256,
+            max_message_bytes: net::MAX_MESSAGE_BYTES,
+            max_concurrent_streams: 1024,
+            tokens: auth::Tokens::default(),
+            tls: None,
+            insecure: false,
+            metrics: MetricsListen::Off,
         }
     }
 }
@@ -196,8 +390,54 @@ pub async fn run_with_store(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let master = Master::open(config, store, shutdown.clone())?;
+    let opened = open(&config, store, shutdown.clone())?;
+    serve(config, opened, listener, shutdown).await
+}
+
+/// A master whose queue is recovered from its store and whose committer
+/// runs, not yet serving.
+pub struct Opened {
+    master: Master,
+    commits: Arc<parking_lot::Mutex<drover_common::metrics::Histogram>>,
+}
+
+/// Recovers the queue from `store` and starts the committer. The binary
+/// does this before it binds, so that once it says it listens, it serves.
+pub fn open(
+    config: &Config,
+    store: Arc<dyn store::Store>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Opened> {
+    let (store, commits) = metrics::MeteredStore::wrap(store);
+    let master = Master::open(config.clone(), store, shutdown)?;
+    Ok(Opened { master, commits })
+}
+
+/// Serves an opened master on `listener` until `shutdown` is cancelled;
+/// then the committer writes what is left before this returns.
+pub async fn serve(
+    config: Config,
+    opened: Opened,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(warning) = config.check_exposure(listener.local_addr()?)? {
+        tracing::warn!("{warning}");
+    }
+    let Opened { master, commits } = opened;
     tokio::spawn(master.clone().run_timers());
+    if let Some(l) = config.metrics.bind().await.map_err(anyhow::Error::msg)? {
+        let (m, c) = (master.clone(), commits);
+        let render: drover_common::metrics::Render = Arc::new(move || metrics::render(&m, &c));
+        tokio::spawn(drover_common::metrics::serve(l, render, shutdown.clone()));
+    }
+    tracing::info!(
+        tls = config.tls.is_some(),
+        worker_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        client_token = config.tokens.client.is_some(),
+        worker_token = config.tokens.worker.is_some(),
+        "security"
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<QueueServer<Master>>().await;
@@ -207,19 +447,35 @@ pub async fn run_with_store(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let queue = QueueServer::new(master.clone())
-        .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
-    let workers = WorkersServer::new(master.clone())
-        .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
+    let limit = config.max_message_bytes;
+    let guards = master.guards().clone();
+    let tokens = Arc::new(config.tokens.clone());
+    let worker_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let gate = |role| auth::Gate::new(role, tokens.clone(), worker_certs, guards.clone());
+    let queue = InterceptedService::new(
+        QueueServer::new(master.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        gate(auth::Role::Client),
+    );
+    let workers = InterceptedService::new(
+        WorkersServer::new(master.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        gate(auth::Role::Worker),
+    );
 
-    net::server()
+    net::server_with(config.tls.as_ref(), config.max_concurrent_streams)
+        .map_err(anyhow::Error::msg)?
+        .layer(limits::MessageSizeLayer::new(limit, guards.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(queue)
         .add_service(workers)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(
+            accept::incoming(listener, config.tls.is_some(), shutdown.clone()),
+            shutdown.cancelled(),
+        )
         .await?;
     let committer = master.clone();
     tokio::task::spawn_blocking(move || committer.join_committer()).await?;

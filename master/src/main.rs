@@ -4,7 +4,7 @@ use clap::Parser;
 
 /// drover's master: the task queue and result store behind gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "drover-master", version)]
+#[command(name = "drover-master", version, args_override_self = true)]
 struct Cli {
     #[command(flatten)]
     master: drover_master::MasterArgs,
@@ -29,11 +29,16 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     // anything listens.
     let store = drover_master::open_store(&config.store)?;
     let (listener, addr) = drover_master::bind(&cli.master.listen).await?;
+    // An open master on the network is refused before it says it listens.
+    config.check_exposure(addr)?;
+    let shutdown = drover_common::util::shutdown_on_signals();
+    // Recovery before the listening line: once it is printed, the queue is
+    // whole and requests are served.
+    let opened = drover_master::open(&config, store, shutdown.clone())?;
     // Scripts and tests read the bound port from this one stdout line.
     println!("drover-master listening on {addr}");
     tracing::info!(%addr, "listening");
-    let shutdown = drover_common::util::shutdown_on_signals();
-    drover_master::run_with_store(config, store, listener, shutdown).await
+    drover_master::serve(config, opened, listener, shutdown).await
 }
 
 #[cfg(test)]

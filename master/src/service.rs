@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::Config;
 use crate::committer::{self, CommitState};
+use crate::limits::Guards;
 use crate::state::{Outgoing, SessionId, State};
 use crate::store::Store;
 
@@ -45,6 +46,8 @@ struct Inner {
     /// What the committer has written; `None` with a store that keeps nothing.
     committed: Option<watch::Receiver<CommitState>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The queue and watch limits, and what was refused.
+    guards: Arc<Guards>,
 }
 
 impl Master {
@@ -89,8 +92,13 @@ impl Master {
         } else {
             (None, None)
         };
+        let guards = Arc::new(Guards::new(
+            config.max_queued,
+            config.max_watches_per_client,
+        ));
         Ok(Master {
             inner: Arc::new(Inner {
+                guards,
                 state,
                 config,
                 shutdown,
@@ -105,6 +113,16 @@ impl Master {
         if let Some(handle) = self.inner.committer.lock().take() {
             let _ = handle.join();
         }
+    }
+
+    /// The queue (for the metrics).
+    pub(crate) fn state(&self) -> &Mutex<State> {
+        &self.inner.state
+    }
+
+    /// The limits and refusal counts.
+    pub fn guards(&self) -> &Arc<Guards> {
+        &self.inner.guards
     }
 
     fn send(&self, out: Outgoing) {
@@ -183,6 +201,8 @@ impl Queue for Master {
         let jobs = request.into_inner().jobs;
         let (batch, ids, out) = {
             let mut st = self.inner.state.lock();
+            let queued = st.count(pb::JobState::Queued);
+            self.inner.guards.check_queue_room(queued, jobs.len())?;
             let (batch, ids) = st.submit(jobs)?;
             (batch, ids, st.dispatch())
         };
@@ -247,6 +267,7 @@ impl Queue for Master {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let slot = self.inner.guards.watch_slot(request.remote_addr())?;
         let req = request.into_inner();
         let batch = crate::state::parse_id("batch_id", &req.batch_id)?;
         let mut notify = self
@@ -258,6 +279,8 @@ impl Queue for Master {
         let (tx, rx) = mpsc::channel(4);
         let master = self.clone();
         tokio::spawn(async move {
+            // Held while the stream is open.
+            let _slot = slot;
             // Ordered: the next index to send. Unordered: how much of the
             // batch's completion list was sent.
             let mut cursor = 0usize;
@@ -446,6 +469,7 @@ impl Workers for Master {
         });
         let shutdown = self.inner.shutdown.clone().cancelled_owned();
         let committed = self.inner.committed.clone();
+        let worker_name = hello.name.clone();
         // Each message waits for the commit of the change it announces;
         // commits finish in order, so the stream keeps its order.
         let stream = futures::StreamExt::take_until(UnboundedReceiverStream::new(rx), shutdown)
@@ -460,6 +484,12 @@ impl Workers for Master {
                         _ => Ok(msg),
                     }
                 }
+            })
+            .map(move |msg| {
+                if let Ok(m) = &msg {
+                    crate::trace::assigned(&worker_name, m);
+                }
+                msg
             });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -470,17 +500,18 @@ impl Master {
     fn handle(&self, session: SessionId, msg: pb::WorkerMessage) -> bool {
         let mut st = self.inner.state.lock();
         if !st.touch(session) {
-            // The lease expired while the worker was silent: what it sends
-            // now is late. Count its results, then end the stream so it
-            // reconnects with a fresh session.
-            if let Some(worker_message::Msg::Results(r)) = msg.msg {
-                st.counters.late_results_dropped += r.results.len() as u64;
-            }
+            // The lease expired while the worker was silent. End the stream
+            // so it reconnects with a fresh session; it sends again there
+            // the results we never acknowledged, where late ones are
+            // dropped and counted.
             return false;
         }
         let out = match msg.msg {
             Some(worker_message::Msg::Credit(c)) => st.add_credit(session, c.cpu, c.io),
-            Some(worker_message::Msg::Results(r)) => st.record_results(session, r.results),
+            Some(worker_message::Msg::Results(r)) => {
+                crate::trace::results(&st, session, &r.results);
+                st.record_results(session, r.seq, r.results)
+            }
             Some(worker_message::Msg::Pool(p)) => {
                 st.set_pool(session, p);
                 return true;

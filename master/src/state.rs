@@ -30,6 +30,9 @@ pub type SessionId = std::num::NonZeroU64;
 /// crash could undo.
 pub type Outbox = mpsc::UnboundedSender<(Option<u64>, pb::MasterMessage)>;
 
+/// How often (in commits) the assignment log is compacted.
+const LOG_COMPACT_EVERY: u64 = 256;
+
 /// A source of wall-clock time in Unix milliseconds (a test can fake it).
 pub type Clock = Box<dyn Fn() -> u64 + Send>;
 
@@ -353,6 +356,8 @@ pub(crate) struct Counters {
     pub(crate) retried: u64,
     /// Jobs finished per second, for the last few seconds.
     pub(crate) per_second: VecDeque<(u64, u64)>,
+    /// Jobs by kind and outcome, run times and queue waits (metrics).
+    pub(crate) jobs: crate::metrics::JobMetrics,
 }
 
 /// The whole queue.
@@ -383,6 +388,8 @@ pub struct State {
     /// Whether changes are committed to a store; if not, none are tracked.
     durable: bool,
     dirty_jobs: Vec<Uuid>,
+    /// Assignments since the last commit, with their attempt.
+    assign_log: Vec<(Uuid, u32)>,
     dirty_batches: Vec<Uuid>,
     deleted_jobs: Vec<Uuid>,
     deleted_batches: Vec<Uuid>,
@@ -487,6 +494,7 @@ impl State {
             created_at_ms: crate::store::now_ms(),
             durable: settings.durable,
             dirty_jobs: Vec::new(),
+            assign_log: Vec::new(),
             dirty_batches: Vec::new(),
             deleted_jobs: Vec::new(),
             deleted_batches: Vec::new(),
@@ -529,6 +537,9 @@ impl State {
         }
         for (id, ids) in recovered.batches {
             self.recover_item(Loaded::Batch(id, ids), &mut report)?;
+        }
+        for list in recovered.assignments {
+            self.recover_item(Loaded::Assigned(list), &mut report)?;
         }
         Ok(report)
     }
@@ -592,6 +603,30 @@ impl State {
                 );
                 report.batches += 1;
             }
+            Loaded::Assigned(list) => {
+                for (id, attempt) in list {
+                    // A job the log shows handed out for an attempt its
+                    // record has not reached was running: queue it again,
+                    // with that attempt counted.
+                    let running = self
+                        .jobs
+                        .get(&id)
+                        .is_some_and(|j| j.state == JobState::Queued && j.attempts < attempt);
+                    if running {
+                        self.unqueue(id);
+                        if let Some(job) = self.jobs.get_mut(&id) {
+                            job.attempts = attempt;
+                        }
+                        report.queued -= 1;
+                        report.requeued += 1;
+                        self.fail_attempt(
+                            id,
+                            "the master restarted while the job ran".into(),
+                            true,
+                        );
+                    }
+                }
+            }
         }
         self.notify_pending.clear();
         Ok(())
@@ -606,9 +641,27 @@ impl State {
             return None;
         }
         self.kicked = false;
+        let number = self.pending_commit;
+        // Now and then every running job is written whole, so the
+        // assignment log before this commit can go.
+        let truncate_log = number.is_multiple_of(LOG_COMPACT_EVERY);
+        if truncate_log {
+            let running: Vec<Uuid> = self
+                .sessions
+                .values()
+                .flat_map(|s| s.held.iter().copied())
+                .collect();
+            for id in running {
+                self.mark(id);
+            }
+            self.kicked = false;
+        }
         let mut changes = Changes {
             deleted_jobs: std::mem::take(&mut self.deleted_jobs),
             deleted_batches: std::mem::take(&mut self.deleted_batches),
+            assignments: std::mem::take(&mut self.assign_log),
+            number,
+            truncate_log,
             ..Changes::default()
         };
         for id in std::mem::take(&mut self.dirty_jobs) {
@@ -622,7 +675,6 @@ impl State {
                 changes.batches.push((id, encode_batch(&b.jobs)));
             }
         }
-        let number = self.pending_commit;
         self.pending_commit += 1;
         Some((number, changes))
     }
@@ -840,7 +892,7 @@ impl State {
             ));
         }
         if specs.len() > self.limits.max_batch_jobs {
-            return Err(Error::invalid(format!(
+            return Err(Error::ResourceExhausted(format!(
                 "jobs: the batch has {} jobs, over the limit of {} per submit (master flag --max-batch-jobs)",
                 specs.len(),
                 self.limits.max_batch_jobs
@@ -902,6 +954,7 @@ impl State {
             };
             self.queues[job.class() as usize].insert((Reverse(job.priority), seq), id);
             self.counts[JobState::Queued as usize] += 1;
+            self.counters.jobs.submitted(kind);
             self.jobs.insert(id, job);
             self.mark(id);
             ids.push(id);
@@ -1029,6 +1082,7 @@ impl State {
             }
         }
         let mut messages = Vec::new();
+        let now_ms = if plan.is_empty() { 0 } else { (self.clock)() };
         for (sid, ids) in plan {
             if ids.is_empty() {
                 continue;
@@ -1042,6 +1096,9 @@ impl State {
                 job.attempts += 1;
                 job.session = Some(sid);
                 job.xm().worker = Some(session.name.clone());
+                if job.attempts == 1 {
+                    self.counters.jobs.waited(job.kind, id, now_ms);
+                }
                 assignments.push(pb::Assignment {
                     job_id: id.to_string(),
                     kind: job.kind as i32,
@@ -1050,7 +1107,13 @@ impl State {
                     attempt: job.attempts,
                     priority: job.priority,
                 });
-                self.mark(*id);
+                let attempt = job.attempts;
+                if self.durable {
+                    // One log entry per commit records every assignment in
+                    // it; the job's own record is rewritten only later.
+                    self.assign_log.push((*id, attempt));
+                    self.kick();
+                }
             }
             let outbox = self.sessions[&sid].outbox.clone();
             messages.push((
@@ -1068,7 +1131,15 @@ impl State {
     /// Records results from a session. The first result recorded for a job
     /// wins; one for an attempt that is no longer current is dropped and
     /// counted.
-    pub fn record_results(&mut self, session: SessionId, results: Vec<pb::JobResult>) -> Outgoing {
+    ///
+    /// The worker gets an acknowledgement of `seq` once the results are
+    /// stored; until then it keeps them, to send again on a new session.
+    pub fn record_results(
+        &mut self,
+        session: SessionId,
+        seq: u64,
+        results: Vec<pb::JobResult>,
+    ) -> Outgoing {
         let mut requeued = false;
         for r in results {
             let Ok(id) = Uuid::parse_str(&r.job_id) else {
@@ -1104,6 +1175,7 @@ impl State {
                 Some(pb::job_result::Outcome::Output(output)) => {
                     let job = self.jobs.get_mut(&id).expect("job exists");
                     job.session = None;
+                    self.counters.jobs.ran(job.kind, r.run_us);
                     let x = job.xm();
                     x.output = Some(output);
                     x.run_us = r.run_us;
@@ -1120,11 +1192,22 @@ impl State {
                 }
             }
         }
-        if requeued {
+        let mut out = if requeued {
             self.dispatch()
         } else {
             self.outgoing(Vec::new())
+        };
+        if seq > 0
+            && let Some(s) = self.sessions.get(&session)
+        {
+            out.messages.push((
+                s.outbox.clone(),
+                pb::MasterMessage {
+                    msg: Some(pb::master_message::Msg::Ack(pb::ResultsAck { seq })),
+                },
+            ));
         }
+        out
     }
 
     /// Ends an attempt that failed: the job is queued again if it may be
@@ -1136,6 +1219,7 @@ impl State {
         };
         job.session = None;
         let attempt = job.attempts;
+        let kind = job.kind;
         job.xm()
             .attempt_errors
             .push(format!("attempt {attempt}: {reason}"));
@@ -1147,6 +1231,7 @@ impl State {
             self.enqueue(id, if wait > 0 { now + wait } else { 0 });
             self.mark(id);
             self.counters.retried += 1;
+            self.counters.jobs.retried(kind);
             true
         } else {
             let msg = if retryable {
@@ -1164,6 +1249,7 @@ impl State {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        self.counters.jobs.finished(job.kind, to);
         let now = (self.clock)();
         let x = job.xm();
         if error.is_some() {
@@ -1577,14 +1663,14 @@ mod tests {
         let second = assigned(&mut rx2).remove(0);
         assert_eq!(second.attempt, 2);
         // The first worker's result arrives late: dropped and counted.
-        st.record_results(a, vec![ok(&first)]).send(None);
+        st.record_results(a, 0, vec![ok(&first)]).send(None);
         assert_eq!(st.counters.late_results_dropped, 1);
-        st.record_results(b, vec![ok(&second)]).send(None);
+        st.record_results(b, 0, vec![ok(&second)]).send(None);
         let job = st.job(&ids[0]).unwrap();
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.attempts, 2);
         // A duplicate of the winning result is dropped too.
-        st.record_results(b, vec![ok(&second)]).send(None);
+        st.record_results(b, 0, vec![ok(&second)]).send(None);
         assert_eq!(st.counters.late_results_dropped, 2);
         assert_eq!(st.count(JobState::Succeeded), 1);
     }
@@ -1600,6 +1686,7 @@ mod tests {
             let a = assigned(&mut rx).remove(0);
             st.record_results(
                 s,
+                0,
                 vec![pb::JobResult {
                     job_id: a.job_id,
                     attempt: a.attempt,
@@ -1718,7 +1805,7 @@ mod tests {
         let mut a = assigned(&mut rx).remove(0);
         for (attempt, full_wait) in [(1u32, 1000u64), (2, 2000), (3, 4000)] {
             assert_eq!(a.attempt, attempt);
-            st.record_results(s, vec![fail(&a)]).send(None);
+            st.record_results(s, 0, vec![fail(&a)]).send(None);
             // Jitter keeps the wait between half and all of it.
             now.fetch_add(full_wait / 2 - 1, std::sync::atomic::Ordering::SeqCst);
             st.promote_due().send(None);
@@ -1744,7 +1831,7 @@ mod tests {
         let s = st.add_session(&hello("a"), tx);
         st.add_credit(s, 0, 1).send(None);
         let a = assigned(&mut rx).remove(0);
-        st.record_results(s, vec![ok(&a)]).send(None);
+        st.record_results(s, 0, vec![ok(&a)]).send(None);
         assert_eq!(st.purge_expired(), 0);
         let later = now.fetch_add(3_600_001, std::sync::atomic::Ordering::SeqCst) + 3_600_001;
         assert_eq!(st.purge_expired(), 1);
@@ -1788,7 +1875,7 @@ mod tests {
         // Priority 7 went first, then the oldest.
         assert_eq!(running[0].arg, "12");
         assert_eq!(running[1].arg, "10");
-        st.record_results(s, vec![ok(&running[0])]).send(None);
+        st.record_results(s, 0, vec![ok(&running[0])]).send(None);
         let (number, changes) = st.take_changes().expect("changes to commit");
         assert_eq!(number, 1);
 
@@ -1811,6 +1898,7 @@ mod tests {
                     (*id, ids)
                 })
                 .collect(),
+            assignments: vec![changes.assignments.clone()],
             created_at_ms: 1,
         };
         let mut back = State::new(settings(3));
@@ -1843,7 +1931,7 @@ mod tests {
         let s = st.add_session(&hello("a"), tx);
         st.add_credit(s, 1, 0).send(None);
         let a = assigned(&mut rx).remove(0);
-        st.record_results(s, vec![fail(&a)]).send(None);
+        st.record_results(s, 0, vec![fail(&a)]).send(None);
         assert_eq!(st.failed_ids(), ids);
         let (n, out) = st.retry_jobs(&ids);
         out.send(None);
@@ -1852,9 +1940,55 @@ mod tests {
         st.add_credit(s, 1, 0).send(None);
         let a = assigned(&mut rx).remove(0);
         assert_eq!(a.attempt, 1);
-        st.record_results(s, vec![ok(&a)]).send(None);
+        st.record_results(s, 0, vec![ok(&a)]).send(None);
         let job = st.job(&ids[0]).unwrap();
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.x().attempt_errors.len(), 1);
+    }
+
+    #[test]
+    fn assignments_are_logged_once_per_commit_and_recovered() {
+        let mut st = State::new(Settings {
+            durable: true,
+            ..settings(3)
+        });
+        let (_, ids) = st
+            .submit(vec![
+                spec(JobKind::Fib, "10", 0),
+                spec(JobKind::Fib, "11", 0),
+            ])
+            .unwrap();
+        let (_, first) = st.take_changes().unwrap();
+        assert_eq!(first.jobs.len(), 2);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 1, 0).send(None);
+        assert_eq!(assigned(&mut rx).len(), 1);
+        let (_, second) = st.take_changes().unwrap();
+        // The assignment is one log entry, not a rewritten record.
+        assert!(second.jobs.is_empty());
+        assert_eq!(second.assignments, vec![(ids[0], 1)]);
+
+        let decode = |c: &Changes| -> Vec<pb::JobRecord> {
+            c.jobs
+                .iter()
+                .map(|(_, b)| pb::JobRecord::decode(b.as_slice()).unwrap())
+                .collect()
+        };
+        let mut back = State::new(settings(3));
+        let report = back
+            .recover(Recovered {
+                jobs: decode(&first),
+                batches: vec![],
+                assignments: vec![second.assignments.clone()],
+                created_at_ms: 1,
+            })
+            .unwrap();
+        assert_eq!((report.queued, report.requeued), (1, 1));
+        let was_running = back.job(&ids[0]).unwrap();
+        assert_eq!(was_running.state, JobState::Queued);
+        assert_eq!(was_running.attempts, 1);
+        assert_eq!(back.job(&ids[1]).unwrap().attempts, 0);
+        assert_eq!(back.count(JobState::Queued), 2);
     }
 }

@@ -22,6 +22,9 @@ use uuid::Uuid;
 const JOBS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("jobs");
 /// Batch records by batch id.
 const BATCHES: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("batches");
+/// The assignment log: per commit, the jobs handed to workers in it and
+/// their attempt (16-byte id, 4-byte attempt, repeated).
+const ASSIGNMENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("assignments");
 /// Format version and creation time.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
@@ -44,6 +47,14 @@ pub struct Changes {
     pub batches: Vec<(Uuid, Vec<u8>)>,
     /// Batches to delete.
     pub deleted_batches: Vec<Uuid>,
+    /// This commit's number, the key of its assignment log entry.
+    pub number: u64,
+    /// Jobs handed to workers, with their attempt: one log entry for all,
+    /// instead of a record per job.
+    pub assignments: Vec<(Uuid, u32)>,
+    /// Every job running now is written whole in this commit: the log
+    /// entries of earlier commits are obsolete and are deleted.
+    pub truncate_log: bool,
 }
 
 impl Changes {
@@ -53,6 +64,8 @@ impl Changes {
             && self.deleted_jobs.is_empty()
             && self.batches.is_empty()
             && self.deleted_batches.is_empty()
+            && self.assignments.is_empty()
+            && !self.truncate_log
     }
 }
 
@@ -63,6 +76,8 @@ pub enum Loaded {
     Job(Box<pb::JobRecord>),
     /// A batch: its id and its jobs in order.
     Batch(Uuid, Vec<Uuid>),
+    /// One commit's assignment log entry: jobs handed out, with their attempt.
+    Assigned(Vec<(Uuid, u32)>),
 }
 
 /// What a store held at start-up, all at once (tests).
@@ -72,6 +87,8 @@ pub struct Recovered {
     pub jobs: Vec<pb::JobRecord>,
     /// Every batch: its id and its jobs in order.
     pub batches: Vec<(Uuid, Vec<Uuid>)>,
+    /// The assignment log, oldest commit first.
+    pub assignments: Vec<Vec<(Uuid, u32)>>,
     /// When the store was created (unix ms): ids older than this were never
     /// seen here, younger ones missing were purged.
     pub created_at_ms: u64,
@@ -167,6 +184,7 @@ impl RedbStore {
             created_at_ms = meta.get("created_at_ms")?.map_or(0, |v| v.value());
             txn.open_table(JOBS)?;
             txn.open_table(BATCHES)?;
+            txn.open_table(ASSIGNMENTS)?;
         }
         txn.commit()?;
         Ok(RedbStore {
@@ -246,6 +264,24 @@ impl Store for RedbStore {
                 .collect();
             sink(Loaded::Batch(id, ids))?;
         }
+        let log = txn.open_table(ASSIGNMENTS)?;
+        for entry in log.iter()? {
+            let (key, value) = entry?;
+            let bytes = value.value();
+            anyhow::ensure!(
+                bytes.len() % 20 == 0,
+                "assignment log entry {} is corrupt",
+                key.value()
+            );
+            let list = bytes
+                .chunks_exact(20)
+                .map(|c| {
+                    let id = Uuid::from_bytes(c[..16].try_into().expect("16 bytes"));
+                    (id, u32::from_le_bytes(c[16..].try_into().expect("4 bytes")))
+                })
+                .collect();
+            sink(Loaded::Assigned(list))?;
+        }
         Ok(self.created_at_ms)
     }
 
@@ -265,6 +301,18 @@ impl Store for RedbStore {
             }
             for id in &changes.deleted_batches {
                 batches.remove(id.as_u128())?;
+            }
+            let mut log = txn.open_table(ASSIGNMENTS)?;
+            if changes.truncate_log {
+                log.retain_in::<u64, _>(..changes.number, |_, _| false)?;
+            }
+            if !changes.assignments.is_empty() {
+                let mut packed = Vec::with_capacity(changes.assignments.len() * 20);
+                for (id, attempt) in &changes.assignments {
+                    packed.extend_from_slice(id.as_bytes());
+                    packed.extend_from_slice(&attempt.to_le_bytes());
+                }
+                log.insert(changes.number, packed.as_slice())?;
             }
         }
         txn.commit()?;

@@ -7,7 +7,7 @@
 //! finished results, grants credit for the room it has, and reports the pool.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use drover_common::pb::{self, JobKind, child_result, job_result, master_message, worker_message};
@@ -21,6 +21,8 @@ use crate::Config;
 use crate::pool::{Pool, PoolEvent};
 use crate::session::{Outbox, SessionEvent};
 
+/// After draining, how long to wait for the master to acknowledge results.
+const ACK_WAIT: Duration = Duration::from_secs(5);
 /// A child is given at most about this much work per frame, so a timeout
 /// or a cancel wastes little, and results flow back steadily.
 const BATCH_TARGET_US: f64 = 1_000.0;
@@ -84,6 +86,10 @@ pub(crate) struct Engine {
     outbox: Option<Outbox>,
     /// Results not yet handed to a session.
     unsent: Vec<pb::JobResult>,
+    /// Results sent but not yet acknowledged, by message number: sent again
+    /// on the next session, since a stream that breaks may lose them.
+    unacked: VecDeque<(u64, Vec<pb::JobResult>)>,
+    results_seq: u64,
     /// Mean run time per kind, in microseconds, to size batches and prefetch.
     mean_us: HashMap<i32, f64>,
     pool_changed: bool,
@@ -119,6 +125,8 @@ impl Engine {
             outstanding: [0, 0],
             outbox: None,
             unsent: Vec::new(),
+            unacked: VecDeque::new(),
+            results_seq: 0,
             mean_us: HashMap::new(),
             pool_changed: true,
             draining: false,
@@ -130,6 +138,9 @@ impl Engine {
         let mut next_heartbeat = Instant::now() + engine.heartbeat_every;
         let mut drain_deadline: Option<Instant> = None;
         let mut close_deadline: Option<Instant> = None;
+        // After a drain, how long to wait for the master to acknowledge the
+        // last results.
+        let mut ack_deadline: Option<Instant> = None;
         loop {
             let next_timeout = engine.next_timeout();
             tokio::select! {
@@ -153,6 +164,7 @@ impl Engine {
                     engine.abandon_all();
                     drain_deadline = None;
                 }
+                _ = sleep_until_opt(ack_deadline), if close_deadline.is_none() => {}
                 _ = sleep_until_opt(close_deadline) => {
                     tracing::warn!("the master did not close the session in time");
                     break;
@@ -169,17 +181,22 @@ impl Engine {
             engine.pump();
             if engine.draining && engine.jobs.is_empty() && close_deadline.is_none() {
                 drain_deadline = None;
-                // Closing our half of the stream after the last results lets
-                // the master read them all, then end the session.
-                engine.flush_results();
-                closing.cancel();
-                engine.outbox = None;
-                close_deadline = Some(Instant::now() + Duration::from_secs(5));
-                if !engine.unsent.is_empty() {
-                    tracing::warn!(
-                        results = engine.unsent.len(),
-                        "no session to deliver the last results"
-                    );
+                let acked = engine.unsent.is_empty() && engine.unacked.is_empty();
+                let ack_wait = *ack_deadline.get_or_insert_with(|| Instant::now() + ACK_WAIT);
+                if acked || Instant::now() >= ack_wait {
+                    if !acked {
+                        let held: usize = engine.unsent.len()
+                            + engine.unacked.iter().map(|(_, r)| r.len()).sum::<usize>();
+                        tracing::warn!(
+                            results = held,
+                            "the master did not acknowledge the last results; they will run again"
+                        );
+                    }
+                    // Closing our half of the stream lets the master end
+                    // the session cleanly.
+                    closing.cancel();
+                    engine.outbox = None;
+                    close_deadline = Some(Instant::now() + Duration::from_secs(5));
                 }
             }
             if close_deadline.is_some() && !engine.connected {
@@ -212,6 +229,12 @@ impl Engine {
                 self.heartbeat_every = heartbeat;
                 self.outstanding = [0, 0];
                 self.pool_changed = true;
+                // Whatever the last session may have lost goes again; the
+                // master drops what it already has.
+                let resend: Vec<_> = self.unacked.iter().cloned().collect();
+                for (seq, results) in resend {
+                    self.send(worker_message::Msg::Results(pb::Results { results, seq }));
+                }
                 if self.draining {
                     self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
                 }
@@ -228,6 +251,11 @@ impl Engine {
                 master_message::Msg::Drain(_) => {
                     if !self.draining {
                         self.start_drain();
+                    }
+                }
+                master_message::Msg::Ack(a) => {
+                    while self.unacked.front().is_some_and(|(seq, _)| *seq <= a.seq) {
+                        self.unacked.pop_front();
                     }
                 }
                 master_message::Msg::Welcome(_) => {}
@@ -605,16 +633,10 @@ impl Engine {
             return;
         }
         let results = std::mem::take(&mut self.unsent);
-        let outbox = self.outbox.as_ref().expect("checked above");
-        if let Err(e) = outbox.send(pb::WorkerMessage {
-            msg: Some(worker_message::Msg::Results(pb::Results { results })),
-        }) {
-            // The session ended: keep the results for the next one.
-            if let Some(worker_message::Msg::Results(r)) = e.0.msg {
-                self.unsent = r.results;
-            }
-            self.outbox = None;
-        }
+        self.results_seq += 1;
+        let seq = self.results_seq;
+        self.unacked.push_back((seq, results.clone()));
+        self.send(worker_message::Msg::Results(pb::Results { results, seq }));
     }
 
     fn dispatch_to_children(&mut self) {

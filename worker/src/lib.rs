@@ -10,6 +10,7 @@
 //! - [`pool`]: the child processes, their pipes, and their replacement.
 //! - [`child`]: the hidden child mode of the binary, and the frame format.
 //! - [`kinds`]: the job kinds (fib, prime); sleep lives in the engine.
+//! - [`metrics`]: the worker's Prometheus metrics, read off its session.
 //!
 //! One job's path: the master assigns it within our credit; the engine
 //! queues it and hands it to an idle child in a frame with others; the
@@ -19,13 +20,20 @@
 pub mod child;
 pub(crate) mod engine;
 pub mod kinds;
+pub mod metrics;
 pub mod pool;
 pub mod session;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use drover_common::metrics::MetricsListen;
+use drover_common::net::{ClientArgs, ClientOptions};
 use drover_common::{PROTOCOL_VERSION, VERSION, pb};
 use tokio_util::sync::CancellationToken;
+
+/// Where a worker serves its metrics unless told otherwise.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9465";
 
 /// The worker's flags; every one has a DROVER_* environment variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,9 +50,13 @@ pub struct WorkerArgs {
     /// This worker's name in `drover status`; default: host name and pid.
     #[arg(long, env = "DROVER_NAME")]
     pub name: Option<String>,
+    /// The host name shown in `drover status`; default: this machine's. In
+    /// a container, set it to the machine's name.
+    #[arg(long, env = "DROVER_HOST")]
+    pub host: Option<String>,
     /// The most CPU jobs held beyond the running ones. The worker holds fewer
     /// when jobs are long, so that it never hoards the queue.
-    #[arg(long, env = "DROVER_PREFETCH", default_value_t = 256)]
+    #[arg(long, env = "DROVER_PREFETCH", default_value_t = 1024)]
     pub prefetch: u64,
     /// Replace a child after it has run this many jobs; 0 never.
     #[arg(long, env = "DROVER_MAX_JOBS_PER_CHILD", default_value_t = 0)]
@@ -52,6 +64,14 @@ pub struct WorkerArgs {
     /// On SIGTERM or SIGINT, how long running jobs may take to finish.
     #[arg(long, env = "DROVER_GRACE", default_value = "30s", value_parser = drover_common::util::parse_duration)]
     pub grace: Duration,
+    /// The worker token, and the TLS files to reach an https:// master.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Where to serve Prometheus metrics (GET /metrics), default
+    /// 127.0.0.1:9465; `off` serves none. Port 0 picks a free port
+    /// (logged), for several workers on one host.
+    #[arg(long, env = "DROVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 impl WorkerArgs {
@@ -73,12 +93,18 @@ impl WorkerArgs {
             "--prefetch {} is over the limit of 100000",
             self.prefetch
         );
-        let host = host_name();
+        let host = self.host.clone().unwrap_or_else(host_name);
         let name = self
             .name
             .clone()
             .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
+        let client = self.client.options().map_err(anyhow::Error::msg)?;
+        // A URL that cannot work with these TLS flags is refused now, not
+        // retried forever.
+        drover_common::net::endpoint_with(&self.master, &client).map_err(anyhow::Error::msg)?;
         Ok(Config {
+            client,
+            metrics: MetricsListen::from_flag(self.metrics_listen.as_deref(), DEFAULT_METRICS_ADDR),
             master: self.master.clone(),
             processes,
             io_slots: self.io_slots,
@@ -110,6 +136,10 @@ pub struct Config {
     pub max_jobs_per_child: u64,
     /// How long a drain waits for running jobs.
     pub grace: Duration,
+    /// The token and TLS material to reach the master with.
+    pub client: ClientOptions,
+    /// Where the metrics are served.
+    pub metrics: MetricsListen,
 }
 
 /// The machine's host name, or "unknown".
@@ -131,15 +161,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         version: VERSION.to_string(),
         pid: std::process::id(),
     };
+    let listener = config.metrics.bind().await.map_err(anyhow::Error::msg)?;
+    // Without a listener nobody reads the figures: none are kept.
+    let metrics = Arc::new(metrics::WorkerMetrics::new(
+        &config.name,
+        listener.is_some(),
+    ));
+    // Served through the drain too; stopped when the worker is done.
+    let stop_metrics = CancellationToken::new();
+    if let Some(l) = listener {
+        let m = metrics.clone();
+        let render: drover_common::metrics::Render = Arc::new(move || m.render());
+        tokio::spawn(drover_common::metrics::serve(
+            l,
+            render,
+            stop_metrics.clone(),
+        ));
+    }
     let (session_tx, session_rx) = tokio::sync::mpsc::unbounded_channel();
     let stop_session = CancellationToken::new();
     let closing = CancellationToken::new();
+    let dial = session::Dial {
+        url: config.master.clone(),
+        options: config.client.clone(),
+    };
     let session = tokio::spawn(session::maintain(
-        config.master.clone(),
+        dial,
         hello,
         session_tx,
         stop_session.clone(),
         closing.clone(),
+        metrics,
     ));
     tracing::info!(
         name = %config.name, master = %config.master, processes = config.processes,
@@ -148,5 +200,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let result = engine::Engine::run(config, session_rx, closing, shutdown).await;
     stop_session.cancel();
     let _ = session.await;
+    stop_metrics.cancel();
     result
 }

@@ -5,7 +5,7 @@ use clap::Parser;
 /// drover's worker: pulls jobs from a master and runs them in a pool of
 /// child processes.
 #[derive(Debug, Parser)]
-#[command(name = "drover-worker", version)]
+#[command(name = "drover-worker", version, args_override_self = true)]
 struct Cli {
     #[command(flatten)]
     worker: drover_worker::WorkerArgs,

@@ -5,14 +5,18 @@
 //! engine as [`SessionEvent`]s, and the engine sends through the
 //! [`Outbox`] it is handed on each connect.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use drover_common::net;
+use drover_common::net::{self, ClientOptions};
 use drover_common::pb::workers_client::WorkersClient;
 use drover_common::pb::{self, master_message, worker_message};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::WorkerMetrics;
 
 /// Where the engine sends messages for the current session.
 pub type Outbox = mpsc::UnboundedSender<pb::WorkerMessage>;
@@ -38,16 +42,28 @@ pub enum SessionEvent {
     },
 }
 
+/// How to reach the master.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The master's URL (`https://` for TLS).
+    pub url: String,
+    /// The CA, client certificate and token to connect with.
+    pub options: ClientOptions,
+}
+
 /// Keeps a session open until `stop` is cancelled. Once `closing` is
 /// cancelled (the worker has drained and closed its half of the stream),
-/// the end of the session is expected and no new one is opened.
+/// the end of the session is expected and no new one is opened. Every
+/// message each way is shown to `metrics`.
 pub async fn maintain(
-    url: String,
+    dial: Dial,
     hello: pb::Hello,
     events: mpsc::UnboundedSender<SessionEvent>,
     stop: CancellationToken,
     closing: CancellationToken,
+    metrics: Arc<WorkerMetrics>,
 ) {
+    let url = dial.url.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
         if stop.is_cancelled() {
@@ -55,9 +71,10 @@ pub async fn maintain(
         }
         let connected_at = tokio::time::Instant::now();
         let reason = tokio::select! {
-            r = one_session(&url, &hello, &events) => r,
+            r = one_session(&dial, &hello, &events, &metrics) => r,
             _ = stop.cancelled() => return,
         };
+        metrics.connected(false);
         if closing.is_cancelled() {
             tracing::info!(master = %url, "session closed after draining");
             let _ = events.send(SessionEvent::Disconnected { reason });
@@ -80,12 +97,27 @@ pub async fn maintain(
     }
 }
 
+/// Why the master refused a session, for the log: an auth refusal says
+/// which flag to look at.
+fn refused(status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => format!(
+            "master refused the session ({:?}): {} (check this worker's --token and TLS flags)",
+            status.code(),
+            status.message()
+        ),
+        _ => format!("master refused the session: {}", status.message()),
+    }
+}
+
 async fn one_session(
-    url: &str,
+    dial: &Dial,
     hello: &pb::Hello,
     events: &mpsc::UnboundedSender<SessionEvent>,
+    metrics: &Arc<WorkerMetrics>,
 ) -> String {
-    let channel = match net::connect(url).await {
+    let url = dial.url.as_str();
+    let channel = match net::connect_with(url, &dial.options).await {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -96,17 +128,23 @@ async fn one_session(
     let _ = tx.send(pb::WorkerMessage {
         msg: Some(worker_message::Msg::Hello(hello.clone())),
     });
-    let mut inbound = match client.connect(UnboundedReceiverStream::new(rx)).await {
+    let tap = metrics.clone();
+    let outgoing = UnboundedReceiverStream::new(rx).map(move |m| {
+        tap.outgoing(&m);
+        m
+    });
+    let mut inbound = match client.connect(outgoing).await {
         Ok(r) => r.into_inner(),
-        Err(status) => return format!("master refused the session: {}", status.message()),
+        Err(status) => return refused(&status),
     };
     let welcome = match inbound.message().await {
         Ok(Some(pb::MasterMessage {
             msg: Some(master_message::Msg::Welcome(w)),
         })) => w,
         Ok(_) => return "master sent no welcome".into(),
-        Err(status) => return format!("master refused the session: {}", status.message()),
+        Err(status) => return refused(&status),
     };
+    metrics.connected(true);
     tracing::info!(master = %url, worker_id = %welcome.worker_id, "connected to the master");
     // The engine holds the only sender from here on: when it drops it (at
     // the end of a drain) our half of the stream closes cleanly.
@@ -118,6 +156,7 @@ async fn one_session(
     loop {
         match inbound.message().await {
             Ok(Some(pb::MasterMessage { msg: Some(m) })) => {
+                metrics.incoming(&m);
                 let _ = events.send(SessionEvent::Message(m));
             }
             Ok(Some(_)) => {}
