@@ -17,6 +17,8 @@
 //! - [`model`]: the CLI's JSON lines as typed values.
 //! - [`reference`]: answers computed independently of drover's code.
 //! - [`sys`]: signals and process lookups (Linux `/proc`).
+//! - [`security`]: certificates, token and TLS clients, raw gRPC calls,
+//!   a hand-fed child process and a strict Prometheus text check.
 
 pub mod bins;
 pub mod cli;
@@ -24,6 +26,7 @@ pub mod grpc;
 pub mod model;
 pub mod process;
 pub mod reference;
+pub mod security;
 pub mod sys;
 pub mod wait;
 

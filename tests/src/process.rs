@@ -1,0 +1,560 @@
+//! The daemons under test as child processes: [`Master`] and [`Worker`],
+//! both built on [`Proc`].
+//!
+//! Every process writes its stderr (and stdout, apart from the master's
+//! first line) to a temporary file. It is registered with the test's thread
+//! so that [`crate::wait`] notices at once when it dies unexpectedly; on drop
+//! it is killed with its descendants and reaped, and when the test is failing
+//! the tail of its log is printed, so a failure shows what every process said.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::time::{Duration, Instant};
+
+use drover_common::pb::queue_client::QueueClient;
+use drover_common::pb::{StatsResponse, WorkerInfo};
+use tonic::transport::Channel;
+
+use crate::bins::bin;
+use crate::cli::{CliOutput, CliRun};
+use crate::model::Status;
+use crate::{grpc, sys, wait};
+
+/// How long a daemon may take to start: the first start of a debug build
+/// can be slow on a busy two-core machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many log lines a failing test prints per process.
+const TAIL_LINES: usize = 60;
+
+thread_local! {
+    /// The processes the current test started, for crash checks while it
+    /// polls. Each test runs on its own thread.
+    static STARTED: RefCell<Vec<Weak<Inner>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A child process under test.
+struct Inner {
+    /// What the process is, for messages: `drover-master`, `worker "a"`.
+    label: String,
+    /// The process; locked only briefly, to poll, signal or reap it.
+    child: Mutex<Child>,
+    /// Its exit status, once seen.
+    exited: Mutex<Option<ExitStatus>>,
+    /// Set when the test made it exit on purpose (a signal, a drain), so
+    /// that its exit is not reported as a crash.
+    expect_exit: std::sync::atomic::AtomicBool,
+    /// Set once a failure message has shown its log tail, so that drop does
+    /// not print it again.
+    reported: std::sync::atomic::AtomicBool,
+    /// Its descendants when the test killed or signalled it: a worker's pool
+    /// children, which drop kills and reaps if they are still around.
+    orphans: Mutex<Vec<u32>>,
+    /// Its stderr (and the rest of its stdout).
+    log: PathBuf,
+    /// Keeps the log's directory until the process is dropped.
+    _dir: tempfile::TempDir,
+}
+
+/// A started child process: its pid, its log, signals, and its exit.
+///
+/// Cloning gives another handle on the same process; the process is killed
+/// and reaped when the last handle is dropped.
+#[derive(Clone)]
+pub struct Proc {
+    inner: Arc<Inner>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stderr (and stdout, unless `pipe_stdout`) going to a
+    /// log file, and registers it with the current test.
+    fn spawn(
+        label: String,
+        mut cmd: Command,
+        pipe_stdout: bool,
+    ) -> (Proc, Option<std::process::ChildStdout>) {
+        let dir = tempfile::Builder::new()
+            .prefix("drover-test-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let log = dir.path().join("log");
+        let file = File::create(&log).expect("cannot create a log file");
+        let stdout = if pipe_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::from(file.try_clone().expect("cannot clone a file handle"))
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::from(file));
+        scrub_env(&mut cmd, dir.path());
+        die_with_parent(&mut cmd);
+        sys::become_subreaper();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        let out = child.stdout.take();
+        let inner = Arc::new(Inner {
+            label,
+            child: Mutex::new(child),
+            exited: Mutex::new(None),
+            expect_exit: false.into(),
+            reported: false.into(),
+            orphans: Mutex::new(Vec::new()),
+            log,
+            _dir: dir,
+        });
+        STARTED.with(|s| s.borrow_mut().push(Arc::downgrade(&inner)));
+        (Proc { inner }, out)
+    }
+
+    /// What the process is, as messages name it.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.child.lock().unwrap().id()
+    }
+
+    /// Its exit status if it has exited (and is now reaped), without waiting.
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        let mut exited = self.inner.exited.lock().unwrap();
+        if exited.is_none() {
+            *exited = self
+                .inner
+                .child
+                .lock()
+                .unwrap()
+                .try_wait()
+                .unwrap_or_else(|e| panic!("cannot poll {}: {e}", self.inner.label));
+        }
+        *exited
+    }
+
+    /// Marks the process as allowed to exit from now on: the test is about to
+    /// make it exit (a signal, a drain), so that is no crash.
+    pub fn expect_exit(&self) {
+        self.inner.expect_exit.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        sys::signal(self.pid(), sig);
+    }
+
+    /// Kills the process with SIGKILL (`kill -9`) and reaps it.
+    pub fn kill9(&self) -> ExitStatus {
+        self.expect_exit();
+        // What happens to its children is the product's business, but drop
+        // cleans up whatever is left of them.
+        *self.inner.orphans.lock().unwrap() = sys::descendants(self.pid());
+        self.signal(libc::SIGKILL);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Sends SIGTERM; the process is then expected to exit.
+    pub fn sigterm(&self) {
+        self.expect_exit();
+        *self.inner.orphans.lock().unwrap() = sys::descendants(self.pid());
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Stops the process (SIGSTOP) until [`Proc::sigcont`].
+    pub fn sigstop(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a stopped process go on (SIGCONT).
+    pub fn sigcont(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its status.
+    ///
+    /// # Panics
+    ///
+    /// When it is still running after `timeout`, with its log tail.
+    pub fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        self.expect_exit();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}\n{}",
+                self.inner.label,
+                self.log_tail(TAIL_LINES)
+            );
+            std::thread::sleep(wait::POLL);
+        }
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read(&self.inner.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last `lines` lines of its log, under a header naming the process.
+    pub fn log_tail(&self, lines: usize) -> String {
+        format!(
+            "----- {} (pid {}{}): last {lines} lines of its log -----\n{}",
+            self.inner.label,
+            self.pid(),
+            match *self.inner.exited.lock().unwrap() {
+                Some(s) => format!(", exited: {s}"),
+                None => String::new(),
+            },
+            tail(&self.inner.log, lines)
+        )
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let pid = child.id();
+        let running = self.exited.get_mut().map(|e| e.is_none()).unwrap_or(true);
+        let orphans = std::mem::take(self.orphans.get_mut().unwrap_or_else(|e| e.into_inner()));
+        // Collect the descendants before the kill: once the parent is dead
+        // they are re-parented and can no longer be found. A worker's pool
+        // children would otherwise go on computing after the test.
+        let mut leftovers = if running {
+            sys::descendants(pid)
+        } else {
+            Vec::new()
+        };
+        // Children of a process the test killed earlier, if still there
+        // (re-parented to the test process, a subreaper, or to init).
+        let me = std::process::id();
+        leftovers.extend(
+            orphans
+                .into_iter()
+                .filter(|&o| matches!(sys::parent(o), Some(p) if p == pid || p == me || p == 1)),
+        );
+        if running {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        for &d in &leftovers {
+            // SAFETY: as above.
+            unsafe { libc::kill(d as libc::pid_t, libc::SIGKILL) };
+        }
+        let status = child.wait().ok();
+        // The test process is a subreaper, so the killed descendants are now
+        // its children: reap them, leaving no zombies.
+        for d in leftovers {
+            sys::reap(d, Duration::from_secs(2));
+        }
+        if std::thread::panicking() && !self.reported.load(Ordering::SeqCst) {
+            eprintln!(
+                "----- {} (pid {pid}, {}): last {TAIL_LINES} lines of its log -----\n{}",
+                self.label,
+                match status {
+                    Some(s) if !running => format!("exited: {s}"),
+                    _ => "killed by the harness".to_string(),
+                },
+                tail(&self.log, TAIL_LINES)
+            );
+        }
+    }
+}
+
+/// Fails the test at once when a process it started has exited without the
+/// test asking for it; called by every poll in [`crate::wait`].
+///
+/// # Panics
+///
+/// When such a process is found, naming it, its status and its log tail.
+pub fn check_started() {
+    let procs: Vec<Arc<Inner>> = STARTED.with(|s| {
+        let mut s = s.borrow_mut();
+        s.retain(|w| w.strong_count() > 0);
+        s.iter().filter_map(Weak::upgrade).collect()
+    });
+    for inner in procs {
+        if inner.expect_exit.load(Ordering::SeqCst) {
+            continue;
+        }
+        let p = Proc { inner };
+        if let Some(status) = p.try_status() {
+            p.inner.reported.store(true, Ordering::SeqCst);
+            panic!(
+                "{} exited unexpectedly: {status}\n{}",
+                p.label(),
+                p.log_tail(TAIL_LINES)
+            );
+        }
+    }
+}
+
+/// Removes the DROVER_* variables of the caller's environment, so that only
+/// the flags a test passes count, and points the data directory at a
+/// temporary one in case the daemon writes one.
+fn scrub_env(cmd: &mut Command, dir: &Path) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DROVER_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("DROVER_DATA_DIR", dir.join("data"));
+    // Plain logs in the tails a failing test prints.
+    cmd.env("NO_COLOR", "1");
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+}
+
+/// Makes the child die when the test process dies, so that an aborted test
+/// run leaves no daemons behind.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// The last `lines` lines of the file at `path`.
+fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return "(no log)".into();
+    };
+    // The tail of a long log is at its end; 256 KiB is plenty.
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A running `drover-master` on an ephemeral loopback port.
+pub struct Master {
+    /// The process.
+    proc: Proc,
+    /// Where it listens, from its first stdout line.
+    addr: SocketAddr,
+}
+
+impl Master {
+    /// Starts `drover-master --listen 127.0.0.1:0 ARGS...` and waits for its
+    /// `drover-master listening on 127.0.0.1:PORT` line on stdout.
+    ///
+    /// # Panics
+    ///
+    /// When it exits before that line, prints something else, or takes
+    /// longer than 30 s.
+    pub fn start(args: &[&str]) -> Master {
+        let mut cmd = Command::new(bin("drover-master"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        let (proc, stdout) = Proc::spawn("drover-master".into(), cmd, true);
+        let stdout = stdout.expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        // The master prints one line; read it on a thread so that this one
+        // can watch for an early exit meanwhile, then drain whatever else it
+        // prints so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let line = loop {
+            match rx.recv_timeout(wait::POLL) {
+                Ok(line) => break line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break String::new(),
+            }
+            if let Some(status) = proc.try_status() {
+                panic!(
+                    "drover-master exited before it was listening: {status}\n{}",
+                    proc.log_tail(TAIL_LINES)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drover-master printed no `listening on` line within {START_TIMEOUT:?}\n{}",
+                proc.log_tail(TAIL_LINES)
+            );
+        };
+        let addr = line
+            .trim_end()
+            .strip_prefix("drover-master listening on ")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "drover-master's first stdout line is {line:?}, not \
+                     `drover-master listening on 127.0.0.1:PORT`\n{}",
+                    proc.log_tail(TAIL_LINES)
+                )
+            });
+        assert!(
+            addr.ip().is_loopback() && addr.port() != 0,
+            "drover-master says it listens on {addr}, not on a loopback port"
+        );
+        Master { proc, addr }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL workers and the CLI dial: `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A `Queue` client on a new connection, for direct calls.
+    pub fn queue(&self) -> QueueClient<Channel> {
+        grpc::queue_client(&self.url())
+    }
+
+    /// The master's stats, through the `Queue.Stats` call.
+    pub fn stats(&self) -> StatsResponse {
+        grpc::stats(&self.url())
+    }
+
+    /// Runs `drover --master URL --output json ARGS...` to completion.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        crate::cli::cli(&self.url(), args)
+    }
+
+    /// Starts `drover --master URL --output json ARGS...` in the background.
+    pub fn cli_spawn(&self, args: &[&str]) -> CliRun {
+        CliRun::spawn(&self.url(), args)
+    }
+
+    /// `drover status --output json`, parsed.
+    ///
+    /// # Panics
+    ///
+    /// When the command fails or its output does not parse.
+    pub fn status(&self) -> Status {
+        self.cli(&["status"]).success().status()
+    }
+}
+
+impl Deref for Master {
+    type Target = Proc;
+
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+/// A running `drover-worker`.
+pub struct Worker {
+    /// The process.
+    proc: Proc,
+    /// The name it registers under (`--name`), which jobs show as their
+    /// worker.
+    name: String,
+    /// The master it works for.
+    master_url: String,
+}
+
+impl Worker {
+    /// Starts `drover-worker --master URL ARGS...` and waits until the
+    /// master lists it among its workers with its pool started (as many
+    /// child pids as its CPU slots). When ARGS has no `--name`, a unique
+    /// one is added.
+    ///
+    /// # Panics
+    ///
+    /// When it exits, or the master does not list it within 30 s.
+    pub fn start(master_url: &str, args: &[&str]) -> Worker {
+        let worker = Worker::spawn(master_url, args);
+        let info = wait::wait_for(
+            START_TIMEOUT,
+            &format!("{} to register", worker.label()),
+            || {
+                worker
+                    .info()
+                    .filter(|w| w.child_pids.len() as u32 == w.cpu_slots)
+            },
+        );
+        assert_eq!(
+            info.pid,
+            worker.pid(),
+            "the master lists worker {:?} with pid {}, but it is {}",
+            worker.name,
+            info.pid,
+            worker.pid()
+        );
+        worker
+    }
+
+    /// Starts `drover-worker --master URL ARGS...` without waiting for it to
+    /// register.
+    pub fn spawn(master_url: &str, args: &[&str]) -> Worker {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let name = match args.iter().position(|a| a == "--name") {
+            Some(i) => args.get(i + 1).expect("--name needs a value").clone(),
+            None => {
+                let name = format!(
+                    "w{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
+                args.push("--name".into());
+                args.push(name.clone());
+                name
+            }
+        };
+        let mut cmd = Command::new(bin("drover-worker"));
+        cmd.args(["--master", master_url]).args(&args);
+        let (proc, _) = Proc::spawn(format!("drover-worker {name:?}"), cmd, false);
+        Worker {
+            proc,
+            name,
+            master_url: master_url.to_string(),
+        }
+    }
+
+    /// The name it registers under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the master says about this worker now, if it lists it.
+    pub fn info(&self) -> Option<WorkerInfo> {
+        grpc::stats(&self.master_url)
+            .workers
+            .into_iter()
+            .find(|w| w.name == self.name)
+    }
+}
+
+impl Deref for Worker {
+    type Target = Proc;
+
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}

@@ -1,0 +1,391 @@
+//! Results a user gets through the real binaries: the seed tables, a mixed
+//! map over two workers, bad input refused with a useful gRPC error, and a
+//! CLI that says why when the master is unreachable.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use drover_common::pb::{GetRequest, JobKind, JobSpec, SubmitRequest, WatchRequest, job_output};
+use drover_tests::grpc::{block_on, job};
+use drover_tests::reference::{fib_u128, is_prime};
+use drover_tests::{JobLine, Master, Worker, cli};
+use serde_json::Value;
+use tonic::Code;
+
+/// The seed's `map fib 2..=20` (its `fib(1..19)`), from issue 2.
+const FIB_TABLE: [u64; 19] = [
+    1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181, 6765,
+];
+
+/// The seed's prime table, from issue 2.
+const PRIME_TABLE: [(&str, bool); 6] = [
+    ("1112272535095293", false),
+    ("1112582705942171", true),
+    ("1112272535095291", true),
+    ("1115280095190773", false),
+    ("1115797848077099", false),
+    ("11099726899285419", false),
+];
+
+fn assert_in_order(jobs: &[JobLine], n: usize) {
+    let indexes: Vec<u32> = jobs.iter().map(|j| j.index).collect();
+    assert_eq!(
+        indexes,
+        (0..n as u32).collect::<Vec<_>>(),
+        "the map's results are not each there once, in submission order"
+    );
+}
+
+#[test]
+fn seed_tables_through_a_master_and_a_worker_over_tcp() {
+    let master = Master::start(&[]);
+    let _worker = Worker::start(&master.url(), &["--processes", "1"]);
+
+    let out = master.cli(&["map", "fib", "2..=20"]).success();
+    let jobs = out.jobs();
+    assert_in_order(&jobs, 19);
+    let args: Vec<String> = (2..=20).map(|n: u32| n.to_string()).collect();
+    assert_eq!(jobs.iter().map(|j| j.arg.clone()).collect::<Vec<_>>(), args);
+    for j in &jobs {
+        assert_eq!(
+            (j.kind.as_str(), j.state.as_str()),
+            ("fib", "succeeded"),
+            "{j:?}"
+        );
+    }
+    let results: Vec<&Value> = jobs.iter().map(|j| &j.result).collect();
+    let expected: Vec<Value> = FIB_TABLE
+        .iter()
+        .map(|v| Value::String(v.to_string()))
+        .collect();
+    assert_eq!(
+        results,
+        expected.iter().collect::<Vec<_>>(),
+        "fib results are JSON strings"
+    );
+    // The seed's table and an independent computation agree.
+    for (n, v) in (2..=20).zip(FIB_TABLE) {
+        assert_eq!(fib_u128(n), u128::from(v));
+    }
+
+    let primes: Vec<&str> = PRIME_TABLE.iter().map(|(n, _)| *n).collect();
+    let mut args = vec!["map", "prime"];
+    args.extend(&primes);
+    let jobs = master.cli(&args).success().jobs();
+    assert_in_order(&jobs, primes.len());
+    for (j, (n, is_prime)) in jobs.iter().zip(PRIME_TABLE) {
+        assert_eq!(j.arg, n);
+        assert_eq!(j.state, "succeeded", "{j:?}");
+        assert_eq!(j.result, Value::Bool(is_prime), "prime {n}");
+        // Every number of the table is below 2^64: deterministic answers.
+        assert_eq!(j.certainty.as_deref(), Some("proven"), "prime {n}");
+    }
+
+    // The text output a person reads: `<arg>\t<result>`, True/False.
+    let url = master.url();
+    let mut args = vec!["--master", url.as_str(), "map", "prime"];
+    args.extend(&primes);
+    let out = cli::cli_raw(&args).success();
+    let expected: Vec<String> = PRIME_TABLE
+        .iter()
+        .map(|(n, p)| format!("{n}\t{}", if *p { "True" } else { "False" }))
+        .collect();
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), expected, "{out}");
+}
+
+/// What job `i` of the mixed map is, and its expected result.
+fn mixed_job(i: u64) -> (JobSpec, job_output::Value) {
+    match i % 3 {
+        0 => {
+            let n = (i * 7) % 187;
+            (
+                job(JobKind::Fib, n),
+                job_output::Value::Fib(fib_u128(n as u32).to_string()),
+            )
+        }
+        1 => {
+            let n = 1_000_003 + i;
+            (
+                job(JobKind::Prime, n),
+                job_output::Value::Prime(drover_common::pb::PrimeOutput {
+                    is_prime: is_prime(n),
+                    certainty: drover_common::pb::Certainty::Proven as i32,
+                }),
+            )
+        }
+        _ => {
+            let ms = 5 + i % 20;
+            (job(JobKind::Sleep, ms), job_output::Value::SleptMs(ms))
+        }
+    }
+}
+
+#[test]
+fn map_of_200_mixed_jobs_over_two_workers_gives_every_result_once_in_order() {
+    let master = Master::start(&[]);
+    let a = Worker::start(&master.url(), &["--processes", "1", "--io-slots", "8"]);
+    let b = Worker::start(&master.url(), &["--processes", "1", "--io-slots", "8"]);
+    let (specs, expected): (Vec<JobSpec>, Vec<job_output::Value>) = (0..200).map(mixed_job).unzip();
+
+    let mut queue = master.queue();
+    let submitted = block_on(queue.submit(SubmitRequest { jobs: specs }))
+        .expect("Submit")
+        .into_inner();
+    assert_eq!(submitted.job_ids.len(), 200);
+    let unique: HashSet<&String> = submitted.job_ids.iter().collect();
+    assert_eq!(unique.len(), 200, "job ids are not unique");
+
+    // The map's own path: Watch in submission order.
+    let watched = block_on(async {
+        let mut stream = queue
+            .watch(WatchRequest {
+                batch_id: submitted.batch_id.clone(),
+                ordered: true,
+            })
+            .await
+            .expect("Watch")
+            .into_inner();
+        let mut jobs = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Err(_) => panic!(
+                    "Watch did not end within 120 s; {} results so far",
+                    jobs.len()
+                ),
+                Ok(Err(e)) => panic!("Watch failed after {} results: {e}", jobs.len()),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(msg))) => {
+                    assert_eq!(msg.total, 200);
+                    jobs.extend(msg.jobs);
+                    // Finished so far, whether or not its turn to be sent has come.
+                    assert!(
+                        msg.done as usize >= jobs.len() && msg.done <= 200,
+                        "Watch says {} done after sending {}",
+                        msg.done,
+                        jobs.len()
+                    );
+                }
+            }
+        }
+        jobs
+    });
+    let indexes: Vec<u32> = watched.iter().map(|j| j.index).collect();
+    assert_eq!(
+        indexes,
+        (0..200).collect::<Vec<_>>(),
+        "ordered Watch: every result once, in order"
+    );
+    for (j, want) in watched.iter().zip(&expected) {
+        assert_eq!(j.job_id, submitted.job_ids[j.index as usize]);
+        let got = j.output.as_ref().and_then(|o| o.value.clone());
+        assert_eq!(
+            got.as_ref(),
+            Some(want),
+            "job {} ({:?} {})",
+            j.index,
+            j.kind,
+            j.arg
+        );
+    }
+
+    // What a user reads back with the CLI.
+    let jobs = master
+        .cli(&["get", &submitted.batch_id, "--wait", "--timeout", "60s"])
+        .success()
+        .jobs();
+    assert_in_order(&jobs, 200);
+    let mut workers = HashSet::new();
+    for (j, want) in jobs.iter().zip(&expected) {
+        assert_eq!(j.state, "succeeded", "{j:?}");
+        assert_eq!(j.attempts, 1, "{j:?}");
+        let want = match want {
+            job_output::Value::Fib(s) => Value::String(s.clone()),
+            job_output::Value::Prime(p) => Value::Bool(p.is_prime),
+            job_output::Value::SleptMs(ms) => Value::from(*ms),
+        };
+        assert_eq!(j.result, want, "{j:?}");
+        workers.insert(j.worker().to_string());
+    }
+    assert_eq!(
+        workers,
+        HashSet::from([a.name().to_string(), b.name().to_string()]),
+        "both workers should have run jobs of the map"
+    );
+}
+
+/// Submits `specs` and returns the error, which must have `code`.
+#[track_caller]
+fn refused(master: &Master, specs: Vec<JobSpec>, code: Code) -> String {
+    let what = format!(
+        "{:?}",
+        specs
+            .iter()
+            .map(|s| (s.kind, &s.arg[..s.arg.len().min(20)]))
+            .collect::<Vec<_>>()
+    );
+    let result = block_on(master.queue().submit(SubmitRequest { jobs: specs }));
+    let status = match result {
+        Ok(r) => panic!("Submit of {what} was accepted: {:?}", r.into_inner()),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "Submit of {what}: {status:?}");
+    status.message().to_string()
+}
+
+#[track_caller]
+fn assert_names(message: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(
+            message.contains(part),
+            "the error {message:?} does not name {part:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_a_grpc_error_naming_the_field_and_the_limit() {
+    let master = Master::start(&["--max-batch-jobs", "10"]);
+    let invalid = Code::InvalidArgument;
+
+    let msg = refused(&master, vec![job(JobKind::Fib, "-1")], invalid);
+    assert_names(&msg, &["jobs[0]", "-1"]);
+    let msg = refused(&master, vec![job(JobKind::Fib, "1000000000000")], invalid);
+    assert_names(&msg, &["jobs[0]", "1000000000000"]);
+    // The limit, apart from the argument that contains its digits.
+    assert_names(&msg.replace("1000000000000", ""), &["10000000"]);
+    // The field names the job at fault, not always the first.
+    let msg = refused(
+        &master,
+        vec![job(JobKind::Fib, "5"), job(JobKind::Fib, "1000000000000")],
+        invalid,
+    );
+    assert_names(&msg, &["jobs[1]", "10000000"]);
+    let msg = refused(&master, vec![job(JobKind::Prime, "12a")], invalid);
+    assert_names(&msg, &["jobs[0]", "12a"]);
+    let msg = refused(&master, vec![job(JobKind::Prime, "")], invalid);
+    assert_names(&msg, &["jobs[0]", "empty"]);
+    let msg = refused(
+        &master,
+        vec![job(JobKind::Prime, "7".repeat(100_000))],
+        invalid,
+    );
+    assert_names(&msg, &["jobs[0]", "100000", "4000"]);
+    assert!(
+        msg.len() < 1000,
+        "the error quotes the whole argument: {} bytes",
+        msg.len()
+    );
+    let msg = refused(
+        &master,
+        vec![JobSpec {
+            kind: 99,
+            arg: "1".into(),
+            ..Default::default()
+        }],
+        invalid,
+    );
+    assert_names(&msg, &["jobs[0]", "kind", "99"]);
+    let msg = refused(&master, vec![], invalid);
+    assert_names(&msg, &["jobs"]);
+
+    // Over the batch limit: bad input that names the limit. DESIGN.md maps
+    // limits to RESOURCE_EXHAUSTED and bad input to INVALID_ARGUMENT; this
+    // one is both, so either code is right.
+    let eleven: Vec<JobSpec> = (0..11).map(|n| job(JobKind::Fib, n)).collect();
+    let status = block_on(master.queue().submit(SubmitRequest { jobs: eleven }))
+        .expect_err("a batch of 11 jobs was accepted with --max-batch-jobs 10");
+    assert!(
+        matches!(
+            status.code(),
+            Code::InvalidArgument | Code::ResourceExhausted
+        ),
+        "a batch over the limit: {status:?}"
+    );
+    assert_names(status.message(), &["jobs", "10"]);
+    // Exactly at the limit is fine (no worker yet: the jobs wait).
+    let ten: Vec<JobSpec> = (0..10).map(|n| job(JobKind::Fib, n)).collect();
+    block_on(master.queue().submit(SubmitRequest { jobs: ten }))
+        .expect("a batch of exactly 10 jobs");
+
+    // An unknown job id, well formed: NOT_FOUND.
+    let unknown = "01900000-0000-7000-8000-000000000000";
+    let status = block_on(master.queue().get(GetRequest {
+        job_ids: vec![unknown.into()],
+        ..Default::default()
+    }))
+    .expect_err("Get of an unknown job id succeeded");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_names(status.message(), &[unknown]);
+    let status = block_on(master.queue().get(GetRequest {
+        batch_id: unknown.into(),
+        ..Default::default()
+    }))
+    .expect_err("Get of an unknown batch id succeeded");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // After all that, the master still serves a correct result.
+    let _worker = Worker::start(&master.url(), &["--processes", "1"]);
+    let mut queue = master.queue();
+    let ids = block_on(queue.submit(SubmitRequest {
+        jobs: vec![job(JobKind::Fib, 90)],
+    }))
+    .expect("Submit of fib 90")
+    .into_inner()
+    .job_ids;
+    let got = block_on(queue.get(GetRequest {
+        job_ids: ids,
+        wait: true,
+        timeout_ms: 60_000,
+        ..Default::default()
+    }))
+    .expect("Get of fib 90")
+    .into_inner();
+    assert!(got.complete, "fib 90 did not finish within 60 s: {got:?}");
+    let value = got.jobs[0].output.as_ref().and_then(|o| o.value.clone());
+    assert_eq!(
+        value,
+        Some(job_output::Value::Fib(fib_u128(90).to_string()))
+    );
+}
+
+#[test]
+fn cli_says_why_in_one_line_when_the_master_is_unreachable() {
+    // A port nobody listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    // Build first, so that the timing below is the CLI's alone.
+    drover_tests::bins::bin("drover");
+    for args in [
+        &["status"][..],
+        &["map", "fib", "1..5"],
+        &["submit", "sleep", "10"],
+    ] {
+        let started = Instant::now();
+        let out = cli::cli(&url, args);
+        assert!(!out.status.success(), "exit status 0 with no master\n{out}");
+        let reason = out.stderr.trim();
+        assert!(!reason.is_empty(), "no reason on stderr\n{out}");
+        assert_eq!(
+            reason.lines().count(),
+            1,
+            "the reason is not one line\n{out}"
+        );
+        assert!(
+            reason.contains(&format!("127.0.0.1:{port}")),
+            "the reason does not name the master\n{out}"
+        );
+        assert!(
+            out.stdout.trim().is_empty(),
+            "printed results with no master\n{out}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "took {:?} to give up",
+            started.elapsed()
+        );
+    }
+}
