@@ -70,6 +70,7 @@ impl Master {
         let mut report = crate::state::RecoveryReport::default();
         let created_at = store.load(&mut |item| state.recover_item(item, &mut report))?;
         state.set_created_at(created_at);
+        state.finish_recovery(&mut report);
         if report.queued + report.requeued + report.finished > 0 {
             tracing::info!(
                 queued = report.queued,

@@ -532,15 +532,16 @@ impl State {
     pub fn recover(&mut self, recovered: Recovered) -> anyhow::Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         self.created_at_ms = recovered.created_at_ms;
+        for (id, ids, created) in recovered.batches {
+            self.recover_item(Loaded::Batch(id, ids, created), &mut report)?;
+        }
         for record in recovered.jobs {
             self.recover_item(Loaded::Job(Box::new(record)), &mut report)?;
-        }
-        for (id, ids) in recovered.batches {
-            self.recover_item(Loaded::Batch(id, ids), &mut report)?;
         }
         for list in recovered.assignments {
             self.recover_item(Loaded::Assigned(list), &mut report)?;
         }
+        self.finish_recovery(&mut report);
         Ok(report)
     }
 
@@ -549,87 +550,114 @@ impl State {
         self.created_at_ms = created_at_ms;
     }
 
-    /// Recovers one item read from the store: every job first, then the
-    /// batches (whose finished lists are rebuilt from their jobs).
+    /// Loads one item read from the store, in the store's order: batches
+    /// (with their jobs' first records), then job records (which replace
+    /// those), then the assignment log. Nothing is queued until
+    /// [`State::finish_recovery`], when every job's last state is known.
     pub fn recover_item(
         &mut self,
         item: Loaded,
         report: &mut RecoveryReport,
     ) -> anyhow::Result<()> {
         match item {
-            Loaded::Job(record) => {
-                let was_running = record.running;
-                let mut job = Job::from_record(*record).map_err(anyhow::Error::msg)?;
-                self.next_seq = self.next_seq.max(job.seq + 1);
-                if let Some(key) = &job.x().idempotency_key {
-                    self.idempotency.insert(key.to_string(), job.id);
+            Loaded::Batch(batch_id, ids, created) => {
+                for record in created {
+                    self.load_record(record)?;
                 }
-                if was_running {
-                    job.state = JobState::Queued;
-                }
-                let id = job.id;
-                self.counts[job.state as usize] += 1;
-                let state = job.state;
-                let not_before = job.not_before_ms;
-                self.jobs.insert(id, job);
-                if was_running {
-                    report.requeued += 1;
-                    self.fail_attempt(id, "the master restarted while the job ran".into(), true);
-                } else if state == JobState::Queued {
-                    report.queued += 1;
-                    self.enqueue(id, not_before);
-                } else {
-                    report.finished += 1;
-                }
-            }
-            Loaded::Batch(batch_id, ids) => {
                 let (tx, _) = watch::channel(0);
-                let mut finished: Vec<(u64, u32)> = ids
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, id)| {
-                        let j = self.jobs.get(id)?;
-                        j.is_finished().then_some((j.x().finished_at_ms, i as u32))
-                    })
-                    .collect();
-                finished.sort_unstable();
                 self.batches.insert(
                     batch_id,
                     Batch {
                         jobs: ids,
-                        finished: finished.into_iter().map(|(_, i)| i).collect(),
+                        finished: Vec::new(),
                         notify: tx,
                     },
                 );
                 report.batches += 1;
             }
+            Loaded::Job(record) => self.load_record(*record)?,
             Loaded::Assigned(list) => {
                 for (id, attempt) in list {
-                    // A job the log shows handed out for an attempt its
-                    // record has not reached was running: queue it again,
-                    // with that attempt counted.
-                    let running = self
-                        .jobs
-                        .get(&id)
-                        .is_some_and(|j| j.state == JobState::Queued && j.attempts < attempt);
-                    if running {
-                        self.unqueue(id);
-                        if let Some(job) = self.jobs.get_mut(&id) {
-                            job.attempts = attempt;
-                        }
-                        report.queued -= 1;
-                        report.requeued += 1;
-                        self.fail_attempt(
-                            id,
-                            "the master restarted while the job ran".into(),
-                            true,
-                        );
+                    // Handed out for an attempt its record has not reached:
+                    // it was running.
+                    if let Some(job) = self.jobs.get_mut(&id)
+                        && !job.is_finished()
+                        && job.attempts < attempt
+                    {
+                        job.attempts = attempt;
+                        job.state = JobState::Running;
                     }
                 }
             }
         }
-        self.notify_pending.clear();
         Ok(())
+    }
+
+    /// Puts a recovered record in the table, replacing an older one; a job
+    /// that was running is marked RUNNING until recovery finishes.
+    fn load_record(&mut self, record: pb::JobRecord) -> anyhow::Result<()> {
+        let was_running = record.running;
+        let mut job = Job::from_record(record).map_err(anyhow::Error::msg)?;
+        self.next_seq = self.next_seq.max(job.seq + 1);
+        if let Some(key) = &job.x().idempotency_key {
+            self.idempotency.insert(key.to_string(), job.id);
+        }
+        if was_running {
+            job.state = JobState::Running;
+        }
+        self.jobs.insert(job.id, job);
+        Ok(())
+    }
+
+    /// Ends recovery: queued jobs go back to their queues in order; jobs
+    /// that were running are queued again with their attempt counted (a
+    /// worker that reconnects and delivers the result before the job is
+    /// handed out again still has it recorded); batches learn which of
+    /// their jobs are finished.
+    pub fn finish_recovery(&mut self, report: &mut RecoveryReport) {
+        let ids: Vec<Uuid> = self.jobs.values().map(|j| j.id).collect();
+        for id in ids {
+            let (state, not_before) = match self.jobs.get(&id) {
+                Some(j) => (j.state, j.not_before_ms),
+                None => continue,
+            };
+            match state {
+                JobState::Running => {
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.state = JobState::Queued;
+                    }
+                    self.counts[JobState::Queued as usize] += 1;
+                    report.requeued += 1;
+                    self.fail_attempt(id, "the master restarted while the job ran".into(), true);
+                }
+                JobState::Queued => {
+                    self.counts[JobState::Queued as usize] += 1;
+                    report.queued += 1;
+                    self.enqueue(id, not_before);
+                }
+                other => {
+                    self.counts[other as usize] += 1;
+                    report.finished += 1;
+                }
+            }
+        }
+        let batch_ids: Vec<Uuid> = self.batches.keys().copied().collect();
+        for b in batch_ids {
+            let mut finished: Vec<(u64, u32)> = self.batches[&b]
+                .jobs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    let j = self.jobs.get(id)?;
+                    j.is_finished().then_some((j.x().finished_at_ms, i as u32))
+                })
+                .collect();
+            finished.sort_unstable();
+            if let Some(batch) = self.batches.get_mut(&b) {
+                batch.finished = finished.into_iter().map(|(_, i)| i).collect();
+            }
+        }
+        self.notify_pending.clear();
     }
 
     /// Takes every change since the last commit, encoded, with the number
@@ -664,15 +692,29 @@ impl State {
             truncate_log,
             ..Changes::default()
         };
+        for id in std::mem::take(&mut self.dirty_batches) {
+            let Some(b) = self.batches.get(&id) else {
+                continue;
+            };
+            // The jobs this batch created travel inside its record, as
+            // they are now; their later changes go to their own records.
+            let mut created = Vec::new();
+            for job_id in &b.jobs {
+                if let Some(job) = self.jobs.get_mut(job_id)
+                    && job.batch == id
+                {
+                    job.dirty = false;
+                    created.push(job.record());
+                }
+            }
+            changes.batches.push((id, encode_batch(&b.jobs, created)));
+        }
         for id in std::mem::take(&mut self.dirty_jobs) {
-            if let Some(job) = self.jobs.get_mut(&id) {
+            if let Some(job) = self.jobs.get_mut(&id)
+                && job.dirty
+            {
                 job.dirty = false;
                 changes.jobs.push((id, job.record().encode_to_vec()));
-            }
-        }
-        for id in std::mem::take(&mut self.dirty_batches) {
-            if let Some(b) = self.batches.get(&id) {
-                changes.batches.push((id, encode_batch(&b.jobs)));
             }
         }
         self.pending_commit += 1;
@@ -772,41 +814,47 @@ impl State {
     /// batches left empty. Returns how many jobs went.
     pub fn purge_expired(&mut self) -> usize {
         let cutoff = (self.clock)().saturating_sub(self.retention_ms);
+        // A whole batch at a time: its record holds its jobs' first state,
+        // so a job purged alone would come back at the next recovery.
         let expired: Vec<Uuid> = self
-            .jobs
-            .values()
-            .filter(|j| j.is_finished() && j.x().finished_at_ms < cutoff)
-            .map(|j| j.id)
+            .batches
+            .iter()
+            .filter(|(id, b)| {
+                b.jobs.iter().all(|j| match self.jobs.get(j) {
+                    Some(job) if job.batch == **id => {
+                        job.is_finished() && job.x().finished_at_ms < cutoff
+                    }
+                    _ => true,
+                })
+            })
+            .map(|(id, _)| *id)
             .collect();
-        let mut batches = HashSet::new();
-        for id in &expired {
-            if let Some(job) = self.jobs.remove(id) {
-                self.counts[job.state as usize] -= 1;
-                if let Some(key) = &job.x().idempotency_key {
-                    self.idempotency.remove(key.as_ref());
+        let mut purged = 0;
+        for b in expired {
+            let Some(batch) = self.batches.remove(&b) else {
+                continue;
+            };
+            for id in &batch.jobs {
+                if self.jobs.get(id).is_none_or(|j| j.batch != b) {
+                    continue;
                 }
-                batches.insert(job.batch);
-                if self.durable {
-                    self.deleted_jobs.push(*id);
-                }
-            }
-        }
-        for b in batches {
-            let empty = self
-                .batches
-                .get(&b)
-                .is_some_and(|batch| batch.jobs.iter().all(|id| !self.jobs.contains_key(id)));
-            if empty {
-                self.batches.remove(&b);
-                if self.durable {
-                    self.deleted_batches.push(b);
+                if let Some(job) = self.jobs.remove(id) {
+                    self.counts[job.state as usize] -= 1;
+                    if let Some(key) = &job.x().idempotency_key {
+                        self.idempotency.remove(key.as_ref());
+                    }
+                    if self.durable {
+                        self.deleted_jobs.push(*id);
+                    }
+                    purged += 1;
                 }
             }
+            if self.durable {
+                self.deleted_batches.push(b);
+                self.kick();
+            }
         }
-        if !expired.is_empty() && self.durable {
-            self.kick();
-        }
-        expired.len()
+        purged
     }
 
     /// Queues failed jobs again, with their attempts reset; returns how many.
@@ -1767,6 +1815,26 @@ mod tests {
         assert_eq!(st.jobs.len(), 0);
     }
 
+    /// What a store holding these commits would give back.
+    fn recovered_from(commits: &[Changes]) -> Recovered {
+        let mut r = Recovered {
+            created_at_ms: 1,
+            ..Recovered::default()
+        };
+        for c in commits {
+            for (id, bytes) in &c.batches {
+                let (ids, created) = crate::store::decode_batch(bytes).unwrap();
+                r.batches.push((*id, ids, created));
+            }
+            for (_, bytes) in &c.jobs {
+                r.jobs
+                    .push(pb::JobRecord::decode(bytes.as_slice()).unwrap());
+            }
+            r.assignments.push(c.assignments.clone());
+        }
+        r
+    }
+
     fn fake_clock(st: &mut State) -> Arc<std::sync::atomic::AtomicU64> {
         let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000));
         let c = now.clone();
@@ -1879,28 +1947,7 @@ mod tests {
         let (number, changes) = st.take_changes().expect("changes to commit");
         assert_eq!(number, 1);
 
-        let recovered = Recovered {
-            jobs: changes
-                .jobs
-                .iter()
-                .map(|(_, b)| pb::JobRecord::decode(b.as_slice()).unwrap())
-                .collect(),
-            batches: changes
-                .batches
-                .iter()
-                .map(|(id, b)| {
-                    let r = pb::BatchRecord::decode(b.as_slice()).unwrap();
-                    let ids = r
-                        .job_ids
-                        .chunks_exact(16)
-                        .map(|c| Uuid::from_slice(c).unwrap())
-                        .collect();
-                    (*id, ids)
-                })
-                .collect(),
-            assignments: vec![changes.assignments.clone()],
-            created_at_ms: 1,
-        };
+        let recovered = recovered_from(&[changes]);
         let mut back = State::new(settings(3));
         let report = back.recover(recovered).unwrap();
         assert_eq!(report.finished, 1);
@@ -1959,7 +2006,11 @@ mod tests {
             ])
             .unwrap();
         let (_, first) = st.take_changes().unwrap();
-        assert_eq!(first.jobs.len(), 2);
+        // A submit is one batch record holding its jobs, not a record each.
+        assert!(first.jobs.is_empty());
+        assert_eq!(first.batches.len(), 1);
+        let (_, created) = crate::store::decode_batch(&first.batches[0].1).unwrap();
+        assert_eq!(created.len(), 2);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let s = st.add_session(&hello("a"), tx);
         st.add_credit(s, 1, 0).send(None);
@@ -1969,26 +2020,45 @@ mod tests {
         assert!(second.jobs.is_empty());
         assert_eq!(second.assignments, vec![(ids[0], 1)]);
 
-        let decode = |c: &Changes| -> Vec<pb::JobRecord> {
-            c.jobs
-                .iter()
-                .map(|(_, b)| pb::JobRecord::decode(b.as_slice()).unwrap())
-                .collect()
-        };
         let mut back = State::new(settings(3));
-        let report = back
-            .recover(Recovered {
-                jobs: decode(&first),
-                batches: vec![],
-                assignments: vec![second.assignments.clone()],
-                created_at_ms: 1,
-            })
-            .unwrap();
+        let report = back.recover(recovered_from(&[first, second])).unwrap();
         assert_eq!((report.queued, report.requeued), (1, 1));
         let was_running = back.job(&ids[0]).unwrap();
         assert_eq!(was_running.state, JobState::Queued);
         assert_eq!(was_running.attempts, 1);
         assert_eq!(back.job(&ids[1]).unwrap().attempts, 0);
         assert_eq!(back.count(JobState::Queued), 2);
+    }
+
+    #[test]
+    fn a_jobs_own_record_overrides_its_batch_and_batches_expire_whole() {
+        let mut st = State::new(Settings {
+            durable: true,
+            ..settings(3)
+        });
+        let (batch, ids) = st
+            .submit(vec![
+                spec(JobKind::Sleep, "1", 0),
+                spec(JobKind::Sleep, "2", 0),
+            ])
+            .unwrap();
+        let (_, first) = st.take_changes().unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 0, 1).send(None);
+        let a = assigned(&mut rx).remove(0);
+        st.record_results(s, 0, vec![ok(&a)]).send(None);
+        let (_, second) = st.take_changes().unwrap();
+        assert_eq!(second.jobs.len(), 1);
+        let mut back = State::new(settings(3));
+        back.recover(recovered_from(&[first, second])).unwrap();
+        assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
+        assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
+        assert_eq!(back.batches[&batch].finished, vec![0]);
+        // Half finished: the batch is kept, however old its finished job.
+        let now = fake_clock(&mut back);
+        now.store(u64::MAX / 2, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(back.purge_expired(), 0);
+        assert!(back.job(&ids[0]).is_some());
     }
 }

@@ -74,8 +74,9 @@ impl Changes {
 pub enum Loaded {
     /// A job record.
     Job(Box<pb::JobRecord>),
-    /// A batch: its id and its jobs in order.
-    Batch(Uuid, Vec<Uuid>),
+    /// A batch: its id, its jobs in order, and the first records of the
+    /// jobs it created.
+    Batch(Uuid, Vec<Uuid>, Vec<pb::JobRecord>),
     /// One commit's assignment log entry: jobs handed out, with their attempt.
     Assigned(Vec<(Uuid, u32)>),
 }
@@ -85,8 +86,8 @@ pub enum Loaded {
 pub struct Recovered {
     /// Every job record.
     pub jobs: Vec<pb::JobRecord>,
-    /// Every batch: its id and its jobs in order.
-    pub batches: Vec<(Uuid, Vec<Uuid>)>,
+    /// Every batch: its id, its jobs in order, and its jobs' first records.
+    pub batches: Vec<(Uuid, Vec<Uuid>, Vec<pb::JobRecord>)>,
     /// The assignment log, oldest commit first.
     pub assignments: Vec<Vec<(Uuid, u32)>>,
     /// When the store was created (unix ms): ids older than this were never
@@ -236,6 +237,16 @@ impl Store for RedbStore {
 
     fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {
         let txn = self.db.begin_read()?;
+        // Batches first: their records are the jobs' first state, which the
+        // jobs' own records then override.
+        let batch_table = txn.open_table(BATCHES)?;
+        for entry in batch_table.iter()? {
+            let (key, value) = entry?;
+            let id = Uuid::from_u128(key.value());
+            let (ids, created) = decode_batch(value.value())
+                .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
+            sink(Loaded::Batch(id, ids, created))?;
+        }
         let jobs_table = txn.open_table(JOBS)?;
         for entry in jobs_table.iter()? {
             let (key, value) = entry?;
@@ -246,23 +257,6 @@ impl Store for RedbStore {
                 )
             })?;
             sink(Loaded::Job(Box::new(record)))?;
-        }
-        let batch_table = txn.open_table(BATCHES)?;
-        for entry in batch_table.iter()? {
-            let (key, value) = entry?;
-            let id = Uuid::from_u128(key.value());
-            let record = pb::BatchRecord::decode(value.value())
-                .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
-            anyhow::ensure!(
-                record.job_ids.len() % 16 == 0,
-                "batch record {id} is corrupt: its job list is not a whole number of ids"
-            );
-            let ids = record
-                .job_ids
-                .chunks_exact(16)
-                .map(|c| Uuid::from_bytes(c.try_into().expect("chunks of 16")))
-                .collect();
-            sink(Loaded::Batch(id, ids))?;
         }
         let log = txn.open_table(ASSIGNMENTS)?;
         for entry in log.iter()? {
@@ -320,13 +314,27 @@ impl Store for RedbStore {
     }
 }
 
-/// Encodes a batch's job list.
-pub fn encode_batch(ids: &[Uuid]) -> Vec<u8> {
+/// Encodes a batch's job list and the first records of the jobs it created.
+pub fn encode_batch(ids: &[Uuid], created: Vec<pb::JobRecord>) -> Vec<u8> {
     let mut job_ids = Vec::with_capacity(ids.len() * 16);
     for id in ids {
         job_ids.extend_from_slice(id.as_bytes());
     }
-    pb::BatchRecord { job_ids }.encode_to_vec()
+    pb::BatchRecord { job_ids, created }.encode_to_vec()
+}
+
+/// Decodes a batch record.
+pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<Uuid>, Vec<pb::JobRecord>), String> {
+    let record = pb::BatchRecord::decode(bytes).map_err(|e| e.to_string())?;
+    if record.job_ids.len() % 16 != 0 {
+        return Err("its job list is not a whole number of ids".into());
+    }
+    let ids = record
+        .job_ids
+        .chunks_exact(16)
+        .map(|c| Uuid::from_bytes(c.try_into().expect("chunks of 16")))
+        .collect();
+    Ok((ids, record.created))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -355,7 +363,7 @@ mod tests {
             store
                 .write(Changes {
                     jobs: vec![(id, record.encode_to_vec())],
-                    batches: vec![(batch, encode_batch(&[id]))],
+                    batches: vec![(batch, encode_batch(&[id], vec![]))],
                     ..Changes::default()
                 })
                 .unwrap();
@@ -372,8 +380,8 @@ mod tests {
             .unwrap();
         assert!(created > 0);
         assert_eq!(items.len(), 2);
-        assert!(matches!(&items[0], Loaded::Job(r) if r.arg == "20"));
-        assert!(matches!(&items[1], Loaded::Batch(b, ids) if *b == batch && *ids == vec![id]));
+        assert!(matches!(&items[0], Loaded::Batch(b, ids, _) if *b == batch && *ids == vec![id]));
+        assert!(matches!(&items[1], Loaded::Job(r) if r.arg == "20"));
     }
 
     #[test]
