@@ -81,7 +81,8 @@ pub struct MasterArgs {
     /// The directory of the redb store.
     #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
     pub data_dir: PathBuf,
-    /// Finished jobs and their results are purged this long after they finish.
+    /// Finished jobs and their results are purged this long after they
+    /// finish, a batch at a time: once every job of the batch is that old.
     #[arg(long, env = "DROVER_RETENTION", default_value = "24h", value_parser = drover_common::util::parse_duration)]
     pub retention: Duration,
     /// A retried job waits this long after its first failure, doubling
