@@ -37,7 +37,7 @@ pub(crate) async fn run(processes: Option<usize>) -> anyhow::Result<i32> {
         io_slots: 1024,
         name: Some("demo-worker".into()),
         host: None,
-        prefetch: 1024,
+        prefetch: drover_worker::DEFAULT_PREFETCH,
         max_jobs_per_child: 0,
         grace: Duration::from_secs(5),
         client: drover_common::net::ClientArgs::default(),

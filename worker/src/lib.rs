@@ -35,6 +35,12 @@ use tokio_util::sync::CancellationToken;
 /// Where a worker serves its metrics unless told otherwise.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9465";
 
+/// The most CPU jobs a worker holds beyond its running ones, by default.
+/// Only tiny jobs reach it (the worker aims at about 20 ms of queued work a
+/// process); a deep queue of those hides the round trip to the master and,
+/// with a durable store, the commit each assignment waits for.
+pub const DEFAULT_PREFETCH: u64 = 4096;
+
 /// The worker's flags; every one has a DROVER_* environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
@@ -56,7 +62,7 @@ pub struct WorkerArgs {
     pub host: Option<String>,
     /// The most CPU jobs held beyond the running ones. The worker holds fewer
     /// when jobs are long, so that it never hoards the queue.
-    #[arg(long, env = "DROVER_PREFETCH", default_value_t = 1024)]
+    #[arg(long, env = "DROVER_PREFETCH", default_value_t = DEFAULT_PREFETCH)]
     pub prefetch: u64,
     /// Replace a child after it has run this many jobs; 0 never.
     #[arg(long, env = "DROVER_MAX_JOBS_PER_CHILD", default_value_t = 0)]
