@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 
 use crate::bins::bin;
 use crate::cli::{CliOutput, CliRun};
-use crate::model::Status;
+use crate::model::{JobLine, Status};
 use crate::{grpc, sys, wait};
 
 /// How long a daemon may take to start: the first start of a debug build
@@ -447,6 +447,21 @@ impl Master {
     /// Starts `drover --master URL --output json ARGS...` in the background.
     pub fn cli_spawn(&self, args: &[&str]) -> CliRun {
         CliRun::spawn(&self.url(), args)
+    }
+
+    /// The one job `id`, as `drover get ID --output json` shows it, in
+    /// whatever state it is.
+    ///
+    /// # Panics
+    ///
+    /// When `get` prints other than one job.
+    #[track_caller]
+    pub fn job(&self, id: &str) -> JobLine {
+        // Not `.success()`: the exit status says whether the job succeeded,
+        // and this reads jobs in every state.
+        let mut jobs = self.cli(&["get", id]).jobs();
+        assert_eq!(jobs.len(), 1, "`get {id}` printed {} jobs", jobs.len());
+        jobs.remove(0)
     }
 
     /// `drover status --output json`, parsed.

@@ -208,7 +208,7 @@ fn kill_9_of_the_master_while_submitting_keeps_every_acknowledged_job() {
 /// Waits until the job's child process is computing it, and returns the pid.
 fn busy_child(master: &Master, worker: &Worker, id: &str) -> u32 {
     wait_for(MINUTE, "the job's child to be computing", || {
-        let job = master.cli(&["get", id]).jobs().remove(0);
+        let job = master.job(id);
         if job.state != "running" {
             return None;
         }
@@ -235,7 +235,7 @@ fn a_job_that_keeps_crashing_backs_off_then_fails_and_retry_revives_it() {
     // It waits out its backoff (at least half of 1 s, with jitter) queued.
     let crashed = Instant::now();
     wait_until(MINUTE, "the job to be queued for its retry", || {
-        master.cli(&["get", id]).jobs()[0].state == "queued"
+        master.job(id).state == "queued"
     });
     let pid = busy_child(&master, &worker, id);
     assert!(
@@ -246,7 +246,7 @@ fn a_job_that_keeps_crashing_backs_off_then_fails_and_retry_revives_it() {
     // Attempt 2 dies too: attempts are exhausted.
     sys::sigkill(pid);
     let failed = wait_for(MINUTE, "the job to fail", || {
-        let j = master.cli(&["get", id]).jobs().remove(0);
+        let j = master.job(id);
         (j.state == "failed").then_some(j)
     });
     assert_eq!(failed.attempts, 2);

@@ -16,16 +16,6 @@ const LONG_FIB: u64 = 10_000_000;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// The one job `id`, as `drover get ID --output json` shows it.
-#[track_caller]
-fn get(master: &Master, id: &str) -> JobLine {
-    // Not `.success()`: the exit status says whether the job succeeded,
-    // and this reads jobs in every state.
-    let mut jobs = master.cli(&["get", id]).jobs();
-    assert_eq!(jobs.len(), 1, "`get {id}` printed {} jobs", jobs.len());
-    jobs.remove(0)
-}
-
 /// The jobs shown as running, with the worker that runs them.
 #[track_caller]
 fn running_jobs(master: &Master) -> Vec<JobLine> {
@@ -37,7 +27,7 @@ fn running_jobs(master: &Master) -> Vec<JobLine> {
 /// R), not merely alive, or killing it would not hit the job.
 fn busy_child(master: &Master, worker: &Worker, id: &str) -> u32 {
     wait_until(MINUTE, "the job to be running", || {
-        get(master, id).state == "running"
+        master.job(id).state == "running"
     });
     wait_for(MINUTE, "the worker's child to be computing", || {
         let status = master.status();
@@ -313,7 +303,7 @@ fn cancel_of_a_running_job_kills_its_child_within_a_second() {
         cancelled_at.elapsed()
     );
 
-    let job = get(&master, id);
+    let job = master.job(id);
     assert_eq!(job.state, "cancelled", "{job:?}");
     assert_eq!(job.result, Value::Null, "{job:?}");
     pool_replaced(&master, &worker, 1, &[child]);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use drover_common::pb::{StatsResponse, WatchRequest};
 use drover_tests::grpc::{self, block_on};
 use drover_tests::reference::{fib_digits, fib_mod_1e18};
-use drover_tests::{JobLine, Master, Submitted, Worker, wait_for, wait_until};
+use drover_tests::{Master, Submitted, Worker, wait_for, wait_until};
 
 /// A CPU job that keeps a child busy for seconds.
 const LONG_FIB: &str = "10000000";
@@ -18,15 +18,6 @@ const MEDIUM_FIB: u64 = 1_000_000;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-#[track_caller]
-fn get(master: &Master, id: &str) -> JobLine {
-    // Not `.success()`: the exit status says whether the job succeeded,
-    // and this reads jobs in every state.
-    let mut jobs = master.cli(&["get", id]).jobs();
-    assert_eq!(jobs.len(), 1, "`get {id}` printed {} jobs", jobs.len());
-    jobs.remove(0)
-}
-
 #[test]
 fn a_later_job_of_higher_priority_runs_before_earlier_lower_ones() {
     let master = Master::start(&[]);
@@ -36,7 +27,7 @@ fn a_later_job_of_higher_priority_runs_before_earlier_lower_ones() {
     let long: Submitted = master.cli(&["submit", "fib", LONG_FIB]).success().one();
     let long_id = &long.job_ids[0];
     wait_until(MINUTE, "the long job to be running", || {
-        get(&master, long_id).state == "running"
+        master.job(long_id).state == "running"
     });
 
     let low: Submitted = master
@@ -76,7 +67,7 @@ fn a_later_job_of_higher_priority_runs_before_earlier_lower_ones() {
     // Every completion below is seen live: nothing but the long job has
     // run yet, and the others wait in the queue, not on the worker.
     assert_eq!(
-        get(&master, long_id).state,
+        master.job(long_id).state,
         "running",
         "the long job ended too soon for this test"
     );
@@ -128,7 +119,7 @@ fn a_later_job_of_higher_priority_runs_before_earlier_lower_ones() {
         "completion order: {order:?}{}",
         jobs()
     );
-    assert_eq!(get(&master, long_id).state, "succeeded");
+    assert_eq!(master.job(long_id).state, "succeeded");
 }
 
 #[test]
