@@ -420,7 +420,10 @@ fi
 # ---------------------------------------------------------------- step 5
 step "5: restart the master in the middle of a batch, with its volume"
 
-if ! docker run --rm --entrypoint /drover-master "$image" --help 2>/dev/null | grep -q -- '--store'; then
+# The help is read whole before it is searched: `grep -q` stops at the first
+# match, and under pipefail the writer's SIGPIPE would read as "no --store".
+master_help="$(docker run --rm --entrypoint /drover-master "$image" --help 2>/dev/null)"
+if ! grep -q -- '--store' <<<"$master_help"; then
   pend "step 5 (durable master not yet landed: drover-master has no --store)"
 else
   args5="$(repeat 60 500)"
