@@ -25,8 +25,11 @@ const PRIMES: [&str; 6] = [
 pub(crate) async fn run(processes: Option<usize>) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let (listener, addr) = drover_master::bind("127.0.0.1:0").await?;
+    let config = drover_master::Config::default();
+    let store = drover_master::open_store(&config.store)?;
     let master = tokio::spawn(drover_master::run(
-        drover_master::Config::default(),
+        config,
+        store,
         listener,
         shutdown.child_token(),
     ));

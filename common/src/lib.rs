@@ -6,6 +6,7 @@
 //!
 //! - [`pb`]: the code generated from `proto/drover/v1/drover.proto`.
 //! - [`job`]: job kinds and arguments, parsed and checked against [`Limits`].
+//! - [`ids`]: typed job, batch and session ids, parsed once at the edge.
 //! - [`error`]: the error codes of the services, mapped once to gRPC codes.
 //! - [`net`]: how every gRPC endpoint and server is tuned, secured (TLS)
 //!   and connected.
@@ -19,6 +20,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod ids;
 pub mod job;
 pub mod metrics;
 pub mod net;

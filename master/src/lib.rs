@@ -18,8 +18,9 @@
 //! - [`metrics`]: the Prometheus metrics served on `--metrics-listen`.
 //! - [`trace`]: the master's side of each job's span in the logs.
 //! - [`MasterArgs`] and [`Config`]: flags, and the validated config they make.
-//! - [`run`]: serves the services, health and reflection on a listener
-//!   until a shutdown token is cancelled.
+//! - [`run`]: the one way a master starts: recovers the queue from a store
+//!   and serves the services, health and reflection on a listener until a
+//!   shutdown token is cancelled, then waits for every task it spawned.
 //!
 //! The master never runs job code: it checks arguments at submit time and
 //! hands jobs to workers within the credit they granted.
@@ -372,65 +373,45 @@ pub async fn bind(addr: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
     Ok((listener, local))
 }
 
-/// Opens the configured store and serves the master on `listener` until
-/// `shutdown` is cancelled.
+/// Serves a master over `store` on `listener` until `shutdown` is
+/// cancelled: the one way a master starts (the binary, `drover demo` and
+/// the in-process tests). See [`run_notify`].
 pub async fn run(
     config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let store = open_store(&config.store)?;
-    run_with_store(config, store, listener, shutdown).await
-}
-
-/// Serves the master over an opened store until `shutdown` is cancelled;
-/// then the committer writes what is left before this returns.
-pub async fn run_with_store(
-    config: Config,
     store: Arc<dyn store::Store>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let opened = open(&config, store, shutdown.clone())?;
-    serve(config, opened, listener, shutdown).await
+    run_notify(config, store, listener, shutdown, |_| {}).await
 }
 
-/// A master whose queue is recovered from its store and whose committer
-/// runs, not yet serving.
-pub struct Opened {
-    master: Master,
-    commits: Arc<parking_lot::Mutex<drover_common::metrics::Histogram>>,
-}
-
-/// Recovers the queue from `store` and starts the committer. The binary
-/// does this before it binds, so that once it says it listens, it serves.
-pub fn open(
-    config: &Config,
-    store: Arc<dyn store::Store>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Opened> {
-    let (store, commits) = metrics::MeteredStore::wrap(store);
-    let master = Master::open(config.clone(), store, shutdown)?;
-    Ok(Opened { master, commits })
-}
-
-/// Serves an opened master on `listener` until `shutdown` is cancelled;
-/// then the committer writes what is left before this returns.
-pub async fn serve(
+/// Like [`run`], calling `ready` with the bound address once the queue is
+/// recovered and before the first request is served (the binary prints its
+/// listening line there: once scripts see it, the queue is whole). A master
+/// listening off loopback without protection is refused first. On shutdown
+/// it stops accepting, ends every stream, waits for every task it spawned,
+/// and lets the committer write what is left before it returns.
+pub async fn run_notify(
     config: Config,
-    opened: Opened,
+    store: Arc<dyn store::Store>,
     listener: TcpListener,
     shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    if let Some(warning) = config.check_exposure(listener.local_addr()?)? {
+    let addr = listener.local_addr()?;
+    if let Some(warning) = config.check_exposure(addr)? {
         tracing::warn!("{warning}");
     }
-    let Opened { master, commits } = opened;
-    tokio::spawn(master.clone().run_timers());
-    if let Some(l) = config.metrics.bind().await.map_err(anyhow::Error::msg)? {
+    let (store, commits) = metrics::MeteredStore::wrap(store);
+    let master = Master::open(config.clone(), store, shutdown.clone())?;
+    let tasks = master.tasks().clone();
+    let metrics_listener = config.metrics.bind().await.map_err(anyhow::Error::msg)?;
+    ready(addr);
+    tasks.spawn(master.clone().run_timers());
+    if let Some(l) = metrics_listener {
         let (m, c) = (master.clone(), commits);
         let render: drover_common::metrics::Render = Arc::new(move || metrics::render(&m, &c));
-        tokio::spawn(drover_common::metrics::serve(l, render, shutdown.clone()));
+        tasks.spawn(drover_common::metrics::serve(l, render, shutdown.clone()));
     }
     tracing::info!(
         tls = config.tls.is_some(),
@@ -439,7 +420,21 @@ pub async fn serve(
         worker_token = config.tokens.worker.is_some(),
         "security"
     );
+    let served = serve(&config, &master, listener, shutdown).await;
+    tasks.close();
+    tasks.wait().await;
+    let committer = master.clone();
+    tokio::task::spawn_blocking(move || committer.join_committer()).await?;
+    served
+}
 
+/// Serves the gRPC services until `shutdown`.
+async fn serve(
+    config: &Config,
+    master: &Master,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<QueueServer<Master>>().await;
     health.set_serving::<WorkersServer<Master>>().await;
@@ -478,7 +473,5 @@ pub async fn serve(
             shutdown.cancelled(),
         )
         .await?;
-    let committer = master.clone();
-    tokio::task::spawn_blocking(move || committer.join_committer()).await?;
     Ok(())
 }

@@ -33,12 +33,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     config.check_exposure(addr)?;
     let shutdown = drover_common::util::shutdown_on_signals();
     // Recovery before the listening line: once it is printed, the queue is
-    // whole and requests are served.
-    let opened = drover_master::open(&config, store, shutdown.clone())?;
-    // Scripts and tests read the bound port from this one stdout line.
-    println!("drover-master listening on {addr}");
-    tracing::info!(%addr, "listening");
-    drover_master::serve(config, opened, listener, shutdown).await
+    // whole and requests are served. Scripts and tests read the bound port
+    // from that one stdout line.
+    drover_master::run_notify(config, store, listener, shutdown, |addr| {
+        println!("drover-master listening on {addr}");
+        tracing::info!(%addr, "listening");
+    })
+    .await
 }
 
 #[cfg(test)]

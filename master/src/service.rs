@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_common::ids::{BatchId, JobId, SessionId};
 use drover_common::pb::queue_server::Queue;
 use drover_common::pb::workers_server::Workers;
 use drover_common::pb::{self, master_message, worker_message};
@@ -19,13 +20,13 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
-use uuid::Uuid;
 
 use crate::Config;
 use crate::committer::{self, CommitState};
 use crate::limits::Guards;
-use crate::state::{Outgoing, SessionId, State};
+use crate::state::{Outgoing, State};
 use crate::store::Store;
 
 /// Results per `WatchResponse`: large enough to batch, small enough that a
@@ -46,6 +47,9 @@ struct Inner {
     /// What the committer has written; `None` with a store that keeps nothing.
     committed: Option<watch::Receiver<CommitState>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Every task the master spawns (sessions, watches, timers, wake-ups),
+    /// waited for on shutdown.
+    tasks: TaskTracker,
     /// The queue and watch limits, and what was refused.
     guards: Arc<Guards>,
 }
@@ -105,6 +109,7 @@ impl Master {
                 shutdown,
                 committed,
                 committer: Mutex::new(committer),
+                tasks: TaskTracker::new(),
             }),
         })
     }
@@ -126,8 +131,42 @@ impl Master {
         &self.inner.guards
     }
 
+    /// The tasks the master spawned, to wait for on shutdown.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Acts on what a change produced, once the lock is released: queues
+    /// each message on its session's stream (which holds it back until its
+    /// commit is done) and wakes the batches' waiters, at once or, with a
+    /// durable store, once the commit is done.
     fn send(&self, out: Outgoing) {
-        out.send(self.inner.committed.as_ref());
+        for (outbox, msg) in out.messages {
+            // A closed outbox means the session is ending; its jobs are
+            // handled when it ends.
+            let _ = outbox.send((out.ticket, msg));
+        }
+        if out.notify.is_empty() {
+            return;
+        }
+        match (out.ticket, &self.inner.committed) {
+            (Some(ticket), Some(committed)) => {
+                let mut committed = committed.clone();
+                let notify = out.notify;
+                self.inner.tasks.spawn(async move {
+                    if committer::wait_for(&mut committed, ticket).await.is_ok() {
+                        for n in notify {
+                            n.send_modify(|v| *v += 1);
+                        }
+                    }
+                });
+            }
+            _ => {
+                for n in out.notify {
+                    n.send_modify(|v| *v += 1);
+                }
+            }
+        }
     }
 
     /// Waits until a change is durable.
@@ -161,12 +200,12 @@ impl Master {
                 last_reap = Instant::now();
                 for sid in st.expired_sessions(lease) {
                     tracing::warn!(
-                        session = sid,
+                        session = sid.get(),
                         lease_ms = lease.as_millis() as u64,
                         "lease expired"
                     );
                     let (_, out) = st.end_session(sid, "lease expired");
-                    out.send(self.inner.committed.as_ref());
+                    self.send(out);
                 }
             }
             if last_purge.elapsed() >= purge_every {
@@ -181,9 +220,9 @@ impl Master {
         }
     }
 
-    fn batches_of(&self, ids: &[Uuid]) -> Vec<tokio::sync::watch::Receiver<u64>> {
+    fn batches_of(&self, ids: &[JobId]) -> Vec<tokio::sync::watch::Receiver<u64>> {
         let st = self.inner.state.lock();
-        let batches: HashSet<Uuid> = ids
+        let batches: HashSet<BatchId> = ids
             .iter()
             .filter_map(|id| st.job(id).map(|j| j.batch))
             .collect();
@@ -212,7 +251,7 @@ impl Queue for Master {
         self.settle(ticket).await?;
         Ok(Response::new(pb::SubmitResponse {
             batch_id: batch.to_string(),
-            job_ids: ids.iter().map(Uuid::to_string).collect(),
+            job_ids: ids.iter().map(JobId::to_string).collect(),
         }))
     }
 
@@ -253,12 +292,17 @@ impl Queue for Master {
                 }
             }
         }
-        let st = self.inner.state.lock();
-        let jobs: Vec<pb::JobInfo> = ids
-            .iter()
-            .filter_map(|id| st.job(id).map(|j| j.info()))
-            .collect();
-        let complete = st.all_finished(&ids);
+        let (jobs, complete, ticket) = {
+            let st = self.inner.state.lock();
+            let jobs: Vec<pb::JobInfo> = ids
+                .iter()
+                .filter_map(|id| st.job(id).map(|j| j.info()))
+                .collect();
+            (jobs, st.all_finished(&ids), st.ticket())
+        };
+        // What the reply shows must be committed: a result read before its
+        // commit could be lost by a crash after the client saw it.
+        self.settle(ticket).await?;
         Ok(Response::new(pb::GetResponse { jobs, complete }))
     }
 
@@ -270,7 +314,7 @@ impl Queue for Master {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let slot = self.inner.guards.watch_slot(request.remote_addr())?;
         let req = request.into_inner();
-        let batch = crate::state::parse_id("batch_id", &req.batch_id)?;
+        let batch = BatchId::parse("batch_id", &req.batch_id)?;
         let mut notify = self
             .inner
             .state
@@ -279,7 +323,7 @@ impl Queue for Master {
             .ok_or_else(|| Error::NotFound(format!("batch {batch} is not known")))?;
         let (tx, rx) = mpsc::channel(4);
         let master = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             // Held while the stream is open.
             let _slot = slot;
             // Ordered: the next index to send. Unordered: how much of the
@@ -287,7 +331,7 @@ impl Queue for Master {
             let mut cursor = 0usize;
             loop {
                 notify.borrow_and_update();
-                let (chunk, done, total) = {
+                let (chunk, done, total, ticket) = {
                     let st = master.inner.state.lock();
                     let Some(b) = st.batches.get(&batch) else {
                         return;
@@ -310,8 +354,14 @@ impl Queue for Master {
                         }
                     }
                     let done = b.finished.len().min(total);
-                    (chunk.into_iter().flatten().collect::<Vec<_>>(), done, total)
+                    let chunk = chunk.into_iter().flatten().collect::<Vec<_>>();
+                    (chunk, done, total, st.ticket())
                 };
+                // Nothing is streamed before its commit (see `get`).
+                if let Err(status) = master.settle(ticket).await {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 let full = chunk.len() == WATCH_CHUNK;
                 if !chunk.is_empty() || total == 0 {
                     let msg = pb::WatchResponse {
@@ -391,7 +441,12 @@ impl Queue for Master {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(self.inner.state.lock().list(&req)?))
+        let (list, ticket) = {
+            let st = self.inner.state.lock();
+            (st.list(&req)?, st.ticket())
+        };
+        self.settle(ticket).await?;
+        Ok(Response::new(list))
     }
 }
 
@@ -444,12 +499,12 @@ impl Workers for Master {
         // outbound stream ends and the worker sees it.
         drop(tx);
         tracing::info!(
-            worker = %hello.name, host = %hello.host, session,
-            cpu_slots = hello.cpu_slots, io_slots = hello.io_slots,
+            worker = %hello.name, host = %hello.host,
+            session = session.get(), cpu_slots = hello.cpu_slots, io_slots = hello.io_slots,
             "worker connected"
         );
         let master = self.clone();
-        tokio::spawn(async move {
+        self.inner.tasks.spawn(async move {
             let reason = loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
@@ -517,7 +572,15 @@ impl Master {
                 st.set_pool(session, p);
                 return true;
             }
-            Some(worker_message::Msg::Returned(r)) => st.return_jobs(session, &r.job_ids),
+            Some(worker_message::Msg::Returned(r)) => {
+                // A malformed id names no job this session holds.
+                let ids: Vec<JobId> = r
+                    .job_ids
+                    .iter()
+                    .filter_map(|raw| JobId::parse("job_ids", raw).ok())
+                    .collect();
+                st.return_jobs(session, &ids)
+            }
             Some(worker_message::Msg::Draining(_)) => {
                 st.set_draining(session);
                 return true;

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use drover_common::ids::{BatchId, JobId};
 use drover_common::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
@@ -40,18 +41,18 @@ const LOCK_FILE: &str = "LOCK";
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Job records, encoded, to insert or replace.
-    pub jobs: Vec<(Uuid, Vec<u8>)>,
+    pub jobs: Vec<(JobId, Vec<u8>)>,
     /// Jobs to delete (purged after the retention period).
-    pub deleted_jobs: Vec<Uuid>,
+    pub deleted_jobs: Vec<JobId>,
     /// Batch records, encoded, to insert.
-    pub batches: Vec<(Uuid, Vec<u8>)>,
+    pub batches: Vec<(BatchId, Vec<u8>)>,
     /// Batches to delete.
-    pub deleted_batches: Vec<Uuid>,
+    pub deleted_batches: Vec<BatchId>,
     /// This commit's number, the key of its assignment log entry.
     pub number: u64,
     /// Jobs handed to workers, with their attempt: one log entry for all,
     /// instead of a record per job.
-    pub assignments: Vec<(Uuid, u32)>,
+    pub assignments: Vec<(JobId, u32)>,
     /// Every job running now is written whole in this commit: the log
     /// entries of earlier commits are obsolete and are deleted.
     pub truncate_log: bool,
@@ -76,9 +77,9 @@ pub enum Loaded {
     Job(Box<pb::JobRecord>),
     /// A batch: its id, its jobs in order, and the first records of the
     /// jobs it created.
-    Batch(Uuid, Vec<Uuid>, Vec<pb::JobRecord>),
+    Batch(BatchId, Vec<JobId>, Vec<pb::JobRecord>),
     /// One commit's assignment log entry: jobs handed out, with their attempt.
-    Assigned(Vec<(Uuid, u32)>),
+    Assigned(Vec<(JobId, u32)>),
 }
 
 /// What a store held at start-up, all at once (tests).
@@ -87,9 +88,9 @@ pub struct Recovered {
     /// Every job record.
     pub jobs: Vec<pb::JobRecord>,
     /// Every batch: its id, its jobs in order, and its jobs' first records.
-    pub batches: Vec<(Uuid, Vec<Uuid>, Vec<pb::JobRecord>)>,
+    pub batches: Vec<(BatchId, Vec<JobId>, Vec<pb::JobRecord>)>,
     /// The assignment log, oldest commit first.
-    pub assignments: Vec<Vec<(Uuid, u32)>>,
+    pub assignments: Vec<Vec<(JobId, u32)>>,
     /// When the store was created (unix ms): ids older than this were never
     /// seen here, younger ones missing were purged.
     pub created_at_ms: u64,
@@ -242,7 +243,7 @@ impl Store for RedbStore {
         let batch_table = txn.open_table(BATCHES)?;
         for entry in batch_table.iter()? {
             let (key, value) = entry?;
-            let id = Uuid::from_u128(key.value());
+            let id = BatchId::from_uuid(Uuid::from_u128(key.value()));
             let (ids, created) = decode_batch(value.value())
                 .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
             sink(Loaded::Batch(id, ids, created))?;
@@ -270,7 +271,8 @@ impl Store for RedbStore {
             let list = bytes
                 .chunks_exact(20)
                 .map(|c| {
-                    let id = Uuid::from_bytes(c[..16].try_into().expect("16 bytes"));
+                    let id =
+                        JobId::from_uuid(Uuid::from_bytes(c[..16].try_into().expect("16 bytes")));
                     (id, u32::from_le_bytes(c[16..].try_into().expect("4 bytes")))
                 })
                 .collect();
@@ -284,17 +286,17 @@ impl Store for RedbStore {
         {
             let mut jobs = txn.open_table(JOBS)?;
             for (id, bytes) in &changes.jobs {
-                jobs.insert(id.as_u128(), bytes.as_slice())?;
+                jobs.insert(id.uuid().as_u128(), bytes.as_slice())?;
             }
             for id in &changes.deleted_jobs {
-                jobs.remove(id.as_u128())?;
+                jobs.remove(id.uuid().as_u128())?;
             }
             let mut batches = txn.open_table(BATCHES)?;
             for (id, bytes) in &changes.batches {
-                batches.insert(id.as_u128(), bytes.as_slice())?;
+                batches.insert(id.uuid().as_u128(), bytes.as_slice())?;
             }
             for id in &changes.deleted_batches {
-                batches.remove(id.as_u128())?;
+                batches.remove(id.uuid().as_u128())?;
             }
             let mut log = txn.open_table(ASSIGNMENTS)?;
             if changes.truncate_log {
@@ -315,7 +317,7 @@ impl Store for RedbStore {
 }
 
 /// Encodes a batch's job list and the first records of the jobs it created.
-pub fn encode_batch(ids: &[Uuid], created: Vec<pb::JobRecord>) -> Vec<u8> {
+pub fn encode_batch(ids: &[JobId], created: Vec<pb::JobRecord>) -> Vec<u8> {
     let mut job_ids = Vec::with_capacity(ids.len() * 16);
     for id in ids {
         job_ids.extend_from_slice(id.as_bytes());
@@ -324,7 +326,7 @@ pub fn encode_batch(ids: &[Uuid], created: Vec<pb::JobRecord>) -> Vec<u8> {
 }
 
 /// Decodes a batch record.
-pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<Uuid>, Vec<pb::JobRecord>), String> {
+pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, Vec<pb::JobRecord>), String> {
     let record = pb::BatchRecord::decode(bytes).map_err(|e| e.to_string())?;
     if record.job_ids.len() % 16 != 0 {
         return Err("its job list is not a whole number of ids".into());
@@ -332,7 +334,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<Uuid>, Vec<pb::JobRecord>), Str
     let ids = record
         .job_ids
         .chunks_exact(16)
-        .map(|c| Uuid::from_bytes(c.try_into().expect("chunks of 16")))
+        .map(|c| JobId::from_uuid(Uuid::from_bytes(c.try_into().expect("chunks of 16"))))
         .collect();
     Ok((ids, record.created))
 }
@@ -351,8 +353,8 @@ mod tests {
     #[test]
     fn writes_survive_reopening_and_a_second_master_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let id = Uuid::now_v7();
-        let batch = Uuid::now_v7();
+        let id = JobId::new();
+        let batch = BatchId::new();
         {
             let store = RedbStore::open(dir.path()).unwrap();
             let record = pb::JobRecord {

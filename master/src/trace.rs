@@ -6,12 +6,12 @@
 //! These are debug events (`RUST_LOG=drover_master::trace=debug`): when
 //! they are off, each function costs one check per message, not per job.
 
+use drover_common::ids::{JobId, SessionId};
 use drover_common::job::kind_name;
 use drover_common::pb::{self, job_result, master_message};
 use tracing::Level;
-use uuid::Uuid;
 
-use crate::state::{SessionId, State};
+use crate::state::State;
 
 /// Whether job events are logged.
 fn on() -> bool {
@@ -40,7 +40,7 @@ pub fn results(st: &State, session: SessionId, results: &[pb::JobResult]) {
     }
     let worker = st.sessions.get(&session).map_or("?", |s| s.name.as_ref());
     for r in results {
-        let kind = Uuid::parse_str(&r.job_id)
+        let kind = JobId::parse("job_id", &r.job_id)
             .ok()
             .and_then(|id| st.job(&id))
             .map_or("unknown", |j| kind_name(j.kind as i32));

@@ -1,0 +1,284 @@
+//! The job table: compact job records, their cold fields behind one
+//! pointer, and how a job becomes a store record and a client's view.
+
+use super::*;
+
+/// A job: what the queue needs of it on every step. The rest, which most
+/// queued jobs do not have yet, sits behind one pointer in [`JobExtra`]:
+/// a million queued jobs must fit in a few hundred megabytes.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) id: JobId,
+    pub(crate) batch: BatchId,
+    pub(crate) arg: Box<str>,
+    /// Submission order across the whole master: FIFO within a priority.
+    pub(crate) seq: u64,
+    pub(crate) timeout_ms: u64,
+    /// A retried job waits in the delay queue until then (unix ms).
+    pub(crate) not_before_ms: u64,
+    /// The session running it, while RUNNING.
+    pub(crate) session: Option<SessionId>,
+    pub(super) extra: Option<Box<JobExtra>>,
+    /// Position in its batch.
+    pub(crate) index: u32,
+    pub(crate) priority: i32,
+    /// The allowance each run of the job gets (its spec's `max_attempts`).
+    pub(crate) max_attempts: u32,
+    /// Counted attempts at which the job is FAILED: `max_attempts` at
+    /// first, raised by `max_attempts` with each retry of a dead letter.
+    pub(crate) allowance: u32,
+    /// Attempts started; never goes down. The attempt a worker reports
+    /// must be this one.
+    pub(crate) attempts: u32,
+    /// Attempts that count toward the allowance (see the module docs).
+    pub(crate) counted: u32,
+    pub(crate) kind: JobKind,
+    pub(crate) state: JobState,
+    /// Changed since the last commit, and listed in `State::dirty_jobs`.
+    pub(super) dirty: bool,
+}
+
+/// Jobs by id: a slab of records and an index from id to slot, so that a
+/// hash table's spare capacity doubles only the small index, not the
+/// records.
+#[derive(Debug, Default)]
+pub(crate) struct JobTable {
+    slots: Vec<Option<Job>>,
+    index: HashMap<JobId, u32>,
+    free: Vec<u32>,
+}
+
+impl JobTable {
+    pub(crate) fn get(&self, id: &JobId) -> Option<&Job> {
+        let slot = *self.index.get(id)?;
+        self.slots[slot as usize].as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<&mut Job> {
+        let slot = *self.index.get(id)?;
+        self.slots[slot as usize].as_mut()
+    }
+
+    pub(crate) fn contains_key(&self, id: &JobId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    pub(crate) fn insert(&mut self, id: JobId, job: Job) {
+        if let Some(&slot) = self.index.get(&id) {
+            self.slots[slot as usize] = Some(job);
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(job);
+                slot
+            }
+            None => {
+                self.slots.push(Some(job));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, slot);
+    }
+
+    pub(crate) fn remove(&mut self, id: &JobId) -> Option<Job> {
+        let slot = self.index.remove(id)?;
+        self.free.push(slot);
+        self.slots[slot as usize].take()
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Job> {
+        self.slots.iter().flatten()
+    }
+
+    /// How many jobs the table holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+impl std::ops::Index<&JobId> for JobTable {
+    type Output = Job;
+
+    fn index(&self, id: &JobId) -> &Job {
+        self.get(id).expect("job is in the table")
+    }
+}
+
+/// What a job gains once it runs or finishes.
+#[derive(Debug, Default)]
+pub(crate) struct JobExtra {
+    /// The name of the worker that ran it last.
+    pub(crate) worker: Option<Arc<str>>,
+    pub(crate) output: Option<pb::JobOutput>,
+    pub(crate) error: Option<String>,
+    pub(crate) attempt_errors: Vec<String>,
+    pub(crate) run_us: u64,
+    /// When it finished (unix ms), for retention.
+    pub(crate) finished_at_ms: u64,
+    pub(crate) idempotency_key: Option<Box<str>>,
+}
+
+static NO_EXTRA: JobExtra = JobExtra {
+    worker: None,
+    output: None,
+    error: None,
+    attempt_errors: Vec::new(),
+    run_us: 0,
+    finished_at_ms: 0,
+    idempotency_key: None,
+};
+
+impl Job {
+    /// The job's extra fields (empty ones if it has none yet).
+    pub(crate) fn x(&self) -> &JobExtra {
+        self.extra.as_deref().unwrap_or(&NO_EXTRA)
+    }
+
+    /// The job's extra fields, made if need be.
+    pub(super) fn xm(&mut self) -> &mut JobExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(
+            self.state,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    pub(super) fn class(&self) -> Class {
+        Class::of(self.kind)
+    }
+
+    /// The record the store keeps.
+    pub(super) fn record(&self) -> pb::JobRecord {
+        pb::JobRecord {
+            id: self.id.as_bytes().to_vec(),
+            batch: self.batch.as_bytes().to_vec(),
+            index: self.index,
+            kind: self.kind as i32,
+            arg: self.arg.to_string(),
+            priority: self.priority,
+            timeout_ms: self.timeout_ms,
+            max_attempts: self.max_attempts,
+            state: self.state as i32,
+            attempts: self.attempts,
+            counted: Some(self.counted),
+            allowance: Some(self.allowance),
+            seq: self.seq,
+            worker: self.x().worker.as_deref().unwrap_or_default().to_string(),
+            output: self.x().output.clone(),
+            error: self.x().error.clone().unwrap_or_default(),
+            attempt_errors: self.x().attempt_errors.clone(),
+            run_us: self.x().run_us,
+            finished_at_ms: self.x().finished_at_ms,
+            not_before_ms: self.not_before_ms,
+            idempotency_key: self
+                .x()
+                .idempotency_key
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            running: self.state == JobState::Running,
+        }
+    }
+
+    /// Rebuilds a job from its record.
+    pub(super) fn from_record(r: pb::JobRecord) -> Result<Job, String> {
+        let id = JobId::from_slice(&r.id).ok_or("a job record has a malformed id")?;
+        let batch = BatchId::from_slice(&r.batch)
+            .ok_or_else(|| format!("job {id} has a malformed batch id"))?;
+        let kind = JobKind::try_from(r.kind)
+            .map_err(|_| format!("job {id} has unknown kind {}", r.kind))?;
+        let state = JobState::try_from(r.state)
+            .map_err(|_| format!("job {id} has unknown state {}", r.state))?;
+        let extra = JobExtra {
+            worker: (!r.worker.is_empty()).then(|| Arc::from(r.worker.as_str())),
+            output: r.output,
+            error: (!r.error.is_empty()).then_some(r.error),
+            attempt_errors: r.attempt_errors,
+            run_us: r.run_us,
+            finished_at_ms: r.finished_at_ms,
+            idempotency_key: (!r.idempotency_key.is_empty())
+                .then(|| r.idempotency_key.into_boxed_str()),
+        };
+        let bare = extra.worker.is_none()
+            && extra.output.is_none()
+            && extra.error.is_none()
+            && extra.attempt_errors.is_empty()
+            && extra.idempotency_key.is_none()
+            && extra.finished_at_ms == 0;
+        Ok(Job {
+            id,
+            batch,
+            index: r.index,
+            kind,
+            arg: r.arg.into_boxed_str(),
+            priority: r.priority,
+            timeout_ms: r.timeout_ms,
+            max_attempts: r.max_attempts.max(1),
+            // Records written before attempts were split say only how many
+            // were started, and counted every one.
+            allowance: r.allowance.unwrap_or(r.max_attempts).max(1),
+            counted: r.counted.unwrap_or(r.attempts),
+            state,
+            attempts: r.attempts,
+            seq: r.seq,
+            session: None,
+            not_before_ms: r.not_before_ms,
+            extra: (!bare).then(|| Box::new(extra)),
+            dirty: false,
+        })
+    }
+
+    /// Renders the job for a client.
+    pub(crate) fn info(&self) -> pb::JobInfo {
+        pb::JobInfo {
+            job_id: self.id.to_string(),
+            batch_id: self.batch.to_string(),
+            index: self.index,
+            kind: self.kind as i32,
+            arg: self.arg.to_string(),
+            state: self.state as i32,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.allowance,
+            counted_attempts: self.counted,
+            output: self.x().output.clone(),
+            error: self.x().error.clone().unwrap_or_default(),
+            worker: self.x().worker.as_deref().unwrap_or_default().to_string(),
+            attempt_errors: self.x().attempt_errors.clone(),
+            run_us: self.x().run_us,
+        }
+    }
+}
+
+/// Which slots a job needs on a worker: CPU jobs go to its process pool,
+/// IO jobs (sleep) to its async slots. Each has its own queue and credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    Cpu = 0,
+    Io = 1,
+}
+
+impl Class {
+    fn of(kind: JobKind) -> Class {
+        match kind {
+            JobKind::Sleep => Class::Io,
+            _ => Class::Cpu,
+        }
+    }
+}
+
+/// The jobs of one submit.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// Job ids in submission order.
+    pub(crate) jobs: Vec<JobId>,
+    /// Indexes of finished jobs, in the order they finished.
+    pub(crate) finished: Vec<u32>,
+    /// Bumped on every finish, so waiters and watchers wake.
+    pub(crate) notify: watch::Sender<u64>,
+}

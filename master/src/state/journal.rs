@@ -1,0 +1,124 @@
+//! The journal of changes the committer takes: jobs and batches marked
+//! dirty under the lock, the assignment log, and the commit ticket a
+//! change must wait for before anyone is told of it.
+
+use super::*;
+
+impl State {
+    /// Takes every change since the last commit, encoded, with the number
+    /// of the commit that will hold it; `None` when nothing changed.
+    pub fn take_changes(&mut self) -> Option<(u64, Changes)> {
+        // Tickets were handed out for the pending commit only if kicked: it
+        // must then be numbered and published, even if it writes nothing.
+        if !self.kicked {
+            return None;
+        }
+        self.kicked = false;
+        let number = self.pending_commit;
+        // Now and then every running job is written whole, so the
+        // assignment log before this commit can go.
+        let truncate_log = number.is_multiple_of(LOG_COMPACT_EVERY);
+        if truncate_log {
+            let running: Vec<JobId> = self
+                .sessions
+                .values()
+                .flat_map(|s| s.held.iter().copied())
+                .collect();
+            for id in running {
+                self.mark(id);
+            }
+            self.kicked = false;
+        }
+        let mut changes = Changes {
+            deleted_jobs: std::mem::take(&mut self.deleted_jobs),
+            deleted_batches: std::mem::take(&mut self.deleted_batches),
+            assignments: std::mem::take(&mut self.assign_log),
+            number,
+            truncate_log,
+            ..Changes::default()
+        };
+        for id in std::mem::take(&mut self.dirty_batches) {
+            let Some(b) = self.batches.get(&id) else {
+                continue;
+            };
+            // The jobs this batch created travel inside its record, as
+            // they are now; their later changes go to their own records.
+            let mut created = Vec::new();
+            for job_id in &b.jobs {
+                if let Some(job) = self.jobs.get_mut(job_id)
+                    && job.batch == id
+                {
+                    job.dirty = false;
+                    created.push(job.record());
+                }
+            }
+            changes.batches.push((id, encode_batch(&b.jobs, created)));
+        }
+        for id in std::mem::take(&mut self.dirty_jobs) {
+            if let Some(job) = self.jobs.get_mut(&id)
+                && job.dirty
+            {
+                job.dirty = false;
+                changes.jobs.push((id, job.record().encode_to_vec()));
+            }
+        }
+        self.pending_commit += 1;
+        Some((number, changes))
+    }
+
+    /// Notes that the pending commit has something to write, and wakes the
+    /// committer the first time.
+    pub(super) fn kick(&mut self) {
+        if !self.kicked {
+            self.kicked = true;
+            if let Some(k) = &self.kick {
+                let _ = k.send(());
+            }
+        }
+    }
+
+    /// Marks a job changed: its record is written in the pending commit.
+    pub(super) fn mark(&mut self, id: JobId) {
+        if !self.durable {
+            return;
+        }
+        if let Some(job) = self.jobs.get_mut(&id)
+            && !job.dirty
+        {
+            job.dirty = true;
+            self.dirty_jobs.push(id);
+        }
+        self.kick();
+    }
+
+    /// Wraps what a change produced with the commit it waits for.
+    pub(super) fn outgoing(&mut self, messages: Vec<(Outbox, pb::MasterMessage)>) -> Outgoing {
+        let notify = self
+            .notify_pending
+            .drain(..)
+            .filter_map(|b| self.batches.get(&b).map(|b| b.notify.clone()))
+            .collect();
+        Outgoing {
+            ticket: self.ticket(),
+            messages,
+            notify,
+        }
+    }
+
+    /// The commit that holds every change visible now: the pending one if
+    /// anything changed since the last was taken, else the last taken
+    /// (which may still be being written). A reply or a message built from
+    /// what the state shows waits for it, so nobody is told of a change a
+    /// crash could undo, including a change another request made.
+    /// `None` with no store.
+    pub fn ticket(&self) -> Option<u64> {
+        if !self.durable {
+            return None;
+        }
+        Some(if self.kicked {
+            self.pending_commit
+        } else {
+            self.pending_commit - 1
+        })
+    }
+}

@@ -1,0 +1,477 @@
+//! The transitions of a job's life: submit, results and failures, retries
+//! and their backoff, returns on drain, cancels. The attempt rules are in
+//! the module docs of [`super`].
+
+use super::*;
+
+/// How a result or failure a worker sent relates to the job it names.
+enum Match {
+    /// For the attempt the sending session holds: it ends that attempt.
+    Held,
+    /// For the job's last attempt, which the master already ended (the
+    /// worker's session was lost, or the master restarted) and has not
+    /// handed out again: a success is still taken.
+    Orphaned,
+    /// Anything else: an old attempt, a finished job, a duplicate.
+    Stale,
+}
+
+impl State {
+    /// Puts a job in its queue, or in the delay queue until `not_before`.
+    pub(super) fn enqueue(&mut self, id: JobId, not_before_ms: u64) {
+        let now = self.now_ms();
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if not_before_ms > now {
+            job.not_before_ms = not_before_ms;
+            self.delayed.insert((not_before_ms, job.seq), id);
+        } else {
+            job.not_before_ms = 0;
+            let key = (Reverse(job.priority), job.seq);
+            self.queues[job.class() as usize].insert(key, id);
+        }
+    }
+
+    /// Takes a queued job out of whichever queue holds it.
+    pub(super) fn unqueue(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if job.not_before_ms > 0 && self.delayed.remove(&(job.not_before_ms, job.seq)).is_some() {
+            return;
+        }
+        let key = (Reverse(job.priority), job.seq);
+        self.queues[job.class() as usize].remove(&key);
+    }
+
+    /// Moves retried jobs whose backoff is over into their queues and hands
+    /// out what it can.
+    pub fn promote_due(&mut self) -> Outgoing {
+        let now = self.now_ms();
+        let mut moved = false;
+        while let Some((&(due, seq), &id)) = self.delayed.first_key_value() {
+            if due > now {
+                break;
+            }
+            self.delayed.remove(&(due, seq));
+            self.enqueue(id, 0);
+            moved = true;
+        }
+        if moved {
+            self.dispatch()
+        } else {
+            self.outgoing(Vec::new())
+        }
+    }
+
+    /// Queues FAILED jobs again; returns how many. A retry does not rewrite
+    /// history: the attempts made stay counted, and the job's allowance is
+    /// raised by its `max_attempts`, so it gets as many tries as at first.
+    pub fn retry_jobs(&mut self, ids: &[JobId]) -> (u32, Outgoing) {
+        let mut n = 0;
+        let mut touched = HashSet::new();
+        for &id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if job.state != JobState::Failed {
+                continue;
+            }
+            job.allowance = job.counted.saturating_add(job.max_attempts);
+            job.xm().error = None;
+            job.xm().finished_at_ms = 0;
+            touched.insert(job.batch);
+            if let Some(adopters) = self.adopted.get(&id) {
+                touched.extend(adopters.iter().map(|(b, _)| *b));
+            }
+            self.set_state(id, JobState::Queued);
+            self.enqueue(id, 0);
+            self.mark(id);
+            n += 1;
+        }
+        // Their batches no longer count them as finished.
+        for b in touched {
+            let Some(batch) = self.batches.get(&b) else {
+                continue;
+            };
+            let keep: Vec<u32> = batch
+                .finished
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    batch
+                        .jobs
+                        .get(i as usize)
+                        .is_some_and(|id| self.is_finished(id))
+                })
+                .collect();
+            if let Some(batch) = self.batches.get_mut(&b) {
+                batch.finished = keep;
+            }
+        }
+        let mut out = self.dispatch();
+        let extra = self.outgoing(Vec::new());
+        out.merge(extra);
+        (n, out)
+    }
+
+    /// Checks and enqueues a batch, returning its id and the job ids.
+    ///
+    /// Nothing is enqueued unless every job is valid. A spec whose
+    /// idempotency key names a job already known gets that job back: the
+    /// batch lists it, and hears of its finish like of its own jobs'.
+    pub fn submit(&mut self, specs: Vec<pb::JobSpec>) -> Result<(BatchId, Vec<JobId>), Error> {
+        if specs.is_empty() {
+            return Err(Error::invalid(
+                "jobs: the batch is empty; submit at least one job",
+            ));
+        }
+        if specs.len() > self.limits.max_batch_jobs {
+            return Err(Error::ResourceExhausted(format!(
+                "jobs: the batch has {} jobs, over the limit of {} per submit (master flag --max-batch-jobs)",
+                specs.len(),
+                self.limits.max_batch_jobs
+            )));
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            JobArgs::parse(spec.kind, &spec.arg, &self.limits)
+                .map_err(|e| Error::invalid(format!("jobs[{i}].arg: {e}")))?;
+            if spec.max_attempts > 100 {
+                return Err(Error::invalid(format!(
+                    "jobs[{i}].max_attempts: {} is over the limit of 100",
+                    spec.max_attempts
+                )));
+            }
+        }
+        let batch_id = BatchId::new();
+        let mut ids = Vec::with_capacity(specs.len());
+        let mut finished = Vec::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let index = i as u32;
+            if !spec.idempotency_key.is_empty()
+                && let Some(&existing) = self.idempotency.get(spec.idempotency_key.as_str())
+            {
+                ids.push(existing);
+                if self.is_finished(&existing) {
+                    finished.push(index);
+                } else {
+                    self.adopted
+                        .entry(existing)
+                        .or_default()
+                        .push((batch_id, index));
+                }
+                continue;
+            }
+            let id = JobId::new();
+            let idempotency_key =
+                (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.into_boxed_str());
+            if let Some(key) = &idempotency_key {
+                self.idempotency.insert(key.clone(), id);
+            }
+            let kind = JobKind::try_from(spec.kind).unwrap_or(JobKind::Unspecified);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let max_attempts = if spec.max_attempts == 0 {
+                self.default_max_attempts
+            } else {
+                spec.max_attempts
+            };
+            let job = Job {
+                id,
+                batch: batch_id,
+                index,
+                kind,
+                arg: spec.arg.into_boxed_str(),
+                priority: spec.priority,
+                timeout_ms: spec.timeout_ms,
+                max_attempts,
+                allowance: max_attempts,
+                state: JobState::Queued,
+                attempts: 0,
+                counted: 0,
+                seq,
+                session: None,
+                not_before_ms: 0,
+                extra: idempotency_key.map(|key| {
+                    Box::new(JobExtra {
+                        idempotency_key: Some(key),
+                        ..JobExtra::default()
+                    })
+                }),
+                dirty: false,
+            };
+            self.queues[job.class() as usize].insert((Reverse(job.priority), seq), id);
+            self.counts[JobState::Queued as usize] += 1;
+            self.counters.jobs.submitted(kind);
+            self.jobs.insert(id, job);
+            self.mark(id);
+            ids.push(id);
+        }
+        let (tx, _) = watch::channel(0);
+        self.batches.insert(
+            batch_id,
+            Batch {
+                jobs: ids.clone(),
+                finished,
+                notify: tx,
+            },
+        );
+        if self.durable {
+            self.dirty_batches.push(batch_id);
+            self.kick();
+        }
+        Ok((batch_id, ids))
+    }
+
+    /// How a result for `attempt` of `id` from `session` relates to the job.
+    fn match_result(&self, session: SessionId, id: JobId, attempt: u32) -> Match {
+        let Some(job) = self.jobs.get(&id) else {
+            return Match::Stale;
+        };
+        if attempt == 0 || attempt != job.attempts {
+            return Match::Stale;
+        }
+        match job.state {
+            JobState::Running if job.session == Some(session) => Match::Held,
+            JobState::Queued => Match::Orphaned,
+            _ => Match::Stale,
+        }
+    }
+
+    /// Records results from a session, each matched to (job, attempt): a
+    /// result for the attempt the session holds ends it; a success for the
+    /// job's last attempt, ended by the master but not handed out again, is
+    /// still taken; anything else (an old attempt, a duplicate, a failure
+    /// the master already accounted for) is dropped and counted, and leaves
+    /// what the session holds alone.
+    ///
+    /// The worker gets an acknowledgement of `seq` once the results are
+    /// stored; until then it keeps them, to send again on a new session.
+    pub fn record_results(
+        &mut self,
+        session: SessionId,
+        seq: u64,
+        results: Vec<pb::JobResult>,
+    ) -> Outgoing {
+        let mut requeued = false;
+        for r in results {
+            let Ok(id) = JobId::parse("job_id", &r.job_id) else {
+                self.counters.late_results_dropped += 1;
+                continue;
+            };
+            let matched = self.match_result(session, id, r.attempt);
+            let success = matches!(r.outcome, Some(pb::job_result::Outcome::Output(_)));
+            match matched {
+                Match::Held => {
+                    if let Some(s) = self.sessions.get_mut(&session) {
+                        s.held.remove(&id);
+                        s.completed += 1;
+                    }
+                }
+                Match::Orphaned if success => self.unqueue(id),
+                Match::Orphaned | Match::Stale => {
+                    self.counters.late_results_dropped += 1;
+                    tracing::debug!(job = %id, attempt = r.attempt, "late result dropped");
+                    continue;
+                }
+            }
+            match r.outcome {
+                Some(pb::job_result::Outcome::Output(output)) => {
+                    let name = self.sessions.get(&session).map(|s| s.name.clone());
+                    let job = self.jobs.get_mut(&id).expect("a matched job exists");
+                    job.session = None;
+                    self.counters.jobs.ran(job.kind, r.run_us);
+                    let x = job.xm();
+                    x.output = Some(output);
+                    x.run_us = r.run_us;
+                    if name.is_some() {
+                        x.worker = name;
+                    }
+                    self.finish(id, JobState::Succeeded, None);
+                }
+                Some(pb::job_result::Outcome::Failure(f)) => {
+                    requeued |= self.fail_attempt(id, f.reason, f.retryable);
+                }
+                None => {
+                    requeued |= self.fail_attempt(id, "worker sent an empty result".into(), true);
+                }
+            }
+        }
+        let mut out = if requeued {
+            self.dispatch()
+        } else {
+            self.outgoing(Vec::new())
+        };
+        if seq > 0
+            && let Some(s) = self.sessions.get(&session)
+        {
+            out.messages.push((
+                s.outbox.clone(),
+                pb::MasterMessage {
+                    msg: Some(pb::master_message::Msg::Ack(pb::ResultsAck { seq })),
+                },
+            ));
+        }
+        out
+    }
+
+    /// Ends the running attempt of a job as failed, counted: the job is
+    /// queued again after its backoff if the failure is retriable and the
+    /// counted attempts are below its allowance, else it is FAILED.
+    /// Returns whether it was queued again.
+    pub(super) fn fail_attempt(&mut self, id: JobId, reason: String, retryable: bool) -> bool {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return false;
+        };
+        job.session = None;
+        job.counted += 1;
+        let (attempt, counted, kind) = (job.attempts, job.counted, job.kind);
+        job.xm()
+            .attempt_errors
+            .push(format!("attempt {attempt}: {reason}"));
+        if retryable && counted < job.allowance {
+            job.xm().error = Some(reason);
+            let wait = self.retry.backoff_ms(counted);
+            let now = self.now_ms();
+            self.set_state(id, JobState::Queued);
+            self.enqueue(id, if wait > 0 { now + wait } else { 0 });
+            self.mark(id);
+            self.counters.retried += 1;
+            self.counters.jobs.retried(kind);
+            true
+        } else {
+            let msg = if retryable {
+                format!("{reason} (after {counted} attempts)")
+            } else {
+                reason
+            };
+            self.finish(id, JobState::Failed, Some(msg));
+            false
+        }
+    }
+
+    /// Ends the running attempt of a job without counting it (a return by
+    /// a draining worker, a master restart) and queues the job again at
+    /// once. The attempt stays in its history.
+    pub(super) fn end_uncounted(&mut self, id: JobId, reason: &str) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.session = None;
+        let attempt = job.attempts;
+        job.xm()
+            .attempt_errors
+            .push(format!("attempt {attempt}: {reason} (not counted)"));
+        self.set_state(id, JobState::Queued);
+        self.enqueue(id, 0);
+        self.mark(id);
+    }
+
+    /// Moves a job to a finished state, and tells its batches.
+    pub(super) fn finish(&mut self, id: JobId, to: JobState, error: Option<String>) {
+        self.set_state(id, to);
+        let now = self.now_ms();
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        self.counters.jobs.finished(job.kind, to);
+        let x = job.xm();
+        if error.is_some() {
+            x.error = error;
+        } else if to == JobState::Succeeded {
+            x.error = None;
+        }
+        x.finished_at_ms = now;
+        let own = (job.batch, job.index);
+        let adopters = self.adopted.remove(&id).unwrap_or_default();
+        for (batch, index) in std::iter::once(own).chain(adopters) {
+            if let Some(b) = self.batches.get_mut(&batch) {
+                b.finished.push(index);
+                if !self.notify_pending.contains(&batch) {
+                    self.notify_pending.push(batch);
+                }
+            }
+        }
+        self.mark(id);
+        let now = self.started.elapsed().as_secs();
+        match self.counters.per_second.back_mut() {
+            Some((sec, n)) if *sec == now => *n += 1,
+            _ => {
+                self.counters.per_second.push_back((now, 1));
+                while self.counters.per_second.len() > 12 {
+                    self.counters.per_second.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Takes back jobs a draining worker did not start: each attempt ends
+    /// without counting, and the job is queued again at once.
+    pub fn return_jobs(&mut self, session: SessionId, ids: &[JobId]) -> Outgoing {
+        let name = self.sessions.get(&session).map(|s| s.name.clone());
+        for &id in ids {
+            let held = self
+                .sessions
+                .get_mut(&session)
+                .is_some_and(|s| s.held.remove(&id));
+            let running_here = self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| j.state == JobState::Running && j.session == Some(session));
+            if held && running_here {
+                let who = name.as_deref().unwrap_or("?");
+                self.end_uncounted(id, &format!("returned unstarted by draining worker {who}"));
+            }
+        }
+        self.dispatch()
+    }
+
+    /// Cancels jobs by id; running ones are cancelled on their worker too.
+    pub fn cancel(&mut self, ids: &[JobId]) -> Result<(pb::CancelResponse, Outgoing), Error> {
+        for id in ids {
+            if !self.jobs.contains_key(id) {
+                return Err(self.job_not_found(*id));
+            }
+        }
+        let mut resp = pb::CancelResponse::default();
+        let mut per_session: HashMap<SessionId, Vec<String>> = HashMap::new();
+        for &id in ids {
+            let job = &self.jobs[&id];
+            match job.state {
+                JobState::Queued => {
+                    self.unqueue(id);
+                }
+                JobState::Running => {
+                    if let Some(sid) = job.session {
+                        per_session.entry(sid).or_default().push(id.to_string());
+                        if let Some(s) = self.sessions.get_mut(&sid) {
+                            s.held.remove(&id);
+                        }
+                    }
+                }
+                _ => {
+                    resp.already_finished += 1;
+                    continue;
+                }
+            }
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.session = None;
+            }
+            self.finish(id, JobState::Cancelled, Some("cancelled".into()));
+            resp.cancelled += 1;
+        }
+        let mut messages = Vec::new();
+        for (sid, job_ids) in per_session {
+            if let Some(s) = self.sessions.get(&sid) {
+                messages.push((
+                    s.outbox.clone(),
+                    pb::MasterMessage {
+                        msg: Some(pb::master_message::Msg::Cancel(pb::CancelJobs { job_ids })),
+                    },
+                ));
+            }
+        }
+        Ok((resp, self.outgoing(messages)))
+    }
+}

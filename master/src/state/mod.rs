@@ -1,0 +1,300 @@
+//! The queue state machine: jobs, batches, the priority queues, worker
+//! sessions and their credit. No I/O happens here: the services lock it,
+//! change it, and send what it hands back once the lock is released. It
+//! imports neither the committer, the services nor the metrics: the
+//! committer takes its changes through [`State::take_changes`], and the
+//! services deliver the [`Outgoing`] it returns.
+//!
+//! ```text
+//! QUEUED -> RUNNING -> SUCCEEDED
+//!    ^         |  \--> FAILED      (bad input, or counted attempts reach the allowance)
+//!    +------ retry (child crashed, timed out, worker lost, lease expired:
+//!    |              counted; returned on drain, master restarted: not counted)
+//!    +------ retry of a FAILED job (raises its allowance)
+//! QUEUED/RUNNING -> CANCELLED
+//! ```
+//!
+//! # Attempts
+//!
+//! An attempt is a fact recorded once: `attempts` counts the attempts
+//! started, is the number each assignment carries, and never goes down.
+//! `counted` is how many of them count toward the job's `allowance`
+//! (its `max_attempts`, raised by each retry of a dead letter). An attempt
+//! counts when it ends in a failure that is the job's: a failed run, a
+//! crashed child, a timeout, a lost worker or an expired lease. A return by
+//! a draining worker and a master restart with the job in flight end the
+//! attempt without counting it. A result is matched to (job, attempt): a
+//! success is taken for the current attempt while nobody runs a newer one,
+//! a failure only from the session that holds the attempt, so each attempt
+//! is accounted for once.
+//!
+//! # Layout
+//!
+//! - `job`: the job table, compact records, store records and client views.
+//! - `sessions`: worker sessions, their credit, dispatch, session ends.
+//! - `lifecycle`: submit, results, failures, retries, returns, cancels.
+//! - `journal`: what changed since the last commit, and commit tickets.
+//! - `recovery`: the queue rebuilt from what the store committed.
+//! - `retention`: finished batches purged, expired ids told apart.
+//! - `queries`: what clients read.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover_common::pb::{self, JobKind, JobState};
+use drover_common::{Error, JobArgs, Limits};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+
+use drover_common::ids::{BatchId, JobId, SessionId};
+
+use crate::store::{Changes, Loaded, Recovered, encode_batch};
+
+mod job;
+mod journal;
+mod lifecycle;
+mod queries;
+mod recovery;
+mod retention;
+mod sessions;
+
+pub(crate) use job::{Batch, Class, Job, JobExtra, JobTable};
+pub use recovery::RecoveryReport;
+
+/// What the master may send a worker's stream: each message with the
+/// commit it must wait for, so a worker is never told of a change that a
+/// crash could undo.
+pub type Outbox = mpsc::UnboundedSender<(Option<u64>, pb::MasterMessage)>;
+
+/// How often (in commits) the assignment log is compacted.
+const LOG_COMPACT_EVERY: u64 = 256;
+
+/// A source of wall-clock time in Unix milliseconds (a test can fake it).
+pub type Clock = Box<dyn Fn() -> u64 + Send>;
+
+/// How long a retried job waits.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// The wait after the first failed attempt, in milliseconds; it doubles
+    /// with each further attempt.
+    pub base_ms: u64,
+    /// The longest wait, in milliseconds.
+    pub max_ms: u64,
+}
+
+impl RetryPolicy {
+    /// The wait after `attempts` failed attempts: exponential, capped, with
+    /// jitter (between half and all of it) so retries do not move in herds.
+    fn backoff_ms(&self, attempts: u32) -> u64 {
+        if self.base_ms == 0 {
+            return 0;
+        }
+        let exp = self
+            .base_ms
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
+        let full = exp.min(self.max_ms);
+        let jitter: f64 = 0.5 + rand::random::<f64>() * 0.5;
+        (full as f64 * jitter) as u64
+    }
+}
+
+/// A connected worker.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) name: Arc<str>,
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    pub(crate) version: String,
+    pub(crate) cpu_slots: u32,
+    pub(crate) io_slots: u32,
+    /// Jobs it may still be sent, per class.
+    pub(crate) credit: [u64; 2],
+    /// Jobs assigned to it and not yet reported.
+    pub(crate) held: HashSet<JobId>,
+    pub(crate) outbox: Outbox,
+    /// When it was last heard from (the state's clock, unix ms).
+    pub(crate) last_seen_ms: u64,
+    /// When it connected (unix ms).
+    pub(crate) connected_at_ms: u64,
+    pub(crate) completed: u64,
+    pub(crate) child_pids: Vec<u32>,
+    pub(crate) children_restarted: u64,
+    pub(crate) draining: bool,
+}
+
+/// Counters for `Stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) late_results_dropped: u64,
+    pub(crate) retried: u64,
+    /// Jobs finished per second, for the last few seconds.
+    pub(crate) per_second: VecDeque<(u64, u64)>,
+    /// Jobs by kind and outcome, run times and queue waits (metrics).
+    pub(crate) jobs: crate::metrics::JobMetrics,
+}
+
+/// The whole queue.
+pub struct State {
+    limits: Limits,
+    default_max_attempts: u32,
+    pub(crate) jobs: JobTable,
+    pub(crate) batches: HashMap<BatchId, Batch>,
+    /// Queued jobs per class, highest priority first, then oldest first.
+    queues: [BTreeMap<(Reverse<i32>, u64), JobId>; 2],
+    idempotency: HashMap<Box<str>, JobId>,
+    /// Unfinished jobs that later batches list too (named again by their
+    /// idempotency key), with those batches and positions: when the job
+    /// finishes, those batches hear of it like of their own jobs.
+    adopted: HashMap<JobId, Vec<(BatchId, u32)>>,
+    /// Retried jobs waiting out their backoff, by due time (unix ms).
+    delayed: BTreeMap<(u64, u64), JobId>,
+    pub(crate) sessions: HashMap<SessionId, Session>,
+    next_session: u64,
+    next_seq: u64,
+    /// Jobs in each state, indexed by the state's wire value.
+    counts: [u64; 6],
+    pub(crate) counters: Counters,
+    started: Instant,
+    retry: RetryPolicy,
+    /// Finished jobs are purged this long after they finish.
+    retention_ms: u64,
+    clock: Clock,
+    /// When the store was created (unix ms): tells an expired id from one
+    /// never seen.
+    created_at_ms: u64,
+    /// Whether changes are committed to a store; if not, none are tracked.
+    durable: bool,
+    dirty_jobs: Vec<JobId>,
+    /// Assignments since the last commit, with their attempt.
+    assign_log: Vec<(JobId, u32)>,
+    dirty_batches: Vec<BatchId>,
+    deleted_jobs: Vec<JobId>,
+    deleted_batches: Vec<BatchId>,
+    /// The number of the commit that will hold the changes made now.
+    pending_commit: u64,
+    /// Wakes the committer when the first change after a commit is made.
+    kick: Option<std::sync::mpsc::Sender<()>>,
+    kicked: bool,
+    /// Batches with newly finished jobs, to wake once the change is safe.
+    notify_pending: Vec<BatchId>,
+}
+
+/// How the state is set up.
+pub struct Settings {
+    /// What a job may ask for.
+    pub limits: Limits,
+    /// Attempts for a job that does not say.
+    pub default_max_attempts: u32,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// How long finished jobs are kept, in milliseconds.
+    pub retention_ms: u64,
+    /// Whether changes must be committed before they are acknowledged.
+    pub durable: bool,
+}
+
+/// What a change produced, to act on once the lock is released: messages
+/// for workers, batches whose waiters to wake, and the commit that must
+/// finish before any of it is acted on (with a durable store).
+#[derive(Debug, Default)]
+#[must_use = "the messages must be sent"]
+pub struct Outgoing {
+    /// The commit holding the change (and every change visible when it was
+    /// made); `None` with no store.
+    pub ticket: Option<u64>,
+    /// Messages for workers' streams.
+    pub messages: Vec<(Outbox, pb::MasterMessage)>,
+    /// Batches whose waiters to wake once the ticket's commit is done.
+    pub notify: Vec<watch::Sender<u64>>,
+}
+
+impl Outgoing {
+    pub(super) fn merge(&mut self, other: Outgoing) {
+        self.ticket = self.ticket.max(other.ticket);
+        self.messages.extend(other.messages);
+        self.notify.extend(other.notify);
+    }
+}
+
+impl State {
+    /// Creates an empty queue.
+    pub fn new(settings: Settings) -> Self {
+        State {
+            limits: settings.limits,
+            default_max_attempts: settings.default_max_attempts.max(1),
+            jobs: JobTable::default(),
+            batches: HashMap::new(),
+            queues: [BTreeMap::new(), BTreeMap::new()],
+            idempotency: HashMap::new(),
+            adopted: HashMap::new(),
+            delayed: BTreeMap::new(),
+            sessions: HashMap::new(),
+            next_session: 1,
+            next_seq: 0,
+            counts: [0; 6],
+            counters: Counters::default(),
+            started: Instant::now(),
+            retry: settings.retry,
+            retention_ms: settings.retention_ms,
+            clock: Box::new(crate::store::now_ms),
+            created_at_ms: crate::store::now_ms(),
+            durable: settings.durable,
+            dirty_jobs: Vec::new(),
+            assign_log: Vec::new(),
+            dirty_batches: Vec::new(),
+            deleted_jobs: Vec::new(),
+            deleted_batches: Vec::new(),
+            pending_commit: 1,
+            kick: None,
+            kicked: false,
+            notify_pending: Vec::new(),
+        }
+    }
+
+    /// Wakes the committer if changes are waiting (after recovery).
+    pub fn nudge(&mut self) {
+        if self.kicked
+            && let Some(k) = &self.kick
+        {
+            let _ = k.send(());
+        }
+    }
+
+    /// Sets the channel that wakes the committer.
+    pub fn set_kick(&mut self, kick: std::sync::mpsc::Sender<()>) {
+        self.kick = Some(kick);
+    }
+
+    /// Replaces the clock (tests).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// The state's clock: unix milliseconds.
+    pub(crate) fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// The limits jobs are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(super) fn set_state(&mut self, id: JobId, to: JobState) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            self.counts[job.state as usize] -= 1;
+            self.counts[to as usize] += 1;
+            job.state = to;
+        }
+    }
+
+    /// Jobs in a state.
+    pub fn count(&self, state: JobState) -> u64 {
+        self.counts[state as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Recovery: the queue rebuilt from what the store committed.
+
+use super::*;
+
+impl State {
+    /// Rebuilds the queue from what the store held, all at once (tests; the
+    /// master streams items through [`State::recover_item`]).
+    pub fn recover(&mut self, recovered: Recovered) -> anyhow::Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        self.created_at_ms = recovered.created_at_ms;
+        for (id, ids, created) in recovered.batches {
+            self.recover_item(Loaded::Batch(id, ids, created), &mut report)?;
+        }
+        for record in recovered.jobs {
+            self.recover_item(Loaded::Job(Box::new(record)), &mut report)?;
+        }
+        for list in recovered.assignments {
+            self.recover_item(Loaded::Assigned(list), &mut report)?;
+        }
+        self.finish_recovery(&mut report);
+        Ok(report)
+    }
+
+    /// Sets when the store was created, as recovery begins.
+    pub fn set_created_at(&mut self, created_at_ms: u64) {
+        self.created_at_ms = created_at_ms;
+    }
+
+    /// Loads one item read from the store, in the store's order: batches
+    /// (with their jobs' first records), then job records (which replace
+    /// those), then the assignment log. Nothing is queued until
+    /// [`State::finish_recovery`], when every job's last state is known.
+    pub fn recover_item(
+        &mut self,
+        item: Loaded,
+        report: &mut RecoveryReport,
+    ) -> anyhow::Result<()> {
+        match item {
+            Loaded::Batch(batch_id, ids, created) => {
+                for record in created {
+                    self.load_record(record)?;
+                }
+                let (tx, _) = watch::channel(0);
+                self.batches.insert(
+                    batch_id,
+                    Batch {
+                        jobs: ids,
+                        finished: Vec::new(),
+                        notify: tx,
+                    },
+                );
+                report.batches += 1;
+            }
+            Loaded::Job(record) => self.load_record(*record)?,
+            Loaded::Assigned(list) => {
+                for (id, attempt) in list {
+                    // Handed out for an attempt its record has not reached:
+                    // it was running. Attempts never go down, so a logged
+                    // attempt at or below the record's is history.
+                    if let Some(job) = self.jobs.get_mut(&id)
+                        && !job.is_finished()
+                        && job.attempts < attempt
+                    {
+                        job.attempts = attempt;
+                        job.state = JobState::Running;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a recovered record in the table, replacing an older one; a job
+    /// that was running is marked RUNNING until recovery finishes.
+    pub(super) fn load_record(&mut self, record: pb::JobRecord) -> anyhow::Result<()> {
+        let was_running = record.running;
+        let mut job = Job::from_record(record).map_err(anyhow::Error::msg)?;
+        self.next_seq = self.next_seq.max(job.seq + 1);
+        if let Some(key) = &job.x().idempotency_key {
+            self.idempotency.insert(key.clone(), job.id);
+        }
+        if was_running {
+            job.state = JobState::Running;
+        }
+        self.jobs.insert(job.id, job);
+        Ok(())
+    }
+
+    /// Ends recovery: queued jobs go back to their queues in order; jobs
+    /// that were running are queued again at once, their attempt ended but
+    /// not counted (the job did nothing wrong; a worker that reconnects and
+    /// delivers its result before the job is handed out again still has it
+    /// recorded); batches learn which of their jobs are finished.
+    pub fn finish_recovery(&mut self, report: &mut RecoveryReport) {
+        let ids: Vec<JobId> = self.jobs.values().map(|j| j.id).collect();
+        for id in ids {
+            let (state, not_before) = match self.jobs.get(&id) {
+                Some(j) => (j.state, j.not_before_ms),
+                None => continue,
+            };
+            match state {
+                JobState::Running => {
+                    self.counts[JobState::Running as usize] += 1;
+                    report.requeued += 1;
+                    self.end_uncounted(id, "the master restarted while the job ran");
+                }
+                JobState::Queued => {
+                    self.counts[JobState::Queued as usize] += 1;
+                    report.queued += 1;
+                    self.enqueue(id, not_before);
+                }
+                other => {
+                    self.counts[other as usize] += 1;
+                    report.finished += 1;
+                }
+            }
+        }
+        let batch_ids: Vec<BatchId> = self.batches.keys().copied().collect();
+        for b in batch_ids {
+            let mut finished: Vec<(u64, u32)> = self.batches[&b]
+                .jobs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    let j = self.jobs.get(id)?;
+                    j.is_finished().then_some((j.x().finished_at_ms, i as u32))
+                })
+                .collect();
+            finished.sort_unstable();
+            // Unfinished jobs this batch lists but did not create.
+            for (i, id) in self.batches[&b].jobs.iter().enumerate() {
+                if let Some(j) = self.jobs.get(id)
+                    && !j.is_finished()
+                    && (j.batch != b || j.index != i as u32)
+                {
+                    self.adopted.entry(*id).or_default().push((b, i as u32));
+                }
+            }
+            if let Some(batch) = self.batches.get_mut(&b) {
+                batch.finished = finished.into_iter().map(|(_, i)| i).collect();
+            }
+        }
+        self.notify_pending.clear();
+    }
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoveryReport {
+    /// Jobs queued again in their order.
+    pub queued: u64,
+    /// Jobs that were running, queued again (the attempt not counted).
+    pub requeued: u64,
+    /// Finished jobs, with their results.
+    pub finished: u64,
+    /// Batches.
+    pub batches: u64,
+}

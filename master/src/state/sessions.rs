@@ -1,0 +1,189 @@
+//! Worker sessions, their credit, and dispatch: queued jobs shared among
+//! the sessions with room.
+
+use super::*;
+
+impl State {
+    /// Registers a worker session.
+    pub fn add_session(&mut self, hello: &pb::Hello, outbox: Outbox) -> SessionId {
+        let id = SessionId::new(self.next_session).expect("session ids start at 1");
+        self.next_session += 1;
+        let now = self.now_ms();
+        self.sessions.insert(
+            id,
+            Session {
+                name: Arc::from(hello.name.as_str()),
+                host: hello.host.clone(),
+                pid: hello.pid,
+                version: hello.version.clone(),
+                cpu_slots: hello.cpu_slots,
+                io_slots: hello.io_slots,
+                credit: [0, 0],
+                held: HashSet::new(),
+                outbox,
+                last_seen_ms: now,
+                connected_at_ms: now,
+                completed: 0,
+                child_pids: Vec::new(),
+                children_restarted: 0,
+                draining: false,
+            },
+        );
+        id
+    }
+
+    /// Notes that a session was heard from.
+    pub fn touch(&mut self, session: SessionId) -> bool {
+        let now = self.now_ms();
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.last_seen_ms = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds credit to a session and hands out what it can take.
+    pub fn add_credit(&mut self, session: SessionId, cpu: u32, io: u32) -> Outgoing {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.credit[Class::Cpu as usize] += u64::from(cpu);
+            s.credit[Class::Io as usize] += u64::from(io);
+        }
+        self.dispatch()
+    }
+
+    /// Records the pool of a session's worker.
+    pub fn set_pool(&mut self, session: SessionId, pool: pb::PoolState) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.child_pids = pool.child_pids;
+            s.children_restarted = pool.children_restarted;
+        }
+    }
+
+    /// Stops sending jobs to a draining worker.
+    pub fn set_draining(&mut self, session: SessionId) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.draining = true;
+            s.credit = [0, 0];
+        }
+    }
+
+    /// Assigns queued jobs to sessions with credit, spreading them so that
+    /// no worker takes more than its share while others have room.
+    pub fn dispatch(&mut self) -> Outgoing {
+        let mut plan: HashMap<SessionId, Vec<JobId>> = HashMap::new();
+        for class in [Class::Cpu, Class::Io] {
+            let c = class as usize;
+            loop {
+                let available = self.queues[c].len() as u64;
+                if available == 0 {
+                    break;
+                }
+                let open: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.credit[c] > 0 && !s.draining)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if open.is_empty() {
+                    break;
+                }
+                let share = available.div_ceil(open.len() as u64);
+                for sid in open {
+                    let Some(s) = self.sessions.get_mut(&sid) else {
+                        continue;
+                    };
+                    let take = share.min(s.credit[c]);
+                    s.credit[c] -= take;
+                    let list = plan.entry(sid).or_default();
+                    for _ in 0..take {
+                        let Some((_, id)) = self.queues[c].pop_first() else {
+                            break;
+                        };
+                        list.push(id);
+                    }
+                }
+            }
+        }
+        let mut messages = Vec::new();
+        let now_ms = if plan.is_empty() { 0 } else { (self.clock)() };
+        for (sid, ids) in plan {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut assignments = Vec::with_capacity(ids.len());
+            for id in &ids {
+                self.set_state(*id, JobState::Running);
+                let session = self.sessions.get_mut(&sid).expect("planned session exists");
+                session.held.insert(*id);
+                let job = self.jobs.get_mut(id).expect("queued job exists");
+                // An attempt starts: a fact recorded once, never undone.
+                job.attempts += 1;
+                job.session = Some(sid);
+                job.xm().worker = Some(session.name.clone());
+                if job.attempts == 1 {
+                    self.counters.jobs.waited(job.kind, &id.uuid(), now_ms);
+                }
+                assignments.push(pb::Assignment {
+                    job_id: id.to_string(),
+                    kind: job.kind as i32,
+                    arg: job.arg.to_string(),
+                    timeout_ms: job.timeout_ms,
+                    attempt: job.attempts,
+                    priority: job.priority,
+                });
+                let attempt = job.attempts;
+                if self.durable {
+                    // One log entry per commit records every assignment in
+                    // it; the job's own record is rewritten only later.
+                    self.assign_log.push((*id, attempt));
+                    self.kick();
+                }
+            }
+            let outbox = self.sessions[&sid].outbox.clone();
+            messages.push((
+                outbox,
+                pb::MasterMessage {
+                    msg: Some(pb::master_message::Msg::Assign(pb::Assign {
+                        jobs: assignments,
+                    })),
+                },
+            ));
+        }
+        self.outgoing(messages)
+    }
+
+    /// Ends a session: the attempts it held fail, counted (a worker that
+    /// keeps dying with a job must not take the queue down with it), and
+    /// their jobs go back to the queue after their backoff. Returns false if
+    /// it had ended already.
+    pub fn end_session(&mut self, session: SessionId, reason: &str) -> (bool, Outgoing) {
+        let Some(s) = self.sessions.remove(&session) else {
+            return (false, self.outgoing(Vec::new()));
+        };
+        let n = s.held.len();
+        for id in s.held {
+            let still_running = self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| j.state == JobState::Running && j.session == Some(session));
+            if still_running {
+                self.fail_attempt(id, format!("worker {} lost: {reason}", s.name), true);
+            }
+        }
+        tracing::info!(worker = %s.name, session = session.get(), jobs = n, reason, "worker session ended");
+        (true, self.dispatch())
+    }
+
+    /// Sessions not heard from within `lease` (on the state's clock).
+    pub fn expired_sessions(&self, lease: Duration) -> Vec<SessionId> {
+        let now = self.now_ms();
+        let lease_ms = lease.as_millis() as u64;
+        self.sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_sub(s.last_seen_ms) > lease_ms)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}

@@ -1,0 +1,474 @@
+use super::*;
+
+/// Delivers what a change produced to the sessions' outboxes at once, as
+/// the service does once the commit is done.
+trait SendNow {
+    fn send(self, committed: Option<()>);
+}
+
+impl SendNow for Outgoing {
+    fn send(self, _committed: Option<()>) {
+        for (outbox, msg) in self.messages {
+            let _ = outbox.send((self.ticket, msg));
+        }
+    }
+}
+
+fn settings(max_attempts: u32) -> Settings {
+    Settings {
+        limits: Limits::default(),
+        default_max_attempts: max_attempts,
+        retry: RetryPolicy {
+            base_ms: 0,
+            max_ms: 0,
+        },
+        retention_ms: 3_600_000,
+        durable: false,
+    }
+}
+
+fn spec(kind: JobKind, arg: &str, priority: i32) -> pb::JobSpec {
+    pb::JobSpec {
+        kind: kind as i32,
+        arg: arg.into(),
+        priority,
+        ..Default::default()
+    }
+}
+
+fn hello(name: &str) -> pb::Hello {
+    pb::Hello {
+        name: name.into(),
+        cpu_slots: 1,
+        io_slots: 1,
+        ..Default::default()
+    }
+}
+
+fn assigned(
+    rx: &mut mpsc::UnboundedReceiver<(Option<u64>, pb::MasterMessage)>,
+) -> Vec<pb::Assignment> {
+    let mut out = Vec::new();
+    while let Ok((_, m)) = rx.try_recv() {
+        if let Some(pb::master_message::Msg::Assign(a)) = m.msg {
+            out.extend(a.jobs);
+        }
+    }
+    out
+}
+
+fn ok(a: &pb::Assignment) -> pb::JobResult {
+    pb::JobResult {
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+        outcome: Some(pb::job_result::Outcome::Output(pb::JobOutput {
+            value: Some(pb::job_output::Value::SleptMs(1)),
+        })),
+        run_us: 1,
+    }
+}
+
+#[test]
+fn higher_priority_first_then_fifo() {
+    let mut st = State::new(settings(3));
+    st.submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Fib, "2", 0)])
+        .unwrap();
+    st.submit(vec![spec(JobKind::Fib, "3", 5)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 3, 0).send(None);
+    let args: Vec<String> = assigned(&mut rx).into_iter().map(|a| a.arg).collect();
+    assert_eq!(args, ["3", "1", "2"]);
+}
+
+#[test]
+fn credit_bounds_what_a_worker_holds_and_work_is_shared() {
+    let mut st = State::new(settings(3));
+    st.submit(
+        (0..10)
+            .map(|i| spec(JobKind::Fib, &i.to_string(), 0))
+            .collect(),
+    )
+    .unwrap();
+    let (tx1, mut rx1) = mpsc::unbounded_channel();
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    let a = st.add_session(&hello("a"), tx1);
+    let b = st.add_session(&hello("b"), tx2);
+    st.add_credit(a, 3, 0).send(None);
+    assert_eq!(assigned(&mut rx1).len(), 3);
+    st.add_credit(b, 100, 0).send(None);
+    assert_eq!(assigned(&mut rx2).len(), 7);
+    assert_eq!(st.count(JobState::Running), 10);
+}
+
+#[test]
+fn lost_session_requeues_with_attempt_counted_and_late_result_is_dropped() {
+    let mut st = State::new(settings(3));
+    let (_, ids) = st.submit(vec![spec(JobKind::Sleep, "5", 0)]).unwrap();
+    let (tx1, mut rx1) = mpsc::unbounded_channel();
+    let a = st.add_session(&hello("a"), tx1);
+    st.add_credit(a, 0, 1).send(None);
+    let first = assigned(&mut rx1).remove(0);
+    let (ended, out) = st.end_session(a, "stream closed");
+    assert!(ended);
+    out.send(None);
+    assert_eq!(st.count(JobState::Queued), 1);
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    let b = st.add_session(&hello("b"), tx2);
+    st.add_credit(b, 0, 1).send(None);
+    let second = assigned(&mut rx2).remove(0);
+    assert_eq!(second.attempt, 2);
+    // The first worker's result arrives late: dropped and counted.
+    st.record_results(a, 0, vec![ok(&first)]).send(None);
+    assert_eq!(st.counters.late_results_dropped, 1);
+    st.record_results(b, 0, vec![ok(&second)]).send(None);
+    let job = st.job(&ids[0]).unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.attempts, 2);
+    // A duplicate of the winning result is dropped too.
+    st.record_results(b, 0, vec![ok(&second)]).send(None);
+    assert_eq!(st.counters.late_results_dropped, 2);
+    assert_eq!(st.count(JobState::Succeeded), 1);
+}
+
+#[test]
+fn retryable_failures_end_failed_after_max_attempts() {
+    let mut st = State::new(settings(2));
+    let (_, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    for _ in 0..2 {
+        st.add_credit(s, 1, 0).send(None);
+        let a = assigned(&mut rx).remove(0);
+        st.record_results(
+            s,
+            0,
+            vec![pb::JobResult {
+                job_id: a.job_id,
+                attempt: a.attempt,
+                outcome: Some(pb::job_result::Outcome::Failure(pb::JobFailure {
+                    reason: "timed out after 50 ms".into(),
+                    retryable: true,
+                })),
+                run_us: 0,
+            }],
+        )
+        .send(None);
+    }
+    let job = st.job(&ids[0]).unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.x().attempt_errors.len(), 2);
+    assert!(job.x().error.as_deref().unwrap().contains("timed out"));
+}
+
+#[test]
+fn cancel_queued_and_running() {
+    let mut st = State::new(settings(3));
+    let (_, ids) = st
+        .submit(vec![spec(JobKind::Fib, "1", 0), spec(JobKind::Fib, "2", 0)])
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    assert_eq!(assigned(&mut rx).len(), 1);
+    let (resp, out) = st.cancel(&ids).unwrap();
+    out.send(None);
+    assert_eq!(resp.cancelled, 2);
+    let msgs: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert!(matches!(
+        msgs[0].1.msg,
+        Some(pb::master_message::Msg::Cancel(_))
+    ));
+    assert_eq!(st.count(JobState::Cancelled), 2);
+    assert_eq!(st.count(JobState::Queued), 0);
+    assert!(st.sessions[&s].held.is_empty());
+}
+
+#[test]
+fn idempotency_key_returns_first_id() {
+    let mut st = State::new(settings(3));
+    let mut a = spec(JobKind::Fib, "1", 0);
+    a.idempotency_key = "k".into();
+    let (_, first) = st.submit(vec![a.clone()]).unwrap();
+    let (_, second) = st.submit(vec![a]).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(st.jobs.len(), 1);
+}
+
+#[test]
+fn invalid_batches_enqueue_nothing() {
+    let mut st = State::new(Settings {
+        limits: Limits {
+            max_batch_jobs: 2,
+            ..Limits::default()
+        },
+        ..settings(3)
+    });
+    let e = st.submit(vec![]).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    let e = st
+        .submit(vec![spec(JobKind::Fib, "1", 0); 3])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("limit of 2"), "{e}");
+    let e = st
+        .submit(vec![
+            spec(JobKind::Fib, "1", 0),
+            spec(JobKind::Prime, "12a", 0),
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("jobs[1].arg"), "{e}");
+    assert_eq!(st.jobs.len(), 0);
+}
+
+/// What a store holding these commits would give back.
+fn recovered_from(commits: &[Changes]) -> Recovered {
+    let mut r = Recovered {
+        created_at_ms: 1,
+        ..Recovered::default()
+    };
+    for c in commits {
+        for (id, bytes) in &c.batches {
+            let (ids, created) = crate::store::decode_batch(bytes).unwrap();
+            r.batches.push((*id, ids, created));
+        }
+        for (_, bytes) in &c.jobs {
+            r.jobs
+                .push(pb::JobRecord::decode(bytes.as_slice()).unwrap());
+        }
+        r.assignments.push(c.assignments.clone());
+    }
+    r
+}
+
+fn fake_clock(st: &mut State) -> Arc<std::sync::atomic::AtomicU64> {
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000));
+    let c = now.clone();
+    st.set_clock(Box::new(move || {
+        c.load(std::sync::atomic::Ordering::SeqCst)
+    }));
+    now
+}
+
+fn fail(a: &pb::Assignment) -> pb::JobResult {
+    pb::JobResult {
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+        outcome: Some(pb::job_result::Outcome::Failure(pb::JobFailure {
+            reason: "child process 42 killed by signal 9 while running the job".into(),
+            retryable: true,
+        })),
+        run_us: 0,
+    }
+}
+
+#[test]
+fn retried_jobs_wait_out_an_exponential_backoff() {
+    let mut st = State::new(Settings {
+        retry: RetryPolicy {
+            base_ms: 1000,
+            max_ms: 60_000,
+        },
+        ..settings(5)
+    });
+    let now = fake_clock(&mut st);
+    st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 10, 0).send(None);
+    let mut a = assigned(&mut rx).remove(0);
+    for (attempt, full_wait) in [(1u32, 1000u64), (2, 2000), (3, 4000)] {
+        assert_eq!(a.attempt, attempt);
+        st.record_results(s, 0, vec![fail(&a)]).send(None);
+        // Jitter keeps the wait between half and all of it.
+        now.fetch_add(full_wait / 2 - 1, std::sync::atomic::Ordering::SeqCst);
+        st.promote_due().send(None);
+        assert!(assigned(&mut rx).is_empty(), "retried before its backoff");
+        assert_eq!(st.count(JobState::Queued), 1);
+        now.fetch_add(full_wait / 2 + 1, std::sync::atomic::Ordering::SeqCst);
+        st.promote_due().send(None);
+        let mut again = assigned(&mut rx);
+        assert_eq!(again.len(), 1, "not retried after its backoff");
+        a = again.remove(0);
+    }
+    assert_eq!(a.attempt, 4);
+}
+
+#[test]
+fn finished_jobs_expire_after_retention_and_say_so() {
+    let mut st = State::new(settings(3));
+    let now = fake_clock(&mut st);
+    now.store(crate::store::now_ms(), std::sync::atomic::Ordering::SeqCst);
+    st.created_at_ms = 0;
+    let (batch, ids) = st.submit(vec![spec(JobKind::Sleep, "1", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 0, 1).send(None);
+    let a = assigned(&mut rx).remove(0);
+    st.record_results(s, 0, vec![ok(&a)]).send(None);
+    assert_eq!(st.purge_expired(), 0);
+    let later = now.fetch_add(3_600_001, std::sync::atomic::Ordering::SeqCst) + 3_600_001;
+    assert_eq!(st.purge_expired(), 1);
+    assert!(!st.batches.contains_key(&batch));
+    assert_eq!(st.count(JobState::Succeeded), 0);
+    let e = st
+        .resolve(&[ids[0].to_string()], "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expired") && e.contains("--retention"), "{e}");
+    // An id made just now was never seen: it cannot have expired.
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, later / 1000, 0);
+    let never = uuid::Uuid::new_v7(ts);
+    let e = st
+        .resolve(&[never.to_string()], "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not known"), "{e}");
+}
+
+#[test]
+fn recovery_restores_queue_order_results_and_requeues_running_jobs() {
+    let mut st = State::new(Settings {
+        durable: true,
+        ..settings(3)
+    });
+    let (_, first) = st
+        .submit(vec![
+            spec(JobKind::Fib, "10", 0),
+            spec(JobKind::Fib, "11", 0),
+        ])
+        .unwrap();
+    let (batch2, second) = st.submit(vec![spec(JobKind::Fib, "12", 7)]).unwrap();
+    let mut keyed = spec(JobKind::Fib, "13", 0);
+    keyed.idempotency_key = "once".into();
+    st.submit(vec![keyed.clone()]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 2, 0).send(None);
+    let running = assigned(&mut rx);
+    // Priority 7 went first, then the oldest.
+    assert_eq!(running[0].arg, "12");
+    assert_eq!(running[1].arg, "10");
+    st.record_results(s, 0, vec![ok(&running[0])]).send(None);
+    let (number, changes) = st.take_changes().expect("changes to commit");
+    assert_eq!(number, 1);
+
+    let recovered = recovered_from(&[changes]);
+    let mut back = State::new(settings(3));
+    let report = back.recover(recovered).unwrap();
+    assert_eq!(report.finished, 1);
+    assert_eq!(report.requeued, 1);
+    assert_eq!(report.queued, 2);
+    assert_eq!(back.job(&second[0]).unwrap().state, JobState::Succeeded);
+    assert_eq!(back.batches[&batch2].finished, vec![0]);
+    let was_running = back.job(&first[0]).unwrap();
+    assert_eq!(was_running.state, JobState::Queued);
+    assert_eq!(was_running.attempts, 1);
+    assert!(was_running.x().attempt_errors[0].contains("master restarted"));
+    // Idempotency survives, and new jobs continue the sequence.
+    let (_, again) = back.submit(vec![keyed]).unwrap();
+    assert_eq!(back.jobs.len(), 4);
+    assert!(back.job(&again[0]).is_some());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = back.add_session(&hello("b"), tx);
+    back.add_credit(s, 10, 0).send(None);
+    let order: Vec<String> = assigned(&mut rx).into_iter().map(|a| a.arg).collect();
+    assert_eq!(order, ["10", "11", "13"]);
+}
+
+#[test]
+fn failed_jobs_can_be_retried() {
+    let mut st = State::new(settings(1));
+    let (batch, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx).remove(0);
+    st.record_results(s, 0, vec![fail(&a)]).send(None);
+    assert_eq!(st.failed_ids(), ids);
+    let (n, out) = st.retry_jobs(&ids);
+    out.send(None);
+    assert_eq!(n, 1);
+    assert!(st.batches[&batch].finished.is_empty());
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx).remove(0);
+    // History is kept: this is the second attempt, and the retry raised
+    // the allowance instead of forgetting the first.
+    assert_eq!(a.attempt, 2);
+    st.record_results(s, 0, vec![ok(&a)]).send(None);
+    let job = st.job(&ids[0]).unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!((job.counted, job.allowance), (1, 2));
+    assert_eq!(job.x().attempt_errors.len(), 1);
+}
+
+#[test]
+fn assignments_are_logged_once_per_commit_and_recovered() {
+    let mut st = State::new(Settings {
+        durable: true,
+        ..settings(3)
+    });
+    let (_, ids) = st
+        .submit(vec![
+            spec(JobKind::Fib, "10", 0),
+            spec(JobKind::Fib, "11", 0),
+        ])
+        .unwrap();
+    let (_, first) = st.take_changes().unwrap();
+    // A submit is one batch record holding its jobs, not a record each.
+    assert!(first.jobs.is_empty());
+    assert_eq!(first.batches.len(), 1);
+    let (_, created) = crate::store::decode_batch(&first.batches[0].1).unwrap();
+    assert_eq!(created.len(), 2);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    assert_eq!(assigned(&mut rx).len(), 1);
+    let (_, second) = st.take_changes().unwrap();
+    // The assignment is one log entry, not a rewritten record.
+    assert!(second.jobs.is_empty());
+    assert_eq!(second.assignments, vec![(ids[0], 1)]);
+
+    let mut back = State::new(settings(3));
+    let report = back.recover(recovered_from(&[first, second])).unwrap();
+    assert_eq!((report.queued, report.requeued), (1, 1));
+    let was_running = back.job(&ids[0]).unwrap();
+    assert_eq!(was_running.state, JobState::Queued);
+    assert_eq!(was_running.attempts, 1);
+    assert_eq!(back.job(&ids[1]).unwrap().attempts, 0);
+    assert_eq!(back.count(JobState::Queued), 2);
+}
+
+#[test]
+fn a_jobs_own_record_overrides_its_batch_and_batches_expire_whole() {
+    let mut st = State::new(Settings {
+        durable: true,
+        ..settings(3)
+    });
+    let (batch, ids) = st
+        .submit(vec![
+            spec(JobKind::Sleep, "1", 0),
+            spec(JobKind::Sleep, "2", 0),
+        ])
+        .unwrap();
+    let (_, first) = st.take_changes().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 0, 1).send(None);
+    let a = assigned(&mut rx).remove(0);
+    st.record_results(s, 0, vec![ok(&a)]).send(None);
+    let (_, second) = st.take_changes().unwrap();
+    assert_eq!(second.jobs.len(), 1);
+    let mut back = State::new(settings(3));
+    back.recover(recovered_from(&[first, second])).unwrap();
+    assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
+    assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
+    assert_eq!(back.batches[&batch].finished, vec![0]);
+    // Half finished: the batch is kept, however old its finished job.
+    let now = fake_clock(&mut back);
+    now.store(u64::MAX / 2, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(back.purge_expired(), 0);
+    assert!(back.job(&ids[0]).is_some());
+}
