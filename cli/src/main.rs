@@ -79,7 +79,8 @@ enum Command {
         /// A job id or a batch id.
         id: String,
     },
-    /// Queues failed jobs again (dead letters), with their attempts reset.
+    /// Queues failed jobs again (dead letters): each gets its max_attempts
+    /// again on top of the attempts it made, which stay in its history.
     Retry {
         /// A job id or a batch id; omit with --failed.
         #[arg(required_unless_present = "failed", conflicts_with = "failed")]

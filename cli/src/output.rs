@@ -78,6 +78,7 @@ pub(crate) fn job_json(job: &pb::JobInfo) -> Value {
         "arg": job.arg,
         "state": state_name(job.state),
         "attempts": job.attempts,
+        "counted_attempts": job.counted_attempts,
         "max_attempts": job.max_attempts,
         "priority": job.priority,
         "worker": job.worker,

@@ -472,3 +472,160 @@ fn a_jobs_own_record_overrides_its_batch_and_batches_expire_whole() {
     assert_eq!(back.purge_expired(), 0);
     assert!(back.job(&ids[0]).is_some());
 }
+
+fn durable(max_attempts: u32) -> State {
+    State::new(Settings {
+        durable: true,
+        ..settings(max_attempts)
+    })
+}
+
+/// Commits what changed, as the committer does.
+fn commit(st: &mut State, log: &mut Vec<Changes>) {
+    if let Some((_, c)) = st.take_changes() {
+        log.push(c);
+    }
+}
+
+fn restart(log: &[Changes], max_attempts: u32) -> State {
+    let mut back = State::new(settings(max_attempts));
+    back.recover(recovered_from(log)).unwrap();
+    back
+}
+
+#[test]
+fn a_retried_dead_letter_is_queued_not_failed_after_a_restart() {
+    let mut st = durable(1);
+    let mut log = Vec::new();
+    let (_, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx).remove(0);
+    commit(&mut st, &mut log);
+    st.record_results(s, 0, vec![fail(&a)]).send(None);
+    commit(&mut st, &mut log);
+    assert_eq!(st.job(&ids[0]).unwrap().state, JobState::Failed);
+    let (_, out) = st.end_session(s, "stream closed");
+    out.send(None);
+    let (n, out) = st.retry_jobs(&ids);
+    out.send(None);
+    assert_eq!(n, 1);
+    commit(&mut st, &mut log);
+
+    let back = restart(&log, 1);
+    let job = back.job(&ids[0]).unwrap();
+    assert_eq!(job.state, JobState::Queued, "{:?}", job.x().attempt_errors);
+    assert_eq!((job.attempts, job.counted, job.allowance), (1, 1, 2));
+    assert_eq!(job.x().attempt_errors.len(), 1);
+}
+
+#[test]
+fn jobs_returned_on_drain_are_not_failed_by_a_restart() {
+    for return_committed in [true, false] {
+        let mut st = durable(1);
+        let mut log = Vec::new();
+        let (_, ids) = st
+            .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
+            .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 2, 0).send(None);
+        assert_eq!(assigned(&mut rx).len(), 2);
+        commit(&mut st, &mut log);
+        st.set_draining(s);
+        st.return_jobs(s, &ids).send(None);
+        if return_committed {
+            commit(&mut st, &mut log);
+        }
+        let back = restart(&log, 1);
+        for id in &ids {
+            let job = back.job(id).unwrap();
+            assert_eq!(job.state, JobState::Queued, "{:?}", job.x().attempt_errors);
+            assert_eq!((job.attempts, job.counted), (1, 0));
+        }
+    }
+}
+
+#[test]
+fn a_stale_result_leaves_the_newer_attempt_held() {
+    let mut st = State::new(settings(3));
+    let (_, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    let first = assigned(&mut rx).remove(0);
+    st.record_results(s, 1, vec![fail(&first)]).send(None);
+    st.add_credit(s, 1, 0).send(None);
+    let second = assigned(&mut rx).remove(0);
+    assert_eq!(second.attempt, 2);
+    // The first attempt's result again, and a success for it: both stale.
+    st.record_results(s, 2, vec![fail(&first), ok(&first)])
+        .send(None);
+    assert_eq!(st.counters.late_results_dropped, 2);
+    assert!(st.sessions[&s].held.contains(&ids[0]));
+    let (_, out) = st.end_session(s, "stream closed");
+    out.send(None);
+    let job = st.job(&ids[0]).unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.counted, 2);
+}
+
+#[test]
+fn a_failure_resent_on_a_new_session_is_applied_once() {
+    let mut st = State::new(settings(3));
+    let (_, ids) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = st.add_session(&hello("w"), tx);
+    st.add_credit(a, 1, 0).send(None);
+    let attempt = assigned(&mut rx).remove(0);
+    st.record_results(a, 1, vec![fail(&attempt)]).send(None);
+    let (_, out) = st.end_session(a, "stream closed");
+    out.send(None);
+    // The ack was lost with the stream: the worker sends it again.
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let b = st.add_session(&hello("w"), tx);
+    st.record_results(b, 1, vec![fail(&attempt)]).send(None);
+    let job = st.job(&ids[0]).unwrap();
+    assert_eq!(job.x().attempt_errors.len(), 1);
+    assert_eq!((job.counted, st.counters.retried), (1, 1));
+    // A success for that attempt is still taken: nobody runs it now.
+    st.record_results(b, 2, vec![ok(&attempt)]).send(None);
+    assert_eq!(st.job(&ids[0]).unwrap().state, JobState::Succeeded);
+    assert_eq!(st.count(JobState::Queued), 0);
+}
+
+#[test]
+fn a_read_waits_for_the_commit_being_written() {
+    let mut st = durable(3);
+    assert_eq!(st.ticket(), Some(0));
+    st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+    assert_eq!(st.ticket(), Some(1));
+    // Commit 1 is taken and being written: what the state shows now is
+    // still only as safe as that commit.
+    let (number, _) = st.take_changes().unwrap();
+    assert_eq!((number, st.ticket()), (1, Some(1)));
+}
+
+#[test]
+fn a_batch_that_names_a_running_job_again_hears_of_its_finish() {
+    let mut st = State::new(settings(3));
+    let keyed = |k: &str| pb::JobSpec {
+        idempotency_key: k.into(),
+        ..spec(JobKind::Sleep, "1", 0)
+    };
+    let (first, ids) = st.submit(vec![keyed("k0"), keyed("k1")]).unwrap();
+    let (again, same) = st
+        .submit(vec![keyed("k1"), keyed("k0"), keyed("k1")])
+        .unwrap();
+    assert_eq!(same, vec![ids[1], ids[0], ids[1]]);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 0, 2).send(None);
+    let results: Vec<_> = assigned(&mut rx).iter().map(ok).collect();
+    st.record_results(s, 0, results).send(None);
+    let mut finished = st.batches[&again].finished.clone();
+    finished.sort_unstable();
+    assert_eq!(finished, vec![0, 1, 2]);
+    assert_eq!(st.batches[&first].finished.len(), 2);
+}
