@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// The longest idempotency key, in bytes: every key is kept in memory and
+/// in the store for as long as its job.
+pub(super) const MAX_KEY_BYTES: usize = 1024;
+
 /// How a result or failure a worker sent relates to the job it names.
 enum Match {
     /// For the attempt the sending session holds: it ends that attempt.
@@ -137,6 +141,12 @@ impl State {
         for (i, spec) in specs.iter().enumerate() {
             JobArgs::parse(spec.kind, &spec.arg, &self.limits)
                 .map_err(|e| Error::invalid(format!("jobs[{i}].arg: {e}")))?;
+            if spec.idempotency_key.len() > MAX_KEY_BYTES {
+                return Err(Error::invalid(format!(
+                    "jobs[{i}].idempotency_key: {} bytes is over the limit of {MAX_KEY_BYTES}",
+                    spec.idempotency_key.len()
+                )));
+            }
             if spec.max_attempts > 100 {
                 return Err(Error::invalid(format!(
                     "jobs[{i}].max_attempts: {} is over the limit of 100",

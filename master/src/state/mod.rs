@@ -55,6 +55,8 @@ use crate::store::{Changes, Loaded, Recovered, encode_batch};
 mod job;
 mod journal;
 mod lifecycle;
+#[cfg(test)]
+use lifecycle::MAX_KEY_BYTES;
 mod queries;
 mod recovery;
 mod retention;

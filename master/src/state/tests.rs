@@ -629,3 +629,19 @@ fn a_batch_that_names_a_running_job_again_hears_of_its_finish() {
     assert_eq!(finished, vec![0, 1, 2]);
     assert_eq!(st.batches[&first].finished.len(), 2);
 }
+
+#[test]
+fn an_overlong_idempotency_key_is_refused_naming_the_field() {
+    let mut st = State::new(settings(3));
+    let mut long = spec(JobKind::Fib, "5", 0);
+    long.idempotency_key = "k".repeat(MAX_KEY_BYTES + 1);
+    let e = st
+        .submit(vec![spec(JobKind::Fib, "5", 0), long])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "jobs[1].idempotency_key: 1025 bytes is over the limit of 1024"
+    );
+    assert_eq!(st.count(JobState::Queued), 0);
+}
