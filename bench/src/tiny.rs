@@ -58,6 +58,7 @@ async fn watch_batch(
         .watch(WatchRequest {
             batch_id: batch_id.to_string(),
             ordered: false,
+            ..Default::default()
         })
         .await
         .context("watch")?

@@ -96,14 +96,32 @@ impl Client {
         wait: bool,
         timeout: Option<Duration>,
     ) -> anyhow::Result<pb::GetResponse> {
-        let req = pb::GetRequest {
+        let mut req = pb::GetRequest {
             job_ids: ids,
             batch_id: batch.unwrap_or_default(),
             wait,
             timeout_ms: timeout.map_or(0, |d| d.as_millis().max(1) as u64),
+            page_token: String::new(),
         };
-        let resp = self.queue.clone().get(req).await.map_err(status_error)?;
-        Ok(resp.into_inner())
+        // Every page, in order: the master bounds each reply in bytes.
+        let mut whole = pb::GetResponse::default();
+        loop {
+            let page = self
+                .queue
+                .clone()
+                .get(req.clone())
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            whole.jobs.extend(page.jobs);
+            whole.complete = page.complete;
+            if page.next_page_token.is_empty() {
+                return Ok(whole);
+            }
+            // The first page waited; the rest are read as they are.
+            req.wait = false;
+            req.page_token = page.next_page_token;
+        }
     }
 
     /// Streams a batch's results; `on_jobs` sees each message's jobs with
@@ -120,6 +138,7 @@ impl Client {
             .watch(pb::WatchRequest {
                 batch_id: batch.to_string(),
                 ordered,
+                ..Default::default()
             })
             .await
             .map_err(status_error)?

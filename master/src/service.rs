@@ -33,6 +33,62 @@ use crate::store::Store;
 /// client sees progress.
 const WATCH_CHUNK: usize = 4096;
 
+/// The bytes of results one `GetResponse` or `WatchResponse` aims at: a
+/// quarter of the message limit, capped, so any page fits well under it
+/// (a page always holds at least one job).
+fn page_bytes(max_message_bytes: usize) -> usize {
+    (max_message_bytes / 4).clamp(64 * 1024, 16 * 1024 * 1024)
+}
+
+/// Reads the position a page token names, within `len` jobs.
+fn page_start(token: &str, len: usize) -> Result<usize, Error> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    match token.parse::<usize>() {
+        Ok(n) if n <= len => Ok(n),
+        _ => Err(Error::invalid(format!(
+            "page_token: {token:?} is not a page of these {len} jobs; pass the next_page_token of the previous page"
+        ))),
+    }
+}
+
+/// Results gathered for one message, bounded in bytes and count.
+struct Page {
+    jobs: Vec<pb::JobInfo>,
+    bytes: usize,
+    budget: usize,
+    max_jobs: usize,
+}
+
+impl Page {
+    fn new(budget: usize, max_jobs: usize) -> Page {
+        Page {
+            jobs: Vec::new(),
+            bytes: 0,
+            budget,
+            max_jobs,
+        }
+    }
+
+    fn push(&mut self, info: Option<pb::JobInfo>) {
+        if let Some(info) = info {
+            self.bytes += prost::Message::encoded_len(&info);
+            self.jobs.push(info);
+        }
+    }
+
+    /// Whether the page holds what one message should.
+    fn full(&self) -> bool {
+        self.jobs.len() >= self.max_jobs || self.bytes >= self.budget
+    }
+}
+
+/// Whether bit `i` of a bitmap is set.
+fn bit(bitmap: &[u8], i: usize) -> bool {
+    bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
 /// The master's services, sharing one queue.
 #[derive(Clone)]
 pub struct Master {
@@ -292,18 +348,34 @@ impl Queue for Master {
                 }
             }
         }
-        let (jobs, complete, ticket) = {
+        let start = page_start(&req.page_token, ids.len())?;
+        let budget = page_bytes(self.inner.config.max_message_bytes);
+        let (jobs, next, complete, ticket) = {
             let st = self.inner.state.lock();
-            let jobs: Vec<pb::JobInfo> = ids
-                .iter()
-                .filter_map(|id| st.job(id).map(|j| j.info()))
-                .collect();
-            (jobs, st.all_finished(&ids), st.ticket())
+            let mut page = Page::new(budget, usize::MAX);
+            let mut next = start;
+            for id in &ids[start..] {
+                if page.full() {
+                    break;
+                }
+                next += 1;
+                page.push(st.job(id).map(|j| j.info()));
+            }
+            (page.jobs, next, st.all_finished(&ids), st.ticket())
+        };
+        let next_page_token = if next < ids.len() {
+            next.to_string()
+        } else {
+            String::new()
         };
         // What the reply shows must be committed: a result read before its
         // commit could be lost by a crash after the client saw it.
         self.settle(ticket).await?;
-        Ok(Response::new(pb::GetResponse { jobs, complete }))
+        Ok(Response::new(pb::GetResponse {
+            jobs,
+            complete,
+            next_page_token,
+        }))
     }
 
     type WatchStream = BoxStream<pb::WatchResponse>;
@@ -315,54 +387,66 @@ impl Queue for Master {
         let slot = self.inner.guards.watch_slot(request.remote_addr())?;
         let req = request.into_inner();
         let batch = BatchId::parse("batch_id", &req.batch_id)?;
-        let mut notify = self
-            .inner
-            .state
-            .lock()
-            .subscribe(&batch)
-            .ok_or_else(|| Error::NotFound(format!("batch {batch} is not known")))?;
+        let mut notify = {
+            let st = self.inner.state.lock();
+            let total = st.batches.get(&batch).map_or(0, |b| b.jobs.len());
+            if req.resume_from as usize > total {
+                return Err(Error::invalid(format!(
+                    "resume_from: {} is past the end of the batch's {total} jobs",
+                    req.resume_from
+                ))
+                .into());
+            }
+            match st.subscribe(&batch) {
+                Some(rx) => rx,
+                None => return Err(st.batch_not_found(batch).into()),
+            }
+        };
+        let budget = page_bytes(self.inner.config.max_message_bytes);
         let (tx, rx) = mpsc::channel(4);
         let master = self.clone();
         self.inner.tasks.spawn(async move {
             // Held while the stream is open.
             let _slot = slot;
             // Ordered: the next index to send. Unordered: how much of the
-            // batch's completion list was sent.
-            let mut cursor = 0usize;
+            // batch's completion list was looked at.
+            let mut cursor = if req.ordered {
+                req.resume_from as usize
+            } else {
+                0
+            };
             loop {
                 notify.borrow_and_update();
-                let (chunk, done, total, ticket) = {
+                let (chunk, full, done, total, ticket) = {
                     let st = master.inner.state.lock();
                     let Some(b) = st.batches.get(&batch) else {
                         return;
                     };
                     let total = b.jobs.len();
-                    let mut chunk = Vec::new();
+                    let mut page = Page::new(budget, WATCH_CHUNK);
                     if req.ordered {
-                        while cursor < total
-                            && chunk.len() < WATCH_CHUNK
-                            && st.is_finished(&b.jobs[cursor])
-                        {
-                            chunk.push(st.job(&b.jobs[cursor]).map(|j| j.info()));
+                        while !page.full() && cursor < total && st.is_finished(&b.jobs[cursor]) {
+                            page.push(st.job(&b.jobs[cursor]).map(|j| j.info()));
                             cursor += 1;
                         }
                     } else {
-                        while cursor < b.finished.len() && chunk.len() < WATCH_CHUNK {
-                            let id = b.jobs[b.finished[cursor] as usize];
-                            chunk.push(st.job(&id).map(|j| j.info()));
+                        while !page.full() && cursor < b.finished.len() {
+                            let index = b.finished[cursor] as usize;
                             cursor += 1;
+                            if !bit(&req.received, index) {
+                                page.push(st.job(&b.jobs[index]).map(|j| j.info()));
+                            }
                         }
                     }
+                    let full = page.full();
                     let done = b.finished.len().min(total);
-                    let chunk = chunk.into_iter().flatten().collect::<Vec<_>>();
-                    (chunk, done, total, st.ticket())
+                    (page.jobs, full, done, total, st.ticket())
                 };
                 // Nothing is streamed before its commit (see `get`).
                 if let Err(status) = master.settle(ticket).await {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                let full = chunk.len() == WATCH_CHUNK;
                 if !chunk.is_empty() || total == 0 {
                     let msg = pb::WatchResponse {
                         jobs: chunk,

@@ -141,6 +141,7 @@ fn map_of_200_mixed_jobs_over_two_workers_gives_every_result_once_in_order() {
             .watch(WatchRequest {
                 batch_id: submitted.batch_id.clone(),
                 ordered: true,
+                ..Default::default()
             })
             .await
             .expect("Watch")

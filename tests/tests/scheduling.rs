@@ -47,6 +47,7 @@ fn a_later_job_of_higher_priority_runs_before_earlier_lower_ones() {
         let mut stream = block_on(queue.clone().watch(WatchRequest {
             batch_id: batch.clone(),
             ordered: false,
+            ..Default::default()
         }))
         .expect("Watch")
         .into_inner();

@@ -99,6 +99,7 @@ fn tokens_let_each_role_call_only_its_own_service() {
     let e = block_on(queue(&url, &none).watch(WatchRequest {
         batch_id: uuid_like(),
         ordered: false,
+        ..Default::default()
     }))
     .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -429,6 +430,7 @@ fn limits_refuse_with_resource_exhausted_naming_their_flag() {
         block_on(q.watch(WatchRequest {
             batch_id: first.batch_id.clone(),
             ordered: false,
+            ..Default::default()
         }))
     };
     let one = watch(&mut q).expect("a first watch");
@@ -639,11 +641,18 @@ fn valid_message(rng: &mut Rng, path: &str) -> Vec<u8> {
             batch_id: String::new(),
             wait: rng.percent(50),
             timeout_ms: rng.below(50),
+            page_token: if rng.percent(50) {
+                rng.below(1_000_000).to_string()
+            } else {
+                id(rng)
+            },
         }
         .encode_to_vec(),
         "/drover.v1.Queue/Watch" => WatchRequest {
             batch_id: id(rng),
             ordered: rng.percent(50),
+            resume_from: rng.next_u64() as u32,
+            received: (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect(),
         }
         .encode_to_vec(),
         "/drover.v1.Queue/Cancel" => CancelRequest {
