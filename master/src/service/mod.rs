@@ -1,0 +1,231 @@
+//! The gRPC services: `Queue` for clients and `Workers` for worker sessions.
+//!
+//! Each handler locks the [`State`], changes it, releases the lock, and only
+//! then sends what the change produced: no lock is held across an await.
+
+//!
+//! - `queue`: the `Queue` service (clients), with paged and byte-bounded
+//!   replies.
+//! - `workers`: the `Workers` service (one stream per worker session).
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_common::ids::{BatchId, JobId};
+use futures::Stream;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+
+use crate::Config;
+use crate::committer::{self, CommitState};
+use crate::limits::Guards;
+use crate::state::{Outgoing, State};
+use crate::store::Store;
+
+mod queue;
+mod workers;
+
+/// The master's services, sharing one queue.
+#[derive(Clone)]
+pub struct Master {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Arc<Mutex<State>>,
+    config: Config,
+    /// Ends every long-lived stream when the master shuts down.
+    shutdown: CancellationToken,
+    /// What the committer has written; `None` with a store that keeps nothing.
+    committed: Option<watch::Receiver<CommitState>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Every task the master spawns (sessions, watches, timers, wake-ups),
+    /// waited for on shutdown.
+    tasks: TaskTracker,
+    /// The queue and watch limits, and what was refused.
+    guards: Arc<Guards>,
+}
+
+impl Master {
+    /// Creates the services over what `store` holds, recovering its jobs,
+    /// and starts the committer if the store is durable.
+    pub fn open(
+        config: Config,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let durable = store.is_durable();
+        let mut state = State::new(crate::state::Settings {
+            limits: config.limits,
+            default_max_attempts: config.default_max_attempts,
+            retry: config.retry,
+            retention_ms: config.retention.as_millis() as u64,
+            durable,
+        });
+        let started = std::time::Instant::now();
+        let mut report = crate::state::RecoveryReport::default();
+        let created_at = store.load(&mut |item| state.recover_item(item, &mut report))?;
+        state.set_created_at(created_at);
+        state.finish_recovery(&mut report);
+        if report.queued + report.requeued + report.finished > 0 {
+            tracing::info!(
+                queued = report.queued,
+                requeued = report.requeued,
+                finished = report.finished,
+                batches = report.batches,
+                ms = started.elapsed().as_millis() as u64,
+                "recovered the queue"
+            );
+        }
+        let (kick_tx, kick_rx) = std::sync::mpsc::channel();
+        state.set_kick(kick_tx);
+        let state = Arc::new(Mutex::new(state));
+        let (committed, committer) = if durable {
+            let (tx, rx) = watch::channel(CommitState::default());
+            let handle = committer::start(state.clone(), store, kick_rx, tx, shutdown.clone());
+            // Recovery may have changed jobs (running ones queued again).
+            state.lock().nudge();
+            (Some(rx), Some(handle))
+        } else {
+            (None, None)
+        };
+        let guards = Arc::new(Guards::new(
+            config.max_queued,
+            config.max_watches_per_client,
+        ));
+        Ok(Master {
+            inner: Arc::new(Inner {
+                guards,
+                state,
+                config,
+                shutdown,
+                committed,
+                committer: Mutex::new(committer),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// Waits for the committer to write what is left (after shutdown).
+    pub fn join_committer(&self) {
+        if let Some(handle) = self.inner.committer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// The queue (for the metrics).
+    pub(crate) fn state(&self) -> &Mutex<State> {
+        &self.inner.state
+    }
+
+    /// The limits and refusal counts.
+    pub fn guards(&self) -> &Arc<Guards> {
+        &self.inner.guards
+    }
+
+    /// The tasks the master spawned, to wait for on shutdown.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// Acts on what a change produced, once the lock is released: queues
+    /// each message on its session's stream (which holds it back until its
+    /// commit is done) and wakes the batches' waiters, at once or, with a
+    /// durable store, once the commit is done.
+    fn send(&self, out: Outgoing) {
+        for (outbox, msg) in out.messages {
+            // A closed outbox means the session is ending; its jobs are
+            // handled when it ends.
+            let _ = outbox.send((out.ticket, msg));
+        }
+        if out.notify.is_empty() {
+            return;
+        }
+        match (out.ticket, &self.inner.committed) {
+            (Some(ticket), Some(committed)) => {
+                let mut committed = committed.clone();
+                let notify = out.notify;
+                self.inner.tasks.spawn(async move {
+                    if committer::wait_for(&mut committed, ticket).await.is_ok() {
+                        for n in notify {
+                            n.send_modify(|v| *v += 1);
+                        }
+                    }
+                });
+            }
+            _ => {
+                for n in out.notify {
+                    n.send_modify(|v| *v += 1);
+                }
+            }
+        }
+    }
+
+    /// Waits until a change is durable.
+    async fn settle(&self, ticket: Option<u64>) -> Result<(), Status> {
+        match (ticket, &self.inner.committed) {
+            (Some(t), Some(rx)) => Ok(committer::wait_for(&mut rx.clone(), t).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the timers until shutdown: ends the sessions of workers not
+    /// heard from within the lease (their jobs go back to the queue),
+    /// releases retried jobs whose backoff is over, and purges jobs past
+    /// the retention period.
+    pub async fn run_timers(self) {
+        let lease = self.inner.config.lease;
+        let retention = self.inner.config.retention;
+        let purge_every =
+            (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut last_reap = Instant::now();
+        let mut last_purge = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+            let mut st = self.inner.state.lock();
+            let out = st.promote_due();
+            if last_reap.elapsed() >= (lease / 4).max(Duration::from_millis(50)) {
+                last_reap = Instant::now();
+                for sid in st.expired_sessions(lease) {
+                    tracing::warn!(
+                        session = sid.get(),
+                        lease_ms = lease.as_millis() as u64,
+                        "lease expired"
+                    );
+                    let (_, out) = st.end_session(sid, "lease expired");
+                    self.send(out);
+                }
+            }
+            if last_purge.elapsed() >= purge_every {
+                last_purge = Instant::now();
+                let n = st.purge_expired();
+                if n > 0 {
+                    tracing::info!(jobs = n, "purged finished jobs past the retention period");
+                }
+            }
+            drop(st);
+            self.send(out);
+        }
+    }
+
+    fn batches_of(&self, ids: &[JobId]) -> Vec<tokio::sync::watch::Receiver<u64>> {
+        let st = self.inner.state.lock();
+        let batches: HashSet<BatchId> = ids
+            .iter()
+            .filter_map(|id| st.job(id).map(|j| j.batch))
+            .collect();
+        batches.iter().filter_map(|b| st.subscribe(b)).collect()
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
