@@ -10,7 +10,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use drover_common::pb::{self, JobKind, child_result, job_result, master_message, worker_message};
+use drover_common::JobClass;
+use drover_common::pb::{self, child_result, job_result, master_message, worker_message};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -34,12 +35,6 @@ const PREFETCH_TARGET_US: f64 = 20_000.0;
 /// progress at most a millisecond late.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Cpu = 0,
-    Io = 1,
-}
-
 #[derive(Debug)]
 enum Place {
     Queued,
@@ -56,7 +51,7 @@ struct LocalJob {
     arg: String,
     timeout_ms: u64,
     priority: i32,
-    class: Class,
+    class: JobClass,
     place: Place,
     /// Cancelled while in a child's batch behind another job: its result
     /// is dropped when it comes.
@@ -80,9 +75,10 @@ pub(crate) struct Engine {
     /// CPU jobs waiting for a child: highest priority first, then arrival.
     cpu_queue: BTreeMap<(Reverse<i32>, u64), u64>,
     next_key: u64,
-    held: [u64; 2],
+    /// Jobs held per class, to judge the room left for credit.
+    held: [u64; JobClass::COUNT],
     /// Credit granted on this session and not yet used by assignments.
-    outstanding: [u64; 2],
+    outstanding: [u64; JobClass::COUNT],
     outbox: Option<Outbox>,
     /// Results not yet handed to a session.
     unsent: Vec<pb::JobResult>,
@@ -121,8 +117,8 @@ impl Engine {
             jobs: HashMap::new(),
             cpu_queue: BTreeMap::new(),
             next_key: 0,
-            held: [0, 0],
-            outstanding: [0, 0],
+            held: [0; JobClass::COUNT],
+            outstanding: [0; JobClass::COUNT],
             outbox: None,
             unsent: Vec::new(),
             unacked: VecDeque::new(),
@@ -265,12 +261,8 @@ impl Engine {
 
     fn on_assign(&mut self, jobs: Vec<pb::Assignment>) {
         for a in jobs {
-            let class = if a.kind == JobKind::Sleep as i32 {
-                Class::Io
-            } else {
-                Class::Cpu
-            };
-            let c = class as usize;
+            let class = JobClass::of_wire(a.kind);
+            let c = class.index();
             self.outstanding[c] = self.outstanding[c].saturating_sub(1);
             if self.draining {
                 // Sent before the master saw our drain: hand it straight back.
@@ -300,10 +292,10 @@ impl Engine {
                 span,
             };
             match class {
-                Class::Cpu => {
+                JobClass::Cpu => {
                     self.cpu_queue.insert((Reverse(job.priority), key), key);
                 }
-                Class::Io => {
+                JobClass::Io => {
                     job.place = Place::Sleeping(self.start_sleep(key, &job));
                 }
             }
@@ -351,7 +343,7 @@ impl Engine {
     /// Removes a job from the worker's books.
     fn take_job(&mut self, key: u64) -> Option<LocalJob> {
         let job = self.jobs.remove(&key)?;
-        self.held[job.class as usize] -= 1;
+        self.held[job.class.index()] -= 1;
         Some(job)
     }
 
@@ -682,12 +674,12 @@ impl Engine {
     /// jobs (short jobs need a deeper queue to hide the round trip to the
     /// master; long ones need none, so a slow worker never hoards the
     /// queue), and the async slots for IO jobs.
-    fn capacity(&self) -> [u64; 2] {
+    fn capacity(&self) -> [u64; JobClass::COUNT] {
         let procs = self.cfg.processes as u64;
         let mean = self
             .mean_us
             .iter()
-            .filter(|(k, _)| **k != JobKind::Sleep as i32)
+            .filter(|(k, _)| JobClass::of_wire(**k) == JobClass::Cpu)
             .map(|(_, v)| *v)
             .fold(None, |acc: Option<f64>, v| {
                 Some(acc.map_or(v, |a| a.max(v)))
@@ -705,19 +697,18 @@ impl Engine {
             return;
         }
         let cap = self.capacity();
-        let mut grant = [0u64; 2];
-        for c in 0..2 {
+        let mut grant = [0u64; JobClass::COUNT];
+        for c in JobClass::ALL.map(JobClass::index) {
             let used = self.held[c] + self.outstanding[c];
             grant[c] = cap[c].saturating_sub(used);
+            self.outstanding[c] += grant[c];
         }
-        if grant == [0, 0] {
+        if grant.iter().all(|&g| g == 0) {
             return;
         }
-        self.outstanding[0] += grant[0];
-        self.outstanding[1] += grant[1];
         self.send(worker_message::Msg::Credit(pb::Credit {
-            cpu: grant[0] as u32,
-            io: grant[1] as u32,
+            cpu: grant[JobClass::Cpu.index()] as u32,
+            io: grant[JobClass::Io.index()] as u32,
         }));
     }
 }
