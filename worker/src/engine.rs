@@ -7,7 +7,7 @@
 //! finished results, grants credit for the room it has, and reports the pool.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use drover_common::JobClass;
@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::Config;
 use crate::pool::{Pool, PoolEvent};
+use crate::results::ResultsOutbox;
 use crate::session::{Outbox, SessionEvent};
 
 /// After draining, how long to wait for the master to acknowledge results.
@@ -80,12 +81,8 @@ pub(crate) struct Engine {
     /// Credit granted on this session and not yet used by assignments.
     outstanding: [u64; JobClass::COUNT],
     outbox: Option<Outbox>,
-    /// Results not yet handed to a session.
-    unsent: Vec<pb::JobResult>,
-    /// Results sent but not yet acknowledged, by message number: sent again
-    /// on the next session, since a stream that breaks may lose them.
-    unacked: VecDeque<(u64, Vec<pb::JobResult>)>,
-    results_seq: u64,
+    /// Results the master has not acknowledged yet.
+    results: ResultsOutbox,
     /// Mean run time per kind, in microseconds, to size batches and prefetch.
     mean_us: HashMap<i32, f64>,
     pool_changed: bool,
@@ -120,9 +117,7 @@ impl Engine {
             held: [0; JobClass::COUNT],
             outstanding: [0; JobClass::COUNT],
             outbox: None,
-            unsent: Vec::new(),
-            unacked: VecDeque::new(),
-            results_seq: 0,
+            results: ResultsOutbox::default(),
             mean_us: HashMap::new(),
             pool_changed: true,
             draining: false,
@@ -177,14 +172,12 @@ impl Engine {
             engine.pump();
             if engine.draining && engine.jobs.is_empty() && close_deadline.is_none() {
                 drain_deadline = None;
-                let acked = engine.unsent.is_empty() && engine.unacked.is_empty();
+                let acked = engine.results.is_settled();
                 let ack_wait = *ack_deadline.get_or_insert_with(|| Instant::now() + ACK_WAIT);
                 if acked || Instant::now() >= ack_wait {
                     if !acked {
-                        let held: usize = engine.unsent.len()
-                            + engine.unacked.iter().map(|(_, r)| r.len()).sum::<usize>();
                         tracing::warn!(
-                            results = held,
+                            results = engine.results.pending(),
                             "the master did not acknowledge the last results; they will run again"
                         );
                     }
@@ -227,9 +220,9 @@ impl Engine {
                 self.pool_changed = true;
                 // Whatever the last session may have lost goes again; the
                 // master drops what it already has.
-                let resend: Vec<_> = self.unacked.iter().cloned().collect();
-                for (seq, results) in resend {
-                    self.send(worker_message::Msg::Results(pb::Results { results, seq }));
+                let resend: Vec<_> = self.results.to_resend().collect();
+                for message in resend {
+                    self.send(worker_message::Msg::Results(message));
                 }
                 if self.draining {
                     self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
@@ -249,11 +242,7 @@ impl Engine {
                         self.start_drain();
                     }
                 }
-                master_message::Msg::Ack(a) => {
-                    while self.unacked.front().is_some_and(|(seq, _)| *seq <= a.seq) {
-                        self.unacked.pop_front();
-                    }
-                }
+                master_message::Msg::Ack(a) => self.results.ack(a.seq),
                 master_message::Msg::Welcome(_) => {}
             },
         }
@@ -358,7 +347,7 @@ impl Engine {
             }
         });
         self.completed += 1;
-        self.unsent.push(pb::JobResult {
+        self.results.push(pb::JobResult {
             job_id: job.job_id,
             attempt: job.attempt,
             outcome: Some(outcome),
@@ -621,14 +610,12 @@ impl Engine {
     }
 
     fn flush_results(&mut self) {
-        if self.unsent.is_empty() || self.outbox.is_none() {
+        if self.outbox.is_none() {
             return;
         }
-        let results = std::mem::take(&mut self.unsent);
-        self.results_seq += 1;
-        let seq = self.results_seq;
-        self.unacked.push_back((seq, results.clone()));
-        self.send(worker_message::Msg::Results(pb::Results { results, seq }));
+        if let Some(message) = self.results.next_message() {
+            self.send(worker_message::Msg::Results(message));
+        }
     }
 
     fn dispatch_to_children(&mut self) {

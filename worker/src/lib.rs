@@ -7,6 +7,8 @@
 //! - [`session`]: the `Workers.Connect` stream, reopened with backoff.
 //! - [`engine`]: the one task that owns the jobs held, the pool and the
 //!   credit granted to the master.
+//! - [`results`]: the results the master has not acknowledged, numbered and
+//!   sent again on a new session.
 //! - [`pool`]: the child processes, their pipes, and their replacement.
 //! - [`child`]: the hidden child mode of the binary, and the frame format.
 //! - [`kinds`]: the job kinds (fib, prime); sleep lives in the engine.
@@ -22,6 +24,7 @@ pub(crate) mod engine;
 pub mod kinds;
 pub mod metrics;
 pub mod pool;
+pub(crate) mod results;
 pub mod session;
 
 use std::sync::Arc;
