@@ -5,6 +5,8 @@
 //! exits, finished sleeps, timers, the shutdown signal) and after each batch
 //! of events "pumps": hands queued jobs to idle children in batches, sends
 //! finished results, grants credit for the room it has, and reports the pool.
+//! Where it is in a drain is one [`Phase`]; the results the master has not
+//! acknowledged are one [`ResultsOutbox`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -19,12 +21,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Config;
+use crate::drain::{Expired, Phase};
 use crate::pool::{Pool, PoolEvent};
 use crate::results::ResultsOutbox;
 use crate::session::{Outbox, SessionEvent};
 
-/// After draining, how long to wait for the master to acknowledge results.
-const ACK_WAIT: Duration = Duration::from_secs(5);
 /// A child is given at most about this much work per frame, so a timeout
 /// or a cancel wastes little, and results flow back steadily.
 const BATCH_TARGET_US: f64 = 1_000.0;
@@ -86,7 +87,8 @@ pub(crate) struct Engine {
     /// Mean run time per kind, in microseconds, to size batches and prefetch.
     mean_us: HashMap<i32, f64>,
     pool_changed: bool,
-    draining: bool,
+    /// Running, or where in a drain.
+    phase: Phase,
     sleep_tx: mpsc::UnboundedSender<SleepDone>,
     completed: u64,
     /// Whether a session is open (the outbox may already be dropped while
@@ -120,20 +122,16 @@ impl Engine {
             results: ResultsOutbox::default(),
             mean_us: HashMap::new(),
             pool_changed: true,
-            draining: false,
+            phase: Phase::Running,
             sleep_tx,
             completed: 0,
             connected: false,
             heartbeat_every: Duration::from_secs(1),
         };
         let mut next_heartbeat = Instant::now() + engine.heartbeat_every;
-        let mut drain_deadline: Option<Instant> = None;
-        let mut close_deadline: Option<Instant> = None;
-        // After a drain, how long to wait for the master to acknowledge the
-        // last results.
-        let mut ack_deadline: Option<Instant> = None;
         loop {
             let next_timeout = engine.next_timeout();
+            let phase_deadline = engine.phase.deadline();
             tokio::select! {
                 ev = session_rx.recv() => match ev {
                     Some(ev) => engine.on_session(ev),
@@ -146,20 +144,21 @@ impl Engine {
                     engine.send(worker_message::Msg::Heartbeat(pb::Heartbeat {}));
                     next_heartbeat = Instant::now() + engine.heartbeat_every;
                 }
-                _ = shutdown.cancelled(), if !engine.draining => {
-                    drain_deadline = Some(Instant::now() + engine.cfg.grace);
-                    engine.start_drain();
+                _ = shutdown.cancelled(), if engine.phase.is_running() => {
+                    engine.start_drain(Some(Instant::now() + engine.cfg.grace));
                 }
-                _ = sleep_until_opt(drain_deadline) => {
-                    tracing::warn!(grace_ms = engine.cfg.grace.as_millis() as u64, "grace period over, stopping running jobs");
-                    engine.abandon_all();
-                    drain_deadline = None;
-                }
-                _ = sleep_until_opt(ack_deadline), if close_deadline.is_none() => {}
-                _ = sleep_until_opt(close_deadline) => {
-                    tracing::warn!("the master did not close the session in time");
-                    break;
-                }
+                _ = sleep_until_opt(phase_deadline) => match engine.phase.expire() {
+                    Some(Expired::Grace) => {
+                        tracing::warn!(grace_ms = engine.cfg.grace.as_millis() as u64, "grace period over, stopping running jobs");
+                        engine.abandon_all();
+                    }
+                    Some(Expired::Close) => {
+                        tracing::warn!("the master did not close the session in time");
+                        break;
+                    }
+                    // Waiting for acknowledgements ran out: settled below.
+                    None => {}
+                },
             }
             // Take every event that is already waiting before pumping, so
             // a burst of results becomes one message and one credit grant.
@@ -170,25 +169,26 @@ impl Engine {
                 }
             }
             engine.pump();
-            if engine.draining && engine.jobs.is_empty() && close_deadline.is_none() {
-                drain_deadline = None;
-                let acked = engine.results.is_settled();
-                let ack_wait = *ack_deadline.get_or_insert_with(|| Instant::now() + ACK_WAIT);
-                if acked || Instant::now() >= ack_wait {
-                    if !acked {
-                        tracing::warn!(
-                            results = engine.results.pending(),
-                            "the master did not acknowledge the last results; they will run again"
-                        );
-                    }
-                    // Closing our half of the stream lets the master end
-                    // the session cleanly.
-                    closing.cancel();
-                    engine.outbox = None;
-                    close_deadline = Some(Instant::now() + Duration::from_secs(5));
+            let acked = engine.results.is_settled();
+            let close = engine.phase.settle(
+                Instant::now(),
+                !engine.jobs.is_empty(),
+                acked,
+                engine.connected,
+            );
+            if close {
+                if !acked {
+                    tracing::warn!(
+                        results = engine.results.pending(),
+                        "the master did not acknowledge the last results; they will run again"
+                    );
                 }
+                // Closing our half of the stream lets the master end the
+                // session cleanly.
+                closing.cancel();
+                engine.outbox = None;
             }
-            if close_deadline.is_some() && !engine.connected {
+            if engine.phase == Phase::Done {
                 break;
             }
         }
@@ -224,7 +224,7 @@ impl Engine {
                 for message in resend {
                     self.send(worker_message::Msg::Results(message));
                 }
-                if self.draining {
+                if !self.phase.is_running() {
                     self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
                 }
             }
@@ -237,11 +237,8 @@ impl Engine {
             SessionEvent::Message(m) => match m {
                 master_message::Msg::Assign(a) => self.on_assign(a.jobs),
                 master_message::Msg::Cancel(c) => self.on_cancel(&c.job_ids),
-                master_message::Msg::Drain(_) => {
-                    if !self.draining {
-                        self.start_drain();
-                    }
-                }
+                // The master gives no grace period: running jobs finish.
+                master_message::Msg::Drain(_) => self.start_drain(None),
                 master_message::Msg::Ack(a) => self.results.ack(a.seq),
                 master_message::Msg::Welcome(_) => {}
             },
@@ -253,7 +250,7 @@ impl Engine {
             let class = JobClass::of_wire(a.kind);
             let c = class.index();
             self.outstanding[c] = self.outstanding[c].saturating_sub(1);
-            if self.draining {
+            if !self.phase.is_running() {
                 // Sent before the master saw our drain: hand it straight back.
                 self.send(worker_message::Msg::Returned(pb::Returned {
                     job_ids: vec![a.job_id],
@@ -536,12 +533,17 @@ impl Engine {
         }
     }
 
-    fn start_drain(&mut self) {
+    /// Starts a drain, unless one is under way: no more credit, and the
+    /// jobs not started go back to the master. Running ones are stopped at
+    /// `grace_until`, if given.
+    fn start_drain(&mut self, grace_until: Option<Instant>) {
+        if !self.phase.drain(grace_until) {
+            return;
+        }
         tracing::info!(
             held = self.jobs.len(),
             "draining: finishing running jobs, returning the rest"
         );
-        self.draining = true;
         self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
         let queued: Vec<u64> = self.cpu_queue.values().copied().collect();
         self.cpu_queue.clear();
@@ -595,7 +597,7 @@ impl Engine {
     }
 
     fn pump(&mut self) {
-        if !self.draining || self.pool.children.iter().any(|c| !c.is_idle()) {
+        if self.phase.is_running() || self.pool.children.iter().any(|c| !c.is_idle()) {
             self.dispatch_to_children();
         }
         self.flush_results();
@@ -680,7 +682,7 @@ impl Engine {
     }
 
     fn grant_credit(&mut self) {
-        if self.draining || self.outbox.is_none() {
+        if !self.phase.is_running() || self.outbox.is_none() {
             return;
         }
         let cap = self.capacity();

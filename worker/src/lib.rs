@@ -9,6 +9,8 @@
 //!   credit granted to the master.
 //! - [`results`]: the results the master has not acknowledged, numbered and
 //!   sent again on a new session.
+//! - [`drain`]: the worker's phase, from running through the steps of a
+//!   drain to done.
 //! - [`pool`]: the child processes, their pipes, and their replacement.
 //! - [`child`]: the hidden child mode of the binary, and the frame format.
 //! - [`kinds`]: the job kinds (fib, prime); sleep lives in the engine.
@@ -20,6 +22,7 @@
 //! `Results` message and grants the credit back.
 
 pub mod child;
+pub(crate) mod drain;
 pub(crate) mod engine;
 pub mod kinds;
 pub mod metrics;
