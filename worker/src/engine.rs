@@ -22,9 +22,12 @@ use tracing::Instrument;
 
 use crate::Config;
 use crate::drain::{Expired, Phase};
-use crate::pool::{Pool, PoolEvent};
+use crate::pool::{Launcher, Pool, PoolEvent};
 use crate::results::ResultsOutbox;
 use crate::session::{Outbox, SessionEvent};
+
+#[cfg(test)]
+mod tests;
 
 /// A child is given at most about this much work per frame, so a timeout
 /// or a cancel wastes little, and results flow back steadily.
@@ -99,15 +102,18 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// Runs the engine until it has drained after `shutdown`.
+    /// Runs the engine until it has drained after `shutdown`. Its children
+    /// are started by `launcher`; once drained it cancels `closing` and
+    /// drops its sender, which closes our half of the stream.
     pub(crate) async fn run(
         cfg: Config,
+        launcher: Box<dyn Launcher>,
         mut session_rx: mpsc::UnboundedReceiver<SessionEvent>,
         closing: CancellationToken,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
-        let pool = Pool::start(cfg.processes, pool_tx)
+        let pool = Pool::start(cfg.processes, launcher, pool_tx)
             .map_err(|e| anyhow::anyhow!("cannot start child processes: {e}"))?;
         let (sleep_tx, mut sleep_rx) = mpsc::unbounded_channel();
         let mut engine = Engine {
@@ -434,7 +440,7 @@ impl Engine {
                     if let Some(pos) = child.in_flight.iter().position(|k| *k == r.slot_id) {
                         child.in_flight.remove(pos);
                     }
-                    child.current_started = now.into_std();
+                    child.current_started = now;
                     child.jobs_run += 1;
                     let Some(job) = self.take_job(r.slot_id) else {
                         continue;
@@ -485,35 +491,30 @@ impl Engine {
         }
     }
 
+    /// When the job running in `slot` is past its timeout, if it has one.
+    fn timeout_at(&self, slot: usize) -> Option<Instant> {
+        let child = &self.pool.children[slot];
+        let head = self.jobs.get(child.in_flight.first()?)?;
+        (head.timeout_ms > 0)
+            .then(|| child.current_started + Duration::from_millis(head.timeout_ms) + TIMEOUT_SLACK)
+    }
+
     /// The earliest moment a running job's timeout is passed.
     fn next_timeout(&self) -> Option<Instant> {
-        self.pool
-            .children
-            .iter()
-            .filter_map(|c| {
-                let head = self.jobs.get(c.in_flight.first()?)?;
-                (head.timeout_ms > 0).then(|| {
-                    Instant::from_std(c.current_started)
-                        + Duration::from_millis(head.timeout_ms)
-                        + TIMEOUT_SLACK
-                })
-            })
+        (0..self.pool.children.len())
+            .filter_map(|slot| self.timeout_at(slot))
             .min()
     }
 
     fn enforce_timeouts(&mut self) {
         let now = Instant::now();
         for slot in 0..self.pool.children.len() {
-            let child = &self.pool.children[slot];
-            let Some(head) = child.in_flight.first().and_then(|k| self.jobs.get(k)) else {
-                continue;
-            };
-            if head.timeout_ms == 0 {
-                continue;
-            }
-            let limit = Duration::from_millis(head.timeout_ms);
-            if now.duration_since(Instant::from_std(child.current_started)) > limit + TIMEOUT_SLACK
-            {
+            // Judged at the very moment `next_timeout` wakes for, so that a
+            // clock that reads exactly that moment does not wake us again
+            // and again.
+            if self.timeout_at(slot).is_some_and(|at| now >= at) {
+                let child = &self.pool.children[slot];
+                let head = &self.jobs[&child.in_flight[0]];
                 head.span.in_scope(|| {
                     tracing::info!(
                         timeout_ms = head.timeout_ms,

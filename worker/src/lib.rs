@@ -209,7 +209,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         name = %config.name, master = %config.master, processes = config.processes,
         io_slots = config.io_slots, "worker starting"
     );
-    let result = engine::Engine::run(config, session_rx, closing, shutdown).await;
+    let result = engine::Engine::run(
+        config,
+        Box::new(pool::Processes),
+        session_rx,
+        closing,
+        shutdown,
+    )
+    .await;
     stop_session.cancel();
     let _ = session.await;
     stop_metrics.cancel();
