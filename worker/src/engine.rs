@@ -297,26 +297,10 @@ impl Engine {
 
     fn start_sleep(&self, key: u64, job: &LocalJob) -> AbortHandle {
         let ms: u64 = job.arg.parse().unwrap_or(0);
-        let timeout = (job.timeout_ms > 0).then_some(job.timeout_ms);
+        let timeout_ms = job.timeout_ms;
         let tx = self.sleep_tx.clone();
         let task = async move {
-            let started = Instant::now();
-            let outcome = match timeout {
-                Some(t) if t < ms => {
-                    tokio::time::sleep(Duration::from_millis(t)).await;
-                    job_result::Outcome::Failure(pb::JobFailure {
-                        reason: format!("timed out after {t} ms"),
-                        retryable: true,
-                    })
-                }
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    job_result::Outcome::Output(pb::JobOutput {
-                        value: Some(pb::job_output::Value::SleptMs(ms)),
-                    })
-                }
-            };
-            let run_us = started.elapsed().as_micros() as u64;
+            let (outcome, run_us) = crate::sleep::run(ms, timeout_ms).await;
             let _ = tx.send(SleepDone {
                 key,
                 outcome,

@@ -13,7 +13,8 @@
 //!   drain to done.
 //! - [`pool`]: the child processes, their pipes, and their replacement.
 //! - [`child`]: the hidden child mode of the binary, and the frame format.
-//! - [`kinds`]: the job kinds (fib, prime); sleep lives in the engine.
+//! - [`kinds`]: the CPU job kinds (fib, prime).
+//! - [`sleep`]: the IO job kind (sleep), on tokio timers in the worker.
 //! - [`metrics`]: the worker's Prometheus metrics, read off its session.
 //!
 //! One job's path: the master assigns it within our credit; the engine
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod pool;
 pub(crate) mod results;
 pub mod session;
+pub(crate) mod sleep;
 
 use std::sync::Arc;
 use std::time::Duration;
