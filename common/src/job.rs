@@ -106,6 +106,44 @@ pub fn parse_kind(name: &str) -> Result<JobKind, String> {
     }
 }
 
+/// Which slots a job needs on a worker: CPU jobs go to its process pool,
+/// IO jobs (sleep) to its async slots. The master keeps a queue and the
+/// worker grants credit per class, so each is indexed by [`JobClass::index`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobClass {
+    /// Computed in a child process (fib, prime).
+    Cpu = 0,
+    /// Waits without computing (sleep), on the worker's async slots.
+    Io = 1,
+}
+
+impl JobClass {
+    /// How many classes there are: the length of per-class arrays.
+    pub const COUNT: usize = 2;
+
+    /// Every class, in index order.
+    pub const ALL: [JobClass; JobClass::COUNT] = [JobClass::Cpu, JobClass::Io];
+
+    /// The class of a job of `kind`. A kind this build does not know is
+    /// taken for CPU work, where it fails in the child with a reason.
+    pub fn of(kind: JobKind) -> JobClass {
+        match kind {
+            JobKind::Sleep => JobClass::Io,
+            _ => JobClass::Cpu,
+        }
+    }
+
+    /// The class of a job whose kind is the wire value `kind`.
+    pub fn of_wire(kind: i32) -> JobClass {
+        JobClass::of(JobKind::try_from(kind).unwrap_or(JobKind::Unspecified))
+    }
+
+    /// The class's position in per-class arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 fn parse_u64(what: &str, arg: &str) -> Result<u64, String> {
     if arg.is_empty() {
         return Err(format!("{what} is empty; expected a non-negative integer"));
@@ -204,5 +242,18 @@ mod tests {
             assert_eq!(parse_kind(kind_name(kind as i32)), Ok(kind));
         }
         assert!(parse_kind("fibonacci").is_err());
+    }
+
+    #[test]
+    fn sleep_is_io_and_the_rest_cpu() {
+        assert_eq!(JobClass::of(JobKind::Sleep), JobClass::Io);
+        assert_eq!(JobClass::of(JobKind::Fib), JobClass::Cpu);
+        assert_eq!(JobClass::of(JobKind::Prime), JobClass::Cpu);
+        assert_eq!(JobClass::of_wire(JobKind::Sleep as i32), JobClass::Io);
+        // An unknown kind runs (and fails with a reason) in a child.
+        assert_eq!(JobClass::of_wire(99), JobClass::Cpu);
+        for (i, class) in JobClass::ALL.into_iter().enumerate() {
+            assert_eq!(class.index(), i);
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`pb`]: the code generated from `proto/drover/v1/drover.proto`.
-//! - [`job`]: job kinds and arguments, parsed and checked against [`Limits`].
+//! - [`job`]: job kinds, their classes ([`JobClass`]) and arguments, parsed
+//!   and checked against [`Limits`].
 //! - [`ids`]: typed job, batch and session ids, parsed once at the edge.
 //! - [`error`]: the error codes of the services, mapped once to gRPC codes.
 //! - [`net`]: how every gRPC endpoint and server is tuned, secured (TLS)
@@ -27,7 +28,7 @@ pub mod net;
 pub mod util;
 
 pub use error::Error;
-pub use job::{JobArgs, Limits};
+pub use job::{JobArgs, JobClass, Limits};
 
 /// Code generated from the protocol.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -1,6 +1,7 @@
-//! Prometheus metrics: fixed-bucket histograms, a writer for the text
-//! exposition format (version 0.0.4), and a small HTTP responder that
-//! serves `GET /metrics`.
+//! Prometheus metrics: fixed-bucket histograms, per-kind tables of them
+//! and of counters, the master's job figures ([`JobMetrics`]), a writer for
+//! the text exposition format (version 0.0.4), and a small HTTP responder
+//! that serves `GET /metrics`.
 //!
 //! The daemons keep their figures in plain counters (the master's under its
 //! state's lock, where they cost a few nanoseconds a job) and render them
@@ -8,12 +9,17 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::ops::{Index, IndexMut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::job::kind_name;
+use crate::pb::{JobKind, JobState};
 
 /// Bucket bounds, in seconds, for job run times and queue waits: from a
 /// tenth of a millisecond (a small prime) to ten minutes.
@@ -68,6 +74,156 @@ impl Histogram {
     /// The sum of the observations.
     pub fn sum(&self) -> f64 {
         self.sum
+    }
+}
+
+/// The kinds figures are written for, in the order their samples appear.
+pub const KINDS: [JobKind; 3] = [JobKind::Fib, JobKind::Prime, JobKind::Sleep];
+
+/// One figure per job kind, indexed by [`JobKind`]. A job of a kind this
+/// build does not know is counted under [`JobKind::Unspecified`], which is
+/// kept but never written out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PerKind<T>([T; 4]);
+
+impl<T> PerKind<T> {
+    fn slot(kind: JobKind) -> usize {
+        (kind as usize).min(3)
+    }
+}
+
+impl PerKind<Histogram> {
+    /// An empty histogram over `bounds` for every kind.
+    pub fn histograms(bounds: &'static [f64]) -> PerKind<Histogram> {
+        PerKind(std::array::from_fn(|_| Histogram::new(bounds)))
+    }
+}
+
+impl<T> Index<JobKind> for PerKind<T> {
+    type Output = T;
+
+    fn index(&self, kind: JobKind) -> &T {
+        &self.0[Self::slot(kind)]
+    }
+}
+
+impl<T> IndexMut<JobKind> for PerKind<T> {
+    fn index_mut(&mut self, kind: JobKind) -> &mut T {
+        &mut self.0[Self::slot(kind)]
+    }
+}
+
+/// Jobs by kind, as the master counts them: how many were submitted and
+/// how each ended, and how long they ran and waited. Kept in the master's
+/// state and copied out when scraped.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    submitted: PerKind<u64>,
+    succeeded: PerKind<u64>,
+    failed: PerKind<u64>,
+    cancelled: PerKind<u64>,
+    retried: PerKind<u64>,
+    /// Run time reported by the worker, of jobs that succeeded.
+    run: PerKind<Histogram>,
+    /// From submit to the first assignment.
+    wait: PerKind<Histogram>,
+}
+
+impl Default for JobMetrics {
+    fn default() -> Self {
+        JobMetrics {
+            submitted: PerKind::default(),
+            succeeded: PerKind::default(),
+            failed: PerKind::default(),
+            cancelled: PerKind::default(),
+            retried: PerKind::default(),
+            run: PerKind::histograms(JOB_SECONDS),
+            wait: PerKind::histograms(JOB_SECONDS),
+        }
+    }
+}
+
+impl JobMetrics {
+    /// Counts a job accepted by a submit.
+    pub fn submitted(&mut self, kind: JobKind) {
+        self.submitted[kind] += 1;
+    }
+
+    /// Counts a job that reached a final state.
+    pub fn finished(&mut self, kind: JobKind, state: JobState) {
+        match state {
+            JobState::Succeeded => self.succeeded[kind] += 1,
+            JobState::Failed => self.failed[kind] += 1,
+            JobState::Cancelled => self.cancelled[kind] += 1,
+            _ => {}
+        }
+    }
+
+    /// Counts an attempt that failed and was queued again.
+    pub fn retried(&mut self, kind: JobKind) {
+        self.retried[kind] += 1;
+    }
+
+    /// Records the run time a worker reported for a job that succeeded.
+    pub fn ran(&mut self, kind: JobKind, run_us: u64) {
+        self.run[kind].observe(run_us as f64 / 1e6);
+    }
+
+    /// Records how long job `id` waited from its submit (the time in its
+    /// UUID v7) until its first assignment at `now_ms`.
+    pub fn waited(&mut self, kind: JobKind, id: &Uuid, now_ms: u64) {
+        if let Some(ts) = id.get_timestamp() {
+            let (secs, nanos) = ts.to_unix();
+            let made_ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+            self.wait[kind].observe(now_ms.saturating_sub(made_ms) as f64 / 1e3);
+        }
+    }
+
+    /// Writes the per-kind families of the master's `/metrics`: the job
+    /// counters, then the run and queue-wait histograms.
+    pub fn write(&self, e: &mut Exposition) {
+        let counters: [(&str, &str, &PerKind<u64>); 5] = [
+            (
+                "drover_jobs_submitted_total",
+                "Jobs accepted by submits.",
+                &self.submitted,
+            ),
+            (
+                "drover_jobs_completed_total",
+                "Jobs that succeeded.",
+                &self.succeeded,
+            ),
+            (
+                "drover_jobs_failed_total",
+                "Jobs that failed for good (bad input, or attempts exhausted).",
+                &self.failed,
+            ),
+            (
+                "drover_jobs_retried_total",
+                "Failed attempts queued again.",
+                &self.retried,
+            ),
+            (
+                "drover_jobs_cancelled_total",
+                "Jobs cancelled.",
+                &self.cancelled,
+            ),
+        ];
+        for (name, help, values) in counters {
+            e.counters_by_kind(name, help, &[], values);
+        }
+        e.histograms_by_kind(
+            "drover_job_run_seconds",
+            "Run time of jobs that succeeded, as their workers measured it.",
+            &[],
+            &self.run,
+        );
+        e.histograms_by_kind(
+            "drover_job_queue_wait_seconds",
+            "Time from a job's submit to its first assignment to a worker.",
+            &[],
+            &self.wait,
+        );
     }
 }
 
@@ -146,10 +302,47 @@ impl Exposition {
         let _ = writeln!(self.out, " {}", h.count);
     }
 
+    /// Writes a counter family with one sample per kind of [`KINDS`],
+    /// labelled `labels` and then `kind`.
+    pub fn counters_by_kind(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        values: &PerKind<u64>,
+    ) {
+        self.family(name, Kind::Counter, help);
+        for kind in KINDS {
+            self.sample(name, &with_kind(labels, kind), values[kind] as f64);
+        }
+    }
+
+    /// Writes a histogram family with one histogram per kind of [`KINDS`],
+    /// labelled `labels` and then `kind`.
+    pub fn histograms_by_kind(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        values: &PerKind<Histogram>,
+    ) {
+        self.family(name, Kind::Histogram, help);
+        for kind in KINDS {
+            self.histogram(name, &with_kind(labels, kind), &values[kind]);
+        }
+    }
+
     /// The text.
     pub fn finish(self) -> String {
         self.out
     }
+}
+
+/// `labels` and then the `kind` label of `kind`.
+fn with_kind<'a>(labels: &[(&'a str, &'a str)], kind: JobKind) -> Vec<(&'a str, &'a str)> {
+    let mut all = labels.to_vec();
+    all.push(("kind", kind_name(kind as i32)));
+    all
 }
 
 fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
@@ -390,6 +583,73 @@ mod tests {
             text.contains("t_seconds_sum{kind=\"fib\"} 5.55\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn per_kind_families_label_every_kind_after_the_others() {
+        let mut counts = PerKind::<u64>::default();
+        counts[JobKind::Prime] += 2;
+        counts[JobKind::Unspecified] += 7;
+        let mut runs = PerKind::histograms(&[1.0]);
+        runs[JobKind::Sleep].observe(0.5);
+        let mut e = Exposition::new();
+        e.counters_by_kind("c_total", "counted", &[("worker", "w")], &counts);
+        e.histograms_by_kind("r_seconds", "ran", &[], &runs);
+        let text = e.finish();
+        assert!(
+            text.starts_with(
+                "# HELP c_total counted\n# TYPE c_total counter\n\
+                 c_total{worker=\"w\",kind=\"fib\"} 0\n\
+                 c_total{worker=\"w\",kind=\"prime\"} 2\n\
+                 c_total{worker=\"w\",kind=\"sleep\"} 0\n\
+                 # HELP r_seconds ran\n# TYPE r_seconds histogram\n"
+            ),
+            "{text}"
+        );
+        // Jobs of an unknown kind are kept apart and not written out.
+        assert!(!text.contains("unknown"), "{text}");
+        assert!(
+            text.contains("r_seconds_bucket{kind=\"sleep\",le=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("r_seconds_count{kind=\"fib\"} 0\n"), "{text}");
+    }
+
+    #[test]
+    fn job_metrics_count_by_kind() {
+        let mut m = JobMetrics::default();
+        m.submitted(JobKind::Fib);
+        m.submitted(JobKind::Fib);
+        m.finished(JobKind::Fib, JobState::Succeeded);
+        m.finished(JobKind::Prime, JobState::Failed);
+        m.finished(JobKind::Sleep, JobState::Cancelled);
+        m.finished(JobKind::Sleep, JobState::Running);
+        m.retried(JobKind::Prime);
+        m.ran(JobKind::Fib, 1500);
+        let id = Uuid::now_v7();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        m.waited(JobKind::Fib, &id, now_ms + 2000);
+        let waited = m.wait[JobKind::Fib].sum();
+        assert!((1.9..2.1).contains(&waited), "{waited}");
+        let mut e = Exposition::new();
+        m.write(&mut e);
+        let text = e.finish();
+        for line in [
+            "drover_jobs_submitted_total{kind=\"fib\"} 2\n",
+            "drover_jobs_completed_total{kind=\"fib\"} 1\n",
+            "drover_jobs_failed_total{kind=\"prime\"} 1\n",
+            "drover_jobs_retried_total{kind=\"prime\"} 1\n",
+            "drover_jobs_cancelled_total{kind=\"sleep\"} 1\n",
+            "drover_jobs_completed_total{kind=\"sleep\"} 0\n",
+            "drover_job_run_seconds_count{kind=\"fib\"} 1\n",
+            "drover_job_run_seconds_sum{kind=\"fib\"} 0.0015\n",
+            "drover_job_queue_wait_seconds_count{kind=\"fib\"} 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! exits, finished sleeps, timers, the shutdown signal) and after each batch
 //! of events "pumps": hands queued jobs to idle children in batches, sends
 //! finished results, grants credit for the room it has, and reports the pool.
+//! Where it is in a drain is one [`Phase`]; the results the master has not
+//! acknowledged are one [`ResultsOutbox`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use drover_common::pb::{self, JobKind, child_result, job_result, master_message, worker_message};
+use drover_common::JobClass;
+use drover_common::pb::{self, child_result, job_result, master_message, worker_message};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -18,11 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::Config;
-use crate::pool::{Pool, PoolEvent};
+use crate::drain::{Expired, Phase};
+use crate::pool::{Launcher, Pool, PoolEvent};
+use crate::results::ResultsOutbox;
 use crate::session::{Outbox, SessionEvent};
 
-/// After draining, how long to wait for the master to acknowledge results.
-const ACK_WAIT: Duration = Duration::from_secs(5);
+#[cfg(test)]
+mod tests;
+
 /// A child is given at most about this much work per frame, so a timeout
 /// or a cancel wastes little, and results flow back steadily.
 const BATCH_TARGET_US: f64 = 1_000.0;
@@ -33,12 +39,6 @@ const PREFETCH_TARGET_US: f64 = 20_000.0;
 /// A job's timeout is judged with this slack, since the child reports its
 /// progress at most a millisecond late.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    Cpu = 0,
-    Io = 1,
-}
 
 #[derive(Debug)]
 enum Place {
@@ -56,7 +56,7 @@ struct LocalJob {
     arg: String,
     timeout_ms: u64,
     priority: i32,
-    class: Class,
+    class: JobClass,
     place: Place,
     /// Cancelled while in a child's batch behind another job: its result
     /// is dropped when it comes.
@@ -80,20 +80,18 @@ pub(crate) struct Engine {
     /// CPU jobs waiting for a child: highest priority first, then arrival.
     cpu_queue: BTreeMap<(Reverse<i32>, u64), u64>,
     next_key: u64,
-    held: [u64; 2],
+    /// Jobs held per class, to judge the room left for credit.
+    held: [u64; JobClass::COUNT],
     /// Credit granted on this session and not yet used by assignments.
-    outstanding: [u64; 2],
+    outstanding: [u64; JobClass::COUNT],
     outbox: Option<Outbox>,
-    /// Results not yet handed to a session.
-    unsent: Vec<pb::JobResult>,
-    /// Results sent but not yet acknowledged, by message number: sent again
-    /// on the next session, since a stream that breaks may lose them.
-    unacked: VecDeque<(u64, Vec<pb::JobResult>)>,
-    results_seq: u64,
+    /// Results the master has not acknowledged yet.
+    results: ResultsOutbox,
     /// Mean run time per kind, in microseconds, to size batches and prefetch.
     mean_us: HashMap<i32, f64>,
     pool_changed: bool,
-    draining: bool,
+    /// Running, or where in a drain.
+    phase: Phase,
     sleep_tx: mpsc::UnboundedSender<SleepDone>,
     completed: u64,
     /// Whether a session is open (the outbox may already be dropped while
@@ -104,15 +102,18 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// Runs the engine until it has drained after `shutdown`.
+    /// Runs the engine until it has drained after `shutdown`. Its children
+    /// are started by `launcher`; once drained it cancels `closing` and
+    /// drops its sender, which closes our half of the stream.
     pub(crate) async fn run(
         cfg: Config,
+        launcher: Box<dyn Launcher>,
         mut session_rx: mpsc::UnboundedReceiver<SessionEvent>,
         closing: CancellationToken,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
-        let pool = Pool::start(cfg.processes, pool_tx)
+        let pool = Pool::start(cfg.processes, launcher, pool_tx)
             .map_err(|e| anyhow::anyhow!("cannot start child processes: {e}"))?;
         let (sleep_tx, mut sleep_rx) = mpsc::unbounded_channel();
         let mut engine = Engine {
@@ -121,28 +122,22 @@ impl Engine {
             jobs: HashMap::new(),
             cpu_queue: BTreeMap::new(),
             next_key: 0,
-            held: [0, 0],
-            outstanding: [0, 0],
+            held: [0; JobClass::COUNT],
+            outstanding: [0; JobClass::COUNT],
             outbox: None,
-            unsent: Vec::new(),
-            unacked: VecDeque::new(),
-            results_seq: 0,
+            results: ResultsOutbox::default(),
             mean_us: HashMap::new(),
             pool_changed: true,
-            draining: false,
+            phase: Phase::Running,
             sleep_tx,
             completed: 0,
             connected: false,
             heartbeat_every: Duration::from_secs(1),
         };
         let mut next_heartbeat = Instant::now() + engine.heartbeat_every;
-        let mut drain_deadline: Option<Instant> = None;
-        let mut close_deadline: Option<Instant> = None;
-        // After a drain, how long to wait for the master to acknowledge the
-        // last results.
-        let mut ack_deadline: Option<Instant> = None;
         loop {
             let next_timeout = engine.next_timeout();
+            let phase_deadline = engine.phase.deadline();
             tokio::select! {
                 ev = session_rx.recv() => match ev {
                     Some(ev) => engine.on_session(ev),
@@ -155,20 +150,21 @@ impl Engine {
                     engine.send(worker_message::Msg::Heartbeat(pb::Heartbeat {}));
                     next_heartbeat = Instant::now() + engine.heartbeat_every;
                 }
-                _ = shutdown.cancelled(), if !engine.draining => {
-                    drain_deadline = Some(Instant::now() + engine.cfg.grace);
-                    engine.start_drain();
+                _ = shutdown.cancelled(), if engine.phase.is_running() => {
+                    engine.start_drain(Some(Instant::now() + engine.cfg.grace));
                 }
-                _ = sleep_until_opt(drain_deadline) => {
-                    tracing::warn!(grace_ms = engine.cfg.grace.as_millis() as u64, "grace period over, stopping running jobs");
-                    engine.abandon_all();
-                    drain_deadline = None;
-                }
-                _ = sleep_until_opt(ack_deadline), if close_deadline.is_none() => {}
-                _ = sleep_until_opt(close_deadline) => {
-                    tracing::warn!("the master did not close the session in time");
-                    break;
-                }
+                _ = sleep_until_opt(phase_deadline) => match engine.phase.expire() {
+                    Some(Expired::Grace) => {
+                        tracing::warn!(grace_ms = engine.cfg.grace.as_millis() as u64, "grace period over, stopping running jobs");
+                        engine.abandon_all();
+                    }
+                    Some(Expired::Close) => {
+                        tracing::warn!("the master did not close the session in time");
+                        break;
+                    }
+                    // Waiting for acknowledgements ran out: settled below.
+                    None => {}
+                },
             }
             // Take every event that is already waiting before pumping, so
             // a burst of results becomes one message and one credit grant.
@@ -179,27 +175,26 @@ impl Engine {
                 }
             }
             engine.pump();
-            if engine.draining && engine.jobs.is_empty() && close_deadline.is_none() {
-                drain_deadline = None;
-                let acked = engine.unsent.is_empty() && engine.unacked.is_empty();
-                let ack_wait = *ack_deadline.get_or_insert_with(|| Instant::now() + ACK_WAIT);
-                if acked || Instant::now() >= ack_wait {
-                    if !acked {
-                        let held: usize = engine.unsent.len()
-                            + engine.unacked.iter().map(|(_, r)| r.len()).sum::<usize>();
-                        tracing::warn!(
-                            results = held,
-                            "the master did not acknowledge the last results; they will run again"
-                        );
-                    }
-                    // Closing our half of the stream lets the master end
-                    // the session cleanly.
-                    closing.cancel();
-                    engine.outbox = None;
-                    close_deadline = Some(Instant::now() + Duration::from_secs(5));
+            let acked = engine.results.is_settled();
+            let close = engine.phase.settle(
+                Instant::now(),
+                !engine.jobs.is_empty(),
+                acked,
+                engine.connected,
+            );
+            if close {
+                if !acked {
+                    tracing::warn!(
+                        results = engine.results.pending(),
+                        "the master did not acknowledge the last results; they will run again"
+                    );
                 }
+                // Closing our half of the stream lets the master end the
+                // session cleanly.
+                closing.cancel();
+                engine.outbox = None;
             }
-            if close_deadline.is_some() && !engine.connected {
+            if engine.phase == Phase::Done {
                 break;
             }
         }
@@ -231,11 +226,11 @@ impl Engine {
                 self.pool_changed = true;
                 // Whatever the last session may have lost goes again; the
                 // master drops what it already has.
-                let resend: Vec<_> = self.unacked.iter().cloned().collect();
-                for (seq, results) in resend {
-                    self.send(worker_message::Msg::Results(pb::Results { results, seq }));
+                let resend: Vec<_> = self.results.to_resend().collect();
+                for message in resend {
+                    self.send(worker_message::Msg::Results(message));
                 }
-                if self.draining {
+                if !self.phase.is_running() {
                     self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
                 }
             }
@@ -248,16 +243,9 @@ impl Engine {
             SessionEvent::Message(m) => match m {
                 master_message::Msg::Assign(a) => self.on_assign(a.jobs),
                 master_message::Msg::Cancel(c) => self.on_cancel(&c.job_ids),
-                master_message::Msg::Drain(_) => {
-                    if !self.draining {
-                        self.start_drain();
-                    }
-                }
-                master_message::Msg::Ack(a) => {
-                    while self.unacked.front().is_some_and(|(seq, _)| *seq <= a.seq) {
-                        self.unacked.pop_front();
-                    }
-                }
+                // The master gives no grace period: running jobs finish.
+                master_message::Msg::Drain(_) => self.start_drain(None),
+                master_message::Msg::Ack(a) => self.results.ack(a.seq),
                 master_message::Msg::Welcome(_) => {}
             },
         }
@@ -265,14 +253,10 @@ impl Engine {
 
     fn on_assign(&mut self, jobs: Vec<pb::Assignment>) {
         for a in jobs {
-            let class = if a.kind == JobKind::Sleep as i32 {
-                Class::Io
-            } else {
-                Class::Cpu
-            };
-            let c = class as usize;
+            let class = JobClass::of_wire(a.kind);
+            let c = class.index();
             self.outstanding[c] = self.outstanding[c].saturating_sub(1);
-            if self.draining {
+            if !self.phase.is_running() {
                 // Sent before the master saw our drain: hand it straight back.
                 self.send(worker_message::Msg::Returned(pb::Returned {
                     job_ids: vec![a.job_id],
@@ -300,10 +284,10 @@ impl Engine {
                 span,
             };
             match class {
-                Class::Cpu => {
+                JobClass::Cpu => {
                     self.cpu_queue.insert((Reverse(job.priority), key), key);
                 }
-                Class::Io => {
+                JobClass::Io => {
                     job.place = Place::Sleeping(self.start_sleep(key, &job));
                 }
             }
@@ -313,26 +297,10 @@ impl Engine {
 
     fn start_sleep(&self, key: u64, job: &LocalJob) -> AbortHandle {
         let ms: u64 = job.arg.parse().unwrap_or(0);
-        let timeout = (job.timeout_ms > 0).then_some(job.timeout_ms);
+        let timeout_ms = job.timeout_ms;
         let tx = self.sleep_tx.clone();
         let task = async move {
-            let started = Instant::now();
-            let outcome = match timeout {
-                Some(t) if t < ms => {
-                    tokio::time::sleep(Duration::from_millis(t)).await;
-                    job_result::Outcome::Failure(pb::JobFailure {
-                        reason: format!("timed out after {t} ms"),
-                        retryable: true,
-                    })
-                }
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    job_result::Outcome::Output(pb::JobOutput {
-                        value: Some(pb::job_output::Value::SleptMs(ms)),
-                    })
-                }
-            };
-            let run_us = started.elapsed().as_micros() as u64;
+            let (outcome, run_us) = crate::sleep::run(ms, timeout_ms).await;
             let _ = tx.send(SleepDone {
                 key,
                 outcome,
@@ -351,7 +319,7 @@ impl Engine {
     /// Removes a job from the worker's books.
     fn take_job(&mut self, key: u64) -> Option<LocalJob> {
         let job = self.jobs.remove(&key)?;
-        self.held[job.class as usize] -= 1;
+        self.held[job.class.index()] -= 1;
         Some(job)
     }
 
@@ -366,7 +334,7 @@ impl Engine {
             }
         });
         self.completed += 1;
-        self.unsent.push(pb::JobResult {
+        self.results.push(pb::JobResult {
             job_id: job.job_id,
             attempt: job.attempt,
             outcome: Some(outcome),
@@ -456,7 +424,7 @@ impl Engine {
                     if let Some(pos) = child.in_flight.iter().position(|k| *k == r.slot_id) {
                         child.in_flight.remove(pos);
                     }
-                    child.current_started = now.into_std();
+                    child.current_started = now;
                     child.jobs_run += 1;
                     let Some(job) = self.take_job(r.slot_id) else {
                         continue;
@@ -507,35 +475,30 @@ impl Engine {
         }
     }
 
+    /// When the job running in `slot` is past its timeout, if it has one.
+    fn timeout_at(&self, slot: usize) -> Option<Instant> {
+        let child = &self.pool.children[slot];
+        let head = self.jobs.get(child.in_flight.first()?)?;
+        (head.timeout_ms > 0)
+            .then(|| child.current_started + Duration::from_millis(head.timeout_ms) + TIMEOUT_SLACK)
+    }
+
     /// The earliest moment a running job's timeout is passed.
     fn next_timeout(&self) -> Option<Instant> {
-        self.pool
-            .children
-            .iter()
-            .filter_map(|c| {
-                let head = self.jobs.get(c.in_flight.first()?)?;
-                (head.timeout_ms > 0).then(|| {
-                    Instant::from_std(c.current_started)
-                        + Duration::from_millis(head.timeout_ms)
-                        + TIMEOUT_SLACK
-                })
-            })
+        (0..self.pool.children.len())
+            .filter_map(|slot| self.timeout_at(slot))
             .min()
     }
 
     fn enforce_timeouts(&mut self) {
         let now = Instant::now();
         for slot in 0..self.pool.children.len() {
-            let child = &self.pool.children[slot];
-            let Some(head) = child.in_flight.first().and_then(|k| self.jobs.get(k)) else {
-                continue;
-            };
-            if head.timeout_ms == 0 {
-                continue;
-            }
-            let limit = Duration::from_millis(head.timeout_ms);
-            if now.duration_since(Instant::from_std(child.current_started)) > limit + TIMEOUT_SLACK
-            {
+            // Judged at the very moment `next_timeout` wakes for, so that a
+            // clock that reads exactly that moment does not wake us again
+            // and again.
+            if self.timeout_at(slot).is_some_and(|at| now >= at) {
+                let child = &self.pool.children[slot];
+                let head = &self.jobs[&child.in_flight[0]];
                 head.span.in_scope(|| {
                     tracing::info!(
                         timeout_ms = head.timeout_ms,
@@ -555,12 +518,17 @@ impl Engine {
         }
     }
 
-    fn start_drain(&mut self) {
+    /// Starts a drain, unless one is under way: no more credit, and the
+    /// jobs not started go back to the master. Running ones are stopped at
+    /// `grace_until`, if given.
+    fn start_drain(&mut self, grace_until: Option<Instant>) {
+        if !self.phase.drain(grace_until) {
+            return;
+        }
         tracing::info!(
             held = self.jobs.len(),
             "draining: finishing running jobs, returning the rest"
         );
-        self.draining = true;
         self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
         let queued: Vec<u64> = self.cpu_queue.values().copied().collect();
         self.cpu_queue.clear();
@@ -614,7 +582,7 @@ impl Engine {
     }
 
     fn pump(&mut self) {
-        if !self.draining || self.pool.children.iter().any(|c| !c.is_idle()) {
+        if self.phase.is_running() || self.pool.children.iter().any(|c| !c.is_idle()) {
             self.dispatch_to_children();
         }
         self.flush_results();
@@ -629,14 +597,12 @@ impl Engine {
     }
 
     fn flush_results(&mut self) {
-        if self.unsent.is_empty() || self.outbox.is_none() {
+        if self.outbox.is_none() {
             return;
         }
-        let results = std::mem::take(&mut self.unsent);
-        self.results_seq += 1;
-        let seq = self.results_seq;
-        self.unacked.push_back((seq, results.clone()));
-        self.send(worker_message::Msg::Results(pb::Results { results, seq }));
+        if let Some(message) = self.results.next_message() {
+            self.send(worker_message::Msg::Results(message));
+        }
     }
 
     fn dispatch_to_children(&mut self) {
@@ -682,12 +648,12 @@ impl Engine {
     /// jobs (short jobs need a deeper queue to hide the round trip to the
     /// master; long ones need none, so a slow worker never hoards the
     /// queue), and the async slots for IO jobs.
-    fn capacity(&self) -> [u64; 2] {
+    fn capacity(&self) -> [u64; JobClass::COUNT] {
         let procs = self.cfg.processes as u64;
         let mean = self
             .mean_us
             .iter()
-            .filter(|(k, _)| **k != JobKind::Sleep as i32)
+            .filter(|(k, _)| JobClass::of_wire(**k) == JobClass::Cpu)
             .map(|(_, v)| *v)
             .fold(None, |acc: Option<f64>, v| {
                 Some(acc.map_or(v, |a| a.max(v)))
@@ -701,23 +667,22 @@ impl Engine {
     }
 
     fn grant_credit(&mut self) {
-        if self.draining || self.outbox.is_none() {
+        if !self.phase.is_running() || self.outbox.is_none() {
             return;
         }
         let cap = self.capacity();
-        let mut grant = [0u64; 2];
-        for c in 0..2 {
+        let mut grant = [0u64; JobClass::COUNT];
+        for c in JobClass::ALL.map(JobClass::index) {
             let used = self.held[c] + self.outstanding[c];
             grant[c] = cap[c].saturating_sub(used);
+            self.outstanding[c] += grant[c];
         }
-        if grant == [0, 0] {
+        if grant.iter().all(|&g| g == 0) {
             return;
         }
-        self.outstanding[0] += grant[0];
-        self.outstanding[1] += grant[1];
         self.send(worker_message::Msg::Credit(pb::Credit {
-            cpu: grant[0] as u32,
-            io: grant[1] as u32,
+            cpu: grant[JobClass::Cpu.index()] as u32,
+            io: grant[JobClass::Io.index()] as u32,
         }));
     }
 }

@@ -7,9 +7,14 @@
 //! - [`session`]: the `Workers.Connect` stream, reopened with backoff.
 //! - [`engine`]: the one task that owns the jobs held, the pool and the
 //!   credit granted to the master.
+//! - [`results`]: the results the master has not acknowledged, numbered and
+//!   sent again on a new session.
+//! - [`drain`]: the worker's phase, from running through the steps of a
+//!   drain to done.
 //! - [`pool`]: the child processes, their pipes, and their replacement.
 //! - [`child`]: the hidden child mode of the binary, and the frame format.
-//! - [`kinds`]: the job kinds (fib, prime); sleep lives in the engine.
+//! - [`kinds`]: the CPU job kinds (fib, prime).
+//! - [`sleep`]: the IO job kind (sleep), on tokio timers in the worker.
 //! - [`metrics`]: the worker's Prometheus metrics, read off its session.
 //!
 //! One job's path: the master assigns it within our credit; the engine
@@ -18,11 +23,14 @@
 //! `Results` message and grants the credit back.
 
 pub mod child;
+pub(crate) mod drain;
 pub(crate) mod engine;
 pub mod kinds;
 pub mod metrics;
 pub mod pool;
+pub(crate) mod results;
 pub mod session;
+pub(crate) mod sleep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,7 +211,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         name = %config.name, master = %config.master, processes = config.processes,
         io_slots = config.io_slots, "worker starting"
     );
-    let result = engine::Engine::run(config, session_rx, closing, shutdown).await;
+    let result = engine::Engine::run(
+        config,
+        Box::new(pool::Processes),
+        session_rx,
+        closing,
+        shutdown,
+    )
+    .await;
     stop_session.cancel();
     let _ = session.await;
     stop_metrics.cancel();

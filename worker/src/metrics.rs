@@ -6,12 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use drover_common::job::kind_name;
-use drover_common::metrics::{Exposition, Histogram, JOB_SECONDS, Kind};
+use drover_common::metrics::{Exposition, Histogram, JOB_SECONDS, Kind, PerKind};
 use drover_common::pb::{self, JobKind, job_result, master_message, worker_message};
-
-/// The kinds metrics are kept for.
-const KINDS: [JobKind; 3] = [JobKind::Fib, JobKind::Prime, JobKind::Sleep];
 
 /// Jobs held at most in the id-to-kind map; past it the map is cleared
 /// (the figures of the jobs in it are lost, memory is not).
@@ -32,20 +28,16 @@ pub struct WorkerMetrics {
 struct Inner {
     /// The kind of each job held, by its id, to label its result.
     kinds: HashMap<u128, JobKind>,
-    assigned: [u64; 4],
-    succeeded: [u64; 4],
-    failed: [u64; 4],
+    assigned: PerKind<u64>,
+    succeeded: PerKind<u64>,
+    failed: PerKind<u64>,
     returned: u64,
     cancelled: u64,
-    run: [Histogram; 4],
+    run: PerKind<Histogram>,
     pool_processes: u64,
     pool_restarted: u64,
     connected: bool,
     sessions: u64,
-}
-
-fn slot(kind: JobKind) -> usize {
-    (kind as usize).min(3)
 }
 
 fn key(job_id: &str) -> Option<u128> {
@@ -61,12 +53,12 @@ impl WorkerMetrics {
             name: name.to_string(),
             inner: Mutex::new(Inner {
                 kinds: HashMap::new(),
-                assigned: [0; 4],
-                succeeded: [0; 4],
-                failed: [0; 4],
+                assigned: PerKind::default(),
+                succeeded: PerKind::default(),
+                failed: PerKind::default(),
                 returned: 0,
                 cancelled: 0,
-                run: std::array::from_fn(|_| Histogram::new(JOB_SECONDS)),
+                run: PerKind::histograms(JOB_SECONDS),
                 pool_processes: 0,
                 pool_restarted: 0,
                 connected: false,
@@ -104,7 +96,7 @@ impl WorkerMetrics {
                 }
                 for j in &a.jobs {
                     let kind = JobKind::try_from(j.kind).unwrap_or(JobKind::Unspecified);
-                    m.assigned[slot(kind)] += 1;
+                    m.assigned[kind] += 1;
                     if let Some(k) = key(&j.job_id) {
                         m.kinds.insert(k, kind);
                     }
@@ -139,10 +131,10 @@ impl WorkerMetrics {
                         .unwrap_or(JobKind::Unspecified);
                     match &r.outcome {
                         Some(job_result::Outcome::Output(_)) => {
-                            m.succeeded[slot(kind)] += 1;
-                            m.run[slot(kind)].observe(r.run_us as f64 / 1e6);
+                            m.succeeded[kind] += 1;
+                            m.run[kind].observe(r.run_us as f64 / 1e6);
                         }
-                        _ => m.failed[slot(kind)] += 1,
+                        _ => m.failed[kind] += 1,
                     }
                 }
             }
@@ -197,45 +189,31 @@ impl WorkerMetrics {
             &[("worker", worker)],
             m.sessions as f64,
         );
-        let per_kind: [(&str, &str, &[u64; 4]); 3] = [
-            (
-                "drover_worker_jobs_assigned_total",
-                "Jobs the master assigned to this worker.",
-                &m.assigned,
-            ),
-            (
-                "drover_worker_jobs_completed_total",
-                "Jobs this worker ran to a result.",
-                &m.succeeded,
-            ),
-            (
-                "drover_worker_jobs_failed_total",
-                "Attempts this worker reported as failed (crash, timeout, bad input).",
-                &m.failed,
-            ),
-        ];
-        for (name, help, values) in per_kind {
-            e.family(name, Kind::Counter, help);
-            for kind in KINDS {
-                e.sample(
-                    name,
-                    &[("worker", worker), ("kind", kind_name(kind as i32))],
-                    values[slot(kind)] as f64,
-                );
-            }
-        }
-        e.family(
-            "drover_worker_job_run_seconds",
-            Kind::Histogram,
-            "Run time of the jobs this worker completed.",
+        let labels = [("worker", worker)];
+        e.counters_by_kind(
+            "drover_worker_jobs_assigned_total",
+            "Jobs the master assigned to this worker.",
+            &labels,
+            &m.assigned,
         );
-        for kind in KINDS {
-            e.histogram(
-                "drover_worker_job_run_seconds",
-                &[("worker", worker), ("kind", kind_name(kind as i32))],
-                &m.run[slot(kind)],
-            );
-        }
+        e.counters_by_kind(
+            "drover_worker_jobs_completed_total",
+            "Jobs this worker ran to a result.",
+            &labels,
+            &m.succeeded,
+        );
+        e.counters_by_kind(
+            "drover_worker_jobs_failed_total",
+            "Attempts this worker reported as failed (crash, timeout, bad input).",
+            &labels,
+            &m.failed,
+        );
+        e.histograms_by_kind(
+            "drover_worker_job_run_seconds",
+            "Run time of the jobs this worker completed.",
+            &labels,
+            &m.run,
+        );
         e.family(
             "drover_worker_jobs_returned_total",
             Kind::Counter,

@@ -6,15 +6,19 @@
 //! [`PoolEvent`]s and reaps it when its output ends, so no child is left as
 //! a zombie. A child that dies, times out, or runs a cancelled job is killed
 //! and replaced at once; the pool always has its N children.
+//!
+//! Starting and killing the processes is behind [`Launcher`]: the pool's
+//! bookkeeping (what each slot runs, since when, its generation) is the
+//! same whether [`Processes`] starts real children or a test starts fakes.
 
 use std::process::Stdio;
-use std::time::Instant;
 
 use drover_common::pb;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::child::{CHILD_ARG, MAX_FRAME, encode_frame};
 
@@ -39,6 +43,68 @@ pub enum PoolEvent {
         /// How it ended, for the job's failure reason.
         status: String,
     },
+}
+
+/// Starts and kills the processes behind the pool's slots.
+pub trait Launcher: Send + std::fmt::Debug {
+    /// Starts a process for `slot`. Everything it answers, and its end,
+    /// must reach `events` tagged with `slot` and `generation`.
+    fn spawn(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        events: mpsc::UnboundedSender<PoolEvent>,
+    ) -> std::io::Result<Launched>;
+
+    /// Kills the process `pid` (never 0) and everything it started. Its
+    /// exit event still comes, and is stale by then.
+    fn kill(&mut self, pid: u32);
+}
+
+/// A process just started.
+#[derive(Debug)]
+pub struct Launched {
+    /// Its process id.
+    pub pid: u32,
+    /// Where its request frames go; dropping it closes the process's input.
+    pub stdin: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// The real launcher: children of the worker's own binary in child mode,
+/// each in its own process group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Processes;
+
+impl Launcher for Processes {
+    fn spawn(
+        &mut self,
+        slot: usize,
+        generation: u64,
+        events: mpsc::UnboundedSender<PoolEvent>,
+    ) -> std::io::Result<Launched> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(CHILD_ARG)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            // Its own process group: a ^C at the terminal reaches the worker,
+            // which decides what happens to running jobs.
+            .process_group(0);
+        let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(stdin, rx));
+        tokio::spawn(read_frames(child, stdout, slot, generation, events));
+        Ok(Launched { pid, stdin: tx })
+    }
+
+    fn kill(&mut self, pid: u32) {
+        kill_group(pid);
+    }
 }
 
 /// One child process slot.
@@ -74,16 +140,22 @@ pub struct Pool {
     pub restarted: u64,
     events: mpsc::UnboundedSender<PoolEvent>,
     next_generation: u64,
+    launcher: Box<dyn Launcher>,
 }
 
 impl Pool {
-    /// Starts `n` children; their events arrive on `events`.
-    pub fn start(n: usize, events: mpsc::UnboundedSender<PoolEvent>) -> std::io::Result<Pool> {
+    /// Starts `n` children with `launcher`; their events arrive on `events`.
+    pub fn start(
+        n: usize,
+        launcher: Box<dyn Launcher>,
+        events: mpsc::UnboundedSender<PoolEvent>,
+    ) -> std::io::Result<Pool> {
         let mut pool = Pool {
             children: Vec::with_capacity(n),
             restarted: 0,
             events,
             next_generation: 1,
+            launcher,
         };
         for slot in 0..n {
             let child = pool.spawn(slot)?;
@@ -98,31 +170,9 @@ impl Pool {
     }
 
     fn spawn(&mut self, slot: usize) -> std::io::Result<ChildProc> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
-        cmd.arg(CHILD_ARG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            // Its own process group: a ^C at the terminal reaches the worker,
-            // which decides what happens to running jobs.
-            .process_group(0);
-        let mut child = cmd.spawn()?;
-        let pid = child.id().unwrap_or(0);
         let generation = self.next_generation;
         self.next_generation += 1;
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(stdin, rx));
-        tokio::spawn(read_frames(
-            child,
-            stdout,
-            slot,
-            generation,
-            self.events.clone(),
-        ));
+        let Launched { pid, stdin } = self.launcher.spawn(slot, generation, self.events.clone())?;
         tracing::debug!(slot, pid, "child started");
         Ok(ChildProc {
             pid,
@@ -130,7 +180,7 @@ impl Pool {
             in_flight: Vec::new(),
             current_started: Instant::now(),
             jobs_run: 0,
-            stdin: Some(tx),
+            stdin: Some(stdin),
         })
     }
 
@@ -151,7 +201,9 @@ impl Pool {
     pub fn replace(&mut self, slot: usize) -> Vec<u64> {
         let old = &mut self.children[slot];
         let in_flight = std::mem::take(&mut old.in_flight);
-        kill_group(old.pid);
+        if old.pid != 0 {
+            self.launcher.kill(old.pid);
+        }
         old.stdin = None;
         self.restarted += 1;
         match self.spawn(slot) {
@@ -176,7 +228,9 @@ impl Pool {
     /// Kills every child (shutdown).
     pub fn kill_all(&mut self) {
         for child in &mut self.children {
-            kill_group(child.pid);
+            if child.pid != 0 {
+                self.launcher.kill(child.pid);
+            }
             child.stdin = None;
         }
     }
