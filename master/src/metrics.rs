@@ -1,6 +1,6 @@
 //! The master's Prometheus metrics.
 //!
-//! Job figures ([`JobMetrics`], defined in `drover_common::metrics` so that
+//! Job figures (`JobMetrics`, defined in `drover_common::metrics` so that
 //! the state holds them without importing this module) are plain counters
 //! and histograms kept in the state, under the lock it is already held with
 //! when a job changes, so counting costs a few nanoseconds and no atomic.
@@ -17,9 +17,6 @@ use parking_lot::Mutex;
 
 use crate::service::Master;
 use crate::store::{Changes, Loaded, Store};
-
-// Kept here until the state names it at its new home.
-pub use drover_common::metrics::JobMetrics;
 
 /// A store that times every write: the committer's one transaction, with
 /// its fsync, per group commit.

@@ -148,8 +148,8 @@ impl Job {
         )
     }
 
-    pub(super) fn class(&self) -> Class {
-        Class::of(self.kind)
+    pub(super) fn class(&self) -> JobClass {
+        JobClass::of(self.kind)
     }
 
     /// The record the store keeps.
@@ -251,23 +251,6 @@ impl Job {
             worker: self.x().worker.as_deref().unwrap_or_default().to_string(),
             attempt_errors: self.x().attempt_errors.clone(),
             run_us: self.x().run_us,
-        }
-    }
-}
-
-/// Which slots a job needs on a worker: CPU jobs go to its process pool,
-/// IO jobs (sleep) to its async slots. Each has its own queue and credit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    Cpu = 0,
-    Io = 1,
-}
-
-impl Class {
-    fn of(kind: JobKind) -> Class {
-        match kind {
-            JobKind::Sleep => Class::Io,
-            _ => Class::Cpu,
         }
     }
 }

@@ -33,7 +33,7 @@ impl State {
         } else {
             job.not_before_ms = 0;
             let key = (Reverse(job.priority), job.seq);
-            self.queues[job.class() as usize].insert(key, id);
+            self.queues[job.class().index()].insert(key, id);
         }
     }
 
@@ -46,7 +46,7 @@ impl State {
             return;
         }
         let key = (Reverse(job.priority), job.seq);
-        self.queues[job.class() as usize].remove(&key);
+        self.queues[job.class().index()].remove(&key);
     }
 
     /// Moves retried jobs whose backoff is over into their queues and hands
@@ -211,7 +211,7 @@ impl State {
                 }),
                 dirty: false,
             };
-            self.queues[job.class() as usize].insert((Reverse(job.priority), seq), id);
+            self.queues[job.class().index()].insert((Reverse(job.priority), seq), id);
             self.counts[JobState::Queued as usize] += 1;
             self.counters.jobs.submitted(kind);
             self.jobs.insert(id, job);

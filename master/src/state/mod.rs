@@ -48,6 +48,7 @@ use drover_common::{Error, JobArgs, Limits};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 
+use drover_common::JobClass;
 use drover_common::ids::{BatchId, JobId, SessionId};
 
 use crate::store::{Changes, Loaded, Recovered, encode_batch};
@@ -62,7 +63,7 @@ mod recovery;
 mod retention;
 mod sessions;
 
-pub(crate) use job::{Batch, Class, Job, JobExtra, JobTable};
+pub(crate) use job::{Batch, Job, JobExtra, JobTable};
 pub use recovery::RecoveryReport;
 
 /// What the master may send a worker's stream: each message with the
@@ -112,7 +113,7 @@ pub(crate) struct Session {
     pub(crate) cpu_slots: u32,
     pub(crate) io_slots: u32,
     /// Jobs it may still be sent, per class.
-    pub(crate) credit: [u64; 2],
+    pub(crate) credit: [u64; JobClass::COUNT],
     /// Jobs assigned to it and not yet reported.
     pub(crate) held: HashSet<JobId>,
     pub(crate) outbox: Outbox,
@@ -134,7 +135,7 @@ pub(crate) struct Counters {
     /// Jobs finished per second, for the last few seconds.
     pub(crate) per_second: VecDeque<(u64, u64)>,
     /// Jobs by kind and outcome, run times and queue waits (metrics).
-    pub(crate) jobs: crate::metrics::JobMetrics,
+    pub(crate) jobs: drover_common::metrics::JobMetrics,
 }
 
 /// The whole queue.
@@ -144,7 +145,7 @@ pub struct State {
     pub(crate) jobs: JobTable,
     pub(crate) batches: HashMap<BatchId, Batch>,
     /// Queued jobs per class, highest priority first, then oldest first.
-    queues: [BTreeMap<(Reverse<i32>, u64), JobId>; 2],
+    queues: [BTreeMap<(Reverse<i32>, u64), JobId>; JobClass::COUNT],
     idempotency: HashMap<Box<str>, JobId>,
     /// Unfinished jobs that later batches list too (named again by their
     /// idempotency key), with those batches and positions: when the job

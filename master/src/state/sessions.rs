@@ -47,8 +47,8 @@ impl State {
     /// Adds credit to a session and hands out what it can take.
     pub fn add_credit(&mut self, session: SessionId, cpu: u32, io: u32) -> Outgoing {
         if let Some(s) = self.sessions.get_mut(&session) {
-            s.credit[Class::Cpu as usize] += u64::from(cpu);
-            s.credit[Class::Io as usize] += u64::from(io);
+            s.credit[JobClass::Cpu.index()] += u64::from(cpu);
+            s.credit[JobClass::Io.index()] += u64::from(io);
         }
         self.dispatch()
     }
@@ -73,8 +73,8 @@ impl State {
     /// no worker takes more than its share while others have room.
     pub fn dispatch(&mut self) -> Outgoing {
         let mut plan: HashMap<SessionId, Vec<JobId>> = HashMap::new();
-        for class in [Class::Cpu, Class::Io] {
-            let c = class as usize;
+        for class in JobClass::ALL {
+            let c = class.index();
             loop {
                 let available = self.queues[c].len() as u64;
                 if available == 0 {
