@@ -12,6 +12,8 @@
 //! - [`cli`]: runs `drover --master URL --output json ...` and parses its
 //!   JSON output, in the foreground or in the background.
 //! - [`grpc`]: a shared tokio runtime and `Queue` clients for direct calls.
+//! - [`fake_worker`]: a `Workers` session played message by message by the
+//!   test, for the races a real worker meets only by chance.
 //! - [`wait`]: polls a condition until a deadline, failing at once when a
 //!   started process dies unexpectedly. No test sleeps for a fixed time.
 //! - [`model`]: the CLI's JSON lines as typed values.
@@ -22,6 +24,7 @@
 
 pub mod bins;
 pub mod cli;
+pub mod fake_worker;
 pub mod grpc;
 pub mod model;
 pub mod process;
