@@ -6,6 +6,9 @@
 //!
 //! - [`bins`]: finds the binaries, building them once per test process
 //!   (`cargo test` does not build other packages' binaries for us).
+//! - [`daemon`]: one daemon as a child process, with its log, tied to the
+//!   life of its parent; the tests and drover-bench both start daemons
+//!   through it.
 //! - [`process`]: [`Master`] and [`Worker`], child processes whose stderr is
 //!   kept in a temporary file; each one is killed and reaped on drop, and the
 //!   tail of every log is printed when a test fails.
@@ -24,6 +27,7 @@
 
 pub mod bins;
 pub mod cli;
+pub mod daemon;
 pub mod fake_worker;
 pub mod grpc;
 pub mod model;
