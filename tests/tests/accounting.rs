@@ -241,7 +241,6 @@ fn jobs_a_draining_worker_returned_survive_a_master_restart() {
     assert_eq!(done.len(), 6);
     for j in &done {
         assert_long_fib(j);
-        assert!(j.attempt_errors.is_empty(), "no run of it failed: {j:?}");
     }
 }
 
