@@ -9,9 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use drover_tests::daemon::die_with_parent;
 use serde_json::Value;
-
-use crate::cluster::die_with_parent;
 
 /// Where the scripts live: bench/baselines/ in the source tree, unless the
 /// user says otherwise.
@@ -40,7 +39,8 @@ pub(crate) fn run_script(
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(err.try_clone()?);
-    die_with_parent(&mut cmd);
+    // A bench killed outright takes its baseline with it.
+    die_with_parent(&mut cmd, libc::SIGTERM);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot run {python} {}", script.display()))?;

@@ -8,15 +8,14 @@
 //! other arguments through [`ClusterConfig`], or stop and start pieces with
 //! [`Cluster::stop_master`] and [`Cluster::start_master_on`].
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use drover_common::pb::queue_client::QueueClient;
 use drover_common::pb::{StatsRequest, StatsResponse};
+use drover_tests::daemon::{self, Daemon};
 use tonic::transport::Channel;
 
 /// How long a daemon may take to come up before the bench gives up.
@@ -97,7 +96,7 @@ impl Binaries {
     /// Whether a daemon is older than any source it is built from, when the
     /// source tree is at hand: then benchmarking it would measure old code.
     fn older_than_sources(&self) -> bool {
-        let root = workspace_root();
+        let root = drover_tests::bins::workspace_root();
         let Some(newest) = ["common", "master", "worker", "proto", "Cargo.lock"]
             .iter()
             .filter_map(|p| newest_mtime(&root.join(p)))
@@ -125,11 +124,6 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
         .max()
 }
 
-/// The workspace this bench was built from.
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn exe_name(name: &str) -> String {
     format!("{name}{}", std::env::consts::EXE_SUFFIX)
 }
@@ -137,15 +131,16 @@ fn exe_name(name: &str) -> String {
 /// Builds the daemons with the bench's own profile, so that they land in the
 /// directory the bench runs from.
 fn build_daemons() -> Result<()> {
-    let root = workspace_root();
+    let root = drover_tests::bins::workspace_root();
     if !root.join("Cargo.toml").is_file() {
         bail!(
             "the drover workspace is not at {}: build the daemons by hand",
             root.display()
         );
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    // The tests' cargo command: without the variables `cargo run` gave
+    // this process, which would rebuild half the workspace.
+    let mut cmd = drover_tests::bins::cargo();
     cmd.current_dir(&root)
         .args(["build", "--bin", "drover-master", "--bin", "drover-worker"]);
     if !cfg!(debug_assertions) {
@@ -251,7 +246,7 @@ impl Cluster {
 
     /// The process id of the running master.
     pub(crate) fn master_pid(&self) -> Option<u32> {
-        self.master.as_ref().map(|m| m.child.id())
+        self.master.as_ref().map(Daemon::pid)
     }
 
     /// The redb store's directory (used only with [`StoreKind::Redb`]).
@@ -284,9 +279,7 @@ impl Cluster {
             bail!("a master is already running");
         }
         let mut cmd = Command::new(&self.bins.master);
-        cmd.args(["--listen", listen])
-            .args(self.master_args())
-            .stdout(Stdio::piped());
+        cmd.args(["--listen", listen]).args(self.master_args());
         // A restarted master logs to a file of its own, so the last words
         // of the one before it are kept.
         self.master_starts += 1;
@@ -294,17 +287,16 @@ impl Cluster {
             1 => "master".to_string(),
             n => format!("master-{n}"),
         };
-        let mut master = Daemon::spawn(&name, cmd, self.work_dir.path())?;
-        let line = master.read_stdout_line(timeout)?;
-        let addr = line
-            .trim()
-            .strip_prefix("drover-master listening on ")
-            .ok_or_else(|| {
-                anyhow!(
-                    "unexpected first line from drover-master: {line:?}{}",
-                    master.log_tail()
-                )
-            })?;
+        let mut master = spawn_daemon(&name, cmd, self.work_dir.path(), true)?;
+        let line = master
+            .read_stdout_line(timeout)
+            .map_err(|e| anyhow!("{e}{}", log_tail(&master)))?;
+        let addr = daemon::listening_addr(&line).ok_or_else(|| {
+            anyhow!(
+                "unexpected first line from drover-master: {line:?}{}",
+                log_tail(&master)
+            )
+        })?;
         self.addr = addr.to_string();
         self.url = format!("http://{addr}");
         self.master = Some(master);
@@ -329,9 +321,8 @@ impl Cluster {
         cmd.args(["--master", &self.url])
             .args(["--processes", &self.config.processes.to_string()])
             .args(["--name", name])
-            .args(&self.config.worker_args)
-            .stdout(Stdio::null());
-        let worker = Daemon::spawn(name, cmd, self.work_dir.path())?;
+            .args(&self.config.worker_args);
+        let worker = spawn_daemon(name, cmd, self.work_dir.path(), false)?;
         self.workers.push(worker);
         Ok(())
     }
@@ -389,8 +380,8 @@ impl Cluster {
     pub(crate) fn check_alive(&mut self) -> Result<()> {
         let mut dead = Vec::new();
         for d in self.master.iter_mut().chain(self.workers.iter_mut()) {
-            if let Some(status) = d.exited() {
-                dead.push(format!("{} exited ({status})", d.name));
+            if let Ok(Some(status)) = d.try_status() {
+                dead.push(format!("{} exited ({status})", d.name()));
             }
         }
         if dead.is_empty() {
@@ -405,7 +396,7 @@ impl Cluster {
         self.master
             .iter()
             .chain(self.workers.iter())
-            .map(Daemon::log_tail)
+            .map(log_tail)
             .collect()
     }
 
@@ -508,185 +499,35 @@ pub(crate) fn store_location() -> String {
     }
 }
 
-/// One child process, with its stderr in a log file. Dropping it stops and
-/// reaps it, so no error path leaves a daemon or a zombie behind.
-pub(crate) struct Daemon {
-    /// For messages: `master`, `bench-w1`, ...
-    name: String,
-    child: Child,
-    log: PathBuf,
-    /// Lines of the child's stdout, read by a thread so that waiting for the
-    /// first one can time out and notice a crash.
-    stdout_lines: Option<mpsc::Receiver<String>>,
-    reaped: bool,
+/// Starts `cmd` in `work_dir` through the harness the tests use, with its
+/// stderr in `<work_dir>/<name>.log`, and its stdout read line by line when
+/// `stdout_lines` (else in the log too). A bench killed outright takes its
+/// daemons with it (SIGTERM); dropping one stops it within [`STOP_GRACE`].
+fn spawn_daemon(
+    name: &str,
+    mut cmd: Command,
+    work_dir: &Path,
+    stdout_lines: bool,
+) -> Result<Daemon> {
+    // Plain logs: they end up in files and in error messages.
+    cmd.current_dir(work_dir).env("NO_COLOR", "1");
+    let options = daemon::Options {
+        log: work_dir.join(format!("{name}.log")),
+        stdout_lines,
+        parent_death_signal: libc::SIGTERM,
+        stop_grace: STOP_GRACE,
+    };
+    Ok(Daemon::spawn(name, cmd, options)?)
 }
 
-impl Daemon {
-    /// Spawns `cmd` in `work_dir`, with stderr to `<work_dir>/<name>.log`.
-    pub(crate) fn spawn(name: &str, mut cmd: Command, work_dir: &Path) -> Result<Self> {
-        let log = work_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        // Plain logs: they end up in files and in error messages.
-        cmd.stderr(file)
-            .stdin(Stdio::null())
-            .current_dir(work_dir)
-            .env("NO_COLOR", "1");
-        die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
-        let stdout_lines = child.stdout.take().map(|out| {
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(out);
-                let mut line = String::new();
-                while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                    if tx.send(std::mem::take(&mut line)).is_err() {
-                        // Nobody listens any more: keep draining so the
-                        // child never blocks on a full pipe.
-                        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-                        break;
-                    }
-                }
-            });
-            rx
-        });
-        Ok(Self {
-            name: name.to_string(),
-            child,
-            log,
-            stdout_lines,
-            reaped: false,
-        })
+/// The last lines of a daemon's log, formatted for an error message.
+fn log_tail(d: &Daemon) -> String {
+    let tail = d.log_tail(20);
+    if tail.is_empty() {
+        return String::new();
     }
-
-    /// Waits for the next stdout line, failing if the child exits first or
-    /// `timeout` passes.
-    pub(crate) fn read_stdout_line(&mut self, timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let rx = self
-                .stdout_lines
-                .as_ref()
-                .ok_or_else(|| anyhow!("{}: stdout is not captured", self.name))?;
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) => return Ok(line),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("{} closed its stdout{}", self.name, self.log_tail())
-                }
-            }
-            if let Some(status) = self.exited() {
-                bail!("{} exited ({status}){}", self.name, self.log_tail());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} printed nothing within {timeout:?}{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
-        }
-    }
-
-    /// The exit status, if the child has exited.
-    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                self.reaped = true;
-                Some(status)
-            }
-            _ => None,
-        }
-    }
-
-    /// Sends `sig` unless the child is already reaped (its pid may be reused).
-    pub(crate) fn signal(&mut self, sig: libc::c_int) {
-        if self.reaped || self.exited().is_some() {
-            return;
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) takes no pointers; the pid is our unreaped child.
-            unsafe {
-                libc::kill(pid, sig);
-            }
-        }
-    }
-
-    /// SIGTERM (the daemons drain and exit 0 on it), then SIGKILL after a
-    /// grace period; always reaps.
-    pub(crate) fn stop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
-
-    /// The last lines of the child's stderr, formatted for an error message.
-    pub(crate) fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(20)..];
-        if tail.is_empty() {
-            return String::new();
-        }
-        format!(
-            "\n--- {} stderr (last lines) ---\n{}",
-            self.name,
-            tail.join("\n")
-        )
-    }
+    format!("\n--- {} stderr (last lines) ---\n{tail}", d.name())
 }
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Asks the kernel to SIGTERM the child when the bench dies, so that even a
-/// SIGKILLed bench leaves no daemon behind (Drop does not run then).
-///
-/// The signal follows the thread that spawned the child, not the process:
-/// the bench spawns from its main thread (a current-thread runtime), which
-/// lives as long as the process.
-#[cfg(target_os = "linux")]
-pub(crate) fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: getpid before the fork; between fork and exec the closure only
-    // makes async-signal-safe calls (prctl, getppid) and allocates nothing.
-    let parent = unsafe { libc::getpid() };
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("the bench exited"));
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Elsewhere the bench relies on Drop alone.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn die_with_parent(_cmd: &mut Command) {}
 
 #[cfg(test)]
 mod tests {

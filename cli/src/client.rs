@@ -55,10 +55,16 @@ impl Client {
     }
 
     /// Submits one batch of jobs of one kind.
+    ///
+    /// `first` is the position of `args[0]` among all the jobs of the
+    /// command, which may submit them in several batches: each job's
+    /// idempotency key is derived from its position in the whole command,
+    /// so that a key names one job however the command is split.
     pub(crate) async fn submit(
         &self,
         kind: pb::JobKind,
         args: Vec<String>,
+        first: usize,
         opts: &JobOptions,
     ) -> anyhow::Result<pb::SubmitResponse> {
         let timeout_ms = opts.timeout.map_or(0, |d| d.as_millis().max(1) as u64);
@@ -71,12 +77,10 @@ impl Client {
                 priority: opts.priority,
                 timeout_ms,
                 max_attempts: opts.max_attempts,
-                idempotency_key: match &opts.idempotency_key {
-                    // One key per job: the key, then the position for a batch.
-                    Some(k) if i == 0 => k.clone(),
-                    Some(k) => format!("{k}#{i}"),
-                    None => String::new(),
-                },
+                idempotency_key: opts
+                    .idempotency_key
+                    .as_deref()
+                    .map_or_else(String::new, |k| job_key(k, first + i)),
             })
             .collect();
         let resp = self
@@ -211,6 +215,17 @@ impl Client {
     }
 }
 
+/// The idempotency key of the job at position `i` of a command given the
+/// key `key`: the key itself for the first job (so that a one-job submit is
+/// named by exactly the key it was given), then `key#i`.
+fn job_key(key: &str, i: usize) -> String {
+    if i == 0 {
+        key.to_string()
+    } else {
+        format!("{key}#{i}")
+    }
+}
+
 /// Expands the CLI's job arguments (values and ranges).
 pub(crate) fn expand(args: &[String]) -> anyhow::Result<Vec<String>> {
     util::expand_args(args, 1_000_000).map_err(anyhow::Error::msg)
@@ -220,4 +235,18 @@ pub(crate) fn expand(args: &[String]) -> anyhow::Result<Vec<String>> {
 /// job has not ended at all.
 pub(crate) fn ended_badly(job: &pb::JobInfo) -> bool {
     job.state == JobState::Failed as i32 || job.state == JobState::Cancelled as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_names_each_position_once() {
+        assert_eq!(job_key("k", 0), "k");
+        assert_eq!(job_key("k", 1), "k#1");
+        assert_eq!(job_key("k", 50_000), "k#50000");
+        let keys: std::collections::HashSet<String> = (0..1000).map(|i| job_key("k", i)).collect();
+        assert_eq!(keys.len(), 1000);
+    }
 }

@@ -69,6 +69,7 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
         .submit(
             JobKind::Fib,
             (2..=20).map(|n| n.to_string()).collect(),
+            0,
             &opts,
         )
         .await?;
@@ -90,6 +91,7 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
         .submit(
             JobKind::Prime,
             PRIMES.iter().map(|s| s.to_string()).collect(),
+            0,
             &opts,
         )
         .await?;
@@ -106,14 +108,14 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
     let started = Instant::now();
     for _ in 0..8 {
         let b = client
-            .submit(JobKind::Sleep, vec!["500".into()], &opts)
+            .submit(JobKind::Sleep, vec!["500".into()], 0, &opts)
             .await?;
         client.get(vec![], Some(b.batch_id), true, None).await?;
     }
     let sync_wall = started.elapsed();
     let started = Instant::now();
     let b = client
-        .submit(JobKind::Sleep, vec!["500".to_string(); 8], &opts)
+        .submit(JobKind::Sleep, vec!["500".to_string(); 8], 0, &opts)
         .await?;
     let got = client.get(vec![], Some(b.batch_id), true, None).await?;
     let async_wall = started.elapsed();
@@ -133,6 +135,7 @@ async fn lessons(url: &str) -> anyhow::Result<i32> {
         .submit(
             JobKind::Sleep,
             lengths.iter().map(|ms| ms.to_string()).collect(),
+            0,
             &opts,
         )
         .await?;

@@ -13,6 +13,7 @@ mod output;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use drover_common::job::parse_kind;
 use drover_common::util::parse_duration;
@@ -51,6 +52,11 @@ enum Command {
         /// Never show a progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Jobs per submit: a longer list goes to the master in several
+        /// batches of this many. At most the master's --max-batch-jobs.
+        #[arg(long, env = "DROVER_JOBS_PER_SUBMIT", default_value_t = 50_000,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        jobs_per_submit: u32,
     },
     /// Runs one job and waits for its result.
     Apply(JobCommand),
@@ -155,9 +161,6 @@ impl JobCommand {
     }
 }
 
-/// Jobs per submit when `map` splits a long range.
-const MAP_CHUNK: usize = 50_000;
-
 fn main() {
     // The demo's worker starts children of this binary.
     drover_worker::child::run_if_child();
@@ -202,7 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Submit(job) => {
             let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
             let resp = client
-                .submit(kind, expand(&job.args)?, &job.options())
+                .submit(kind, expand(&job.args)?, 0, &job.options())
                 .await?;
             match format {
                 Format::Json => println!(
@@ -218,7 +221,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Map { job, no_progress } => map(&client, format, &job, no_progress).await,
+        Command::Map {
+            job,
+            no_progress,
+            jobs_per_submit,
+        } => map(&client, format, &job, no_progress, jobs_per_submit as usize).await,
         Command::Apply(job) => {
             let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
             let args = expand(&job.args)?;
@@ -227,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 "apply runs one job; got {} arguments (use map for many)",
                 args.len()
             );
-            let resp = client.submit(kind, args, &job.options()).await?;
+            let resp = client.submit(kind, args, 0, &job.options()).await?;
             let got = client.get(vec![], Some(resp.batch_id), true, None).await?;
             print_all(format, &got.jobs)
         }
@@ -335,15 +342,28 @@ async fn map(
     format: Format,
     job: &JobCommand,
     no_progress: bool,
+    jobs_per_submit: usize,
 ) -> anyhow::Result<i32> {
     let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
     let args = expand(&job.args)?;
     let total = args.len();
     let opts = job.options();
-    // Submit every chunk first so the workers stay busy while we read.
+    // Submit every chunk first so the workers stay busy while we read. Each
+    // chunk says where it starts, so that a job's idempotency key is its
+    // position in the whole map, not in its chunk.
     let mut batches = Vec::new();
-    for chunk in args.chunks(MAP_CHUNK) {
-        batches.push(client.submit(kind, chunk.to_vec(), &opts).await?.batch_id);
+    for (n, chunk) in args.chunks(jobs_per_submit).enumerate() {
+        let first = n * jobs_per_submit;
+        let resp = client
+            .submit(kind, chunk.to_vec(), first, &opts)
+            .await
+            .with_context(|| {
+                format!(
+                    "submitting jobs {first}..{} of {total} (--jobs-per-submit {jobs_per_submit})",
+                    first + chunk.len()
+                )
+            })?;
+        batches.push(resp.batch_id);
     }
     let bar = if !no_progress && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(total as u64);

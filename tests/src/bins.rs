@@ -56,11 +56,41 @@ fn profile_dir() -> Result<PathBuf, String> {
     })
 }
 
-fn build() -> Result<PathBuf, String> {
+/// A `cargo` command for a build of the workspace from inside a process
+/// that cargo started (a test, `cargo run -p drover-bench`).
+///
+/// Cargo gives such a process the variables of its package
+/// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...). A nested build must not
+/// inherit them: build scripts watch some of them (ring's watches
+/// `CARGO_PKG_*`), so the nested build would rebuild ring and everything
+/// above it, and the next plain `cargo build` would rebuild it all again.
+pub fn cargo() -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root())
-        .args(["build", "--bins", "--quiet"]);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_BIN_",
+            "CARGO_CRATE_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p));
+        if per_package || key == "OUT_DIR" {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build() -> Result<PathBuf, String> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--bins", "--quiet"]);
     // The same profile as this test: `cargo test --release` runs release
     // binaries.
     if !cfg!(debug_assertions) {

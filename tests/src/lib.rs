@@ -6,12 +6,17 @@
 //!
 //! - [`bins`]: finds the binaries, building them once per test process
 //!   (`cargo test` does not build other packages' binaries for us).
+//! - [`daemon`]: one daemon as a child process, with its log, tied to the
+//!   life of its parent; the tests and drover-bench both start daemons
+//!   through it.
 //! - [`process`]: [`Master`] and [`Worker`], child processes whose stderr is
 //!   kept in a temporary file; each one is killed and reaped on drop, and the
 //!   tail of every log is printed when a test fails.
 //! - [`cli`]: runs `drover --master URL --output json ...` and parses its
 //!   JSON output, in the foreground or in the background.
 //! - [`grpc`]: a shared tokio runtime and `Queue` clients for direct calls.
+//! - [`fake_worker`]: a `Workers` session played message by message by the
+//!   test, for the races a real worker meets only by chance.
 //! - [`wait`]: polls a condition until a deadline, failing at once when a
 //!   started process dies unexpectedly. No test sleeps for a fixed time.
 //! - [`model`]: the CLI's JSON lines as typed values.
@@ -22,6 +27,8 @@
 
 pub mod bins;
 pub mod cli;
+pub mod daemon;
+pub mod fake_worker;
 pub mod grpc;
 pub mod model;
 pub mod process;

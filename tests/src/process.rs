@@ -8,14 +8,12 @@
 //! the tail of its log is printed, so a failure shows what every process said.
 
 use std::cell::RefCell;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use drover_common::pb::queue_client::QueueClient;
@@ -24,6 +22,7 @@ use tonic::transport::Channel;
 
 use crate::bins::bin;
 use crate::cli::{CliOutput, CliRun};
+use crate::daemon::{self, Daemon};
 use crate::model::{JobLine, Status};
 use crate::{grpc, sys, wait};
 
@@ -44,10 +43,11 @@ thread_local! {
 struct Inner {
     /// What the process is, for messages: `drover-master`, `worker "a"`.
     label: String,
-    /// The process; locked only briefly, to poll, signal or reap it.
-    child: Mutex<Child>,
-    /// Its exit status, once seen.
-    exited: Mutex<Option<ExitStatus>>,
+    /// Its pid, readable without the lock.
+    pid: u32,
+    /// The process; locked only briefly, to poll, signal or reap it (and
+    /// by [`Master::start`] while it reads the first line).
+    daemon: Mutex<Daemon>,
     /// Set when the test made it exit on purpose (a signal, a drain), so
     /// that its exit is not reported as a crash.
     expect_exit: std::sync::atomic::AtomicBool,
@@ -57,8 +57,6 @@ struct Inner {
     /// Its descendants when the test killed or signalled it: a worker's pool
     /// children, which drop kills and reaps if they are still around.
     orphans: Mutex<Vec<u32>>,
-    /// Its stderr (and the rest of its stdout).
-    log: PathBuf,
     /// Keeps the log's directory until the process is dropped.
     _dir: tempfile::TempDir,
 }
@@ -73,46 +71,35 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `cmd` with stderr (and stdout, unless `pipe_stdout`) going to a
-    /// log file, and registers it with the current test.
-    fn spawn(
-        label: String,
-        mut cmd: Command,
-        pipe_stdout: bool,
-    ) -> (Proc, Option<std::process::ChildStdout>) {
+    /// Spawns `cmd` with stderr (and stdout, unless `stdout_lines`) going to
+    /// a log file, and registers it with the current test.
+    fn spawn(label: String, mut cmd: Command, stdout_lines: bool) -> Proc {
         let dir = tempfile::Builder::new()
             .prefix("drover-test-")
             .tempdir()
             .expect("cannot create a temporary directory");
-        let log = dir.path().join("log");
-        let file = File::create(&log).expect("cannot create a log file");
-        let stdout = if pipe_stdout {
-            Stdio::piped()
-        } else {
-            Stdio::from(file.try_clone().expect("cannot clone a file handle"))
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(Stdio::from(file));
         scrub_env(&mut cmd, dir.path());
-        die_with_parent(&mut cmd);
         sys::become_subreaper();
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
-        let out = child.stdout.take();
+        let options = daemon::Options {
+            log: dir.path().join("log"),
+            stdout_lines,
+            // An aborted test run leaves no daemon behind.
+            parent_death_signal: libc::SIGKILL,
+            // Drop kills at once: a test's daemons have nothing to save.
+            stop_grace: Duration::ZERO,
+        };
+        let daemon = Daemon::spawn(&label, cmd, options).unwrap_or_else(|e| panic!("{e}"));
         let inner = Arc::new(Inner {
             label,
-            child: Mutex::new(child),
-            exited: Mutex::new(None),
+            pid: daemon.pid(),
+            daemon: Mutex::new(daemon),
             expect_exit: false.into(),
             reported: false.into(),
             orphans: Mutex::new(Vec::new()),
-            log,
             _dir: dir,
         });
         STARTED.with(|s| s.borrow_mut().push(Arc::downgrade(&inner)));
-        (Proc { inner }, out)
+        Proc { inner }
     }
 
     /// What the process is, as messages name it.
@@ -122,22 +109,17 @@ impl Proc {
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
-        self.inner.child.lock().unwrap().id()
+        self.inner.pid
     }
 
     /// Its exit status if it has exited (and is now reaped), without waiting.
     pub fn try_status(&self) -> Option<ExitStatus> {
-        let mut exited = self.inner.exited.lock().unwrap();
-        if exited.is_none() {
-            *exited = self
-                .inner
-                .child
-                .lock()
-                .unwrap()
-                .try_wait()
-                .unwrap_or_else(|e| panic!("cannot poll {}: {e}", self.inner.label));
-        }
-        *exited
+        self.inner
+            .daemon
+            .lock()
+            .unwrap()
+            .try_status()
+            .unwrap_or_else(|e| panic!("cannot poll {}: {e}", self.inner.label))
     }
 
     /// Marks the process as allowed to exit from now on: the test is about to
@@ -202,31 +184,42 @@ impl Proc {
 
     /// Its whole log so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.inner.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.inner.daemon.lock().unwrap().log()
+    }
+
+    /// [`Proc::log_tail`] for a failure message, which drop then does not
+    /// print again.
+    fn reported_tail(&self) -> String {
+        self.inner.reported.store(true, Ordering::SeqCst);
+        self.log_tail(TAIL_LINES)
     }
 
     /// The last `lines` lines of its log, under a header naming the process.
     pub fn log_tail(&self, lines: usize) -> String {
-        format!(
-            "----- {} (pid {}{}): last {lines} lines of its log -----\n{}",
-            self.inner.label,
-            self.pid(),
-            match *self.inner.exited.lock().unwrap() {
-                Some(s) => format!(", exited: {s}"),
-                None => String::new(),
-            },
-            tail(&self.inner.log, lines)
-        )
+        tail_with_header(&mut self.inner.daemon.lock().unwrap(), lines)
     }
+}
+
+/// The last `lines` lines of `daemon`'s log, under a header naming it, its
+/// pid and its exit status if it has exited.
+fn tail_with_header(daemon: &mut Daemon, lines: usize) -> String {
+    let exited = match daemon.try_status() {
+        Ok(Some(s)) => format!(", exited: {s}"),
+        _ => String::new(),
+    };
+    format!(
+        "----- {} (pid {}{exited}): last {lines} lines of its log -----\n{}",
+        daemon.name(),
+        daemon.pid(),
+        daemon.log_tail(lines)
+    )
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
-        let pid = child.id();
-        let running = self.exited.get_mut().map(|e| e.is_none()).unwrap_or(true);
+        let daemon = self.daemon.get_mut().unwrap_or_else(|e| e.into_inner());
+        let pid = self.pid;
+        let running = !matches!(daemon.try_status(), Ok(Some(_)));
         let orphans = std::mem::take(self.orphans.get_mut().unwrap_or_else(|e| e.into_inner()));
         // Collect the descendants before the kill: once the parent is dead
         // they are re-parented and can no longer be found. A worker's pool
@@ -244,15 +237,12 @@ impl Drop for Inner {
                 .into_iter()
                 .filter(|&o| matches!(sys::parent(o), Some(p) if p == pid || p == me || p == 1)),
         );
-        if running {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        // SIGKILL and reap (the stop grace is zero).
+        let status = daemon.stop();
         for &d in &leftovers {
-            // SAFETY: as above.
+            // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe { libc::kill(d as libc::pid_t, libc::SIGKILL) };
         }
-        let status = child.wait().ok();
         // The test process is a subreaper, so the killed descendants are now
         // its children: reap them, leaving no zombies.
         for d in leftovers {
@@ -266,7 +256,7 @@ impl Drop for Inner {
                     Some(s) if !running => format!("exited: {s}"),
                     _ => "killed by the harness".to_string(),
                 },
-                tail(&self.log, TAIL_LINES)
+                daemon.log_tail(TAIL_LINES)
             );
         }
     }
@@ -317,39 +307,6 @@ fn scrub_env(cmd: &mut Command, dir: &Path) {
     }
 }
 
-/// Makes the child die when the test process dies, so that an aborted test
-/// run leaves no daemons behind.
-fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
-}
-
-/// The last `lines` lines of the file at `path`.
-fn tail(path: &Path, lines: usize) -> String {
-    let Ok(mut file) = File::open(path) else {
-        return "(no log)".into();
-    };
-    // The tail of a long log is at its end; 256 KiB is plenty.
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// A running `drover-master` on an ephemeral loopback port.
 pub struct Master {
     /// The process.
@@ -369,49 +326,26 @@ impl Master {
     pub fn start(args: &[&str]) -> Master {
         let mut cmd = Command::new(bin("drover-master"));
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
-        let (proc, stdout) = Proc::spawn("drover-master".into(), cmd, true);
-        let stdout = stdout.expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // The master prints one line; read it on a thread so that this one
-        // can watch for an early exit meanwhile, then drain whatever else it
-        // prints so that it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        let proc = Proc::spawn("drover-master".into(), cmd, true);
+        let line = proc
+            .inner
+            .daemon
+            .lock()
+            .unwrap()
+            .read_stdout_line(START_TIMEOUT);
+        let line = line.unwrap_or_else(|e| {
+            panic!(
+                "drover-master did not say it was listening: {e}\n{}",
+                proc.reported_tail()
+            )
         });
-        let deadline = Instant::now() + START_TIMEOUT;
-        let line = loop {
-            match rx.recv_timeout(wait::POLL) {
-                Ok(line) => break line,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break String::new(),
-            }
-            if let Some(status) = proc.try_status() {
-                panic!(
-                    "drover-master exited before it was listening: {status}\n{}",
-                    proc.log_tail(TAIL_LINES)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "drover-master printed no `listening on` line within {START_TIMEOUT:?}\n{}",
-                proc.log_tail(TAIL_LINES)
-            );
-        };
-        let addr = line
-            .trim_end()
-            .strip_prefix("drover-master listening on ")
-            .and_then(|a| a.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "drover-master's first stdout line is {line:?}, not \
-                     `drover-master listening on 127.0.0.1:PORT`\n{}",
-                    proc.log_tail(TAIL_LINES)
-                )
-            });
+        let addr = daemon::listening_addr(&line).unwrap_or_else(|| {
+            panic!(
+                "drover-master's first stdout line is {line:?}, not \
+                 `drover-master listening on 127.0.0.1:PORT`\n{}",
+                proc.reported_tail()
+            )
+        });
         assert!(
             addr.ip().is_loopback() && addr.port() != 0,
             "drover-master says it listens on {addr}, not on a loopback port"
@@ -544,7 +478,7 @@ impl Worker {
         };
         let mut cmd = Command::new(bin("drover-worker"));
         cmd.args(["--master", master_url]).args(&args);
-        let (proc, _) = Proc::spawn(format!("drover-worker {name:?}"), cmd, false);
+        let proc = Proc::spawn(format!("drover-worker {name:?}"), cmd, false);
         Worker {
             proc,
             name,
