@@ -13,12 +13,12 @@ impl State {
         let expired: Vec<BatchId> = self
             .batches
             .iter()
-            .filter(|(id, b)| {
+            .filter(|(_, b)| {
+                // Every job it lists, its own and those it named again by
+                // key: a batch of only such jobs is not expired while they run.
                 b.jobs.iter().all(|j| match self.jobs.get(j) {
-                    Some(job) if job.batch == **id => {
-                        job.is_finished() && job.x().finished_at_ms < cutoff
-                    }
-                    _ => true,
+                    Some(job) => job.is_finished() && job.x().finished_at_ms < cutoff,
+                    None => true,
                 })
             })
             .map(|(id, _)| *id)

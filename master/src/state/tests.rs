@@ -645,3 +645,18 @@ fn an_overlong_idempotency_key_is_refused_naming_the_field() {
     );
     assert_eq!(st.count(JobState::Queued), 0);
 }
+
+#[test]
+fn a_batch_of_jobs_named_again_is_kept_while_they_run() {
+    let mut st = State::new(settings(3));
+    let now = fake_clock(&mut st);
+    let keyed = pb::JobSpec {
+        idempotency_key: "k".into(),
+        ..spec(JobKind::Sleep, "1", 0)
+    };
+    st.submit(vec![keyed.clone()]).unwrap();
+    let (again, _) = st.submit(vec![keyed]).unwrap();
+    now.fetch_add(10 * 3_600_000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(st.purge_expired(), 0);
+    assert!(st.batches.contains_key(&again));
+}
