@@ -431,7 +431,12 @@ impl Engine {
                     };
                     let mean = self.mean_us.entry(job.kind).or_insert(r.run_us as f64);
                     *mean = 0.8 * *mean + 0.2 * r.run_us as f64;
-                    let outcome = match r.outcome {
+                    // The child checks the size too, before it writes: this
+                    // is the worker's word on it, whatever the child.
+                    let outcome = r
+                        .outcome
+                        .map(|o| crate::child::limit_result(o, self.cfg.max_result_bytes));
+                    let outcome = match outcome {
                         Some(child_result::Outcome::Output(o)) => job_result::Outcome::Output(o),
                         Some(child_result::Outcome::Failure(f)) => job_result::Outcome::Failure(f),
                         None => job_result::Outcome::Failure(pb::JobFailure {
@@ -628,19 +633,43 @@ impl Engine {
             };
             let size = fair.min(by_time.clamp(1, BATCH_MAX));
             let mut batch = Vec::with_capacity(size);
+            let mut bytes = 0;
             while batch.len() < size {
-                let Some((_, key)) = self.cpu_queue.pop_first() else {
+                let Some((_, &key)) = self.cpu_queue.first_key_value() else {
                     break;
                 };
                 let job = self.jobs.get_mut(&key).expect("queued job is held");
-                job.place = Place::InChild(slot);
-                batch.push(pb::ChildJob {
+                let child_job = pb::ChildJob {
                     slot_id: key,
                     kind: job.kind,
                     arg: job.arg.clone(),
-                });
+                };
+                // A frame aims at a bounded size; a job larger alone goes
+                // alone.
+                let job_bytes = crate::child::repeated_len(&child_job);
+                if !batch.is_empty() && bytes + job_bytes > crate::child::FRAME_BYTES {
+                    break;
+                }
+                self.cpu_queue.pop_first();
+                job.place = Place::InChild(slot);
+                bytes += job_bytes;
+                batch.push(child_job);
             }
-            self.pool.send(slot, batch);
+            let keys: Vec<u64> = batch.iter().map(|j| j.slot_id).collect();
+            if let Err(e) = self.pool.send(slot, batch) {
+                // Only a job whose argument alone is over the frame limit
+                // gets here (the session's message limit keeps it below):
+                // it could never run, so say so rather than lose it.
+                for key in keys {
+                    if let Some(job) = self.take_job(key) {
+                        let failure = pb::JobFailure {
+                            reason: format!("cannot hand the job to a child process: {e}"),
+                            retryable: false,
+                        };
+                        self.finish(job, job_result::Outcome::Failure(failure), 0);
+                    }
+                }
+            }
         }
     }
 

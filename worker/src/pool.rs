@@ -72,8 +72,20 @@ pub struct Launched {
 
 /// The real launcher: children of the worker's own binary in child mode,
 /// each in its own process group.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Processes;
+#[derive(Debug, Clone, Copy)]
+pub struct Processes {
+    /// The worker's `--max-result-bytes`, passed to each child: it answers
+    /// a larger result as a failure rather than write it.
+    pub max_result_bytes: usize,
+}
+
+impl Default for Processes {
+    fn default() -> Processes {
+        Processes {
+            max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
+        }
+    }
+}
 
 impl Launcher for Processes {
     fn spawn(
@@ -85,6 +97,7 @@ impl Launcher for Processes {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.arg(CHILD_ARG)
+            .arg(self.max_result_bytes.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -184,16 +197,19 @@ impl Pool {
         })
     }
 
-    /// Sends a batch of jobs to the child in `slot`.
-    pub fn send(&mut self, slot: usize, jobs: Vec<pb::ChildJob>) {
+    /// Sends a batch of jobs to the child in `slot`. An error, and nothing
+    /// sent, if the batch is over the frame limit.
+    pub fn send(&mut self, slot: usize, jobs: Vec<pb::ChildJob>) -> std::io::Result<()> {
+        let ids: Vec<u64> = jobs.iter().map(|j| j.slot_id).collect();
+        let frame = encode_frame(&pb::ChildRequest { jobs })?;
         let child = &mut self.children[slot];
-        child.in_flight.extend(jobs.iter().map(|j| j.slot_id));
+        child.in_flight.extend(ids);
         child.current_started = Instant::now();
-        let frame = encode_frame(&pb::ChildRequest { jobs });
         if let Some(stdin) = &child.stdin {
             // A closed pipe shows up as the child's exit event.
             let _ = stdin.send(frame);
         }
+        Ok(())
     }
 
     /// Kills the child in `slot` and starts a replacement; returns the jobs

@@ -179,6 +179,7 @@ fn config(processes: usize, prefetch: u64, grace: Duration) -> Config {
         host: "test".into(),
         prefetch,
         max_jobs_per_child: 0,
+        max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
         grace,
         client: ClientOptions::default(),
         metrics: MetricsListen::Off,
@@ -561,4 +562,35 @@ async fn jobs_still_running_after_the_grace_period_fail_retriably() {
         started.elapsed(),
         Duration::from_secs(1) + crate::drain::ACK_WAIT,
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_over_the_limit_fails_for_good_and_its_child_lives_on() {
+    let mut cfg = config(1, 1, Duration::from_secs(30));
+    cfg.max_result_bytes = 1000;
+    let mut w = Worker::start(cfg);
+    assert_eq!(w.next().await, credit(2, 5));
+    let (pid, _) = w.procs.live(0);
+    w.assign(&[fib("big", "9567"), fib("next", "10")]);
+    let big = w.procs.next_request(0).await;
+    // F(9567) has 2000 digits: 2003 bytes encoded.
+    w.procs.answer(0, big[0].slot_id, &"1".repeat(2000));
+    let results = w.next_results().await;
+    assert_eq!(results.results[0].job_id, "big");
+    let f = failure(&results.results[0]);
+    assert_eq!(
+        f.reason,
+        "result is 2003 bytes, over the worker's limit of 1000 (--max-result-bytes)"
+    );
+    assert!(!f.retryable, "every attempt would make the same result");
+    assert_eq!(w.next().await, credit(1, 0));
+    // The child did nothing wrong: it runs the next job.
+    let next = w.procs.next_request(0).await;
+    assert_eq!(next[0].arg, "10");
+    assert_eq!(w.procs.live(0).0, pid);
+    assert_eq!(w.procs.killed(), Vec::<u32>::new());
+    w.procs.answer(0, next[0].slot_id, "55");
+    let results = w.next_results().await;
+    assert_eq!(results.results[0].job_id, "next");
+    assert_eq!(w.pool.clone().unwrap().children_restarted, 0);
 }
