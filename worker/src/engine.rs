@@ -605,7 +605,9 @@ impl Engine {
         if self.outbox.is_none() {
             return;
         }
-        if let Some(message) = self.results.next_message() {
+        // Several messages if need be: each bounded in bytes, so none is
+        // over the master's message limit however many results are ready.
+        while let Some(message) = self.results.next_message() {
             self.send(worker_message::Msg::Results(message));
         }
     }

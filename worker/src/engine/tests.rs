@@ -565,6 +565,46 @@ async fn jobs_still_running_after_the_grace_period_fail_retriably() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn results_that_pile_up_go_in_messages_bounded_in_bytes() {
+    let mut w = Worker::start(config(3, 1, Duration::from_secs(30)));
+    assert_eq!(w.next().await, credit(4, 5));
+    w.assign(&[
+        fib("a", "7000000"),
+        fib("b", "7000001"),
+        fib("c", "7000002"),
+    ]);
+    let mut asked = Vec::new();
+    for slot in 0..3 {
+        asked.push(w.procs.next_request(slot).await[0].slot_id);
+    }
+    // Three results of 1.5 MB each finish while the stream is down.
+    w.disconnect();
+    let big = "7".repeat(1_500_000);
+    for (slot, slot_id) in asked.into_iter().enumerate() {
+        w.procs.answer(slot, slot_id, &big);
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    w.connect();
+    let first = w.next_results().await;
+    let second = w.next_results().await;
+    let shape = |m: &pb::Results| {
+        let ids: Vec<String> = m.results.iter().map(|r| r.job_id.clone()).collect();
+        (m.seq, ids)
+    };
+    assert_eq!(shape(&first), (1, vec!["a".into(), "b".into()]));
+    assert_eq!(shape(&second), (2, vec!["c".into()]));
+    for m in [&first, &second] {
+        assert!(m.encoded_len() <= crate::results::MESSAGE_BYTES);
+    }
+    assert_eq!(w.next().await, credit(4, 5), "a new session, all room free");
+    // Not acknowledged: a new session sends both again, as they were.
+    w.disconnect();
+    w.connect();
+    assert_eq!(w.next_results().await, first);
+    assert_eq!(w.next_results().await, second);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_result_over_the_limit_fails_for_good_and_its_child_lives_on() {
     let mut cfg = config(1, 1, Duration::from_secs(30));
     cfg.max_result_bytes = 1000;
