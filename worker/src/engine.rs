@@ -137,6 +137,7 @@ impl Engine {
         let mut next_heartbeat = Instant::now() + engine.heartbeat_every;
         loop {
             let next_timeout = engine.next_timeout();
+            let next_restart = engine.pool.next_restart();
             let phase_deadline = engine.phase.deadline();
             tokio::select! {
                 ev = session_rx.recv() => match ev {
@@ -146,6 +147,11 @@ impl Engine {
                 Some(ev) = pool_rx.recv() => engine.on_pool(ev),
                 Some(done) = sleep_rx.recv() => engine.on_sleep_done(done),
                 _ = sleep_until_opt(next_timeout) => engine.enforce_timeouts(),
+                _ = sleep_until_opt(next_restart) => {
+                    if engine.pool.restart_due(Instant::now()) {
+                        engine.pool_changed = true;
+                    }
+                }
                 _ = tokio::time::sleep_until(next_heartbeat) => {
                     engine.send(worker_message::Msg::Heartbeat(pb::Heartbeat {}));
                     next_heartbeat = Instant::now() + engine.heartbeat_every;
@@ -678,9 +684,14 @@ impl Engine {
     /// Room for more jobs: every process plus an adaptive prefetch for CPU
     /// jobs (short jobs need a deeper queue to hide the round trip to the
     /// master; long ones need none, so a slow worker never hoards the
-    /// queue), and the async slots for IO jobs.
+    /// queue), and the async slots for IO jobs. Only live processes count:
+    /// a slot whose process cannot start takes no jobs.
     fn capacity(&self) -> [u64; JobClass::COUNT] {
-        let procs = self.cfg.processes as u64;
+        let io = self.cfg.io_slots as u64;
+        let procs = self.pool.alive() as u64;
+        if procs == 0 {
+            return [0, io];
+        }
         let mean = self
             .mean_us
             .iter()
@@ -694,7 +705,7 @@ impl Engine {
             None => procs,
         };
         let prefetch = adaptive.max(1).min(self.cfg.prefetch);
-        [procs + prefetch, self.cfg.io_slots as u64]
+        [procs + prefetch, io]
     }
 
     fn grant_credit(&mut self) {

@@ -30,6 +30,11 @@ struct Fakes {
     killed: Vec<u32>,
     /// Where the pool listens for its children's events.
     events: Option<mpsc::UnboundedSender<PoolEvent>>,
+    /// How many of the next starts fail, as when the system is out of
+    /// processes or memory.
+    failing_starts: usize,
+    /// Starts tried, failed ones included, and when.
+    tries: Vec<Instant>,
 }
 
 #[derive(Debug)]
@@ -48,6 +53,11 @@ impl Launcher for FakeProcesses {
         events: mpsc::UnboundedSender<PoolEvent>,
     ) -> std::io::Result<Launched> {
         let mut fakes = self.0.lock().unwrap();
+        fakes.tries.push(Instant::now());
+        if fakes.failing_starts > 0 {
+            fakes.failing_starts -= 1;
+            return Err(std::io::Error::other("fake: out of processes"));
+        }
         let pid = 1000 + fakes.started.len() as u32;
         let (stdin, frames) = mpsc::unbounded_channel();
         fakes.started.push(FakeChild {
@@ -84,6 +94,16 @@ impl FakeProcesses {
 
     fn killed(&self) -> Vec<u32> {
         self.0.lock().unwrap().killed.clone()
+    }
+
+    /// Makes the next `n` starts fail.
+    fn fail_starts(&self, n: usize) {
+        self.0.lock().unwrap().failing_starts = n;
+    }
+
+    /// When each start was tried, failed ones included.
+    fn tries(&self) -> Vec<Instant> {
+        self.0.lock().unwrap().tries.clone()
     }
 
     /// Waits for the next request the engine writes to the live child of
@@ -226,6 +246,8 @@ struct Worker {
     from_worker: mpsc::UnboundedReceiver<pb::WorkerMessage>,
     /// The last pool state the worker reported.
     pool: Option<pb::PoolState>,
+    /// Every pool state the worker reported, oldest first.
+    pools: Vec<pb::PoolState>,
     shutdown: CancellationToken,
     closing: CancellationToken,
     engine: JoinHandle<anyhow::Result<()>>,
@@ -251,6 +273,7 @@ impl Worker {
             session,
             from_worker,
             pool: None,
+            pools: Vec::new(),
             shutdown,
             closing,
             engine,
@@ -303,7 +326,10 @@ impl Worker {
                 .expect("the worker sent nothing")?;
             match message.msg.expect("a message has a body") {
                 worker_message::Msg::Heartbeat(_) => {}
-                worker_message::Msg::Pool(p) => self.pool = Some(p),
+                worker_message::Msg::Pool(p) => {
+                    self.pools.push(p.clone());
+                    self.pool = Some(p);
+                }
                 msg => return Some(msg),
             }
         }
@@ -633,4 +659,40 @@ async fn a_result_over_the_limit_fails_for_good_and_its_child_lives_on() {
     let results = w.next_results().await;
     assert_eq!(results.results[0].job_id, "next");
     assert_eq!(w.pool.clone().unwrap().children_restarted, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_that_cannot_start_is_tried_again_and_credit_counts_live_processes() {
+    let mut w = Worker::start(config(2, 1, Duration::from_secs(30)));
+    assert_eq!(w.next().await, credit(3, 5));
+    w.assign(&[fib("a", "30"), fib("b", "31")]);
+    w.procs.next_request(0).await;
+    w.procs.next_request(1).await;
+    // The child of slot 0 dies, and the next two starts fail.
+    w.procs.fail_starts(2);
+    let died = Instant::now();
+    w.procs.die(0, "killed by signal 9");
+    let results = w.next_results().await;
+    assert_eq!(results.results[0].job_id, "a");
+    // One job waits; no child is free to take it.
+    w.assign(&[fib("c", "32")]);
+    // Credit counts one process now, not two: b and c fill it (1 process
+    // + 1 prefetch), so nothing is granted until the slot has a process
+    // again, tried 100 ms after the failure, then 200 ms after that.
+    assert_eq!(w.next().await, credit(1, 0));
+    assert_near(died.elapsed(), Duration::from_millis(300));
+    let tries: Vec<Duration> = w.procs.tries()[2..].iter().map(|t| *t - died).collect();
+    assert_eq!(
+        tries,
+        [
+            Duration::ZERO,
+            Duration::from_millis(100),
+            Duration::from_millis(300)
+        ]
+    );
+    let c = w.procs.next_request(0).await;
+    assert_eq!(c[0].arg, "32", "the new child takes the waiting job");
+    // The master saw the pool shrink, then grow back.
+    let pids: Vec<Vec<u32>> = w.pools.iter().map(|p| p.child_pids.clone()).collect();
+    assert_eq!(pids, [vec![1000, 1001], vec![1001], vec![1002, 1001]]);
 }
