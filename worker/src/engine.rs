@@ -386,7 +386,7 @@ impl Engine {
 
     /// Kills the child in `slot` and replaces it. The job it was running
     /// gets `failure` (or is dropped if cancelled); the rest of its batch
-    /// goes back to the queue.
+    /// goes back to the queue, or to the master in a drain.
     fn kill_child(&mut self, slot: usize, failure: Option<pb::JobFailure>) {
         let in_flight = self.pool.replace(slot);
         self.pool_changed = true;
@@ -401,16 +401,27 @@ impl Engine {
         {
             self.finish(job, job_result::Outcome::Failure(f), 0);
         }
+        let mut returned = Vec::new();
         for key in iter {
             let Some(job) = self.jobs.get_mut(&key) else {
                 continue;
             };
             if job.cancelled {
                 self.take_job(key);
-                continue;
+            } else if self.phase.is_running() {
+                job.place = Place::Queued;
+                self.cpu_queue.insert((Reverse(job.priority), key), key);
+            } else if let Some(job) = self.take_job(key) {
+                // Not started, like those handed back when the drain began:
+                // the master has it run elsewhere now, rather than after
+                // this worker's running jobs, and counts no attempt.
+                returned.push(job.job_id);
             }
-            job.place = Place::Queued;
-            self.cpu_queue.insert((Reverse(job.priority), key), key);
+        }
+        if !returned.is_empty() {
+            self.send(worker_message::Msg::Returned(pb::Returned {
+                job_ids: returned,
+            }));
         }
     }
 
@@ -530,8 +541,9 @@ impl Engine {
     }
 
     /// Starts a drain, unless one is under way: no more credit, and the
-    /// jobs not started go back to the master. Running ones are stopped at
-    /// `grace_until`, if given.
+    /// jobs not started go back to the master (so do any a killed child
+    /// had not started, later in the drain: see `requeue_batch`). Running
+    /// ones are stopped at `grace_until`, if given.
     fn start_drain(&mut self, grace_until: Option<Instant>) {
         if !self.phase.drain(grace_until) {
             return;
@@ -593,9 +605,10 @@ impl Engine {
     }
 
     fn pump(&mut self) {
-        if self.phase.is_running() || self.pool.children.iter().any(|c| !c.is_idle()) {
-            self.dispatch_to_children();
-        }
+        // In a drain the queue stays empty: every job not started was
+        // handed back, and so is any a killed child had not started.
+        debug_assert!(self.phase.is_running() || self.cpu_queue.is_empty());
+        self.dispatch_to_children();
         self.flush_results();
         if self.pool_changed && self.outbox.is_some() {
             self.pool_changed = false;

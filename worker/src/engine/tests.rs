@@ -151,6 +151,12 @@ impl FakeProcesses {
         self.answer_from(slot, generation, slot_id, fib_output(value));
     }
 
+    /// Whether the live child of `slot` has been sent nothing it has not
+    /// been asked about.
+    fn has_no_request(&self, slot: usize) -> bool {
+        self.with_live(slot, |c| c.frames.try_recv().is_err())
+    }
+
     /// Ends the live child of `slot` as if the OS killed it.
     fn die(&self, slot: usize, status: &str) {
         let (_, generation) = self.live(slot);
@@ -695,4 +701,43 @@ async fn a_replacement_that_cannot_start_is_tried_again_and_credit_counts_live_p
     // The master saw the pool shrink, then grow back.
     let pids: Vec<Vec<u32>> = w.pools.iter().map(|p| p.child_pids.clone()).collect();
     assert_eq!(pids, [vec![1000, 1001], vec![1001], vec![1002, 1001]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_drain_jobs_behind_a_killed_one_go_back_to_the_master_at_once() {
+    let mut w = Worker::start(config(1, 4, Duration::from_secs(30)));
+    assert_eq!(w.next().await, credit(2, 5));
+    // Once the kind's cost is known, jobs go to a child several at a time.
+    w.assign(&[fib("warm", "10")]);
+    let warm = w.procs.next_request(0).await;
+    w.procs.answer(0, warm[0].slot_id, "55");
+    let results = w.next_results().await;
+    w.ack(results.seq);
+    assert_eq!(w.next().await, credit(4, 0));
+    w.assign(&[
+        fib("running", "30"),
+        fib("behind1", "31"),
+        fib("behind2", "32"),
+    ]);
+    let frame = w.procs.next_request(0).await;
+    assert_eq!(frame.len(), 3, "one frame");
+    let drained = Instant::now();
+    w.shutdown.cancel();
+    assert_eq!(
+        w.next().await,
+        worker_message::Msg::Draining(pb::Heartbeat {})
+    );
+    // The running job is cancelled: its child is killed, and the two
+    // behind it, never started, go back to the master now, not when the
+    // grace period ends.
+    w.tell(master_message::Msg::Cancel(pb::CancelJobs {
+        job_ids: vec!["running".into()],
+    }));
+    assert_eq!(w.next().await, returned(&["behind1", "behind2"]));
+    assert_near(drained.elapsed(), Duration::ZERO);
+    assert!(w.procs.has_no_request(0), "the new child is given nothing");
+    // Nothing is held and every result is acknowledged: the worker closes.
+    let procs = w.closed_by_worker().await;
+    assert_near(drained.elapsed(), Duration::ZERO);
+    assert_eq!(procs.killed(), [1000, 1001]);
 }
