@@ -42,6 +42,7 @@ pub(crate) async fn run(processes: Option<usize>) -> anyhow::Result<i32> {
         host: None,
         prefetch: drover_worker::DEFAULT_PREFETCH,
         max_jobs_per_child: 0,
+        max_result_bytes: drover_worker::DEFAULT_MAX_RESULT_BYTES,
         grace: Duration::from_secs(5),
         client: drover_common::net::ClientArgs::default(),
         metrics_listen: Some("off".into()),

@@ -1,8 +1,10 @@
 //! Where the worker is in its life: running, or one of the steps of a drain.
 //!
 //! A drain (SIGTERM or SIGINT, or the master's `Drain`) goes one way:
-//! stop granting credit and hand back the jobs not started; let the running
-//! ones finish within `--grace`; once none is held, send the last results
+//! stop granting credit and hand back the jobs not started (and, as soon as
+//! they are found, those behind a job whose child is killed later in the
+//! drain: a draining worker holds only running jobs); let the running ones
+//! finish within `--grace`; once none is held, send the last results
 //! and wait a while for the master to acknowledge them; then close our half
 //! of the stream and wait a while for the master to close the other; done.
 //! [`Phase`] is that path as one value, so no combination of flags can say

@@ -137,6 +137,7 @@ impl Engine {
         let mut next_heartbeat = Instant::now() + engine.heartbeat_every;
         loop {
             let next_timeout = engine.next_timeout();
+            let next_restart = engine.pool.next_restart();
             let phase_deadline = engine.phase.deadline();
             tokio::select! {
                 ev = session_rx.recv() => match ev {
@@ -146,6 +147,11 @@ impl Engine {
                 Some(ev) = pool_rx.recv() => engine.on_pool(ev),
                 Some(done) = sleep_rx.recv() => engine.on_sleep_done(done),
                 _ = sleep_until_opt(next_timeout) => engine.enforce_timeouts(),
+                _ = sleep_until_opt(next_restart) => {
+                    if engine.pool.restart_due(Instant::now()) {
+                        engine.pool_changed = true;
+                    }
+                }
                 _ = tokio::time::sleep_until(next_heartbeat) => {
                     engine.send(worker_message::Msg::Heartbeat(pb::Heartbeat {}));
                     next_heartbeat = Instant::now() + engine.heartbeat_every;
@@ -380,7 +386,7 @@ impl Engine {
 
     /// Kills the child in `slot` and replaces it. The job it was running
     /// gets `failure` (or is dropped if cancelled); the rest of its batch
-    /// goes back to the queue.
+    /// goes back to the queue, or to the master in a drain.
     fn kill_child(&mut self, slot: usize, failure: Option<pb::JobFailure>) {
         let in_flight = self.pool.replace(slot);
         self.pool_changed = true;
@@ -395,16 +401,27 @@ impl Engine {
         {
             self.finish(job, job_result::Outcome::Failure(f), 0);
         }
+        let mut returned = Vec::new();
         for key in iter {
             let Some(job) = self.jobs.get_mut(&key) else {
                 continue;
             };
             if job.cancelled {
                 self.take_job(key);
-                continue;
+            } else if self.phase.is_running() {
+                job.place = Place::Queued;
+                self.cpu_queue.insert((Reverse(job.priority), key), key);
+            } else if let Some(job) = self.take_job(key) {
+                // Not started, like those handed back when the drain began:
+                // the master has it run elsewhere now, rather than after
+                // this worker's running jobs, and counts no attempt.
+                returned.push(job.job_id);
             }
-            job.place = Place::Queued;
-            self.cpu_queue.insert((Reverse(job.priority), key), key);
+        }
+        if !returned.is_empty() {
+            self.send(worker_message::Msg::Returned(pb::Returned {
+                job_ids: returned,
+            }));
         }
     }
 
@@ -431,7 +448,12 @@ impl Engine {
                     };
                     let mean = self.mean_us.entry(job.kind).or_insert(r.run_us as f64);
                     *mean = 0.8 * *mean + 0.2 * r.run_us as f64;
-                    let outcome = match r.outcome {
+                    // The child checks the size too, before it writes: this
+                    // is the worker's word on it, whatever the child.
+                    let outcome = r
+                        .outcome
+                        .map(|o| crate::child::limit_result(o, self.cfg.max_result_bytes));
+                    let outcome = match outcome {
                         Some(child_result::Outcome::Output(o)) => job_result::Outcome::Output(o),
                         Some(child_result::Outcome::Failure(f)) => job_result::Outcome::Failure(f),
                         None => job_result::Outcome::Failure(pb::JobFailure {
@@ -519,8 +541,9 @@ impl Engine {
     }
 
     /// Starts a drain, unless one is under way: no more credit, and the
-    /// jobs not started go back to the master. Running ones are stopped at
-    /// `grace_until`, if given.
+    /// jobs not started go back to the master (so do any a killed child
+    /// had not started, later in the drain: see `requeue_batch`). Running
+    /// ones are stopped at `grace_until`, if given.
     fn start_drain(&mut self, grace_until: Option<Instant>) {
         if !self.phase.drain(grace_until) {
             return;
@@ -582,9 +605,10 @@ impl Engine {
     }
 
     fn pump(&mut self) {
-        if self.phase.is_running() || self.pool.children.iter().any(|c| !c.is_idle()) {
-            self.dispatch_to_children();
-        }
+        // In a drain the queue stays empty: every job not started was
+        // handed back, and so is any a killed child had not started.
+        debug_assert!(self.phase.is_running() || self.cpu_queue.is_empty());
+        self.dispatch_to_children();
         self.flush_results();
         if self.pool_changed && self.outbox.is_some() {
             self.pool_changed = false;
@@ -600,7 +624,9 @@ impl Engine {
         if self.outbox.is_none() {
             return;
         }
-        if let Some(message) = self.results.next_message() {
+        // Several messages if need be: each bounded in bytes, so none is
+        // over the master's message limit however many results are ready.
+        while let Some(message) = self.results.next_message() {
             self.send(worker_message::Msg::Results(message));
         }
     }
@@ -628,28 +654,57 @@ impl Engine {
             };
             let size = fair.min(by_time.clamp(1, BATCH_MAX));
             let mut batch = Vec::with_capacity(size);
+            let mut bytes = 0;
             while batch.len() < size {
-                let Some((_, key)) = self.cpu_queue.pop_first() else {
+                let Some((_, &key)) = self.cpu_queue.first_key_value() else {
                     break;
                 };
                 let job = self.jobs.get_mut(&key).expect("queued job is held");
-                job.place = Place::InChild(slot);
-                batch.push(pb::ChildJob {
+                let child_job = pb::ChildJob {
                     slot_id: key,
                     kind: job.kind,
                     arg: job.arg.clone(),
-                });
+                };
+                // A frame aims at a bounded size; a job larger alone goes
+                // alone.
+                let job_bytes = crate::child::repeated_len(&child_job);
+                if !batch.is_empty() && bytes + job_bytes > crate::child::FRAME_BYTES {
+                    break;
+                }
+                self.cpu_queue.pop_first();
+                job.place = Place::InChild(slot);
+                bytes += job_bytes;
+                batch.push(child_job);
             }
-            self.pool.send(slot, batch);
+            let keys: Vec<u64> = batch.iter().map(|j| j.slot_id).collect();
+            if let Err(e) = self.pool.send(slot, batch) {
+                // Only a job whose argument alone is over the frame limit
+                // gets here (the session's message limit keeps it below):
+                // it could never run, so say so rather than lose it.
+                for key in keys {
+                    if let Some(job) = self.take_job(key) {
+                        let failure = pb::JobFailure {
+                            reason: format!("cannot hand the job to a child process: {e}"),
+                            retryable: false,
+                        };
+                        self.finish(job, job_result::Outcome::Failure(failure), 0);
+                    }
+                }
+            }
         }
     }
 
     /// Room for more jobs: every process plus an adaptive prefetch for CPU
     /// jobs (short jobs need a deeper queue to hide the round trip to the
     /// master; long ones need none, so a slow worker never hoards the
-    /// queue), and the async slots for IO jobs.
+    /// queue), and the async slots for IO jobs. Only live processes count:
+    /// a slot whose process cannot start takes no jobs.
     fn capacity(&self) -> [u64; JobClass::COUNT] {
-        let procs = self.cfg.processes as u64;
+        let io = self.cfg.io_slots as u64;
+        let procs = self.pool.alive() as u64;
+        if procs == 0 {
+            return [0, io];
+        }
         let mean = self
             .mean_us
             .iter()
@@ -663,7 +718,7 @@ impl Engine {
             None => procs,
         };
         let prefetch = adaptive.max(1).min(self.cfg.prefetch);
-        [procs + prefetch, self.cfg.io_slots as u64]
+        [procs + prefetch, io]
     }
 
     fn grant_credit(&mut self) {

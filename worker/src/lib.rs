@@ -49,6 +49,15 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9465";
 /// with a durable store, the commit each assignment waits for.
 pub const DEFAULT_PREFETCH: u64 = 4096;
 
+/// The largest result a job may have, by default: F(10^7), the largest
+/// Fibonacci number the master allows by default, is 2.1 MB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The highest `--max-result-bytes` allowed: half the default message
+/// limit, so a result travels in one `Results` message, and in a client's
+/// page of results beside others, under the master's `--max-message-bytes`.
+pub const MAX_RESULT_BYTES_LIMIT: usize = drover_common::net::MAX_MESSAGE_BYTES / 2;
+
 /// The worker's flags; every one has a DROVER_* environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
@@ -75,6 +84,11 @@ pub struct WorkerArgs {
     /// Replace a child after it has run this many jobs; 0 never.
     #[arg(long, env = "DROVER_MAX_JOBS_PER_CHILD", default_value_t = 0)]
     pub max_jobs_per_child: u64,
+    /// The largest result a job may have, in bytes; a job whose result is
+    /// larger fails, and is not retried. Keep it well under the master's
+    /// --max-message-bytes.
+    #[arg(long, env = "DROVER_MAX_RESULT_BYTES", default_value_t = DEFAULT_MAX_RESULT_BYTES)]
+    pub max_result_bytes: usize,
     /// On SIGTERM or SIGINT, how long running jobs may take to finish.
     #[arg(long, env = "DROVER_GRACE", default_value = "30s", value_parser = drover_common::util::parse_duration)]
     pub grace: Duration,
@@ -107,6 +121,11 @@ impl WorkerArgs {
             "--prefetch {} is over the limit of 100000",
             self.prefetch
         );
+        anyhow::ensure!(
+            (1024..=MAX_RESULT_BYTES_LIMIT).contains(&self.max_result_bytes),
+            "--max-result-bytes {} is outside 1024..={MAX_RESULT_BYTES_LIMIT}",
+            self.max_result_bytes
+        );
         let host = self.host.clone().unwrap_or_else(host_name);
         let name = self
             .name
@@ -126,6 +145,7 @@ impl WorkerArgs {
             host,
             prefetch: self.prefetch,
             max_jobs_per_child: self.max_jobs_per_child,
+            max_result_bytes: self.max_result_bytes,
             grace: self.grace,
         })
     }
@@ -148,6 +168,8 @@ pub struct Config {
     pub prefetch: u64,
     /// Recycle a child after this many jobs; 0 never.
     pub max_jobs_per_child: u64,
+    /// The largest result a job may have, in bytes (encoded).
+    pub max_result_bytes: usize,
     /// How long a drain waits for running jobs.
     pub grace: Duration,
     /// The token and TLS material to reach the master with.
@@ -211,14 +233,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         name = %config.name, master = %config.master, processes = config.processes,
         io_slots = config.io_slots, "worker starting"
     );
-    let result = engine::Engine::run(
-        config,
-        Box::new(pool::Processes),
-        session_rx,
-        closing,
-        shutdown,
-    )
-    .await;
+    let launcher = pool::Processes {
+        max_result_bytes: config.max_result_bytes,
+    };
+    let result =
+        engine::Engine::run(config, Box::new(launcher), session_rx, closing, shutdown).await;
     stop_session.cancel();
     let _ = session.await;
     stop_metrics.cancel();

@@ -5,13 +5,19 @@
 //! its stdin. A reader task per child turns its stdout frames into
 //! [`PoolEvent`]s and reaps it when its output ends, so no child is left as
 //! a zombie. A child that dies, times out, or runs a cancelled job is killed
-//! and replaced at once; the pool always has its N children.
+//! and replaced at once. A replacement that cannot start (no memory, no
+//! file descriptors, the binary gone) leaves its slot empty, and the start
+//! is tried again with a backoff, 100 ms doubling to 10 s: the pool has its
+//! N children again as soon as the system lets it, and meanwhile says how
+//! many it really has ([`Pool::alive`]), which is what the worker's credit
+//! counts.
 //!
 //! Starting and killing the processes is behind [`Launcher`]: the pool's
 //! bookkeeping (what each slot runs, since when, its generation) is the
 //! same whether [`Processes`] starts real children or a test starts fakes.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use drover_common::pb;
 use prost::Message;
@@ -21,6 +27,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::child::{CHILD_ARG, MAX_FRAME, encode_frame};
+
+/// How long an empty slot waits before its first new try to start a
+/// process; each failure doubles it, up to [`RESTART_BACKOFF_MAX`].
+pub const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest an empty slot waits between tries.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What a child's reader task reports.
 #[derive(Debug)]
@@ -72,8 +84,20 @@ pub struct Launched {
 
 /// The real launcher: children of the worker's own binary in child mode,
 /// each in its own process group.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Processes;
+#[derive(Debug, Clone, Copy)]
+pub struct Processes {
+    /// The worker's `--max-result-bytes`, passed to each child: it answers
+    /// a larger result as a failure rather than write it.
+    pub max_result_bytes: usize,
+}
+
+impl Default for Processes {
+    fn default() -> Processes {
+        Processes {
+            max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
+        }
+    }
+}
 
 impl Launcher for Processes {
     fn spawn(
@@ -85,6 +109,7 @@ impl Launcher for Processes {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.arg(CHILD_ARG)
+            .arg(self.max_result_bytes.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -122,6 +147,11 @@ pub struct ChildProc {
     /// Jobs this child has run, for `--max-jobs-per-child`.
     pub jobs_run: u64,
     stdin: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// When to try again to start a process in this slot, if it has none
+    /// because the last start failed.
+    restart_at: Option<Instant>,
+    /// How long to wait after the next failed start.
+    backoff: Duration,
 }
 
 impl ChildProc {
@@ -164,9 +194,13 @@ impl Pool {
         Ok(pool)
     }
 
-    /// The process ids of the children.
+    /// The process ids of the live children.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(|c| c.pid).collect()
+        self.children
+            .iter()
+            .filter(|c| c.pid != 0)
+            .map(|c| c.pid)
+            .collect()
     }
 
     fn spawn(&mut self, slot: usize) -> std::io::Result<ChildProc> {
@@ -181,23 +215,29 @@ impl Pool {
             current_started: Instant::now(),
             jobs_run: 0,
             stdin: Some(stdin),
+            restart_at: None,
+            backoff: RESTART_BACKOFF,
         })
     }
 
-    /// Sends a batch of jobs to the child in `slot`.
-    pub fn send(&mut self, slot: usize, jobs: Vec<pb::ChildJob>) {
+    /// Sends a batch of jobs to the child in `slot`. An error, and nothing
+    /// sent, if the batch is over the frame limit.
+    pub fn send(&mut self, slot: usize, jobs: Vec<pb::ChildJob>) -> std::io::Result<()> {
+        let ids: Vec<u64> = jobs.iter().map(|j| j.slot_id).collect();
+        let frame = encode_frame(&pb::ChildRequest { jobs })?;
         let child = &mut self.children[slot];
-        child.in_flight.extend(jobs.iter().map(|j| j.slot_id));
+        child.in_flight.extend(ids);
         child.current_started = Instant::now();
-        let frame = encode_frame(&pb::ChildRequest { jobs });
         if let Some(stdin) = &child.stdin {
             // A closed pipe shows up as the child's exit event.
             let _ = stdin.send(frame);
         }
+        Ok(())
     }
 
     /// Kills the child in `slot` and starts a replacement; returns the jobs
-    /// it had in flight, the running one first.
+    /// it had in flight, the running one first. If the replacement cannot
+    /// start, the slot stays empty and [`Pool::restart_due`] tries again.
     pub fn replace(&mut self, slot: usize) -> Vec<u64> {
         let old = &mut self.children[slot];
         let in_flight = std::mem::take(&mut old.in_flight);
@@ -206,18 +246,57 @@ impl Pool {
         }
         old.stdin = None;
         self.restarted += 1;
+        self.start_in(slot, RESTART_BACKOFF);
+        in_flight
+    }
+
+    /// Starts a process in `slot`, which has none; if it cannot start, the
+    /// slot is left empty until a try `backoff` from now.
+    fn start_in(&mut self, slot: usize, backoff: Duration) {
         match self.spawn(slot) {
             Ok(child) => self.children[slot] = child,
             Err(e) => {
-                // Keep the slot with no process: it takes no jobs, and the
-                // next exit event or recycle tries again.
-                tracing::error!(slot, error = %e, "cannot start a child process");
-                let old = &mut self.children[slot];
-                old.pid = 0;
-                old.generation = u64::MAX;
+                tracing::error!(
+                    slot, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    "cannot start a child process"
+                );
+                let empty = &mut self.children[slot];
+                empty.pid = 0;
+                // No process: no event matches (generations start at 1).
+                empty.generation = 0;
+                empty.stdin = None;
+                empty.restart_at = Some(Instant::now() + backoff);
+                empty.backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
             }
         }
-        in_flight
+    }
+
+    /// When the next try to start a process in an empty slot is due.
+    pub fn next_restart(&self) -> Option<Instant> {
+        self.children.iter().filter_map(|c| c.restart_at).min()
+    }
+
+    /// Tries again to start a process in every empty slot whose time has
+    /// come; returns whether any started.
+    pub fn restart_due(&mut self, now: Instant) -> bool {
+        let mut started = false;
+        for slot in 0..self.children.len() {
+            let child = &mut self.children[slot];
+            if child.restart_at.is_some_and(|at| at <= now) {
+                child.restart_at = None;
+                let backoff = child.backoff;
+                self.start_in(slot, backoff);
+                if self.is_alive(slot) {
+                    tracing::info!(
+                        slot,
+                        pid = self.children[slot].pid,
+                        "child process started again"
+                    );
+                    started = true;
+                }
+            }
+        }
+        started
     }
 
     /// Whether the slot has a live process.
@@ -225,13 +304,21 @@ impl Pool {
         self.children[slot].stdin.is_some() && self.children[slot].pid != 0
     }
 
-    /// Kills every child (shutdown).
+    /// How many slots have a live process: what the worker can run at once.
+    pub fn alive(&self) -> usize {
+        (0..self.children.len())
+            .filter(|&s| self.is_alive(s))
+            .count()
+    }
+
+    /// Kills every child (shutdown); an empty slot is not tried again.
     pub fn kill_all(&mut self) {
         for child in &mut self.children {
             if child.pid != 0 {
                 self.launcher.kill(child.pid);
             }
             child.stdin = None;
+            child.restart_at = None;
         }
     }
 }

@@ -30,6 +30,11 @@ struct Fakes {
     killed: Vec<u32>,
     /// Where the pool listens for its children's events.
     events: Option<mpsc::UnboundedSender<PoolEvent>>,
+    /// How many of the next starts fail, as when the system is out of
+    /// processes or memory.
+    failing_starts: usize,
+    /// Starts tried, failed ones included, and when.
+    tries: Vec<Instant>,
 }
 
 #[derive(Debug)]
@@ -48,6 +53,11 @@ impl Launcher for FakeProcesses {
         events: mpsc::UnboundedSender<PoolEvent>,
     ) -> std::io::Result<Launched> {
         let mut fakes = self.0.lock().unwrap();
+        fakes.tries.push(Instant::now());
+        if fakes.failing_starts > 0 {
+            fakes.failing_starts -= 1;
+            return Err(std::io::Error::other("fake: out of processes"));
+        }
         let pid = 1000 + fakes.started.len() as u32;
         let (stdin, frames) = mpsc::unbounded_channel();
         fakes.started.push(FakeChild {
@@ -84,6 +94,16 @@ impl FakeProcesses {
 
     fn killed(&self) -> Vec<u32> {
         self.0.lock().unwrap().killed.clone()
+    }
+
+    /// Makes the next `n` starts fail.
+    fn fail_starts(&self, n: usize) {
+        self.0.lock().unwrap().failing_starts = n;
+    }
+
+    /// When each start was tried, failed ones included.
+    fn tries(&self) -> Vec<Instant> {
+        self.0.lock().unwrap().tries.clone()
     }
 
     /// Waits for the next request the engine writes to the live child of
@@ -129,6 +149,12 @@ impl FakeProcesses {
     fn answer(&self, slot: usize, slot_id: u64, value: &str) {
         let (_, generation) = self.live(slot);
         self.answer_from(slot, generation, slot_id, fib_output(value));
+    }
+
+    /// Whether the live child of `slot` has been sent nothing it has not
+    /// been asked about.
+    fn has_no_request(&self, slot: usize) -> bool {
+        self.with_live(slot, |c| c.frames.try_recv().is_err())
     }
 
     /// Ends the live child of `slot` as if the OS killed it.
@@ -179,6 +205,7 @@ fn config(processes: usize, prefetch: u64, grace: Duration) -> Config {
         host: "test".into(),
         prefetch,
         max_jobs_per_child: 0,
+        max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
         grace,
         client: ClientOptions::default(),
         metrics: MetricsListen::Off,
@@ -225,6 +252,8 @@ struct Worker {
     from_worker: mpsc::UnboundedReceiver<pb::WorkerMessage>,
     /// The last pool state the worker reported.
     pool: Option<pb::PoolState>,
+    /// Every pool state the worker reported, oldest first.
+    pools: Vec<pb::PoolState>,
     shutdown: CancellationToken,
     closing: CancellationToken,
     engine: JoinHandle<anyhow::Result<()>>,
@@ -250,6 +279,7 @@ impl Worker {
             session,
             from_worker,
             pool: None,
+            pools: Vec::new(),
             shutdown,
             closing,
             engine,
@@ -302,7 +332,10 @@ impl Worker {
                 .expect("the worker sent nothing")?;
             match message.msg.expect("a message has a body") {
                 worker_message::Msg::Heartbeat(_) => {}
-                worker_message::Msg::Pool(p) => self.pool = Some(p),
+                worker_message::Msg::Pool(p) => {
+                    self.pools.push(p.clone());
+                    self.pool = Some(p);
+                }
                 msg => return Some(msg),
             }
         }
@@ -561,4 +594,150 @@ async fn jobs_still_running_after_the_grace_period_fail_retriably() {
         started.elapsed(),
         Duration::from_secs(1) + crate::drain::ACK_WAIT,
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_that_pile_up_go_in_messages_bounded_in_bytes() {
+    let mut w = Worker::start(config(3, 1, Duration::from_secs(30)));
+    assert_eq!(w.next().await, credit(4, 5));
+    w.assign(&[
+        fib("a", "7000000"),
+        fib("b", "7000001"),
+        fib("c", "7000002"),
+    ]);
+    let mut asked = Vec::new();
+    for slot in 0..3 {
+        asked.push(w.procs.next_request(slot).await[0].slot_id);
+    }
+    // Three results of 1.5 MB each finish while the stream is down.
+    w.disconnect();
+    let big = "7".repeat(1_500_000);
+    for (slot, slot_id) in asked.into_iter().enumerate() {
+        w.procs.answer(slot, slot_id, &big);
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    w.connect();
+    let first = w.next_results().await;
+    let second = w.next_results().await;
+    let shape = |m: &pb::Results| {
+        let ids: Vec<String> = m.results.iter().map(|r| r.job_id.clone()).collect();
+        (m.seq, ids)
+    };
+    assert_eq!(shape(&first), (1, vec!["a".into(), "b".into()]));
+    assert_eq!(shape(&second), (2, vec!["c".into()]));
+    for m in [&first, &second] {
+        assert!(m.encoded_len() <= crate::results::MESSAGE_BYTES);
+    }
+    assert_eq!(w.next().await, credit(4, 5), "a new session, all room free");
+    // Not acknowledged: a new session sends both again, as they were.
+    w.disconnect();
+    w.connect();
+    assert_eq!(w.next_results().await, first);
+    assert_eq!(w.next_results().await, second);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_over_the_limit_fails_for_good_and_its_child_lives_on() {
+    let mut cfg = config(1, 1, Duration::from_secs(30));
+    cfg.max_result_bytes = 1000;
+    let mut w = Worker::start(cfg);
+    assert_eq!(w.next().await, credit(2, 5));
+    let (pid, _) = w.procs.live(0);
+    w.assign(&[fib("big", "9567"), fib("next", "10")]);
+    let big = w.procs.next_request(0).await;
+    // F(9567) has 2000 digits: 2003 bytes encoded.
+    w.procs.answer(0, big[0].slot_id, &"1".repeat(2000));
+    let results = w.next_results().await;
+    assert_eq!(results.results[0].job_id, "big");
+    let f = failure(&results.results[0]);
+    assert_eq!(
+        f.reason,
+        "result is 2003 bytes, over the worker's limit of 1000 (--max-result-bytes)"
+    );
+    assert!(!f.retryable, "every attempt would make the same result");
+    assert_eq!(w.next().await, credit(1, 0));
+    // The child did nothing wrong: it runs the next job.
+    let next = w.procs.next_request(0).await;
+    assert_eq!(next[0].arg, "10");
+    assert_eq!(w.procs.live(0).0, pid);
+    assert_eq!(w.procs.killed(), Vec::<u32>::new());
+    w.procs.answer(0, next[0].slot_id, "55");
+    let results = w.next_results().await;
+    assert_eq!(results.results[0].job_id, "next");
+    assert_eq!(w.pool.clone().unwrap().children_restarted, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_that_cannot_start_is_tried_again_and_credit_counts_live_processes() {
+    let mut w = Worker::start(config(2, 1, Duration::from_secs(30)));
+    assert_eq!(w.next().await, credit(3, 5));
+    w.assign(&[fib("a", "30"), fib("b", "31")]);
+    w.procs.next_request(0).await;
+    w.procs.next_request(1).await;
+    // The child of slot 0 dies, and the next two starts fail.
+    w.procs.fail_starts(2);
+    let died = Instant::now();
+    w.procs.die(0, "killed by signal 9");
+    let results = w.next_results().await;
+    assert_eq!(results.results[0].job_id, "a");
+    // One job waits; no child is free to take it.
+    w.assign(&[fib("c", "32")]);
+    // Credit counts one process now, not two: b and c fill it (1 process
+    // + 1 prefetch), so nothing is granted until the slot has a process
+    // again, tried 100 ms after the failure, then 200 ms after that.
+    assert_eq!(w.next().await, credit(1, 0));
+    assert_near(died.elapsed(), Duration::from_millis(300));
+    let tries: Vec<Duration> = w.procs.tries()[2..].iter().map(|t| *t - died).collect();
+    assert_eq!(
+        tries,
+        [
+            Duration::ZERO,
+            Duration::from_millis(100),
+            Duration::from_millis(300)
+        ]
+    );
+    let c = w.procs.next_request(0).await;
+    assert_eq!(c[0].arg, "32", "the new child takes the waiting job");
+    // The master saw the pool shrink, then grow back.
+    let pids: Vec<Vec<u32>> = w.pools.iter().map(|p| p.child_pids.clone()).collect();
+    assert_eq!(pids, [vec![1000, 1001], vec![1001], vec![1002, 1001]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_drain_jobs_behind_a_killed_one_go_back_to_the_master_at_once() {
+    let mut w = Worker::start(config(1, 4, Duration::from_secs(30)));
+    assert_eq!(w.next().await, credit(2, 5));
+    // Once the kind's cost is known, jobs go to a child several at a time.
+    w.assign(&[fib("warm", "10")]);
+    let warm = w.procs.next_request(0).await;
+    w.procs.answer(0, warm[0].slot_id, "55");
+    let results = w.next_results().await;
+    w.ack(results.seq);
+    assert_eq!(w.next().await, credit(4, 0));
+    w.assign(&[
+        fib("running", "30"),
+        fib("behind1", "31"),
+        fib("behind2", "32"),
+    ]);
+    let frame = w.procs.next_request(0).await;
+    assert_eq!(frame.len(), 3, "one frame");
+    let drained = Instant::now();
+    w.shutdown.cancel();
+    assert_eq!(
+        w.next().await,
+        worker_message::Msg::Draining(pb::Heartbeat {})
+    );
+    // The running job is cancelled: its child is killed, and the two
+    // behind it, never started, go back to the master now, not when the
+    // grace period ends.
+    w.tell(master_message::Msg::Cancel(pb::CancelJobs {
+        job_ids: vec!["running".into()],
+    }));
+    assert_eq!(w.next().await, returned(&["behind1", "behind2"]));
+    assert_near(drained.elapsed(), Duration::ZERO);
+    assert!(w.procs.has_no_request(0), "the new child is given nothing");
+    // Nothing is held and every result is acknowledged: the worker closes.
+    let procs = w.closed_by_worker().await;
+    assert_near(drained.elapsed(), Duration::ZERO);
+    assert_eq!(procs.killed(), [1000, 1001]);
 }
