@@ -27,6 +27,7 @@ pub(crate) async fn run_once(
     for i in 0..round_trips as u64 {
         let request = SubmitRequest {
             jobs: vec![prime_spec(FIRST_PRIME_ARG + i)],
+            ..Default::default()
         };
         let start = Instant::now();
         let batch = client.submit(request).await.context("submit")?.into_inner();

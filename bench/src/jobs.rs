@@ -93,7 +93,13 @@ pub(crate) fn prime_submits(
             let end = (start + per_submit).min(count);
             let from = first + start as u64;
             let specs = (from..first + end as u64).map(prime_spec).collect();
-            (from, SubmitRequest { jobs: specs })
+            (
+                from,
+                SubmitRequest {
+                    jobs: specs,
+                    ..Default::default()
+                },
+            )
         })
         .collect()
 }

@@ -9,6 +9,61 @@ use drover_common::pb::{self, JobState};
 use drover_common::{net, util};
 use futures::StreamExt;
 
+/// How long a command keeps trying to reach a master that went away (a
+/// restart, a failover) before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// Whether a failed call may succeed if made again: the master went away
+/// or the connection broke, as opposed to an answer that will not change.
+fn transient(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => true,
+        // A connection cut mid-stream surfaces as an h2 error.
+        tonic::Code::Internal => s.message().contains("h2 protocol error"),
+        _ => false,
+    }
+}
+
+/// Backs off between attempts to reach a master that went away, and says
+/// when to give up: after [`RECONNECT_FOR`] without progress.
+struct Reconnect {
+    delay: Duration,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Reconnect {
+    fn new() -> Reconnect {
+        Reconnect {
+            delay: Duration::from_millis(100),
+            since: None,
+        }
+    }
+
+    /// Waits before the next try after `status`, or returns it as the error
+    /// when it is not transient or the master stayed away too long.
+    async fn after(&mut self, status: tonic::Status) -> anyhow::Result<()> {
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        if !transient(&status) || since.elapsed() > RECONNECT_FOR {
+            return Err(status_error(status));
+        }
+        if self.delay == Duration::from_millis(100) {
+            eprintln!(
+                "drover: lost the master ({}); reconnecting",
+                status.message()
+            );
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// Notes progress: the next loss starts a fresh wait.
+    fn reset(&mut self) {
+        self.delay = Duration::from_millis(100);
+        self.since = None;
+    }
+}
+
 /// A connected client.
 #[derive(Clone)]
 pub(crate) struct Client {
@@ -83,13 +138,19 @@ impl Client {
                     .map_or_else(String::new, |k| job_key(k, first + i)),
             })
             .collect();
-        let resp = self
-            .queue
-            .clone()
-            .submit(pb::SubmitRequest { jobs })
-            .await
-            .map_err(status_error)?;
-        Ok(resp.into_inner())
+        // Named, so that a submit sent again after a broken connection or a
+        // master restart gets the batch the first one made.
+        let req = pb::SubmitRequest {
+            jobs,
+            request_id: uuid::Uuid::now_v7().to_string(),
+        };
+        let mut reconnect = Reconnect::new();
+        loop {
+            match self.queue.clone().submit(req.clone()).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) => reconnect.after(status).await?,
+            }
+        }
     }
 
     /// Reads jobs (an id or a batch id), waiting if asked.
@@ -109,14 +170,17 @@ impl Client {
         };
         // Every page, in order: the master bounds each reply in bytes.
         let mut whole = pb::GetResponse::default();
+        let mut reconnect = Reconnect::new();
         loop {
-            let page = self
-                .queue
-                .clone()
-                .get(req.clone())
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let page = match self.queue.clone().get(req.clone()).await {
+                Ok(page) => page.into_inner(),
+                // A read is safe to make again.
+                Err(status) => {
+                    reconnect.after(status).await?;
+                    continue;
+                }
+            };
+            reconnect.reset();
             whole.jobs.extend(page.jobs);
             whole.complete = page.complete;
             if page.next_page_token.is_empty() {
@@ -136,22 +200,66 @@ impl Client {
         ordered: bool,
         mut on_jobs: impl FnMut(&[pb::JobInfo], u32, u32),
     ) -> anyhow::Result<()> {
-        let mut stream = self
-            .queue
-            .clone()
-            .watch(pb::WatchRequest {
+        // What was received, so that a watch cut by a master restart
+        // resumes where it was: nothing repeated, nothing skipped.
+        let mut next = 0u32;
+        let mut received: Vec<u8> = Vec::new();
+        let mut count = 0u32;
+        let mut total = None;
+        let mut reconnect = Reconnect::new();
+        loop {
+            let req = pb::WatchRequest {
                 batch_id: batch.to_string(),
                 ordered,
-                ..Default::default()
-            })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        while let Some(msg) = stream.next().await {
-            let msg = msg.map_err(status_error)?;
-            on_jobs(&msg.jobs, msg.done, msg.total);
+                resume_from: next,
+                received: if ordered {
+                    Vec::new()
+                } else {
+                    received.clone()
+                },
+            };
+            let mut stream = match self.queue.clone().watch(req).await {
+                Ok(s) => s.into_inner(),
+                Err(status) => {
+                    reconnect.after(status).await?;
+                    continue;
+                }
+            };
+            loop {
+                match stream.next().await {
+                    Some(Ok(msg)) => {
+                        reconnect.reset();
+                        total = Some(msg.total);
+                        count += msg.jobs.len() as u32;
+                        // Jobs come numbered by their place in the batch;
+                        // an ordered watch sends them in that order.
+                        next += if ordered { msg.jobs.len() as u32 } else { 0 };
+                        for j in &msg.jobs {
+                            let (byte, bit) = (j.index as usize / 8, j.index % 8);
+                            if received.len() <= byte {
+                                received.resize(byte + 1, 0);
+                            }
+                            received[byte] |= 1 << bit;
+                        }
+                        on_jobs(&msg.jobs, msg.done, msg.total);
+                    }
+                    Some(Err(status)) => {
+                        reconnect.after(status).await?;
+                        break;
+                    }
+                    None => {
+                        let seen = if ordered { next } else { count };
+                        if total.is_some_and(|t| seen >= t) {
+                            return Ok(());
+                        }
+                        // Ended before every job came: the master went away.
+                        let cut = tonic::Status::unavailable("the watch ended early");
+                        reconnect.after(cut).await?;
+                        break;
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
     /// Cancels a job or a batch.

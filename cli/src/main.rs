@@ -363,7 +363,15 @@ async fn map(
                     first + chunk.len()
                 )
             })?;
-        batches.push(resp.batch_id);
+        // Said at once, so a user whose map is cut off for good can still
+        // read the results.
+        eprintln!(
+            "drover: batch {} holds jobs {first}..{} of {total}; `drover watch {} --ordered` reads them",
+            resp.batch_id,
+            first + chunk.len(),
+            resp.batch_id
+        );
+        batches.push((resp.batch_id, first));
     }
     let bar = if !no_progress && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(total as u64);
@@ -378,14 +386,17 @@ async fn map(
         None
     };
     let mut failed = 0usize;
-    for batch in &batches {
+    for (batch, first) in &batches {
         client
             .watch(batch, true, |jobs, _, _| {
                 for j in jobs {
                     failed += usize::from(ended_badly(j));
+                    // Numbered by its place in the whole map.
+                    let mut j = j.clone();
+                    j.index += *first as u32;
                     match &bar {
-                        Some(bar) => bar.suspend(|| output::print_job(format, j)),
-                        None => output::print_job(format, j),
+                        Some(bar) => bar.suspend(|| output::print_job(format, &j)),
+                        None => output::print_job(format, &j),
                     }
                 }
                 if let Some(bar) = &bar {

@@ -75,9 +75,9 @@ impl Changes {
 pub enum Loaded {
     /// A job record.
     Job(Box<pb::JobRecord>),
-    /// A batch: its id, its jobs in order, and the first records of the
-    /// jobs it created.
-    Batch(BatchId, Vec<JobId>, Vec<pb::JobRecord>),
+    /// A batch: its id, its jobs in order, the first records of the jobs
+    /// it created, and its submit's request id (or empty).
+    Batch(BatchId, Vec<JobId>, Vec<pb::JobRecord>, String),
     /// One commit's assignment log entry: jobs handed out, with their attempt.
     Assigned(Vec<(JobId, u32)>),
 }
@@ -88,7 +88,7 @@ pub struct Recovered {
     /// Every job record.
     pub jobs: Vec<pb::JobRecord>,
     /// Every batch: its id, its jobs in order, and its jobs' first records.
-    pub batches: Vec<(BatchId, Vec<JobId>, Vec<pb::JobRecord>)>,
+    pub batches: Vec<(BatchId, Vec<JobId>, Vec<pb::JobRecord>, String)>,
     /// The assignment log, oldest commit first.
     pub assignments: Vec<Vec<(JobId, u32)>>,
     /// When the store was created (unix ms): ids older than this were never
@@ -244,9 +244,9 @@ impl Store for RedbStore {
         for entry in batch_table.iter()? {
             let (key, value) = entry?;
             let id = BatchId::from_uuid(Uuid::from_u128(key.value()));
-            let (ids, created) = decode_batch(value.value())
+            let (ids, created, request_id) = decode_batch(value.value())
                 .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
-            sink(Loaded::Batch(id, ids, created))?;
+            sink(Loaded::Batch(id, ids, created, request_id))?;
         }
         let jobs_table = txn.open_table(JOBS)?;
         for entry in jobs_table.iter()? {
@@ -317,16 +317,22 @@ impl Store for RedbStore {
 }
 
 /// Encodes a batch's job list and the first records of the jobs it created.
-pub fn encode_batch(ids: &[JobId], created: Vec<pb::JobRecord>) -> Vec<u8> {
+pub fn encode_batch(ids: &[JobId], created: Vec<pb::JobRecord>, request_id: &str) -> Vec<u8> {
     let mut job_ids = Vec::with_capacity(ids.len() * 16);
     for id in ids {
         job_ids.extend_from_slice(id.as_bytes());
     }
-    pb::BatchRecord { job_ids, created }.encode_to_vec()
+    pb::BatchRecord {
+        job_ids,
+        created,
+        request_id: request_id.to_string(),
+    }
+    .encode_to_vec()
 }
 
-/// Decodes a batch record.
-pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, Vec<pb::JobRecord>), String> {
+/// Decodes a batch record: its jobs, the records of those it created, and
+/// its submit's request id.
+pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, Vec<pb::JobRecord>, String), String> {
     let record = pb::BatchRecord::decode(bytes).map_err(|e| e.to_string())?;
     if record.job_ids.len() % 16 != 0 {
         return Err("its job list is not a whole number of ids".into());
@@ -336,7 +342,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, Vec<pb::JobRecord>), St
         .chunks_exact(16)
         .map(|c| JobId::from_uuid(Uuid::from_bytes(c.try_into().expect("chunks of 16"))))
         .collect();
-    Ok((ids, record.created))
+    Ok((ids, record.created, record.request_id))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -365,7 +371,7 @@ mod tests {
             store
                 .write(Changes {
                     jobs: vec![(id, record.encode_to_vec())],
-                    batches: vec![(batch, encode_batch(&[id], vec![]))],
+                    batches: vec![(batch, encode_batch(&[id], vec![], ""))],
                     ..Changes::default()
                 })
                 .unwrap();
@@ -382,7 +388,9 @@ mod tests {
             .unwrap();
         assert!(created > 0);
         assert_eq!(items.len(), 2);
-        assert!(matches!(&items[0], Loaded::Batch(b, ids, _) if *b == batch && *ids == vec![id]));
+        assert!(
+            matches!(&items[0], Loaded::Batch(b, ids, _, _) if *b == batch && *ids == vec![id])
+        );
         assert!(matches!(&items[1], Loaded::Job(r) if r.arg == "20"));
     }
 

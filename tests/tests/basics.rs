@@ -128,9 +128,12 @@ fn map_of_200_mixed_jobs_over_two_workers_gives_every_result_once_in_order() {
     let (specs, expected): (Vec<JobSpec>, Vec<job_output::Value>) = (0..200).map(mixed_job).unzip();
 
     let mut queue = master.queue();
-    let submitted = block_on(queue.submit(SubmitRequest { jobs: specs }))
-        .expect("Submit")
-        .into_inner();
+    let submitted = block_on(queue.submit(SubmitRequest {
+        jobs: specs,
+        ..Default::default()
+    }))
+    .expect("Submit")
+    .into_inner();
     assert_eq!(submitted.job_ids.len(), 200);
     let unique: HashSet<&String> = submitted.job_ids.iter().collect();
     assert_eq!(unique.len(), 200, "job ids are not unique");
@@ -225,7 +228,10 @@ fn refused(master: &Master, specs: Vec<JobSpec>, code: Code) -> String {
             .map(|s| (s.kind, &s.arg[..s.arg.len().min(20)]))
             .collect::<Vec<_>>()
     );
-    let result = block_on(master.queue().submit(SubmitRequest { jobs: specs }));
+    let result = block_on(master.queue().submit(SubmitRequest {
+        jobs: specs,
+        ..Default::default()
+    }));
     let status = match result {
         Ok(r) => panic!("Submit of {what} was accepted: {:?}", r.into_inner()),
         Err(status) => status,
@@ -294,8 +300,11 @@ fn bad_input_gets_a_grpc_error_naming_the_field_and_the_limit() {
     // limits to RESOURCE_EXHAUSTED and bad input to INVALID_ARGUMENT; this
     // one is both, so either code is right.
     let eleven: Vec<JobSpec> = (0..11).map(|n| job(JobKind::Fib, n)).collect();
-    let status = block_on(master.queue().submit(SubmitRequest { jobs: eleven }))
-        .expect_err("a batch of 11 jobs was accepted with --max-batch-jobs 10");
+    let status = block_on(master.queue().submit(SubmitRequest {
+        jobs: eleven,
+        ..Default::default()
+    }))
+    .expect_err("a batch of 11 jobs was accepted with --max-batch-jobs 10");
     assert!(
         matches!(
             status.code(),
@@ -306,8 +315,11 @@ fn bad_input_gets_a_grpc_error_naming_the_field_and_the_limit() {
     assert_names(status.message(), &["jobs", "10"]);
     // Exactly at the limit is fine (no worker yet: the jobs wait).
     let ten: Vec<JobSpec> = (0..10).map(|n| job(JobKind::Fib, n)).collect();
-    block_on(master.queue().submit(SubmitRequest { jobs: ten }))
-        .expect("a batch of exactly 10 jobs");
+    block_on(master.queue().submit(SubmitRequest {
+        jobs: ten,
+        ..Default::default()
+    }))
+    .expect("a batch of exactly 10 jobs");
 
     // An unknown job id, well formed: NOT_FOUND.
     let unknown = "01900000-0000-7000-8000-000000000000";
@@ -329,6 +341,7 @@ fn bad_input_gets_a_grpc_error_naming_the_field_and_the_limit() {
     let _worker = Worker::start(&master.url(), &["--processes", "1"]);
     let mut queue = master.queue();
     let ids = block_on(queue.submit(SubmitRequest {
+        request_id: String::new(),
         jobs: vec![job(JobKind::Fib, 90)],
     }))
     .expect("Submit of fib 90")

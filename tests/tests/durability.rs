@@ -154,7 +154,10 @@ fn kill_9_of_the_master_while_submitting_keeps_every_acknowledged_job() {
             let mut queue = drover_tests::grpc::queue_client(&url);
             loop {
                 let jobs = (0..100).map(|i| job(JobKind::Fib, i)).collect();
-                match block_on(queue.submit(pb::SubmitRequest { jobs })) {
+                match block_on(queue.submit(pb::SubmitRequest {
+                    jobs,
+                    ..Default::default()
+                })) {
                     Ok(r) => {
                         let r = r.into_inner();
                         acked.push((r.batch_id, r.job_ids));
@@ -415,4 +418,33 @@ fn a_locked_corrupt_or_newer_data_directory_is_refused() {
     }
     let err = refused_start(&["--data-dir", dir.path().to_str().unwrap()]);
     assert!(err.contains("newer drover"), "{err}");
+}
+
+#[test]
+fn a_map_rides_through_a_master_restart_printing_every_result_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = master_on(dir.path(), 0, &[]);
+    let port = master.addr().port();
+    let _worker = Worker::start(&master.url(), &["--processes", "2"]);
+    // 40 jobs of a few hundred milliseconds each.
+    let map = master.cli_spawn(&["map", "fib", "1000000..1000040"]);
+    wait_until(MINUTE, "the map to print its first results", || {
+        map.stdout_so_far().lines().count() >= 3
+    });
+    master.kill9();
+    drop(master);
+    let master = master_on(dir.path(), port, &[]);
+    let got = map.wait(Duration::from_secs(300)).success();
+    let jobs = got.jobs();
+    assert_eq!(jobs.len(), 40, "every result once");
+    for (i, (j, n)) in jobs.iter().zip(1_000_000u64..).enumerate() {
+        assert_eq!(j.index as usize, i, "in order: {j:?}");
+        assert_eq!(j.arg, n.to_string());
+        assert_eq!(j.state, "succeeded", "{j:?}");
+        let digits = j.result.as_str().expect("fib's result is a string");
+        assert_eq!(digits.len() as u64, drover_tests::reference::fib_digits(n));
+    }
+    // It said where its results live, so a user could have resumed.
+    assert!(got.stderr.contains("drover watch"), "{}", got.stderr);
+    drop(master);
 }

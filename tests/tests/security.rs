@@ -38,6 +38,7 @@ fn fib_table() -> Vec<Value> {
 /// Submits one fib job; the status code if refused.
 fn submit(url: &str, opts: &ClientOptions) -> Result<(), Code> {
     block_on(queue(url, opts).submit(SubmitRequest {
+        request_id: String::new(),
         jobs: vec![job(JobKind::Fib, 10)],
     }))
     .map(|_| ())
@@ -406,6 +407,7 @@ fn limits_refuse_with_resource_exhausted_naming_their_flag() {
     ]);
     let mut q = master.queue();
     let jobs = |n: u64| SubmitRequest {
+        request_id: String::new(),
         jobs: (0..n).map(|i| job(JobKind::Fib, i)).collect(),
     };
     let refused = |r: Result<tonic::Response<pb::SubmitResponse>, tonic::Status>, flag: &str| {
@@ -420,6 +422,7 @@ fn limits_refuse_with_resource_exhausted_naming_their_flag() {
     block_on(q.submit(jobs(2))).expect("exactly up to the limit");
     refused(block_on(q.submit(jobs(1))), "--max-queued");
     let big = SubmitRequest {
+        request_id: String::new(),
         jobs: vec![job(JobKind::Prime, "7".repeat(70_000))],
     };
     refused(block_on(q.submit(big)), "--max-message-bytes");
@@ -624,6 +627,11 @@ fn valid_message(rng: &mut Rng, path: &str) -> Vec<u8> {
     };
     match path {
         "/drover.v1.Queue/Submit" => SubmitRequest {
+            request_id: if rng.percent(20) {
+                id(rng)
+            } else {
+                String::new()
+            },
             jobs: (0..rng.below(4))
                 .map(|_| pb::JobSpec {
                     kind: *rng.pick(&[0, 1, 2, 3, 7, -1]),

@@ -80,12 +80,12 @@ impl Queue for Master {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let jobs = request.into_inner().jobs;
+        let pb::SubmitRequest { jobs, request_id } = request.into_inner();
         let (batch, ids, out) = {
             let mut st = self.inner.state.lock();
             let queued = st.count(pb::JobState::Queued);
             self.inner.guards.check_queue_room(queued, jobs.len())?;
-            let (batch, ids) = st.submit(jobs)?;
+            let (batch, ids) = st.submit_request(&request_id, jobs)?;
             (batch, ids, st.dispatch())
         };
         let ticket = out.ticket;
@@ -140,12 +140,22 @@ impl Queue for Master {
             let st = self.inner.state.lock();
             let mut page = Page::new(budget, usize::MAX);
             let mut next = start;
+            let by_batch = !req.batch_id.is_empty();
             for id in &ids[start..] {
                 if page.full() {
                     break;
                 }
+                // A batch's jobs are numbered by their place in it (a job
+                // named again by key has another in its own batch).
+                let at = next;
                 next += 1;
-                page.push(st.job(id).map(|j| j.info()));
+                page.push(st.job(id).map(|j| {
+                    if by_batch {
+                        j.info_at(at as usize)
+                    } else {
+                        j.info()
+                    }
+                }));
             }
             (page.jobs, next, st.all_finished(&ids), st.ticket())
         };
@@ -212,7 +222,7 @@ impl Queue for Master {
                     let mut page = Page::new(budget, WATCH_CHUNK);
                     if req.ordered {
                         while !page.full() && cursor < total && st.is_finished(&b.jobs[cursor]) {
-                            page.push(st.job(&b.jobs[cursor]).map(|j| j.info()));
+                            page.push(st.job(&b.jobs[cursor]).map(|j| j.info_at(cursor)));
                             cursor += 1;
                         }
                     } else {
@@ -220,7 +230,7 @@ impl Queue for Master {
                             let index = b.finished[cursor] as usize;
                             cursor += 1;
                             if !bit(&req.received, index) {
-                                page.push(st.job(&b.jobs[index]).map(|j| j.info()));
+                                page.push(st.job(&b.jobs[index]).map(|j| j.info_at(index)));
                             }
                         }
                     }

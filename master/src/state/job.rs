@@ -233,6 +233,15 @@ impl Job {
         })
     }
 
+    /// Renders the job for a client reading the batch that lists it at
+    /// `index` (a job named again by key sits at another place in a later
+    /// batch than in its own).
+    pub(crate) fn info_at(&self, index: usize) -> pb::JobInfo {
+        let mut info = self.info();
+        info.index = index as u32;
+        info
+    }
+
     /// Renders the job for a client.
     pub(crate) fn info(&self) -> pb::JobInfo {
         pb::JobInfo {
@@ -264,4 +273,6 @@ pub(crate) struct Batch {
     pub(crate) finished: Vec<u32>,
     /// Bumped on every finish, so waiters and watchers wake.
     pub(crate) notify: watch::Sender<u64>,
+    /// The submit's request id: the same submit sent again gets this batch.
+    pub(crate) request_id: Option<Box<str>>,
 }

@@ -52,7 +52,10 @@ impl State {
                     created.push(job.record());
                 }
             }
-            changes.batches.push((id, encode_batch(&b.jobs, created)));
+            let request_id = b.request_id.as_deref().unwrap_or_default();
+            changes
+                .batches
+                .push((id, encode_batch(&b.jobs, created, request_id)));
         }
         for id in std::mem::take(&mut self.dirty_jobs) {
             if let Some(job) = self.jobs.get_mut(&id)

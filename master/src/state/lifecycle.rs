@@ -126,6 +126,30 @@ impl State {
     /// idempotency key names a job already known gets that job back: the
     /// batch lists it, and hears of its finish like of its own jobs'.
     pub fn submit(&mut self, specs: Vec<pb::JobSpec>) -> Result<(BatchId, Vec<JobId>), Error> {
+        self.submit_request("", specs)
+    }
+
+    /// Like [`State::submit`], for a submit named by the client's
+    /// `request_id`: when the same request id comes again (the client
+    /// retries after a broken connection or a master restart), it gets the
+    /// batch the first one made, and nothing is queued twice.
+    pub fn submit_request(
+        &mut self,
+        request_id: &str,
+        specs: Vec<pb::JobSpec>,
+    ) -> Result<(BatchId, Vec<JobId>), Error> {
+        if request_id.len() > MAX_KEY_BYTES / 8 {
+            return Err(Error::invalid(format!(
+                "request_id: {} bytes is over the limit of {}",
+                request_id.len(),
+                MAX_KEY_BYTES / 8
+            )));
+        }
+        if let Some(batch) = self.requests.get(request_id)
+            && let Some(b) = self.batches.get(batch)
+        {
+            return Ok((*batch, b.jobs.clone()));
+        }
         if specs.is_empty() {
             return Err(Error::invalid(
                 "jobs: the batch is empty; submit at least one job",
@@ -225,8 +249,12 @@ impl State {
                 jobs: ids.clone(),
                 finished,
                 notify: tx,
+                request_id: (!request_id.is_empty()).then(|| request_id.into()),
             },
         );
+        if !request_id.is_empty() {
+            self.requests.insert(request_id.into(), batch_id);
+        }
         if self.durable {
             self.dirty_batches.push(batch_id);
             self.kick();

@@ -147,6 +147,8 @@ pub struct State {
     /// Queued jobs per class, highest priority first, then oldest first.
     queues: [BTreeMap<(Reverse<i32>, u64), JobId>; JobClass::COUNT],
     idempotency: HashMap<Box<str>, JobId>,
+    /// Batches by their submit's request id.
+    requests: HashMap<Box<str>, BatchId>,
     /// Unfinished jobs that later batches list too (named again by their
     /// idempotency key), with those batches and positions: when the job
     /// finishes, those batches hear of it like of their own jobs.
@@ -231,6 +233,7 @@ impl State {
             batches: HashMap::new(),
             queues: [BTreeMap::new(), BTreeMap::new()],
             idempotency: HashMap::new(),
+            requests: HashMap::new(),
             adopted: HashMap::new(),
             delayed: BTreeMap::new(),
             sessions: HashMap::new(),

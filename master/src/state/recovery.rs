@@ -8,8 +8,8 @@ impl State {
     pub fn recover(&mut self, recovered: Recovered) -> anyhow::Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         self.created_at_ms = recovered.created_at_ms;
-        for (id, ids, created) in recovered.batches {
-            self.recover_item(Loaded::Batch(id, ids, created), &mut report)?;
+        for (id, ids, created, request_id) in recovered.batches {
+            self.recover_item(Loaded::Batch(id, ids, created, request_id), &mut report)?;
         }
         for record in recovered.jobs {
             self.recover_item(Loaded::Job(Box::new(record)), &mut report)?;
@@ -36,7 +36,11 @@ impl State {
         report: &mut RecoveryReport,
     ) -> anyhow::Result<()> {
         match item {
-            Loaded::Batch(batch_id, ids, created) => {
+            Loaded::Batch(batch_id, ids, created, request_id) => {
+                let request_id = (!request_id.is_empty()).then(|| request_id.into_boxed_str());
+                if let Some(r) = &request_id {
+                    self.requests.insert(r.clone(), batch_id);
+                }
                 for record in created {
                     self.load_record(record)?;
                 }
@@ -47,6 +51,7 @@ impl State {
                         jobs: ids,
                         finished: Vec::new(),
                         notify: tx,
+                        request_id,
                     },
                 );
                 report.batches += 1;

@@ -28,6 +28,9 @@ impl State {
             let Some(batch) = self.batches.remove(&b) else {
                 continue;
             };
+            if let Some(r) = &batch.request_id {
+                self.requests.remove(r);
+            }
             for id in &batch.jobs {
                 if let Some(adopters) = self.adopted.get_mut(id) {
                     adopters.retain(|(a, _)| *a != b);

@@ -231,8 +231,8 @@ fn recovered_from(commits: &[Changes]) -> Recovered {
     };
     for c in commits {
         for (id, bytes) in &c.batches {
-            let (ids, created) = crate::store::decode_batch(bytes).unwrap();
-            r.batches.push((*id, ids, created));
+            let (ids, created, request_id) = crate::store::decode_batch(bytes).unwrap();
+            r.batches.push((*id, ids, created, request_id));
         }
         for (_, bytes) in &c.jobs {
             r.jobs
@@ -420,7 +420,7 @@ fn assignments_are_logged_once_per_commit_and_recovered() {
     // A submit is one batch record holding its jobs, not a record each.
     assert!(first.jobs.is_empty());
     assert_eq!(first.batches.len(), 1);
-    let (_, created) = crate::store::decode_batch(&first.batches[0].1).unwrap();
+    let (_, created, _) = crate::store::decode_batch(&first.batches[0].1).unwrap();
     assert_eq!(created.len(), 2);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let s = st.add_session(&hello("a"), tx);
@@ -659,4 +659,29 @@ fn a_batch_of_jobs_named_again_is_kept_while_they_run() {
     now.fetch_add(10 * 3_600_000, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(st.purge_expired(), 0);
     assert!(st.batches.contains_key(&again));
+}
+
+#[test]
+fn a_submit_sent_again_gets_its_first_batch_even_after_a_restart() {
+    let mut st = durable(3);
+    let mut log = Vec::new();
+    let specs = vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)];
+    let (batch, ids) = st.submit_request("r1", specs.clone()).unwrap();
+    assert_eq!(
+        st.submit_request("r1", specs.clone()).unwrap(),
+        (batch, ids.clone())
+    );
+    assert_eq!(st.count(JobState::Queued), 2);
+    commit(&mut st, &mut log);
+    let mut back = restart(&log, 3);
+    assert_eq!(back.submit_request("r1", specs).unwrap(), (batch, ids));
+    assert_eq!(back.count(JobState::Queued), 2);
+    let e = back
+        .submit_request(&"r".repeat(200), vec![spec(JobKind::Fib, "5", 0)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("request_id: 200 bytes is over the limit"),
+        "{e}"
+    );
 }
