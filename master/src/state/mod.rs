@@ -147,9 +147,11 @@ pub struct State {
     /// Queued jobs per class, highest priority first, then oldest first.
     queues: [BTreeMap<(Reverse<i32>, u64), JobId>; JobClass::COUNT],
     idempotency: HashMap<Box<str>, JobId>,
-    /// Unfinished jobs that later batches list too (named again by their
-    /// idempotency key), with those batches and positions: when the job
-    /// finishes, those batches hear of it like of their own jobs.
+    /// Jobs that later batches list too (named again by their idempotency
+    /// key), with those batches and positions: when the job finishes, those
+    /// batches hear of it like of their own jobs, and a retry takes it off
+    /// their finished lists as off its own batch's. Kept while the job
+    /// and those batches are.
     adopted: HashMap<JobId, Vec<(BatchId, u32)>>,
     /// Retried jobs waiting out their backoff, by due time (unix ms).
     delayed: BTreeMap<(u64, u64), JobId>,
