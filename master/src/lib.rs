@@ -30,6 +30,8 @@ pub mod auth;
 pub mod committer;
 pub mod limits;
 pub mod metrics;
+#[cfg(test)]
+mod model_test;
 pub mod service;
 pub mod state;
 pub mod store;

@@ -189,12 +189,12 @@ impl State {
                 ids.push(existing);
                 if self.is_finished(&existing) {
                     finished.push(index);
-                } else {
-                    self.adopted
-                        .entry(existing)
-                        .or_default()
-                        .push((batch_id, index));
                 }
+                // Finished or not: a retry may queue it again.
+                self.adopted
+                    .entry(existing)
+                    .or_default()
+                    .push((batch_id, index));
                 continue;
             }
             let id = JobId::new();
@@ -422,8 +422,9 @@ impl State {
         }
         x.finished_at_ms = now;
         let own = (job.batch, job.index);
-        let adopters = self.adopted.remove(&id).unwrap_or_default();
-        for (batch, index) in std::iter::once(own).chain(adopters) {
+        // The adopters stay: a retry must find them again.
+        let adopters = self.adopted.get(&id).map_or(&[][..], Vec::as_slice);
+        for &(batch, index) in std::iter::once(&own).chain(adopters) {
             if let Some(b) = self.batches.get_mut(&batch) {
                 b.finished.push(index);
                 if !self.notify_pending.contains(&batch) {

@@ -149,9 +149,11 @@ pub struct State {
     idempotency: HashMap<Box<str>, JobId>,
     /// Batches by their submit's request id.
     requests: HashMap<Box<str>, BatchId>,
-    /// Unfinished jobs that later batches list too (named again by their
-    /// idempotency key), with those batches and positions: when the job
-    /// finishes, those batches hear of it like of their own jobs.
+    /// Jobs that later batches list too (named again by their idempotency
+    /// key), with those batches and positions: when the job finishes, those
+    /// batches hear of it like of their own jobs, and a retry takes it off
+    /// their finished lists as off its own batch's. Kept while the job
+    /// and those batches are.
     adopted: HashMap<JobId, Vec<(BatchId, u32)>>,
     /// Retried jobs waiting out their backoff, by due time (unix ms).
     delayed: BTreeMap<(u64, u64), JobId>,

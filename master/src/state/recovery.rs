@@ -132,10 +132,10 @@ impl State {
                 })
                 .collect();
             finished.sort_unstable();
-            // Unfinished jobs this batch lists but did not create.
+            // Jobs this batch lists but did not create, finished or not
+            // (a retry may queue them again).
             for (i, id) in self.batches[&b].jobs.iter().enumerate() {
                 if let Some(j) = self.jobs.get(id)
-                    && !j.is_finished()
                     && (j.batch != b || j.index != i as u32)
                 {
                     self.adopted.entry(*id).or_default().push((b, i as u32));

@@ -44,6 +44,7 @@ impl State {
                     continue;
                 }
                 if let Some(job) = self.jobs.remove(id) {
+                    self.adopted.remove(id);
                     self.counts[job.state as usize] -= 1;
                     if let Some(key) = &job.x().idempotency_key {
                         self.idempotency.remove(key.as_ref());

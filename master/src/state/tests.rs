@@ -685,3 +685,45 @@ fn a_submit_sent_again_gets_its_first_batch_even_after_a_restart() {
         "{e}"
     );
 }
+
+/// Runs the next queued CPU job on a new session, reporting `result`.
+fn run_one(st: &mut State, result: fn(&pb::Assignment) -> pb::JobResult) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx).remove(0);
+    st.record_results(s, 0, vec![result(&a)]).send(None);
+}
+
+#[test]
+fn a_retried_job_leaves_the_finished_list_of_every_batch_that_names_it() {
+    let mut st = durable(1);
+    let mut log = Vec::new();
+    let keyed = pb::JobSpec {
+        idempotency_key: "k".into(),
+        ..spec(JobKind::Fib, "5", 0)
+    };
+    let (own, ids) = st.submit(vec![keyed.clone()]).unwrap();
+    // Named again by key while it is queued, and once it has failed.
+    let (before, _) = st.submit(vec![keyed.clone()]).unwrap();
+    run_one(&mut st, fail);
+    assert_eq!(st.job(&ids[0]).unwrap().state, JobState::Failed);
+    let (after, _) = st.submit(vec![keyed]).unwrap();
+    commit(&mut st, &mut log);
+    let lists = |st: &State| [own, before, after].map(|b| st.batches[&b].finished.clone());
+    const EMPTY: Vec<u32> = Vec::new();
+    assert_eq!(lists(&st), [[0], [0], [0]]);
+    // The same before and after a restart.
+    for mut st in [st, restart(&log, 1)] {
+        let (n, out) = st.retry_jobs(&ids);
+        out.send(None);
+        assert_eq!(n, 1);
+        assert_eq!(lists(&st), [EMPTY; 3], "a queued job is listed as finished");
+        run_one(&mut st, ok);
+        assert_eq!(
+            lists(&st),
+            [[0], [0], [0]],
+            "its finish is heard once by each"
+        );
+    }
+}
