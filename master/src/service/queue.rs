@@ -149,13 +149,10 @@ impl Queue for Master {
                 // named again by key has another in its own batch).
                 let at = next;
                 next += 1;
-                page.push(st.job(id).map(|j| {
-                    if by_batch {
-                        j.info_at(at as usize)
-                    } else {
-                        j.info()
-                    }
-                }));
+                page.push(
+                    st.job(id)
+                        .map(|j| if by_batch { j.info_at(at) } else { j.info() }),
+                );
             }
             (page.jobs, next, st.all_finished(&ids), st.ticket())
         };
