@@ -448,3 +448,29 @@ fn a_map_rides_through_a_master_restart_printing_every_result_once_in_order() {
     assert!(got.stderr.contains("drover watch"), "{}", got.stderr);
     drop(master);
 }
+
+#[test]
+fn a_clean_stop_of_the_master_costs_running_jobs_no_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = master_on(dir.path(), 0, &[]);
+    let port = master.addr().port();
+    let _worker = Worker::start(&master.url(), &["--processes", "1"]);
+    let submitted: Submitted = master
+        .cli(&["submit", "sleep", "60000", "--max-attempts", "1"])
+        .success()
+        .one();
+    let id = &submitted.job_ids[0];
+    wait_until(MINUTE, "the job to run", || {
+        master.job(id).state == "running"
+    });
+    master.sigterm();
+    assert!(master.wait_exit(MINUTE).success(), "a clean stop exits 0");
+    drop(master);
+
+    let master = master_on(dir.path(), port, &[]);
+    let job = master.job(id);
+    assert_ne!(job.state, "failed", "a clean stop failed the job: {job:?}");
+    let raw = master.cli(&["get", id]).success().json();
+    assert_eq!(raw[0]["counted_attempts"], 0, "{raw:?}");
+    master.cli(&["cancel", id]).success();
+}

@@ -208,14 +208,31 @@ impl Queue for Master {
             } else {
                 0
             };
+            // Unordered: the places sent (or received before a resume), so
+            // each job is sent once even when a retry shortens the batch's
+            // finished list under the cursor.
+            let mut sent = req.received.clone();
+            let mut sent_count = 0usize;
+            let mut rewinds = 0u64;
             loop {
                 notify.borrow_and_update();
                 let (chunk, full, done, total, ticket) = {
                     let st = master.inner.state.lock();
                     let Some(b) = st.batches.get(&batch) else {
+                        // Purged while watched: say so, not a quiet end.
+                        let gone = Status::from(st.batch_not_found(batch));
+                        drop(st);
+                        let _ = tx.try_send(Err(gone));
                         return;
                     };
                     let total = b.jobs.len();
+                    if sent_count == 0 && !sent.is_empty() {
+                        sent_count = (0..total).filter(|&i| bit(&sent, i)).count();
+                    }
+                    if b.rewinds != rewinds {
+                        rewinds = b.rewinds;
+                        cursor = 0;
+                    }
                     let mut page = Page::new(budget, WATCH_CHUNK);
                     if req.ordered {
                         while !page.full() && cursor < total && st.is_finished(&b.jobs[cursor]) {
@@ -226,7 +243,12 @@ impl Queue for Master {
                         while !page.full() && cursor < b.finished.len() {
                             let index = b.finished[cursor] as usize;
                             cursor += 1;
-                            if !bit(&req.received, index) {
+                            if !bit(&sent, index) {
+                                if sent.len() <= index / 8 {
+                                    sent.resize(index / 8 + 1, 0);
+                                }
+                                sent[index / 8] |= 1 << (index % 8);
+                                sent_count += 1;
                                 page.push(st.job(&b.jobs[index]).map(|j| j.info_at(index)));
                             }
                         }
@@ -250,7 +272,8 @@ impl Queue for Master {
                         return;
                     }
                 }
-                if cursor >= total {
+                let finished = if req.ordered { cursor } else { sent_count };
+                if finished >= total {
                     return;
                 }
                 if full {

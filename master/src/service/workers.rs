@@ -73,7 +73,11 @@ impl Workers for Master {
             let reason = loop {
                 let msg = tokio::select! {
                     m = inbound.message() => m,
-                    _ = master.inner.shutdown.cancelled() => break "master shutting down".to_string(),
+                    // The master stops: its session's jobs are left as they
+                    // are, so the next start queues them again without
+                    // counting the attempt (a clean stop costs no attempt,
+                    // like a crash).
+                    _ = master.inner.shutdown.cancelled() => return,
                 };
                 match msg {
                     Ok(Some(m)) => {

@@ -273,6 +273,9 @@ pub(crate) struct Batch {
     pub(crate) finished: Vec<u32>,
     /// Bumped on every finish, so waiters and watchers wake.
     pub(crate) notify: watch::Sender<u64>,
+    /// Bumped when `finished` loses entries (a retry): a reader walking it
+    /// by position starts again.
+    pub(crate) rewinds: u64,
     /// The submit's request id: the same submit sent again gets this batch.
     pub(crate) request_id: Option<Box<str>>,
 }

@@ -112,6 +112,7 @@ impl State {
                 .collect();
             if let Some(batch) = self.batches.get_mut(&b) {
                 batch.finished = keep;
+                batch.rewinds += 1;
             }
         }
         let mut out = self.dispatch();
@@ -249,6 +250,7 @@ impl State {
                 jobs: ids.clone(),
                 finished,
                 notify: tx,
+                rewinds: 0,
                 request_id: (!request_id.is_empty()).then(|| request_id.into()),
             },
         );

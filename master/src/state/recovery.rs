@@ -51,6 +51,7 @@ impl State {
                         jobs: ids,
                         finished: Vec::new(),
                         notify: tx,
+                        rewinds: 0,
                         request_id,
                     },
                 );
