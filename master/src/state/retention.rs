@@ -13,11 +13,21 @@ impl State {
         let expired: Vec<BatchId> = self
             .batches
             .iter()
-            .filter(|(_, b)| {
+            .filter(|(id, b)| {
                 // Every job it lists, its own and those it named again by
-                // key: a batch of only such jobs is not expired while they run.
+                // key: a batch of only such jobs is not expired while they
+                // run. And none of its own jobs may be named by a batch that
+                // is kept: that batch would lose it.
                 b.jobs.iter().all(|j| match self.jobs.get(j) {
-                    Some(job) => job.is_finished() && job.x().finished_at_ms < cutoff,
+                    Some(job) => {
+                        job.is_finished()
+                            && job.x().finished_at_ms < cutoff
+                            && (job.batch != **id
+                                || self
+                                    .adopted
+                                    .get(j)
+                                    .is_none_or(|by| by.iter().all(|(other, _)| other == *id)))
+                    }
                     None => true,
                 })
             })

@@ -727,3 +727,27 @@ fn a_retried_job_leaves_the_finished_list_of_every_batch_that_names_it() {
         );
     }
 }
+
+#[test]
+fn a_job_named_again_by_a_kept_batch_is_not_purged_with_its_own() {
+    let mut st = State::new(settings(3));
+    let now = fake_clock(&mut st);
+    let keyed = pb::JobSpec {
+        idempotency_key: "k".into(),
+        ..spec(JobKind::Sleep, "1", 0)
+    };
+    let (first, ids) = st.submit(vec![keyed.clone()]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("a"), tx);
+    st.add_credit(s, 0, 1).send(None);
+    let a = assigned(&mut rx).remove(0);
+    st.record_results(s, 0, vec![ok(&a)]).send(None);
+    // A later batch names the finished job again, beside one still queued.
+    let (later, _) = st
+        .submit(vec![keyed, spec(JobKind::Sleep, "2", 0)])
+        .unwrap();
+    now.fetch_add(10 * 3_600_000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(st.purge_expired(), 0);
+    assert!(st.batches.contains_key(&first) && st.batches.contains_key(&later));
+    assert!(st.job(&ids[0]).is_some());
+}
