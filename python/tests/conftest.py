@@ -142,6 +142,14 @@ class Cluster:
     def __init__(self) -> None:
         self.daemons: List[Daemon] = []
         self.url = ""
+        #: The master's client token, if it was started with one.
+        self.token: Optional[str] = None
+        #: The CA of the master's certificate, if it serves TLS.
+        self.ca: Optional[str] = None
+
+    def client(self) -> drover.Client:
+        """A client with the cluster's token and CA."""
+        return drover.Client(self.url, token=self.token, ca=self.ca)
 
     def wait_for(self, what: str, probe: Callable[[], Optional[T]], timeout: float = START_TIMEOUT) -> T:
         """Polls ``probe`` until it returns a value, checking the daemons."""
@@ -157,7 +165,15 @@ class Cluster:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
             time.sleep(POLL)
 
-    def start_master(self, *flags: str) -> str:
+    def start_master(self, *flags: str, token: Optional[str] = None, tls: Optional[dict] = None) -> str:
+        """Starts the master; ``token`` is its client token, ``tls`` the
+        paths of its ``cert``, ``key`` and the ``ca`` that signed them."""
+        if token is not None:
+            flags += ("--client-token", token)
+            self.token = token
+        if tls is not None:
+            flags += ("--tls-cert", tls["cert"], "--tls-key", tls["key"])
+            self.ca = tls["ca"]
         d = Daemon(
             "drover-master",
             [
@@ -184,7 +200,8 @@ class Cluster:
             raise AssertionError(f"the master's first line is {line!r}\n{d.log_tail()}")
         # Drain the rest so the master never blocks on a full pipe.
         threading.Thread(target=d.proc.stdout.read, daemon=True).start()
-        self.url = f"http://{line[len(prefix):].strip()}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://{line[len(prefix):].strip()}"
         return self.url
 
     def start_worker(self, processes: int = 2, *flags: str) -> Daemon:
@@ -201,12 +218,13 @@ class Cluster:
                 name,
                 "--metrics-listen",
                 "off",
+                *(("--ca", self.ca) if self.ca else ()),
                 *flags,
             ],
             pipe_stdout=False,
         )
         self.daemons.append(d)
-        client = drover.Client(self.url)
+        client = self.client()
 
         def registered() -> bool:
             for w in client.stats().workers:
@@ -241,10 +259,12 @@ def new_cluster():
     """Starts masters (with extra flags) and workers for one test."""
     made: List[Cluster] = []
 
-    def make(*master_flags: str, workers: int = 1, processes: int = 2) -> Cluster:
+    def make(
+        *master_flags: str, workers: int = 1, processes: int = 2, token: Optional[str] = None, tls: Optional[dict] = None
+    ) -> Cluster:
         c = Cluster()
         made.append(c)
-        c.start_master(*master_flags)
+        c.start_master(*master_flags, token=token, tls=tls)
         for _ in range(workers):
             c.start_worker(processes)
         return c

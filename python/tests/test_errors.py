@@ -51,10 +51,12 @@ def test_a_cancelled_job_raises_cancelled_error_from_a_map(pool, client):
 def test_an_unreachable_master_is_named(cluster):
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    with pytest.raises(drover.MasterUnavailable, match=f"cannot reach the master at {url}"):
-        drover.Pool(master=url).map(drover.fib, [1, 2])
-    with pytest.raises(ConnectionError, match=url):
-        drover.Executor(master=url).submit(drover.fib, 3).result(timeout=30)
+    with drover.Pool(master=url) as pool:
+        with pytest.raises(drover.MasterUnavailable, match=f"cannot reach the master at {url}"):
+            pool.map(drover.fib, [1, 2])
+    with drover.Executor(master=url) as ex:
+        with pytest.raises(ConnectionError, match=url):
+            ex.submit(drover.fib, 3).result(timeout=30)
     with drover.Client(url) as client, pytest.raises(drover.MasterUnavailable, match=url):
         client.wait_ready(timeout=0.5)
     assert time.monotonic() - started < 20
