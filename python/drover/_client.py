@@ -206,7 +206,10 @@ class Client:
         with self._lock:
             self._closed = True
             channel, self._channel, self._stub = self._channel, None, None
+            tracker, self._tracker = self._tracker, None
         if channel is not None and self._pid == os.getpid():
+            if tracker is not None:
+                tracker.stop()
             channel.close()
 
     # ---- the channel, per process ----

@@ -108,12 +108,24 @@ class Tracker:
         # Jobs followed by the poller: job id -> future.
         self._polled: Dict[str, JobFuture] = {}
         self._poller: Optional[threading.Thread] = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Ends the submitter thread (the client is closing); jobs still
+        waiting to be submitted fail."""
+        with self._cond:
+            self._stopped = True
+            waiting, self._waiting = self._waiting, []
+            self._cond.notify_all()
+        self._fail_all(waiting, DroverError(f"the client of {self._client.url} was closed"))
 
     def submit(self, kind: Any, arg: str, fields: Dict[str, Any]) -> JobFuture:
         """Queues one job for the submitter and returns its future."""
         fut = JobFuture(self, kind)
         spec = pb.JobSpec(kind=kind.kind, arg=arg, **fields)
         with self._cond:
+            if self._stopped:
+                raise DroverError(f"the client of {self._client.url} is closed")
             self._waiting.append((spec, fut))
             if self._submitter is None:
                 self._submitter = threading.Thread(target=self._submit_loop, name="drover-submit", daemon=True)
@@ -126,8 +138,10 @@ class Tracker:
     def _submit_loop(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting:
+                while not self._waiting and not self._stopped:
                     self._cond.wait()
+                if self._stopped:
+                    return
                 batch = self._waiting[:MAX_BATCH]
                 del self._waiting[:MAX_BATCH]
             self._submit_batch(batch)

@@ -191,3 +191,16 @@ def test_close_then_join_waits_for_the_work(client):
         pool.apply(drover.fib, (1,))
     pool.join()
     assert all(r.ready() and r.successful() for r in results)
+
+
+def test_a_pool_closes_its_own_connection_and_threads(cluster):
+    def submitters():
+        return [t for t in threading.enumerate() if t.name == "drover-submit"]
+
+    before = len(submitters())
+    with drover.Pool(master=cluster.url) as pool:
+        assert pool.apply(drover.fib, (9,)) == 34
+        assert len(submitters()) == before + 1
+    wait_until("the submitter thread to end", lambda: len(submitters()) == before)
+    with pytest.raises(drover.DroverError, match="closed"):
+        pool.client.stats()
