@@ -174,6 +174,7 @@ class Cluster:
         if tls is not None:
             flags += ("--tls-cert", tls["cert"], "--tls-key", tls["key"])
             self.ca = tls["ca"]
+        self._master_flags = flags
         d = Daemon(
             "drover-master",
             [
@@ -189,6 +190,7 @@ class Cluster:
             pipe_stdout=True,
         )
         self.daemons.append(d)
+        self.master = d
         # The master prints `drover-master listening on ADDR` once it serves;
         # read it on a thread so that this one can watch for an early exit.
         lines: List[str] = []
@@ -203,6 +205,19 @@ class Cluster:
         scheme = "https" if tls is not None else "http"
         self.url = f"{scheme}://{line[len(prefix):].strip()}"
         return self.url
+
+    def restart_master(self) -> None:
+        """Kills the master with SIGKILL and starts it again with the same
+        flags on the same address (give it --store redb and --data-dir)."""
+        self.master.kill()
+        self.daemons.remove(self.master)
+        address = self.url.split("://", 1)[1]
+        # The later --listen wins; the token and TLS flags are in the flags.
+        token, ca = self.token, self.ca
+        self.start_master(*self._master_flags, "--listen", address)
+        self.token, self.ca = token, ca
+        if ca is not None:
+            self.url = "https://" + address
 
     def start_worker(self, processes: int = 2, *flags: str) -> Daemon:
         name = f"pytest-{os.getpid()}-{len(self.daemons)}"
