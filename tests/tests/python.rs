@@ -212,6 +212,8 @@ fn python_client_pytest_suite() {
     match status {
         Some(s) if s.success() => println!("{out}"),
         Some(s) => panic!("pytest failed ({s}):\n{out}\n--- stderr ---\n{err}"),
-        None => panic!("pytest did not finish within {PYTEST_DEADLINE:?}:\n{out}\n--- stderr ---\n{err}"),
+        None => panic!(
+            "pytest did not finish within {PYTEST_DEADLINE:?}:\n{out}\n--- stderr ---\n{err}"
+        ),
     }
 }
