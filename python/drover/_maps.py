@@ -127,10 +127,11 @@ class MapRun(Iterator[Any]):
                 first = self._next_index - len(req.jobs)
                 call = self._client._submit_start(req)
                 self._unread += len(req.jobs)
-                if sent is not None:
-                    previous, sent = sent, None
+                # This submit is recorded even if the previous one fails, so
+                # that close() can cancel its jobs.
+                previous, sent = sent, (call, req, first)
+                if previous is not None:
                     self._record(*previous)
-                sent = (call, req, first)
         finally:
             if sent is not None:
                 self._record(*sent)

@@ -142,38 +142,49 @@ class Tracker:
                     self._cond.wait()
                 if self._stopped:
                     return
-                batch = self._waiting[:MAX_BATCH]
-                del self._waiting[:MAX_BATCH]
+                # The master's --max-batch-jobs, once a refusal told it.
+                most = min(MAX_BATCH, self._client.max_batch_jobs or MAX_BATCH)
+                batch = self._waiting[:most]
+                del self._waiting[:most]
             self._submit_batch(batch)
 
     def _submit_batch(self, batch: List[Tuple[Any, JobFuture]]) -> None:
         while batch:
+            # The parts the master took, in order: a prefix of the batch even
+            # when a limit split it and a later part was refused.
+            parts: List[Tuple[int, Any]] = []
             try:
-                parts = self._client._submit(pb.SubmitRequest(jobs=[spec for spec, _ in batch]))
+                self._client._submit_into(pb.SubmitRequest(jobs=[spec for spec, _ in batch]), 0, 0, parts)
+                self._settle(batch, parts)
+                return
             except InvalidArgument as e:
+                taken = self._settle(batch, parts)
+                batch = batch[taken:]
                 # One bad job must not fail the others sent with it: the
                 # master names it (jobs[i]); fail it alone and send the rest.
-                bad = _bad_index(str(e), len(batch))
-                if bad is None:
+                bad = _bad_index(str(e), taken + len(batch))
+                if bad is None or bad < taken:
                     self._fail_all(batch, e)
                     return
-                spec, fut = batch.pop(bad)
+                spec, fut = batch.pop(bad - taken)
                 fut._fail(InvalidArgument(str(e).replace(f"jobs[{bad}]", "jobs[0]"), e.code))
                 fut._submitted.set()
-                continue
-            except DroverError as e:
-                self._fail_all(batch, e)
-                return
             except BaseException as e:  # keep the thread alive, tell the futures
-                self._fail_all(batch, e)
+                self._fail_all(batch[self._settle(batch, parts) :], e)
                 return
-            for offset, resp in parts:
-                futs = [fut for _, fut in batch[offset : offset + len(resp.job_ids)]]
-                for fut, job_id in zip(futs, resp.job_ids):
-                    fut.job_id, fut.batch_id = job_id, resp.batch_id
-                    fut._submitted.set()
-                self._follow(resp.batch_id, futs)
-            return
+
+    def _settle(self, batch: List[Tuple[Any, JobFuture]], parts: List[Tuple[int, Any]]) -> int:
+        """Gives the futures of submitted parts their ids and follows them;
+        returns how many jobs of the batch that covers."""
+        covered = 0
+        for offset, resp in parts:
+            futs = [fut for _, fut in batch[offset : offset + len(resp.job_ids)]]
+            for fut, job_id in zip(futs, resp.job_ids):
+                fut.job_id, fut.batch_id = job_id, resp.batch_id
+                fut._submitted.set()
+            self._follow(resp.batch_id, futs)
+            covered = offset + len(resp.job_ids)
+        return covered
 
     @staticmethod
     def _fail_all(batch: List[Tuple[Any, JobFuture]], exc: BaseException) -> None:

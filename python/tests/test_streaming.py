@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 import tracemalloc
 
+import pytest
+
 import drover
 
 MiB = 1024 * 1024
@@ -91,3 +93,20 @@ def test_the_client_splits_batches_and_waits_for_queue_room(new_cluster):
     with drover.Executor(master=cluster.url) as ex:
         futures = [ex.submit(drover.is_prime, start + i) for i in range(3_000)]
         assert [f.result(timeout=60) for f in futures] == expected[:3_000]
+
+    # A refused argument in a batch the client had to split: the parts the
+    # master took are not sent again, and the bad job fails alone.
+    client = cluster.client()
+    before = client.stats().succeeded
+    with drover.Executor(client=client) as ex:
+        args = list(range(700))
+        args[500] = 10**12
+        # Held, the tracker's lock (reentrant) keeps its submitter from
+        # taking jobs until all 700 wait: they go as one batch, split in 300s.
+        with client._tracker_here()._cond:
+            futures = [ex.submit(drover.fib, n) for n in args]
+        with pytest.raises(drover.InvalidArgument, match="--max-fib-n"):
+            futures[500].result(timeout=60)
+        values = [f.result(timeout=60) for i, f in enumerate(futures) if i != 500]
+    assert len(values) == 699 and values[:3] == [0, 1, 1]
+    assert client.stats().succeeded - before == 699
