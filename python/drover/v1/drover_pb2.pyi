@@ -1,0 +1,461 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_KIND_UNSPECIFIED: _ClassVar[JobKind]
+    JOB_KIND_FIB: _ClassVar[JobKind]
+    JOB_KIND_PRIME: _ClassVar[JobKind]
+    JOB_KIND_SLEEP: _ClassVar[JobKind]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+
+class Certainty(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CERTAINTY_UNSPECIFIED: _ClassVar[Certainty]
+    CERTAINTY_PROVEN: _ClassVar[Certainty]
+    CERTAINTY_PROBABLE: _ClassVar[Certainty]
+JOB_KIND_UNSPECIFIED: JobKind
+JOB_KIND_FIB: JobKind
+JOB_KIND_PRIME: JobKind
+JOB_KIND_SLEEP: JobKind
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_SUCCEEDED: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
+CERTAINTY_UNSPECIFIED: Certainty
+CERTAINTY_PROVEN: Certainty
+CERTAINTY_PROBABLE: Certainty
+
+class JobSpec(_message.Message):
+    __slots__ = ("kind", "arg", "priority", "timeout_ms", "max_attempts", "idempotency_key")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARG_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    kind: JobKind
+    arg: str
+    priority: int
+    timeout_ms: int
+    max_attempts: int
+    idempotency_key: str
+    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobSpec]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ...) -> None: ...
+
+class SubmitResponse(_message.Message):
+    __slots__ = ("batch_id", "job_ids")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, batch_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobOutput(_message.Message):
+    __slots__ = ("fib", "prime", "slept_ms")
+    FIB_FIELD_NUMBER: _ClassVar[int]
+    PRIME_FIELD_NUMBER: _ClassVar[int]
+    SLEPT_MS_FIELD_NUMBER: _ClassVar[int]
+    fib: str
+    prime: PrimeOutput
+    slept_ms: int
+    def __init__(self, fib: _Optional[str] = ..., prime: _Optional[_Union[PrimeOutput, _Mapping]] = ..., slept_ms: _Optional[int] = ...) -> None: ...
+
+class PrimeOutput(_message.Message):
+    __slots__ = ("is_prime", "certainty")
+    IS_PRIME_FIELD_NUMBER: _ClassVar[int]
+    CERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    is_prime: bool
+    certainty: Certainty
+    def __init__(self, is_prime: _Optional[bool] = ..., certainty: _Optional[_Union[Certainty, str]] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("job_id", "batch_id", "index", "kind", "arg", "state", "priority", "attempts", "max_attempts", "output", "error", "worker", "attempt_errors", "run_us", "counted_attempts")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARG_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RUN_US_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    batch_id: str
+    index: int
+    kind: JobKind
+    arg: str
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    output: JobOutput
+    error: str
+    worker: str
+    attempt_errors: _containers.RepeatedScalarFieldContainer[str]
+    run_us: int
+    counted_attempts: int
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., attempt_errors: _Optional[_Iterable[str]] = ..., run_us: _Optional[int] = ..., counted_attempts: _Optional[int] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("job_ids", "batch_id", "wait", "timeout_ms")
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    batch_id: str
+    wait: bool
+    timeout_ms: int
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., batch_id: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("jobs", "complete")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    complete: bool
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("batch_id", "ordered")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDERED_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    ordered: bool
+    def __init__(self, batch_id: _Optional[str] = ..., ordered: _Optional[bool] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("jobs", "done", "total")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    done: int
+    total: int
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("job_ids", "batch_id")
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    batch_id: str
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., batch_id: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("cancelled", "already_finished")
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: int
+    already_finished: int
+    def __init__(self, cancelled: _Optional[int] = ..., already_finished: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("worker_id", "name", "host", "cpu_slots", "io_slots", "running", "completed", "child_pids", "children_restarted", "version", "draining", "connected_s", "pid")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CPU_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    IO_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    CHILD_PIDS_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_RESTARTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_S_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    name: str
+    host: str
+    cpu_slots: int
+    io_slots: int
+    running: int
+    completed: int
+    child_pids: _containers.RepeatedScalarFieldContainer[int]
+    children_restarted: int
+    version: str
+    draining: bool
+    connected_s: int
+    pid: int
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., cpu_slots: _Optional[int] = ..., io_slots: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., child_pids: _Optional[_Iterable[int]] = ..., children_restarted: _Optional[int] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ..., connected_s: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("queued", "running", "succeeded", "failed", "cancelled", "workers", "jobs_per_s", "late_results_dropped", "retried", "version", "uptime_s")
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    LATE_RESULTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    jobs_per_s: float
+    late_results_dropped: int
+    retried: int
+    version: str
+    uptime_s: int
+    def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_per_s: _Optional[float] = ..., late_results_dropped: _Optional[int] = ..., retried: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[int] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state", "limit", "batch_id")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    state: JobState
+    limit: int
+    batch_id: str
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., limit: _Optional[int] = ..., batch_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "truncated")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    truncated: bool
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class RetryRequest(_message.Message):
+    __slots__ = ("job_ids", "batch_id", "all_failed")
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    ALL_FAILED_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    batch_id: str
+    all_failed: bool
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., batch_id: _Optional[str] = ..., all_failed: _Optional[bool] = ...) -> None: ...
+
+class RetryResponse(_message.Message):
+    __slots__ = ("retried",)
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    retried: int
+    def __init__(self, retried: _Optional[int] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("job_id", "kind", "arg", "timeout_ms", "attempt", "priority")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARG_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: JobKind
+    arg: str
+    timeout_ms: int
+    attempt: int
+    priority: int
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class JobResult(_message.Message):
+    __slots__ = ("job_id", "attempt", "output", "failure", "run_us")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    RUN_US_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    attempt: int
+    output: JobOutput
+    failure: JobFailure
+    run_us: int
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., failure: _Optional[_Union[JobFailure, _Mapping]] = ..., run_us: _Optional[int] = ...) -> None: ...
+
+class JobFailure(_message.Message):
+    __slots__ = ("reason", "retryable")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    retryable: bool
+    def __init__(self, reason: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("protocol", "name", "host", "cpu_slots", "io_slots", "version", "pid")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CPU_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    IO_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    protocol: int
+    name: str
+    host: str
+    cpu_slots: int
+    io_slots: int
+    version: str
+    pid: int
+    def __init__(self, protocol: _Optional[int] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., cpu_slots: _Optional[int] = ..., io_slots: _Optional[int] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("cpu", "io")
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    IO_FIELD_NUMBER: _ClassVar[int]
+    cpu: int
+    io: int
+    def __init__(self, cpu: _Optional[int] = ..., io: _Optional[int] = ...) -> None: ...
+
+class Results(_message.Message):
+    __slots__ = ("results", "seq")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[JobResult]
+    seq: int
+    def __init__(self, results: _Optional[_Iterable[_Union[JobResult, _Mapping]]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class PoolState(_message.Message):
+    __slots__ = ("child_pids", "children_restarted")
+    CHILD_PIDS_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_RESTARTED_FIELD_NUMBER: _ClassVar[int]
+    child_pids: _containers.RepeatedScalarFieldContainer[int]
+    children_restarted: int
+    def __init__(self, child_pids: _Optional[_Iterable[int]] = ..., children_restarted: _Optional[int] = ...) -> None: ...
+
+class Returned(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerMessage(_message.Message):
+    __slots__ = ("hello", "credit", "results", "heartbeat", "pool", "returned", "draining")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    credit: Credit
+    results: Results
+    heartbeat: Heartbeat
+    pool: PoolState
+    returned: Returned
+    draining: Heartbeat
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., pool: _Optional[_Union[PoolState, _Mapping]] = ..., returned: _Optional[_Union[Returned, _Mapping]] = ..., draining: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("worker_id", "lease_ms", "heartbeat_ms")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    lease_ms: int
+    heartbeat_ms: int
+    def __init__(self, worker_id: _Optional[str] = ..., lease_ms: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ...) -> None: ...
+
+class Assign(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Assignment]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
+
+class CancelJobs(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResultsAck(_message.Message):
+    __slots__ = ("seq",)
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    def __init__(self, seq: _Optional[int] = ...) -> None: ...
+
+class MasterMessage(_message.Message):
+    __slots__ = ("welcome", "assign", "cancel", "drain", "ack")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    assign: Assign
+    cancel: CancelJobs
+    drain: Drain
+    ack: ResultsAck
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assign: _Optional[_Union[Assign, _Mapping]] = ..., cancel: _Optional[_Union[CancelJobs, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., ack: _Optional[_Union[ResultsAck, _Mapping]] = ...) -> None: ...
+
+class ChildJob(_message.Message):
+    __slots__ = ("slot_id", "kind", "arg")
+    SLOT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ARG_FIELD_NUMBER: _ClassVar[int]
+    slot_id: int
+    kind: JobKind
+    arg: str
+    def __init__(self, slot_id: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ...) -> None: ...
+
+class ChildRequest(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[ChildJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[ChildJob, _Mapping]]] = ...) -> None: ...
+
+class ChildResult(_message.Message):
+    __slots__ = ("slot_id", "output", "failure", "run_us")
+    SLOT_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    RUN_US_FIELD_NUMBER: _ClassVar[int]
+    slot_id: int
+    output: JobOutput
+    failure: JobFailure
+    run_us: int
+    def __init__(self, slot_id: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., failure: _Optional[_Union[JobFailure, _Mapping]] = ..., run_us: _Optional[int] = ...) -> None: ...
+
+class ChildResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChildResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ChildResult, _Mapping]]] = ...) -> None: ...
