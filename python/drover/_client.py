@@ -409,10 +409,20 @@ class Client:
             wait=wait,
             timeout_ms=max(1, int(timeout_s * 1000)) if timeout_s else 0,
         )
-        try:
-            return self._queue().Get(req, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        # The master answers in pages bounded in bytes: read them all.
+        jobs = []
+        while True:
+            try:
+                resp = self._queue().Get(req, metadata=self._metadata)
+            except grpc.RpcError as err:
+                raise self._error(err) from None
+            jobs.extend(resp.jobs)
+            if not resp.next_page_token:
+                del resp.jobs[:]
+                resp.jobs.extend(jobs)
+                return resp
+            req.page_token = resp.next_page_token
+            req.wait = False
 
     def _cancel(self, job_ids: Sequence[str] = (), batch_id: str = "") -> Any:
         try:

@@ -59,10 +59,12 @@ class JobSpec(_message.Message):
     def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "request_id")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobSpec]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("batch_id", "job_ids")
@@ -125,32 +127,40 @@ class JobInfo(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., attempt_errors: _Optional[_Iterable[str]] = ..., run_us: _Optional[int] = ..., counted_attempts: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
-    __slots__ = ("job_ids", "batch_id", "wait", "timeout_ms")
+    __slots__ = ("job_ids", "batch_id", "wait", "timeout_ms", "page_token")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     batch_id: str
     wait: bool
     timeout_ms: int
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., batch_id: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., batch_id: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("jobs", "complete")
+    __slots__ = ("jobs", "complete", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
     complete: bool
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., complete: _Optional[bool] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., complete: _Optional[bool] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("batch_id", "ordered")
+    __slots__ = ("batch_id", "ordered", "resume_from", "received")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ORDERED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     ordered: bool
-    def __init__(self, batch_id: _Optional[str] = ..., ordered: _Optional[bool] = ...) -> None: ...
+    resume_from: int
+    received: bytes
+    def __init__(self, batch_id: _Optional[str] = ..., ordered: _Optional[bool] = ..., resume_from: _Optional[int] = ..., received: _Optional[bytes] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("jobs", "done", "total")
