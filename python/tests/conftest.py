@@ -56,15 +56,6 @@ def _clean_env() -> dict:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the daemon, before exec: dies with pytest (Linux PR_SET_PDEATHSIG),
-    so that an aborted run leaves no daemons behind."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _descendants(pid: int) -> List[int]:
     """Every process below ``pid`` (Linux /proc), deepest last."""
     children: dict = {}
@@ -103,7 +94,12 @@ class Daemon:
             stdout=subprocess.PIPE if pipe_stdout else log,
             stderr=log,
             env=env,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # No preexec_fn: Python code run between fork and exec makes
+            # subprocess fork for real, and in a process with gRPC threads
+            # gRPC's fork handlers can then abort the child before it
+            # execs (seen as the "master" dying of SIGABRT). Without it,
+            # subprocess uses vfork, which runs no fork handlers; the
+            # fixtures' teardown stops every daemon.
         )
         log.close()
 
