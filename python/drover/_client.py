@@ -95,6 +95,24 @@ def _read_pem(value: PathOrPem, what: str) -> bytes:
     return pem
 
 
+def client_for(
+    client: Optional["Client"],
+    master: Optional[str],
+    token: Optional[str],
+    ca: Optional[PathOrPem],
+    tls_cert: Optional[PathOrPem],
+    tls_key: Optional[PathOrPem],
+) -> Tuple["Client", bool]:
+    """The client a Pool or an Executor works through: the one given, or a
+    new one from the connection settings; and whether it owns (and so
+    closes) it."""
+    if client is not None and (master or token or ca or tls_cert or tls_key):
+        raise ValueError("give client= or the connection settings, not both")
+    if client is not None:
+        return client, False
+    return Client(master, token, ca, tls_cert=tls_cert, tls_key=tls_key), True
+
+
 class Client:
     """A connection to a drover master, shared by pools and executors.
 

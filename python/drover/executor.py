@@ -20,7 +20,7 @@ import time
 import weakref
 from typing import Any, Iterable, Iterator, Optional, Set
 
-from ._client import Client, PathOrPem
+from ._client import Client, PathOrPem, client_for
 from ._kinds import job_kind
 from ._maps import DEFAULT_MAX_IN_FLIGHT, MapRun
 from ._options import JobOptions
@@ -66,12 +66,8 @@ class Executor(cf.Executor):
         tls_cert: Optional[PathOrPem] = None,
         tls_key: Optional[PathOrPem] = None,
     ):
-        if client is not None and (master or token or ca or tls_cert or tls_key):
-            raise ValueError("give client= or the connection settings, not both")
+        client, owns = client_for(client, master, token, ca, tls_cert, tls_key)
         options = JobOptions(priority=priority, timeout=timeout, max_attempts=max_attempts)
-        owns = client is None
-        if client is None:
-            client = Client(master, token, ca, tls_cert=tls_cert, tls_key=tls_key)
         self._state = _ExecutorState(client, owns, max_in_flight)
         self._options = options
 
