@@ -61,6 +61,26 @@ pub fn is_prime(n: u64) -> bool {
     true
 }
 
+/// Checks that a job succeeded with F(n): its digit count and its last 18
+/// digits.
+#[track_caller]
+pub fn assert_fib(job: &crate::model::JobLine, n: u64) {
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    let digits = job.result.as_str().expect("fib's result is a string");
+    assert_eq!(
+        digits.len() as u64,
+        fib_digits(n),
+        "F({n}) of {}",
+        job.job_id
+    );
+    assert_eq!(
+        digits[digits.len() - 18..].parse::<u128>().ok(),
+        Some(fib_mod_1e18(n)),
+        "F({n}) of {}",
+        job.job_id
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

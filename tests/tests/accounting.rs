@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_tests::fake_worker::{FakeWorker, failure};
-use drover_tests::reference::{fib_digits, fib_mod_1e18, is_prime};
+use drover_tests::reference::{assert_fib, is_prime};
 use drover_tests::{JobLine, Master, Submitted, Worker, sys, wait_for, wait_until};
 use serde_json::Value;
 
@@ -45,15 +45,7 @@ fn busy_child(master: &Master, worker: &Worker, id: &str) -> u32 {
 /// Asserts that `job` holds the right F(LONG_FIB).
 #[track_caller]
 fn assert_long_fib(job: &JobLine) {
-    assert_eq!(job.state, "succeeded", "{job:?}");
-    let digits = job.result.as_str().expect("F(n) as a string");
-    assert_eq!(digits.len() as u64, fib_digits(LONG_FIB), "{}", job.job_id);
-    assert_eq!(
-        digits[digits.len() - 18..].parse::<u128>().ok(),
-        Some(fib_mod_1e18(LONG_FIB)),
-        "{}",
-        job.job_id
-    );
+    assert_fib(job, LONG_FIB);
 }
 
 /// `map` with an idempotency key splits a long list over several submits;

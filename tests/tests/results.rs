@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use drover_common::pb::GetRequest;
 use drover_tests::grpc::block_on;
-use drover_tests::reference::{fib_digits, fib_mod_1e18};
+use drover_tests::reference::assert_fib;
 use drover_tests::{Master, Submitted, Worker};
 
 /// F(FIRST) has 41,798 digits: 24 of them are about a megabyte.
@@ -15,14 +15,7 @@ const COUNT: u64 = 24;
 fn check(jobs: &[drover_tests::model::JobLine]) {
     assert_eq!(jobs.len() as u64, COUNT, "every job, once");
     for (j, n) in jobs.iter().zip(FIRST..) {
-        assert_eq!(j.state, "succeeded", "{j:?}");
-        let digits = j.result.as_str().expect("fib's result is a string");
-        assert_eq!(digits.len() as u64, fib_digits(n), "F({n})");
-        assert_eq!(
-            digits[digits.len() - 18..].parse::<u128>().ok(),
-            Some(fib_mod_1e18(n)),
-            "F({n})"
-        );
+        assert_fib(j, n);
     }
 }
 

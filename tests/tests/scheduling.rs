@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use drover_common::pb::{StatsResponse, WatchRequest};
 use drover_tests::grpc::{self, block_on};
-use drover_tests::reference::{fib_digits, fib_mod_1e18};
+use drover_tests::reference::assert_fib;
 use drover_tests::{Master, Submitted, Worker, wait_for, wait_until};
 
 /// A CPU job that keeps a child busy for seconds.
@@ -199,14 +199,7 @@ fn a_worker_never_holds_more_than_its_slots_plus_prefetch() {
     let jobs = master.cli(&["get", &submitted.batch_id]).success().jobs();
     let mut by_worker = (0, 0);
     for (j, n) in jobs.iter().zip(MEDIUM_FIB..) {
-        assert_eq!(j.state, "succeeded", "{j:?}");
-        let digits = j.result.as_str().expect("fib's result is a string");
-        assert_eq!(digits.len() as u64, fib_digits(n), "F({n})");
-        assert_eq!(
-            digits[digits.len() - 18..].parse::<u128>().ok(),
-            Some(fib_mod_1e18(n)),
-            "F({n})"
-        );
+        assert_fib(j, n);
         match j.worker() {
             "first" => by_worker.0 += 1,
             "second" => by_worker.1 += 1,
