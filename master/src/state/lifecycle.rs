@@ -429,7 +429,9 @@ impl State {
         for &(batch, index) in std::iter::once(&own).chain(adopters) {
             if let Some(b) = self.batches.get_mut(&batch) {
                 b.finished.push(index);
-                if !self.notify_pending.contains(&batch) {
+                // A repeat only wakes the waiters twice; checking the last
+                // one keeps this constant time on the hot path.
+                if self.notify_pending.last() != Some(&batch) {
                     self.notify_pending.push(batch);
                 }
             }
