@@ -440,10 +440,15 @@ async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<QueueServer<Master>>().await;
     health.set_serving::<WorkersServer<Master>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl speaks v1, grpcio's own
+    // reflection client and older tools only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let limit = config.max_message_bytes;
     let guards = master.guards().clone();
@@ -467,7 +472,8 @@ async fn serve(
         .map_err(anyhow::Error::msg)?
         .layer(limits::MessageSizeLayer::new(limit, guards.clone()))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(queue)
         .add_service(workers)
         .serve_with_incoming_shutdown(

@@ -403,3 +403,80 @@ fn cli_says_why_in_one_line_when_the_master_is_unreachable() {
         );
     }
 }
+
+/// grpcurl speaks reflection v1; grpcio's reflection client and older tools
+/// only v1alpha. Both list the services, open without a token.
+#[test]
+fn reflection_lists_the_services_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let master = Master::start(&[]);
+    let url = master.url();
+    let want = [
+        "drover.v1.Queue",
+        "drover.v1.Workers",
+        "grpc.health.v1.Health",
+    ];
+    let channel = block_on(drover_common::net::connect(&url)).expect("connect");
+
+    let v1_names: Vec<String> = block_on(async {
+        let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        let request = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection v1")
+            .into_inner();
+        let reply = replies
+            .message()
+            .await
+            .expect("a v1 reply")
+            .expect("one reply");
+        match reply.message_response {
+            Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("v1 answered {other:?}"),
+        }
+    });
+    let v1alpha_names: Vec<String> = block_on(async {
+        let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut replies = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection v1alpha")
+            .into_inner();
+        let reply = replies
+            .message()
+            .await
+            .expect("a v1alpha reply")
+            .expect("one reply");
+        match reply.message_response {
+            Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("v1alpha answered {other:?}"),
+        }
+    });
+    for name in want {
+        assert!(
+            v1_names.iter().any(|n| n == name),
+            "v1 lists {v1_names:?}, not {name}"
+        );
+        assert!(
+            v1alpha_names.iter().any(|n| n == name),
+            "v1alpha lists {v1alpha_names:?}, not {name}"
+        );
+    }
+}
