@@ -165,6 +165,17 @@ fn main() {
     // The demo's worker starts children of this binary.
     drover_worker::child::run_if_child();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Demo { .. }) {
+        // `drover map ... | head` closes our stdout early: end quietly, as
+        // every Unix filter does, instead of panicking in println!. (Rust
+        // ignores SIGPIPE; sockets are written with MSG_NOSIGNAL, so only a
+        // closed pipe or terminal raises it. The demo keeps it ignored: its
+        // worker writes to children's pipes.)
+        // SAFETY: called before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // The CLI speaks through its output; logs only for what went wrong.
     drover_common::util::init_tracing(false, "warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()

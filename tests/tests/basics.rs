@@ -480,3 +480,47 @@ fn reflection_lists_the_services_in_v1_and_v1alpha() {
         );
     }
 }
+
+/// `drover map ... | head -n 1`: the CLI ends quietly when its reader goes
+/// away, with no panic on stderr.
+#[test]
+fn a_cli_whose_output_pipe_closes_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+
+    let master = Master::start(&[]);
+    let _worker = Worker::start(&master.url(), &["--processes", "1"]);
+    let mut child = Command::new(drover_tests::bins::bin("drover"))
+        .args(["--master", &master.url(), "map", "fib", "2..=5000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run drover");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read the first line");
+    // The reader is dropped here: the pipe is closed after one line.
+    assert!(first.starts_with("2\t1"), "first line: {first:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drover did not end after its pipe closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!stderr.contains("panicked"), "drover panicked: {stderr}");
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "drover ended with {status:?}: {stderr}"
+    );
+}
