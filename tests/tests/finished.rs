@@ -145,7 +145,7 @@ fn finished_work_is_read_from_the_store_before_and_after_a_restart() {
         let done = master.job(&keyed.job_ids[0]);
         assert_eq!(done.result.as_str(), Some(fib(40).as_str()), "{when}");
         assert_eq!(
-            submit_with_request_id(&master, "request-1", 41),
+            submit_with_request_id(master, "request-1", 41),
             requested,
             "{when}: the request id names its batch"
         );
