@@ -89,6 +89,9 @@ pub struct Changes {
     pub requests: Vec<(String, BatchId)>,
     /// The next job sequence number (0: unchanged).
     pub next_seq: u64,
+    /// Batches open again (a retry queued one of their jobs): counted
+    /// open, their record kept as it is.
+    pub reopened: Vec<BatchId>,
 }
 
 impl Changes {
@@ -101,6 +104,7 @@ impl Changes {
             && self.assignments.is_empty()
             && !self.truncate_log
             && self.closed.is_empty()
+            && self.reopened.is_empty()
     }
 }
 
@@ -349,16 +353,25 @@ impl Store for RedbStore {
             };
             let (ids, created, request_id) = decode_batch(value.value())
                 .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
-            let own: Vec<Vec<u8>> = created.iter().map(|r| r.id.clone()).collect();
+            // A batch opened again keeps its closed record, which holds no
+            // jobs: its own jobs are those whose records name it.
+            let reopened = created.is_empty();
+            let own: Vec<JobId> = if reopened {
+                ids.clone()
+            } else {
+                created
+                    .iter()
+                    .filter_map(|r| JobId::from_slice(&r.id))
+                    .collect()
+            };
             sink(Loaded::Batch(id, ids, created, request_id))?;
-            for raw in own {
-                let Some(job) = JobId::from_slice(&raw) else {
-                    continue;
-                };
+            for job in own {
                 if let Some(value) = jobs_table.get(job.uuid().as_u128())? {
                     let record = pb::JobRecord::decode(value.value())
                         .map_err(|e| anyhow::anyhow!("job record {job} is corrupt: {e}"))?;
-                    sink(Loaded::Job(Box::new(record)))?;
+                    if !reopened || record.batch == id.as_bytes() {
+                        sink(Loaded::Job(Box::new(record)))?;
+                    }
                 }
             }
         }
@@ -463,6 +476,11 @@ impl Store for RedbStore {
                         open.insert(key, ())?;
                     }
                 }
+            }
+            for id in &changes.reopened {
+                let key = id.uuid().as_u128();
+                unclose(&mut closed, &mut by_time, &mut counts, key)?;
+                open.insert(key, ())?;
             }
             for (key, job) in &changes.keys {
                 keys.insert(key.as_str(), job.uuid().as_u128())?;

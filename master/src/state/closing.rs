@@ -231,11 +231,7 @@ impl State {
                 request_id,
             },
         );
-        // Written open again at the next commit.
-        if self.durable {
-            self.dirty_batches.push(id);
-            self.kick();
-        }
+        // Counted open again at the next commit (see `retry_jobs`).
         Ok(true)
     }
 

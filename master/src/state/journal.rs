@@ -33,6 +33,7 @@ impl State {
             deleted_jobs: std::mem::take(&mut self.deleted_jobs),
             deleted_batches: std::mem::take(&mut self.deleted_batches),
             assignments: std::mem::take(&mut self.assign_log),
+            reopened: std::mem::take(&mut self.reopened),
             number,
             truncate_log,
             ..Changes::default()

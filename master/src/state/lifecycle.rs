@@ -109,6 +109,11 @@ impl State {
             job.xm().error = None;
             job.xm().finished_at_ms = 0;
             touched.insert(job.batch);
+            // Its batch may be closed in the store (or being written so):
+            // it counts as open again, so a restart reads it.
+            if self.durable && self.archive.is_some() {
+                self.reopened.push(job.batch);
+            }
             if let Some(adopters) = self.adopted.get(&id) {
                 touched.extend(adopters.iter().map(|(b, _)| *b));
             }

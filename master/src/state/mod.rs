@@ -202,6 +202,8 @@ pub struct State {
     /// Batches written closed, with the commit that holds that: they
     /// leave memory once it is written.
     closed_in: Vec<(u64, BatchId)>,
+    /// Batches to count open again in the store (a retry).
+    reopened: Vec<BatchId>,
     /// The memory store's bound on finished jobs kept.
     keep_finished: u64,
     /// The newest creation time (unix ms) of a batch evicted from the
@@ -283,6 +285,7 @@ impl State {
             archived: [0; 6],
             closing: VecDeque::new(),
             closed_in: Vec::new(),
+            reopened: Vec::new(),
             keep_finished: u64::MAX,
             evicted_upto_ms: 0,
         }
