@@ -76,6 +76,11 @@ pub fn start(
                         Ok(()) => {
                             tracing::trace!(number, jobs, us = started.elapsed().as_micros() as u64, "committed");
                             done.send_modify(|s| s.committed = number);
+                            // What this commit closed leaves memory now.
+                            match store.closed_counts() {
+                                Ok(counts) => state.lock().committed(number, counts),
+                                Err(e) => tracing::warn!(error = %format!("{e:#}"), "reading the closed counts failed"),
+                            }
                         }
                         Err(e) => {
                             tracing::error!(error = %format!("{e:#}"), "store write failed; stopping the master");

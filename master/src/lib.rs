@@ -88,6 +88,12 @@ pub struct MasterArgs {
     /// finish, a batch at a time: once every job of the batch is that old.
     #[arg(long, env = "DROVER_RETENTION", default_value = "24h", value_parser = drover_common::util::parse_duration)]
     pub retention: Duration,
+    /// With the memory store: the most finished jobs kept; past it the
+    /// batches that finished first are evicted (asking for one then says
+    /// "evicted"). The redb store keeps every finished job on disk until
+    /// --retention, and only unfinished work in memory.
+    #[arg(long, env = "DROVER_KEEP_FINISHED", default_value_t = Config::default().keep_finished)]
+    pub keep_finished: u64,
     /// A retried job waits this long after its first failure, doubling
     /// with each further one (with jitter).
     #[arg(long, env = "DROVER_RETRY_BASE", default_value = "200ms", value_parser = drover_common::util::parse_duration)]
@@ -239,6 +245,7 @@ impl MasterArgs {
                 _ => StoreConfig::Redb(self.data_dir.clone()),
             },
             retention: self.retention,
+            keep_finished: self.keep_finished,
             retry: state::RetryPolicy {
                 base_ms: self.retry_base.as_millis() as u64,
                 max_ms: self.retry_max.as_millis().max(self.retry_base.as_millis()) as u64,
@@ -277,6 +284,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// How long finished jobs are kept.
     pub retention: Duration,
+    /// With the memory store: the most finished jobs kept in memory.
+    pub keep_finished: u64,
     /// Backoff between attempts.
     pub retry: state::RetryPolicy,
     /// The most jobs queued at once.
@@ -350,6 +359,7 @@ impl Default for Config {
             default_max_attempts: 3,
             store: StoreConfig::Memory,
             retention: Duration::from_secs(24 * 3600),
+            keep_finished: 1_000_000,
             retry: state::RetryPolicy {
                 base_ms: 200,
                 max_ms: 30_000,

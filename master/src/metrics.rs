@@ -16,7 +16,9 @@ use drover_common::pb::JobState;
 use parking_lot::Mutex;
 
 use crate::service::Master;
-use crate::store::{Changes, Loaded, Store};
+use crate::store::{Changes, ClosedCounts, Loaded, Store, StoredBatch};
+use drover_common::ids::{BatchId, JobId};
+use drover_common::pb;
 
 /// A store that times every write: the committer's one transaction, with
 /// its fsync, per group commit.
@@ -51,6 +53,42 @@ impl Store for MeteredStore {
         let result = self.inner.write(changes);
         self.commits.lock().observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    fn read_job(&self, id: &JobId) -> anyhow::Result<Option<pb::JobRecord>> {
+        self.inner.read_job(id)
+    }
+
+    fn has_job(&self, id: &JobId) -> anyhow::Result<bool> {
+        self.inner.has_job(id)
+    }
+
+    fn read_batch(&self, id: &BatchId) -> anyhow::Result<Option<StoredBatch>> {
+        self.inner.read_batch(id)
+    }
+
+    fn job_by_key(&self, key: &str) -> anyhow::Result<Option<JobId>> {
+        self.inner.job_by_key(key)
+    }
+
+    fn batch_by_request(&self, request_id: &str) -> anyhow::Result<Option<BatchId>> {
+        self.inner.batch_by_request(request_id)
+    }
+
+    fn closed_counts(&self) -> anyhow::Result<ClosedCounts> {
+        self.inner.closed_counts()
+    }
+
+    fn next_seq(&self) -> anyhow::Result<u64> {
+        self.inner.next_seq()
+    }
+
+    fn closed_before(&self, cutoff_ms: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        self.inner.closed_before(cutoff_ms, limit)
+    }
+
+    fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+        self.inner.scan_jobs(visit)
     }
 }
 

@@ -8,6 +8,15 @@
 //!
 //! Two stores: [`RedbStore`] (the default: a redb file in the data
 //! directory) and [`MemoryStore`] (nothing survives a restart).
+//!
+//! The redb store is also where finished work lives: once every job of a
+//! batch is finished and that is committed, the batch is *closed* and
+//! leaves the master's memory; its jobs are read back on demand (the
+//! `read_*` methods, in read transactions that run beside the committer's
+//! writes). Indexes keep what must be found without reading history:
+//! open batches (all that recovery reads), idempotency keys, request ids,
+//! closed batches by close time (retention), and the counts of closed
+//! jobs by state.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -26,11 +35,26 @@ const BATCHES: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("batches"
 /// The assignment log: per commit, the jobs handed to workers in it and
 /// their attempt (16-byte id, 4-byte attempt, repeated).
 const ASSIGNMENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("assignments");
-/// Format version and creation time.
+/// Format version, creation time, the next sequence number and the counts
+/// of closed jobs.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Batches not yet closed: what recovery reads.
+const OPEN: TableDefinition<'_, u128, ()> = TableDefinition::new("open_batches");
+/// Closed batches: their close time and job counts (a `ClosedInfo`).
+const CLOSED: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("closed_batches");
+/// Closed batches by close time, oldest first (retention).
+const CLOSED_BY_TIME: TableDefinition<'_, (u64, u128), ()> = TableDefinition::new("closed_by_time");
+/// Idempotency keys: the job each names.
+const KEYS: TableDefinition<'_, &str, u128> = TableDefinition::new("idempotency_keys");
+/// Request ids: the batch each submit made.
+const REQUESTS: TableDefinition<'_, &str, u128> = TableDefinition::new("request_ids");
 
-/// The version of the data directory's format this build writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The version of the data directory's format this build writes. 2: open
+/// batches, closed batches and the key and request indexes.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The META keys of the counts of closed jobs, by state.
+const CLOSED_COUNTS: [&str; 3] = ["closed_succeeded", "closed_failed", "closed_cancelled"];
 
 /// The file name of the database inside the data directory.
 const DB_FILE: &str = "drover.redb";
@@ -56,6 +80,18 @@ pub struct Changes {
     /// Every job running now is written whole in this commit: the log
     /// entries of earlier commits are obsolete and are deleted.
     pub truncate_log: bool,
+    /// Batches in `batches` whose record is a closed one, with what the
+    /// store keeps of them (every other batch written is open).
+    pub closed: Vec<(BatchId, pb::ClosedInfo)>,
+    /// Idempotency keys given to new jobs.
+    pub keys: Vec<(String, JobId)>,
+    /// Request ids of new batches.
+    pub requests: Vec<(String, BatchId)>,
+    /// The next job sequence number (0: unchanged).
+    pub next_seq: u64,
+    /// Batches open again (a retry queued one of their jobs): counted
+    /// open, their record kept as it is.
+    pub reopened: Vec<BatchId>,
 }
 
 impl Changes {
@@ -67,8 +103,26 @@ impl Changes {
             && self.deleted_batches.is_empty()
             && self.assignments.is_empty()
             && !self.truncate_log
+            && self.closed.is_empty()
+            && self.reopened.is_empty()
     }
 }
+
+/// A batch read from the store, without its jobs.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    /// Its jobs in submission order.
+    pub jobs: Vec<JobId>,
+    /// Its submit's request id, or empty.
+    pub request_id: String,
+    /// When it closed (unix ms); 0 while open.
+    pub closed_at_ms: u64,
+    /// Closed: the places of its jobs in the order they finished.
+    pub finished: Vec<u32>,
+}
+
+/// Counts of closed jobs by final state: succeeded, failed, cancelled.
+pub type ClosedCounts = [u64; 3];
 
 /// One item read back at start-up.
 #[derive(Debug)]
@@ -107,6 +161,44 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64>;
     /// Writes changes in one durable transaction.
     fn write(&self, changes: Changes) -> anyhow::Result<()>;
+    /// A job's last committed record.
+    fn read_job(&self, _id: &JobId) -> anyhow::Result<Option<pb::JobRecord>> {
+        Ok(None)
+    }
+    /// Whether the store holds a job's record (without reading it).
+    fn has_job(&self, _id: &JobId) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+    /// A batch's job list and header.
+    fn read_batch(&self, _id: &BatchId) -> anyhow::Result<Option<StoredBatch>> {
+        Ok(None)
+    }
+    /// The job an idempotency key names.
+    fn job_by_key(&self, _key: &str) -> anyhow::Result<Option<JobId>> {
+        Ok(None)
+    }
+    /// The batch a submit's request id made.
+    fn batch_by_request(&self, _request_id: &str) -> anyhow::Result<Option<BatchId>> {
+        Ok(None)
+    }
+    /// Closed jobs by final state, as of the last commit.
+    fn closed_counts(&self) -> anyhow::Result<ClosedCounts> {
+        Ok([0; 3])
+    }
+    /// The next job sequence number saved, or 0.
+    fn next_seq(&self) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+    /// Up to `limit` closed batches that closed before `cutoff_ms`, oldest
+    /// first (retention).
+    fn closed_before(&self, _cutoff_ms: u64, _limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        Ok(Vec::new())
+    }
+    /// Visits job records in id order (about submission order) until
+    /// `visit` returns false.
+    fn scan_jobs(&self, _visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// Keeps nothing: the queue lives and dies with the process.
@@ -173,6 +265,10 @@ impl RedbStore {
                     "the data directory {} was written by a newer drover (format {v}; this build reads up to {FORMAT_VERSION}); run that version, or start with another directory",
                     dir.display()
                 ),
+                Some(v) if v < FORMAT_VERSION => anyhow::bail!(
+                    "the data directory {} was written by an older drover (format {v}; this build reads format {FORMAT_VERSION}); finish or drain its jobs with that version and start this one on an empty directory",
+                    dir.display()
+                ),
                 Some(_) => {}
                 None if existed && has_tables(&txn)? => anyhow::bail!(
                     "the data directory {} holds a database without drover's format marker; it is corrupt or not drover's",
@@ -187,6 +283,11 @@ impl RedbStore {
             txn.open_table(JOBS)?;
             txn.open_table(BATCHES)?;
             txn.open_table(ASSIGNMENTS)?;
+            txn.open_table(OPEN)?;
+            txn.open_table(CLOSED)?;
+            txn.open_table(CLOSED_BY_TIME)?;
+            txn.open_table(KEYS)?;
+            txn.open_table(REQUESTS)?;
         }
         txn.commit()?;
         Ok(RedbStore {
@@ -238,26 +339,41 @@ impl Store for RedbStore {
 
     fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {
         let txn = self.db.begin_read()?;
-        // Batches first: their records are the jobs' first state, which the
-        // jobs' own records then override.
+        // Open batches only: a closed batch's jobs are all finished and are
+        // read on demand. Each batch first (its record holds its jobs'
+        // first state), then its jobs' own records, which override it.
+        let open = txn.open_table(OPEN)?;
         let batch_table = txn.open_table(BATCHES)?;
-        for entry in batch_table.iter()? {
-            let (key, value) = entry?;
-            let id = BatchId::from_uuid(Uuid::from_u128(key.value()));
+        let jobs_table = txn.open_table(JOBS)?;
+        for entry in open.iter()? {
+            let key = entry?.0.value();
+            let id = BatchId::from_uuid(Uuid::from_u128(key));
+            let Some(value) = batch_table.get(key)? else {
+                anyhow::bail!("open batch {id} has no record: the store is corrupt");
+            };
             let (ids, created, request_id) = decode_batch(value.value())
                 .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
+            // A batch opened again keeps its closed record, which holds no
+            // jobs: its own jobs are those whose records name it.
+            let reopened = created.is_empty();
+            let own: Vec<JobId> = if reopened {
+                ids.clone()
+            } else {
+                created
+                    .iter()
+                    .filter_map(|r| JobId::from_slice(&r.id))
+                    .collect()
+            };
             sink(Loaded::Batch(id, ids, created, request_id))?;
-        }
-        let jobs_table = txn.open_table(JOBS)?;
-        for entry in jobs_table.iter()? {
-            let (key, value) = entry?;
-            let record = pb::JobRecord::decode(value.value()).map_err(|e| {
-                anyhow::anyhow!(
-                    "job record {} is corrupt: {e}",
-                    Uuid::from_u128(key.value())
-                )
-            })?;
-            sink(Loaded::Job(Box::new(record)))?;
+            for job in own {
+                if let Some(value) = jobs_table.get(job.uuid().as_u128())? {
+                    let record = pb::JobRecord::decode(value.value())
+                        .map_err(|e| anyhow::anyhow!("job record {job} is corrupt: {e}"))?;
+                    if !reopened || record.batch == id.as_bytes() {
+                        sink(Loaded::Job(Box::new(record)))?;
+                    }
+                }
+            }
         }
         let log = txn.open_table(ASSIGNMENTS)?;
         for entry in log.iter()? {
@@ -285,18 +401,98 @@ impl Store for RedbStore {
         let txn = self.db.begin_write()?;
         {
             let mut jobs = txn.open_table(JOBS)?;
-            for (id, bytes) in &changes.jobs {
-                jobs.insert(id.uuid().as_u128(), bytes.as_slice())?;
+            let mut batches = txn.open_table(BATCHES)?;
+            let mut open = txn.open_table(OPEN)?;
+            let mut closed = txn.open_table(CLOSED)?;
+            let mut by_time = txn.open_table(CLOSED_BY_TIME)?;
+            let mut keys = txn.open_table(KEYS)?;
+            let mut requests = txn.open_table(REQUESTS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut counts = [0u64; 3];
+            for (i, name) in CLOSED_COUNTS.iter().enumerate() {
+                counts[i] = meta.get(*name)?.map_or(0, |v| v.value());
+            }
+            // Deletions first: a batch purged and brought back in the same
+            // commit is written again after.
+            for id in &changes.deleted_batches {
+                let key = id.uuid().as_u128();
+                unclose(&mut closed, &mut by_time, &mut counts, key)?;
+                open.remove(key)?;
+                let Some(record) = batches.remove(key)? else {
+                    continue;
+                };
+                let header = pb::BatchHeader::decode(record.value())
+                    .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
+                drop(record);
+                if !header.request_id.is_empty()
+                    && requests
+                        .get(header.request_id.as_str())?
+                        .is_some_and(|v| v.value() == key)
+                {
+                    requests.remove(header.request_id.as_str())?;
+                }
+                for chunk in header.job_ids.chunks_exact(16) {
+                    let job = u128::from_be_bytes(chunk.try_into().expect("16 bytes"));
+                    let Some(value) = jobs.get(job)? else {
+                        continue;
+                    };
+                    let job_header = pb::JobHeader::decode(value.value())
+                        .map_err(|e| anyhow::anyhow!("job record {job:x} is corrupt: {e}"))?;
+                    drop(value);
+                    if job_header.batch != id.as_bytes() {
+                        continue;
+                    }
+                    jobs.remove(job)?;
+                    let k = job_header.idempotency_key.as_str();
+                    if !k.is_empty() && keys.get(k)?.is_some_and(|v| v.value() == job) {
+                        keys.remove(k)?;
+                    }
+                }
             }
             for id in &changes.deleted_jobs {
                 jobs.remove(id.uuid().as_u128())?;
             }
-            let mut batches = txn.open_table(BATCHES)?;
-            for (id, bytes) in &changes.batches {
-                batches.insert(id.uuid().as_u128(), bytes.as_slice())?;
+            for (id, bytes) in &changes.jobs {
+                jobs.insert(id.uuid().as_u128(), bytes.as_slice())?;
             }
-            for id in &changes.deleted_batches {
-                batches.remove(id.uuid().as_u128())?;
+            let closing: std::collections::HashMap<BatchId, &pb::ClosedInfo> =
+                changes.closed.iter().map(|(b, i)| (*b, i)).collect();
+            for (id, bytes) in &changes.batches {
+                let key = id.uuid().as_u128();
+                batches.insert(key, bytes.as_slice())?;
+                // A batch closed before and written again was reopened (a
+                // retry): it counts as open until it closes again.
+                unclose(&mut closed, &mut by_time, &mut counts, key)?;
+                match closing.get(id) {
+                    Some(info) => {
+                        open.remove(key)?;
+                        closed.insert(key, info.encode_to_vec().as_slice())?;
+                        by_time.insert((info.closed_at_ms, key), ())?;
+                        counts[0] += info.succeeded;
+                        counts[1] += info.failed;
+                        counts[2] += info.cancelled;
+                    }
+                    None => {
+                        open.insert(key, ())?;
+                    }
+                }
+            }
+            for id in &changes.reopened {
+                let key = id.uuid().as_u128();
+                unclose(&mut closed, &mut by_time, &mut counts, key)?;
+                open.insert(key, ())?;
+            }
+            for (key, job) in &changes.keys {
+                keys.insert(key.as_str(), job.uuid().as_u128())?;
+            }
+            for (request_id, batch) in &changes.requests {
+                requests.insert(request_id.as_str(), batch.uuid().as_u128())?;
+            }
+            for (i, name) in CLOSED_COUNTS.iter().enumerate() {
+                meta.insert(*name, counts[i])?;
+            }
+            if changes.next_seq > 0 {
+                meta.insert("next_seq", changes.next_seq)?;
             }
             let mut log = txn.open_table(ASSIGNMENTS)?;
             if changes.truncate_log {
@@ -314,6 +510,140 @@ impl Store for RedbStore {
         txn.commit()?;
         Ok(())
     }
+
+    fn read_job(&self, id: &JobId) -> anyhow::Result<Option<pb::JobRecord>> {
+        let txn = self.db.begin_read()?;
+        let jobs = txn.open_table(JOBS)?;
+        let Some(value) = jobs.get(id.uuid().as_u128())? else {
+            return Ok(None);
+        };
+        let record = pb::JobRecord::decode(value.value())
+            .map_err(|e| anyhow::anyhow!("job record {id} is corrupt: {e}"))?;
+        Ok(Some(record))
+    }
+
+    fn has_job(&self, id: &JobId) -> anyhow::Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(JOBS)?.get(id.uuid().as_u128())?.is_some())
+    }
+
+    fn read_batch(&self, id: &BatchId) -> anyhow::Result<Option<StoredBatch>> {
+        let txn = self.db.begin_read()?;
+        let batches = txn.open_table(BATCHES)?;
+        let Some(value) = batches.get(id.uuid().as_u128())? else {
+            return Ok(None);
+        };
+        let header = pb::BatchHeader::decode(value.value())
+            .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
+        anyhow::ensure!(
+            header.job_ids.len() % 16 == 0 && header.finished.len() % 4 == 0,
+            "batch record {id} is corrupt: its lists are not whole"
+        );
+        Ok(Some(StoredBatch {
+            jobs: job_ids(&header.job_ids),
+            request_id: header.request_id,
+            closed_at_ms: header.closed_at_ms,
+            finished: header
+                .finished
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        }))
+    }
+
+    fn job_by_key(&self, key: &str) -> anyhow::Result<Option<JobId>> {
+        let txn = self.db.begin_read()?;
+        let keys = txn.open_table(KEYS)?;
+        Ok(keys
+            .get(key)?
+            .map(|v| JobId::from_uuid(Uuid::from_u128(v.value()))))
+    }
+
+    fn batch_by_request(&self, request_id: &str) -> anyhow::Result<Option<BatchId>> {
+        let txn = self.db.begin_read()?;
+        let requests = txn.open_table(REQUESTS)?;
+        Ok(requests
+            .get(request_id)?
+            .map(|v| BatchId::from_uuid(Uuid::from_u128(v.value()))))
+    }
+
+    fn closed_counts(&self) -> anyhow::Result<ClosedCounts> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let mut counts = [0u64; 3];
+        for (i, name) in CLOSED_COUNTS.iter().enumerate() {
+            counts[i] = meta.get(*name)?.map_or(0, |v| v.value());
+        }
+        Ok(counts)
+    }
+
+    fn next_seq(&self) -> anyhow::Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("next_seq")?.map_or(0, |v| v.value()))
+    }
+
+    fn closed_before(&self, cutoff_ms: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        let txn = self.db.begin_read()?;
+        let by_time = txn.open_table(CLOSED_BY_TIME)?;
+        let mut out = Vec::new();
+        for entry in by_time.range((0, 0)..(cutoff_ms, 0))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (at, key) = entry?.0.value();
+            debug_assert!(at < cutoff_ms);
+            out.push(BatchId::from_uuid(Uuid::from_u128(key)));
+        }
+        Ok(out)
+    }
+
+    fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+        let txn = self.db.begin_read()?;
+        let jobs = txn.open_table(JOBS)?;
+        for entry in jobs.iter()? {
+            let (key, value) = entry?;
+            let record = pb::JobRecord::decode(value.value()).map_err(|e| {
+                anyhow::anyhow!(
+                    "job record {} is corrupt: {e}",
+                    Uuid::from_u128(key.value())
+                )
+            })?;
+            if !visit(record) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes a batch out of the closed ones, if it was: its close-time entry
+/// and its jobs' counts go.
+fn unclose(
+    closed: &mut redb::Table<'_, u128, &[u8]>,
+    by_time: &mut redb::Table<'_, (u64, u128), ()>,
+    counts: &mut ClosedCounts,
+    key: u128,
+) -> anyhow::Result<()> {
+    let Some(old) = closed.remove(key)? else {
+        return Ok(());
+    };
+    let info = pb::ClosedInfo::decode(old.value())
+        .map_err(|e| anyhow::anyhow!("closed batch {key:x} is corrupt: {e}"))?;
+    drop(old);
+    by_time.remove((info.closed_at_ms, key))?;
+    counts[0] = counts[0].saturating_sub(info.succeeded);
+    counts[1] = counts[1].saturating_sub(info.failed);
+    counts[2] = counts[2].saturating_sub(info.cancelled);
+    Ok(())
+}
+
+/// Splits concatenated 16-byte ids.
+fn job_ids(bytes: &[u8]) -> Vec<JobId> {
+    bytes
+        .chunks_exact(16)
+        .map(|c| JobId::from_uuid(Uuid::from_bytes(c.try_into().expect("chunks of 16"))))
+        .collect()
 }
 
 /// Encodes a batch's job list and the first records of the jobs it created.
@@ -326,6 +656,30 @@ pub fn encode_batch(ids: &[JobId], created: Vec<pb::JobRecord>, request_id: &str
         job_ids,
         created,
         request_id: request_id.to_string(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Encodes a closed batch: its job list, the order its jobs finished in,
+/// and when it closed; no job records (each job's own record has its last
+/// state).
+pub fn encode_closed_batch(
+    ids: &[JobId],
+    finished: &[u32],
+    request_id: &str,
+    closed_at_ms: u64,
+) -> Vec<u8> {
+    let mut job_ids = Vec::with_capacity(ids.len() * 16);
+    for id in ids {
+        job_ids.extend_from_slice(id.as_bytes());
+    }
+    pb::BatchRecord {
+        job_ids,
+        created: Vec::new(),
+        request_id: request_id.to_string(),
+        closed_at_ms,
+        finished: finished.iter().flat_map(|i| i.to_le_bytes()).collect(),
     }
     .encode_to_vec()
 }
@@ -337,12 +691,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, Vec<pb::JobRecord>, Str
     if record.job_ids.len() % 16 != 0 {
         return Err("its job list is not a whole number of ids".into());
     }
-    let ids = record
-        .job_ids
-        .chunks_exact(16)
-        .map(|c| JobId::from_uuid(Uuid::from_bytes(c.try_into().expect("chunks of 16"))))
-        .collect();
-    Ok((ids, record.created, record.request_id))
+    Ok((job_ids(&record.job_ids), record.created, record.request_id))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -365,13 +714,14 @@ mod tests {
             let store = RedbStore::open(dir.path()).unwrap();
             let record = pb::JobRecord {
                 id: id.as_bytes().to_vec(),
+                batch: batch.as_bytes().to_vec(),
                 arg: "20".into(),
                 ..Default::default()
             };
             store
                 .write(Changes {
                     jobs: vec![(id, record.encode_to_vec())],
-                    batches: vec![(batch, encode_batch(&[id], vec![], ""))],
+                    batches: vec![(batch, encode_batch(&[id], vec![record], ""))],
                     ..Changes::default()
                 })
                 .unwrap();
@@ -392,6 +742,102 @@ mod tests {
             matches!(&items[0], Loaded::Batch(b, ids, _, _) if *b == batch && *ids == vec![id])
         );
         assert!(matches!(&items[1], Loaded::Job(r) if r.arg == "20"));
+    }
+
+    #[test]
+    fn a_closed_batch_is_not_loaded_but_read_on_demand_until_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let (open_batch, closed_batch) = (BatchId::new(), BatchId::new());
+        let (queued, done) = (JobId::new(), JobId::new());
+        let record = |id: JobId, batch: BatchId, state: pb::JobState| pb::JobRecord {
+            id: id.as_bytes().to_vec(),
+            batch: batch.as_bytes().to_vec(),
+            state: state as i32,
+            idempotency_key: format!("key-{id}"),
+            ..Default::default()
+        };
+        let finished = record(done, closed_batch, pb::JobState::Succeeded);
+        store
+            .write(Changes {
+                jobs: vec![(done, finished.encode_to_vec())],
+                batches: vec![
+                    (
+                        open_batch,
+                        encode_batch(
+                            &[queued],
+                            vec![record(queued, open_batch, pb::JobState::Queued)],
+                            "req-open",
+                        ),
+                    ),
+                    (
+                        closed_batch,
+                        encode_closed_batch(&[done], &[0], "req-closed", 1000),
+                    ),
+                ],
+                closed: vec![(
+                    closed_batch,
+                    pb::ClosedInfo {
+                        closed_at_ms: 1000,
+                        succeeded: 1,
+                        ..Default::default()
+                    },
+                )],
+                keys: vec![(format!("key-{done}"), done)],
+                requests: vec![
+                    ("req-open".into(), open_batch),
+                    ("req-closed".into(), closed_batch),
+                ],
+                next_seq: 7,
+                ..Changes::default()
+            })
+            .unwrap();
+        drop(store);
+        let store = RedbStore::open(dir.path()).unwrap();
+        let mut loaded = Vec::new();
+        store
+            .load(&mut |item| {
+                if let Loaded::Batch(id, ..) = item {
+                    loaded.push(id);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            loaded,
+            vec![open_batch],
+            "only the open batch is read at start"
+        );
+        assert_eq!(store.closed_counts().unwrap(), [1, 0, 0]);
+        assert_eq!(store.next_seq().unwrap(), 7);
+        assert_eq!(
+            store.job_by_key(&format!("key-{done}")).unwrap(),
+            Some(done)
+        );
+        assert_eq!(
+            store.batch_by_request("req-closed").unwrap(),
+            Some(closed_batch)
+        );
+        let read = store.read_batch(&closed_batch).unwrap().unwrap();
+        assert_eq!(
+            (read.jobs, read.finished, read.closed_at_ms),
+            (vec![done], vec![0], 1000)
+        );
+        assert_eq!(store.read_job(&done).unwrap(), Some(finished));
+        assert_eq!(store.closed_before(1000, 10).unwrap(), vec![]);
+        assert_eq!(store.closed_before(1001, 10).unwrap(), vec![closed_batch]);
+        store
+            .write(Changes {
+                deleted_batches: vec![closed_batch],
+                ..Changes::default()
+            })
+            .unwrap();
+        assert_eq!(store.read_job(&done).unwrap(), None);
+        assert!(store.read_batch(&closed_batch).unwrap().is_none());
+        assert_eq!(store.job_by_key(&format!("key-{done}")).unwrap(), None);
+        assert_eq!(store.batch_by_request("req-closed").unwrap(), None);
+        assert_eq!(store.closed_counts().unwrap(), [0, 0, 0]);
+        assert_eq!(store.closed_before(u64::MAX, 10).unwrap(), vec![]);
     }
 
     #[test]

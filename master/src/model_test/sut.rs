@@ -124,17 +124,17 @@ pub(super) struct Store {
 impl Store {
     /// What `RedbStore::write` does, in its order.
     fn write(&mut self, c: Changes) {
-        for (id, bytes) in c.jobs {
-            self.jobs.insert(id.uuid().as_u128(), bytes);
+        for id in c.deleted_batches {
+            self.batches.remove(&id.uuid().as_u128());
         }
         for id in c.deleted_jobs {
             self.jobs.remove(&id.uuid().as_u128());
         }
+        for (id, bytes) in c.jobs {
+            self.jobs.insert(id.uuid().as_u128(), bytes);
+        }
         for (id, bytes) in c.batches {
             self.batches.insert(id.uuid().as_u128(), bytes);
-        }
-        for id in c.deleted_batches {
-            self.batches.remove(&id.uuid().as_u128());
         }
         if c.truncate_log {
             self.log.retain(|k, _| *k >= c.number);

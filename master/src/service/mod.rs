@@ -68,10 +68,18 @@ impl Master {
             retention_ms: config.retention.as_millis() as u64,
             durable,
         });
+        if durable {
+            // Finished work leaves memory and is read back from the store.
+            state.set_archive(store.clone());
+        } else {
+            state.set_keep_finished(config.keep_finished);
+        }
         let started = std::time::Instant::now();
         let mut report = crate::state::RecoveryReport::default();
         let created_at = store.load(&mut |item| state.recover_item(item, &mut report))?;
         state.set_created_at(created_at);
+        state.set_next_seq(store.next_seq()?);
+        state.committed(0, store.closed_counts()?);
         state.finish_recovery(&mut report);
         if report.queued + report.requeued + report.finished > 0 {
             tracing::info!(
@@ -187,12 +195,46 @@ impl Master {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut last_reap = Instant::now();
         let mut last_purge = Instant::now();
+        let archive = self.inner.state.lock().archive().cloned();
+        // The commit that deletes the closed batches last purged: the store
+        // is not asked again before it is written.
+        let mut purging: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.inner.shutdown.cancelled() => return,
             }
+            let purge_now = last_purge.elapsed() >= purge_every;
+            let committed = self
+                .inner
+                .committed
+                .as_ref()
+                .map_or(0, |c| c.borrow().committed);
+            // Closed batches past retention, read from the store's index
+            // outside the lock.
+            let expired = match &archive {
+                Some(store) if purge_now && purging.is_none_or(|t| committed >= t) => {
+                    let cutoff =
+                        crate::store::now_ms().saturating_sub(retention.as_millis() as u64);
+                    store.closed_before(cutoff, 10_000).unwrap_or_else(|e| {
+                        tracing::warn!(error = %format!("{e:#}"), "reading expired batches failed");
+                        Vec::new()
+                    })
+                }
+                _ => Vec::new(),
+            };
             let mut st = self.inner.state.lock();
+            if !expired.is_empty() {
+                purging = st.purge_closed(&expired);
+                tracing::info!(
+                    batches = expired.len(),
+                    "purging closed batches past the retention period"
+                );
+            }
+            let evicted = st.evict_over_bound();
+            if evicted > 0 {
+                tracing::debug!(jobs = evicted, "evicted finished jobs over --keep-finished");
+            }
             let out = st.promote_due();
             if last_reap.elapsed() >= (lease / 4).max(Duration::from_millis(50)) {
                 last_reap = Instant::now();
@@ -206,7 +248,7 @@ impl Master {
                     self.send(out);
                 }
             }
-            if last_purge.elapsed() >= purge_every {
+            if purge_now {
                 last_purge = Instant::now();
                 let n = st.purge_expired();
                 if n > 0 {

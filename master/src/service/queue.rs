@@ -14,6 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{BoxStream, Master};
+use crate::state::{State, stored_info};
+use crate::store::{Store, StoredBatch};
 
 /// Results per `WatchResponse`: large enough to batch, small enough that a
 /// client sees progress.
@@ -70,10 +72,197 @@ impl Page {
     }
 }
 
+/// Adds job `id` at place `at` to a watch message being built under the
+/// lock: from memory, or as a miss to read from the store after it, which
+/// goes alone in its message. Returns false (nothing added) when the job is
+/// a miss and the message already holds others.
+fn take_slot(st: &State, id: JobId, at: usize, slots: &mut Vec<Slot>, bytes: &mut usize) -> bool {
+    match st.job(&id) {
+        Some(j) => {
+            let info = j.info_at(at);
+            *bytes += prost::Message::encoded_len(&info);
+            slots.push(Slot::Hit(info));
+        }
+        None if !slots.is_empty() => return false,
+        None => slots.push(Slot::Miss(id, Some(at))),
+    }
+    true
+}
+
+/// Jobs not in memory read from the store for one page, at most.
+const MISSES_PER_PAGE: usize = 4096;
+
+/// One job of a reply: rendered from memory under the lock, or to read
+/// from the store after it (a finished job whose batch closed).
+enum Slot {
+    Hit(pb::JobInfo),
+    /// The job, and its place in the batch read (if read by batch).
+    Miss(JobId, Option<usize>),
+}
+
+impl Slot {
+    /// The job's view; `None` if it is in neither memory nor the store
+    /// (purged meanwhile). What the store holds is committed.
+    fn fill(self, archive: Option<&dyn Store>) -> Result<Option<pb::JobInfo>, Status> {
+        match self {
+            Slot::Hit(info) => Ok(Some(info)),
+            Slot::Miss(id, at) => {
+                let Some(store) = archive else {
+                    return Ok(None);
+                };
+                match store.read_job(&id).map_err(|e| {
+                    Status::internal(format!("reading job {id} from the store failed: {e:#}"))
+                })? {
+                    Some(record) => Ok(Some(stored_info(record, at)?)),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// Adds to a listing from memory the finished jobs the store holds (those
+/// of `batch`, a closed one, or of every closed batch), oldest first, up to
+/// the limit. A job in both is shown as memory has it.
+fn merge_stored(
+    store: &dyn Store,
+    req: &pb::ListJobsRequest,
+    memory: pb::ListJobsResponse,
+    batch: Option<BatchId>,
+) -> Result<pb::ListJobsResponse, Status> {
+    let limit = if req.limit == 0 {
+        1000
+    } else {
+        req.limit as usize
+    };
+    let failed = |e: anyhow::Error| Status::internal(format!("reading the store failed: {e:#}"));
+    let wanted = |r: &pb::JobRecord| {
+        (req.state == 0 || r.state == req.state)
+            && matches!(
+                pb::JobState::try_from(r.state),
+                Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+            )
+    };
+    let mut stored = Vec::new();
+    match batch {
+        Some(b) => {
+            if let Some(closed) = store.read_batch(&b).map_err(failed)? {
+                for id in closed.jobs {
+                    if stored.len() > limit {
+                        break;
+                    }
+                    if let Some(r) = store.read_job(&id).map_err(failed)?
+                        && r.batch == b.as_bytes()
+                        && wanted(&r)
+                    {
+                        stored.push(r);
+                    }
+                }
+            }
+        }
+        None => store
+            .scan_jobs(&mut |r| {
+                if wanted(&r) {
+                    stored.push(r);
+                }
+                stored.len() <= limit
+            })
+            .map_err(failed)?,
+    }
+    if stored.is_empty() {
+        return Ok(memory);
+    }
+    let shown: std::collections::HashSet<String> =
+        memory.jobs.iter().map(|j| j.job_id.clone()).collect();
+    let mut from_store = Vec::new();
+    for r in stored {
+        let info = stored_info(r, None)?;
+        if !shown.contains(&info.job_id) {
+            from_store.push(info);
+        }
+    }
+    // Both lists are oldest first (job ids are time-ordered UUIDs).
+    let mut jobs = Vec::with_capacity(limit.min(memory.jobs.len() + from_store.len()));
+    let (mut a, mut b) = (
+        memory.jobs.into_iter().peekable(),
+        from_store.into_iter().peekable(),
+    );
+    let truncated = loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if y.job_id < x.job_id => b.next(),
+            (Some(_), _) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break memory.truncated,
+        };
+        if jobs.len() == limit {
+            break true;
+        }
+        jobs.extend(next);
+    };
+    Ok(pb::ListJobsResponse { jobs, truncated })
+}
+
 /// Whether bit `i` of a bitmap is set.
 fn bit(bitmap: &[u8], i: usize) -> bool {
     bitmap.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
 }
+/// Streams what is left of a closed batch, read from the store: every
+/// job from `cursor` on (ordered), or every job not in `sent` in the order
+/// they finished (unordered), in messages bounded in bytes. What the store
+/// holds is committed.
+async fn stream_closed(
+    tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    archive: Option<&dyn Store>,
+    closed: StoredBatch,
+    ordered: bool,
+    cursor: usize,
+    sent: Vec<u8>,
+    budget: usize,
+) {
+    let total = closed.jobs.len();
+    let places: Vec<usize> = if ordered {
+        (cursor..total).collect()
+    } else {
+        let order: Vec<usize> = if closed.finished.len() == total {
+            closed.finished.iter().map(|&i| i as usize).collect()
+        } else {
+            (0..total).collect()
+        };
+        order.into_iter().filter(|&i| !bit(&sent, i)).collect()
+    };
+    let mut page = Page::new(budget, WATCH_CHUNK);
+    let last = places.len();
+    for (n, at) in places.into_iter().enumerate() {
+        match Slot::Miss(closed.jobs[at], Some(at)).fill(archive) {
+            Ok(info) => page.push(info),
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
+        if page.full() || n + 1 == last {
+            let msg = pb::WatchResponse {
+                jobs: std::mem::take(&mut page.jobs),
+                done: total as u32,
+                total: total as u32,
+            };
+            page.bytes = 0;
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if last == 0 && total == 0 {
+        let _ = tx
+            .send(Ok(pb::WatchResponse {
+                jobs: Vec::new(),
+                done: total as u32,
+                total: total as u32,
+            }))
+            .await;
+    }
+}
+
 #[tonic::async_trait]
 impl Queue for Master {
     async fn submit(
@@ -136,26 +325,49 @@ impl Queue for Master {
         }
         let start = page_start(&req.page_token, ids.len())?;
         let budget = page_bytes(self.inner.config.max_message_bytes);
-        let (jobs, next, complete, ticket) = {
+        let by_batch = !req.batch_id.is_empty();
+        // Under the lock: the jobs in memory, and the places of those that
+        // left it (finished, committed, in the store), read after it.
+        let (slots, complete, ticket, archive) = {
             let st = self.inner.state.lock();
-            let mut page = Page::new(budget, usize::MAX);
-            let mut next = start;
-            let by_batch = !req.batch_id.is_empty();
-            for id in &ids[start..] {
-                if page.full() {
+            let mut slots = Vec::new();
+            let mut bytes = 0;
+            let mut misses = 0;
+            for (at, id) in ids.iter().enumerate().skip(start) {
+                if bytes >= budget || misses >= MISSES_PER_PAGE {
                     break;
                 }
                 // A batch's jobs are numbered by their place in it (a job
                 // named again by key has another in its own batch).
-                let at = next;
-                next += 1;
-                page.push(
-                    st.job(id)
-                        .map(|j| if by_batch { j.info_at(at) } else { j.info() }),
-                );
+                match st.job(id) {
+                    Some(j) => {
+                        let info = if by_batch { j.info_at(at) } else { j.info() };
+                        bytes += prost::Message::encoded_len(&info);
+                        slots.push(Slot::Hit(info));
+                    }
+                    None => {
+                        misses += 1;
+                        slots.push(Slot::Miss(*id, by_batch.then_some(at)));
+                    }
+                }
             }
-            (page.jobs, next, st.all_finished(&ids), st.ticket())
+            (
+                slots,
+                st.all_finished(&ids),
+                st.ticket(),
+                st.archive().cloned(),
+            )
         };
+        let mut page = Page::new(budget, usize::MAX);
+        let mut next = start;
+        for slot in slots {
+            if page.full() {
+                break;
+            }
+            next += 1;
+            page.push(slot.fill(archive.as_deref())?);
+        }
+        let jobs = page.jobs;
         let next_page_token = if next < ids.len() {
             next.to_string()
         } else {
@@ -180,9 +392,21 @@ impl Queue for Master {
         let slot = self.inner.guards.watch_slot(request.remote_addr())?;
         let req = request.into_inner();
         let batch = BatchId::parse("batch_id", &req.batch_id)?;
-        let mut notify = {
+        // A batch in memory is watched as its jobs finish; one that closed
+        // is read whole from the store.
+        let (notify, closed) = {
             let st = self.inner.state.lock();
-            let total = st.batches.get(&batch).map_or(0, |b| b.jobs.len());
+            let (total, notify, closed) = match st.subscribe(&batch) {
+                Some(rx) => (
+                    st.batches.get(&batch).map_or(0, |b| b.jobs.len()),
+                    Some(rx),
+                    None,
+                ),
+                None => match st.stored_batch(&batch)? {
+                    Some(b) => (b.jobs.len(), None, Some(b)),
+                    None => return Err(st.batch_not_found(batch).into()),
+                },
+            };
             if req.resume_from as usize > total {
                 return Err(Error::invalid(format!(
                     "resume_from: {} is past the end of the batch's {total} jobs",
@@ -190,10 +414,7 @@ impl Queue for Master {
                 ))
                 .into());
             }
-            match st.subscribe(&batch) {
-                Some(rx) => rx,
-                None => return Err(st.batch_not_found(batch).into()),
-            }
+            (notify, closed)
         };
         let budget = page_bytes(self.inner.config.max_message_bytes);
         let (tx, rx) = mpsc::channel(4);
@@ -212,18 +433,23 @@ impl Queue for Master {
             // each job is sent once even when a retry shortens the batch's
             // finished list under the cursor.
             let mut sent = req.received.clone();
+            let mut notify = match (notify, closed) {
+                (Some(n), _) => n,
+                (None, Some(closed)) => {
+                    let archive = master.inner.state.lock().archive().cloned();
+                    stream_closed(&tx, archive.as_deref(), closed, req.ordered, cursor, sent, budget).await;
+                    return;
+                }
+                (None, None) => return,
+            };
             let mut sent_count = 0usize;
             let mut rewinds = 0u64;
             loop {
                 notify.borrow_and_update();
-                let (chunk, full, done, total, ticket) = {
+                let step: Result<_, (Option<std::sync::Arc<dyn Store>>, Status)> = (|| {
                     let st = master.inner.state.lock();
                     let Some(b) = st.batches.get(&batch) else {
-                        // Purged while watched: say so, not a quiet end.
-                        let gone = Status::from(st.batch_not_found(batch));
-                        drop(st);
-                        let _ = tx.try_send(Err(gone));
-                        return;
+                        return Err((st.archive().cloned(), Status::from(st.batch_not_found(batch))));
                     };
                     let total = b.jobs.len();
                     if sent_count == 0 && !sent.is_empty() {
@@ -233,34 +459,82 @@ impl Queue for Master {
                         rewinds = b.rewinds;
                         cursor = 0;
                     }
-                    let mut page = Page::new(budget, WATCH_CHUNK);
+                    // A job not in memory (named again by key, its own batch
+                    // closed) goes alone in its message, read after the lock.
+                    let mut slots = Vec::new();
+                    let mut bytes = 0;
+                    let mut stopped = false;
+                    let is_full = |slots: &Vec<Slot>, bytes: usize| {
+                        slots.len() >= WATCH_CHUNK
+                            || bytes >= budget
+                            || matches!(slots.last(), Some(Slot::Miss(..)))
+                    };
                     if req.ordered {
-                        while !page.full() && cursor < total && st.is_finished(&b.jobs[cursor]) {
-                            page.push(st.job(&b.jobs[cursor]).map(|j| j.info_at(cursor)));
+                        while !is_full(&slots, bytes) && cursor < total && st.is_done(&b.jobs[cursor]) {
+                            if !take_slot(&st, b.jobs[cursor], cursor, &mut slots, &mut bytes) {
+                                stopped = true;
+                                break;
+                            }
                             cursor += 1;
                         }
                     } else {
-                        while !page.full() && cursor < b.finished.len() {
+                        while !is_full(&slots, bytes) && cursor < b.finished.len() {
                             let index = b.finished[cursor] as usize;
-                            cursor += 1;
                             if !bit(&sent, index) {
+                                if !take_slot(&st, b.jobs[index], index, &mut slots, &mut bytes) {
+                                    stopped = true;
+                                    break;
+                                }
                                 if sent.len() <= index / 8 {
                                     sent.resize(index / 8 + 1, 0);
                                 }
                                 sent[index / 8] |= 1 << (index % 8);
                                 sent_count += 1;
-                                page.push(st.job(&b.jobs[index]).map(|j| j.info_at(index)));
                             }
+                            cursor += 1;
                         }
                     }
-                    let full = page.full();
+                    // A miss left for the next message: go on at once.
+                    let full = stopped || is_full(&slots, bytes);
                     let done = b.finished.len().min(total);
-                    (page.jobs, full, done, total, st.ticket())
+                    Ok((slots, full, done, total, st.ticket()))
+                })();
+                let (slots, full, done, total, ticket) = match step {
+                    Ok(page) => page,
+                    Err((archive, gone)) => {
+                        // Closed (or purged) while watched: the rest is
+                        // read from the store, if it is there.
+                        let stored = match &archive {
+                            Some(store) => store.read_batch(&batch).ok().flatten(),
+                            None => None,
+                        };
+                        match stored {
+                            Some(closed) => {
+                                stream_closed(&tx, archive.as_deref(), closed, req.ordered, cursor, sent, budget).await;
+                            }
+                            None => {
+                                let _ = tx.try_send(Err(gone));
+                            }
+                        }
+                        return;
+                    }
                 };
                 // Nothing is streamed before its commit (see `get`).
                 if let Err(status) = master.settle(ticket).await {
                     let _ = tx.send(Err(status)).await;
                     return;
+                }
+                let archive = master.inner.state.lock().archive().cloned();
+                let mut chunk = Vec::with_capacity(slots.len());
+                for slot in slots {
+                    match slot.fill(archive.as_deref()) {
+                        Ok(Some(info)) => chunk.push(info),
+                        Ok(None) => {}
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
                 }
                 if !chunk.is_empty() || total == 0 {
                     let msg = pb::WatchResponse {
@@ -281,7 +555,13 @@ impl Queue for Master {
                     continue;
                 }
                 tokio::select! {
-                    r = notify.changed() => if r.is_err() { return },
+                    r = notify.changed() => if r.is_err() {
+                        // The batch left memory (and may be back, after a
+                        // retry): listen to it anew, or read the store.
+                        if let Some(n) = master.inner.state.lock().subscribe(&batch) {
+                            notify = n;
+                        }
+                    },
                     _ = tx.closed() => return,
                     _ = master.inner.shutdown.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("the master is shutting down"))).await;
@@ -314,10 +594,30 @@ impl Queue for Master {
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RetryResponse>, Status> {
         let req = request.into_inner();
+        // Failed jobs whose batch closed are in the store (read before the
+        // lock: this reads every stored job).
+        let archive = self.inner.state.lock().archive().cloned();
+        let mut stored_failed = Vec::new();
+        if req.all_failed
+            && let Some(store) = &archive
+        {
+            store
+                .scan_jobs(&mut |r| {
+                    if r.state == pb::JobState::Failed as i32
+                        && let Some(id) = JobId::from_slice(&r.id)
+                    {
+                        stored_failed.push(id);
+                    }
+                    true
+                })
+                .map_err(|e| Status::internal(format!("reading the store failed: {e:#}")))?;
+        }
         let (retried, out) = {
             let mut st = self.inner.state.lock();
             let ids = if req.all_failed {
-                st.failed_ids()
+                let mut ids = st.failed_ids();
+                ids.extend(stored_failed);
+                ids
             } else {
                 st.resolve(&req.job_ids, &req.batch_id)?
             };
@@ -341,11 +641,28 @@ impl Queue for Master {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = request.into_inner();
-        let (list, ticket) = {
+        let (mut list, ticket, archive, closed) = {
             let st = self.inner.state.lock();
-            (st.list(&req)?, st.ticket())
+            let list = st.list(&req)?;
+            // A batch that closed is read from the store, and so are the
+            // finished jobs of closed batches when no batch is named.
+            let closed = if req.batch_id.is_empty() {
+                None
+            } else {
+                let id = BatchId::parse("batch_id", &req.batch_id)?;
+                match st.batches.contains_key(&id) {
+                    true => Some(None),
+                    false => Some(Some(id)),
+                }
+            };
+            (list, st.ticket(), st.archive().cloned(), closed)
         };
         self.settle(ticket).await?;
+        if let Some(store) = archive
+            && closed != Some(None)
+        {
+            list = merge_stored(&*store, &req, list, closed.flatten())?;
+        }
         Ok(Response::new(list))
     }
 }

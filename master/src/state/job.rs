@@ -279,3 +279,16 @@ pub(crate) struct Batch {
     /// The submit's request id: the same submit sent again gets this batch.
     pub(crate) request_id: Option<Box<str>>,
 }
+
+/// Renders a job read from the store for a client, at `index` in the batch
+/// read (or at its own place).
+pub(crate) fn stored_info(
+    record: pb::JobRecord,
+    index: Option<usize>,
+) -> Result<pb::JobInfo, Error> {
+    let job = Job::from_record(record).map_err(Error::Internal)?;
+    Ok(match index {
+        Some(i) => job.info_at(i),
+        None => job.info(),
+    })
+}

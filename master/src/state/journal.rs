@@ -33,6 +33,7 @@ impl State {
             deleted_jobs: std::mem::take(&mut self.deleted_jobs),
             deleted_batches: std::mem::take(&mut self.deleted_batches),
             assignments: std::mem::take(&mut self.assign_log),
+            reopened: std::mem::take(&mut self.reopened),
             number,
             truncate_log,
             ..Changes::default()
@@ -43,16 +44,26 @@ impl State {
             };
             // The jobs this batch created travel inside its record, as
             // they are now; their later changes go to their own records.
+            // A finished job also gets its own record (it stays dirty): a
+            // closed batch's record lists its jobs but holds none.
             let mut created = Vec::new();
             for job_id in &b.jobs {
                 if let Some(job) = self.jobs.get_mut(job_id)
                     && job.batch == id
                 {
-                    job.dirty = false;
+                    if !job.is_finished() {
+                        job.dirty = false;
+                    }
+                    if let Some(key) = &job.x().idempotency_key {
+                        changes.keys.push((key.to_string(), job.id));
+                    }
                     created.push(job.record());
                 }
             }
             let request_id = b.request_id.as_deref().unwrap_or_default();
+            if !request_id.is_empty() {
+                changes.requests.push((request_id.to_string(), id));
+            }
             changes
                 .batches
                 .push((id, encode_batch(&b.jobs, created, request_id)));
@@ -65,6 +76,8 @@ impl State {
                 changes.jobs.push((id, job.record().encode_to_vec()));
             }
         }
+        self.take_closing(number, &mut changes);
+        changes.next_seq = self.next_seq;
         self.pending_commit += 1;
         Some((number, changes))
     }

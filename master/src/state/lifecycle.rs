@@ -3,6 +3,7 @@
 //! the module docs of [`super`].
 
 use super::*;
+use closing::store_error;
 
 /// The longest idempotency key, in bytes: every key is kept in memory and
 /// in the store for as long as its job.
@@ -76,6 +77,28 @@ impl State {
         let mut n = 0;
         let mut touched = HashSet::new();
         for &id in ids {
+            if !self.jobs.contains_key(&id) {
+                // A failed job that left memory with its closed batch: the
+                // batch comes back, to be written open again.
+                let batch = match &self.archive {
+                    Some(store) => match store.read_job(&id) {
+                        Ok(Some(r)) if r.state == JobState::Failed as i32 => {
+                            BatchId::from_slice(&r.batch)
+                        }
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %format!("{e:#}"), "retry could not read the job from the store");
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(batch) = batch
+                    && let Err(e) = self.reopen(batch)
+                {
+                    tracing::warn!(job = %id, error = %e, "retry could not bring the job's batch back");
+                }
+            }
             let Some(job) = self.jobs.get_mut(&id) else {
                 continue;
             };
@@ -86,6 +109,11 @@ impl State {
             job.xm().error = None;
             job.xm().finished_at_ms = 0;
             touched.insert(job.batch);
+            // Its batch may be closed in the store (or being written so):
+            // it counts as open again, so a restart reads it.
+            if self.durable && self.archive.is_some() {
+                self.reopened.push(job.batch);
+            }
             if let Some(adopters) = self.adopted.get(&id) {
                 touched.extend(adopters.iter().map(|(b, _)| *b));
             }
@@ -151,6 +179,14 @@ impl State {
         {
             return Ok((*batch, b.jobs.clone()));
         }
+        // A batch that closed and left memory is found in the store.
+        if !request_id.is_empty()
+            && let Some(store) = &self.archive
+            && let Some(batch) = store.batch_by_request(request_id).map_err(store_error)?
+            && let Some(b) = store.read_batch(&batch).map_err(store_error)?
+        {
+            return Ok((batch, b.jobs));
+        }
         if specs.is_empty() {
             return Err(Error::invalid(
                 "jobs: the batch is empty; submit at least one job",
@@ -184,11 +220,22 @@ impl State {
         let mut finished = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
             let index = i as u32;
-            if !spec.idempotency_key.is_empty()
-                && let Some(&existing) = self.idempotency.get(spec.idempotency_key.as_str())
-            {
+            let known = match self.idempotency.get(spec.idempotency_key.as_str()) {
+                _ if spec.idempotency_key.is_empty() => None,
+                Some(&id) => Some(id),
+                // A finished job that left memory with its batch.
+                None => match &self.archive {
+                    Some(store) => store
+                        .job_by_key(&spec.idempotency_key)
+                        .map_err(store_error)?
+                        .filter(|id| store.has_job(id).unwrap_or(false)),
+                    None => None,
+                },
+            };
+            if let Some(existing) = known {
+                let existing_finished = self.jobs.get(&existing).is_none_or(Job::is_finished);
                 ids.push(existing);
-                if self.is_finished(&existing) {
+                if existing_finished {
                     finished.push(index);
                 }
                 // Finished or not: a retry may queue it again.
@@ -261,6 +308,8 @@ impl State {
             self.dirty_batches.push(batch_id);
             self.kick();
         }
+        // Every job it lists may be one named again and finished already.
+        self.note_closing(batch_id);
         Ok((batch_id, ids))
     }
 
@@ -429,10 +478,14 @@ impl State {
         for &(batch, index) in std::iter::once(&own).chain(adopters) {
             if let Some(b) = self.batches.get_mut(&batch) {
                 b.finished.push(index);
+                let closing = b.finished.len() >= b.jobs.len();
                 // A repeat only wakes the waiters twice; checking the last
                 // one keeps this constant time on the hot path.
                 if self.notify_pending.last() != Some(&batch) {
                     self.notify_pending.push(batch);
+                }
+                if closing {
+                    self.closing.push_back(batch);
                 }
             }
         }
@@ -472,15 +525,22 @@ impl State {
 
     /// Cancels jobs by id; running ones are cancelled on their worker too.
     pub fn cancel(&mut self, ids: &[JobId]) -> Result<(pb::CancelResponse, Outgoing), Error> {
+        let mut resp = pb::CancelResponse::default();
         for id in ids {
             if !self.jobs.contains_key(id) {
-                return Err(self.job_not_found(*id));
+                // A job not in memory is finished, if the store has it.
+                match &self.archive {
+                    Some(store) if store.has_job(id).map_err(store_error)? => {}
+                    _ => return Err(self.job_not_found(*id)),
+                }
             }
         }
-        let mut resp = pb::CancelResponse::default();
         let mut per_session: HashMap<SessionId, Vec<String>> = HashMap::new();
         for &id in ids {
-            let job = &self.jobs[&id];
+            let Some(job) = self.jobs.get(&id) else {
+                resp.already_finished += 1;
+                continue;
+            };
             match job.state {
                 JobState::Queued => {
                     self.unqueue(id);

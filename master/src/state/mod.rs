@@ -36,6 +36,9 @@
 //! - `journal`: what changed since the last commit, and commit tickets.
 //! - `recovery`: the queue rebuilt from what the store committed.
 //! - `retention`: finished batches purged, expired ids told apart.
+//! - `closing`: batches whose jobs are all finished leave memory (closed
+//!   in the store once committed, or evicted over the memory store's
+//!   bound), and come back for a retry.
 //! - `queries`: what clients read.
 
 use std::cmp::Reverse;
@@ -51,8 +54,9 @@ use tokio::sync::{mpsc, watch};
 use drover_common::JobClass;
 use drover_common::ids::{BatchId, JobId, SessionId};
 
-use crate::store::{Changes, Loaded, Recovered, encode_batch};
+use crate::store::{Changes, Loaded, Recovered, Store, encode_batch};
 
+mod closing;
 mod job;
 mod journal;
 mod lifecycle;
@@ -63,7 +67,7 @@ mod recovery;
 mod retention;
 mod sessions;
 
-pub(crate) use job::{Batch, Job, JobExtra, JobTable};
+pub(crate) use job::{Batch, Job, JobExtra, JobTable, stored_info};
 pub use recovery::RecoveryReport;
 
 /// What the master may send a worker's stream: each message with the
@@ -186,6 +190,25 @@ pub struct State {
     kicked: bool,
     /// Batches with newly finished jobs, to wake once the change is safe.
     notify_pending: Vec<BatchId>,
+    /// The durable store, read for what left memory (closed batches, keys
+    /// and request ids of finished work). `None` with the memory store.
+    archive: Option<Arc<dyn Store>>,
+    /// Finished jobs no longer in memory, by state (wire value): closed in
+    /// the store (as of the last commit), or evicted from the memory store.
+    archived: [u64; 6],
+    /// Batches whose every job finished, in the order they did: to close
+    /// at the next commit, or to evict over the memory store's bound.
+    closing: VecDeque<BatchId>,
+    /// Batches written closed, with the commit that holds that: they
+    /// leave memory once it is written.
+    closed_in: Vec<(u64, BatchId)>,
+    /// Batches to count open again in the store (a retry).
+    reopened: Vec<BatchId>,
+    /// The memory store's bound on finished jobs kept.
+    keep_finished: u64,
+    /// The newest creation time (unix ms) of a batch evicted from the
+    /// memory store: tells an evicted id from one never seen.
+    evicted_upto_ms: u64,
 }
 
 /// How the state is set up.
@@ -258,7 +281,27 @@ impl State {
             kick: None,
             kicked: false,
             notify_pending: Vec::new(),
+            archive: None,
+            archived: [0; 6],
+            closing: VecDeque::new(),
+            closed_in: Vec::new(),
+            reopened: Vec::new(),
+            keep_finished: u64::MAX,
+            evicted_upto_ms: 0,
         }
+    }
+
+    /// Gives the state the durable store to read what leaves memory: with
+    /// it, batches whose jobs are all finished leave memory once that is
+    /// committed ([`State::committed`]).
+    pub fn set_archive(&mut self, store: Arc<dyn Store>) {
+        self.archive = Some(store);
+    }
+
+    /// Bounds the finished jobs the memory store keeps: past it, the
+    /// batches that finished first are evicted ([`State::evict_over_bound`]).
+    pub fn set_keep_finished(&mut self, keep: u64) {
+        self.keep_finished = keep;
     }
 
     /// Wakes the committer if changes are waiting (after recovery).
@@ -298,8 +341,13 @@ impl State {
         }
     }
 
-    /// Jobs in a state.
+    /// Jobs in a state, those no longer in memory included.
     pub fn count(&self, state: JobState) -> u64 {
+        self.counts[state as usize] + self.archived[state as usize]
+    }
+
+    /// Jobs in a state held in memory.
+    pub fn count_in_memory(&self, state: JobState) -> u64 {
         self.counts[state as usize]
     }
 }

@@ -1,6 +1,8 @@
 //! Queries: what clients read (ids resolved, jobs, stats, listings).
 
 use super::*;
+use crate::store::StoredBatch;
+use closing::store_error;
 
 impl State {
     /// The ids a request names: a batch's jobs in order, or the given ids.
@@ -9,7 +11,10 @@ impl State {
             let id = BatchId::parse("batch_id", batch_id)?;
             return match self.batches.get(&id) {
                 Some(b) => Ok(b.jobs.clone()),
-                None => Err(self.batch_not_found(id)),
+                None => match self.stored_batch(&id)? {
+                    Some(b) => Ok(b.jobs),
+                    None => Err(self.batch_not_found(id)),
+                },
             };
         }
         if job_ids.is_empty() {
@@ -27,11 +32,36 @@ impl State {
                     out.extend_from_slice(&b.jobs);
                     continue;
                 }
+                // Finished work that left memory is in the store.
+                if let Some(store) = &self.archive
+                    && store.has_job(&id).map_err(store_error)?
+                {
+                    out.push(id);
+                    continue;
+                }
+                if let Some(b) = self.stored_batch(&BatchId::from_uuid(id.uuid()))? {
+                    out.extend_from_slice(&b.jobs);
+                    continue;
+                }
                 return Err(self.job_not_found(id));
             }
             out.push(id);
         }
         Ok(out)
+    }
+
+    /// A batch that left memory, read from the store.
+    pub fn stored_batch(&self, id: &BatchId) -> Result<Option<StoredBatch>, Error> {
+        match &self.archive {
+            Some(store) => store.read_batch(id).map_err(store_error),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a job is finished or left memory (a job not in memory left
+    /// with its closed batch, or was purged).
+    pub fn is_done(&self, id: &JobId) -> bool {
+        self.jobs.get(id).is_none_or(|j| j.is_finished())
     }
 
     /// Whether every named job is finished.

@@ -21,6 +21,12 @@ impl State {
         Ok(report)
     }
 
+    /// Continues the job sequence saved in the store (jobs of closed
+    /// batches are not read back, so theirs is not seen).
+    pub fn set_next_seq(&mut self, next_seq: u64) {
+        self.next_seq = self.next_seq.max(next_seq);
+    }
+
     /// Sets when the store was created, as recovery begins.
     pub fn set_created_at(&mut self, created_at_ms: u64) {
         self.created_at_ms = created_at_ms;
@@ -123,21 +129,24 @@ impl State {
         }
         let batch_ids: Vec<BatchId> = self.batches.keys().copied().collect();
         for b in batch_ids {
+            // A job not in memory left with its closed batch: finished.
             let mut finished: Vec<(u64, u32)> = self.batches[&b]
                 .jobs
                 .iter()
                 .enumerate()
-                .filter_map(|(i, id)| {
-                    let j = self.jobs.get(id)?;
-                    j.is_finished().then_some((j.x().finished_at_ms, i as u32))
+                .filter_map(|(i, id)| match self.jobs.get(id) {
+                    Some(j) => j.is_finished().then_some((j.x().finished_at_ms, i as u32)),
+                    None => Some((0, i as u32)),
                 })
                 .collect();
             finished.sort_unstable();
             // Jobs this batch lists but did not create, finished or not
             // (a retry may queue them again).
             for (i, id) in self.batches[&b].jobs.iter().enumerate() {
-                if let Some(j) = self.jobs.get(id)
-                    && (j.batch != b || j.index != i as u32)
+                if self
+                    .jobs
+                    .get(id)
+                    .is_none_or(|j| j.batch != b || j.index != i as u32)
                 {
                     self.adopted.entry(*id).or_default().push((b, i as u32));
                 }
@@ -145,6 +154,11 @@ impl State {
             if let Some(batch) = self.batches.get_mut(&b) {
                 batch.finished = finished.into_iter().map(|(_, i)| i).collect();
             }
+            // Finished but not written closed (a crash came between).
+            self.note_closing(b);
+        }
+        if !self.closing.is_empty() && self.durable {
+            self.kick();
         }
         self.notify_pending.clear();
     }

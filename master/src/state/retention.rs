@@ -35,42 +35,36 @@ impl State {
             .collect();
         let mut purged = 0;
         for b in expired {
-            let Some(batch) = self.batches.remove(&b) else {
-                continue;
-            };
-            if let Some(r) = &batch.request_id {
-                self.requests.remove(r);
-            }
-            for id in &batch.jobs {
-                if let Some(adopters) = self.adopted.get_mut(id) {
-                    adopters.retain(|(a, _)| *a != b);
-                    if adopters.is_empty() {
-                        self.adopted.remove(id);
-                    }
-                }
-            }
-            for id in &batch.jobs {
-                if self.jobs.get(id).is_none_or(|j| j.batch != b) {
-                    continue;
-                }
-                if let Some(job) = self.jobs.remove(id) {
-                    self.adopted.remove(id);
-                    self.counts[job.state as usize] -= 1;
-                    if let Some(key) = &job.x().idempotency_key {
-                        self.idempotency.remove(key.as_ref());
-                    }
-                    if self.durable {
-                        self.deleted_jobs.push(*id);
-                    }
-                    purged += 1;
-                }
-            }
+            let gone = self.take_out(b, false);
+            purged += gone.len();
             if self.durable {
+                self.deleted_jobs.extend(gone);
                 self.deleted_batches.push(b);
                 self.kick();
             }
         }
         purged
+    }
+
+    /// Purges closed batches the store holds past the retention period
+    /// (`ids`, read from its index by close time): their records, their
+    /// jobs' and their index entries go in the next commit. A batch back
+    /// in memory (a retry reopened it) is kept. Returns the ticket of the
+    /// commit that does it, if any.
+    pub fn purge_closed(&mut self, ids: &[BatchId]) -> Option<u64> {
+        let mut any = false;
+        for id in ids {
+            if self.batches.contains_key(id) || !self.durable {
+                continue;
+            }
+            self.deleted_batches.push(*id);
+            any = true;
+        }
+        if !any {
+            return None;
+        }
+        self.kick();
+        self.ticket()
     }
 
     /// The error for a job not held (see [`State::not_found`]).
@@ -92,6 +86,12 @@ impl State {
                 Error::NotFound(format!(
                     "{what} {id} has expired: finished jobs are kept for {} s (master flag --retention)",
                     self.retention_ms / 1000
+                ))
+            }
+            Some(ms) if ms >= self.created_at_ms && ms <= self.evicted_upto_ms => {
+                Error::NotFound(format!(
+                    "{what} {id} was evicted: the memory store keeps the last {} finished jobs (master flag --keep-finished)",
+                    self.keep_finished
                 ))
             }
             _ => Error::NotFound(format!("{what} {id} is not known")),

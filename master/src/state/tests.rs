@@ -751,3 +751,74 @@ fn a_job_named_again_by_a_kept_batch_is_not_purged_with_its_own() {
     assert!(st.batches.contains_key(&first) && st.batches.contains_key(&later));
     assert!(st.job(&ids[0]).is_some());
 }
+
+/// Commits to a real store and tells the state, as the committer does.
+fn commit_to(st: &mut State, store: &crate::store::RedbStore) {
+    if let Some((n, c)) = st.take_changes() {
+        store.write(c).unwrap();
+        st.committed(n, store.closed_counts().unwrap());
+    }
+}
+
+#[test]
+fn a_finished_batch_leaves_memory_once_committed_and_comes_back_for_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    let mut keyed = spec(JobKind::Fib, "5", 0);
+    keyed.idempotency_key = "k".into();
+    let (batch, ids) = st
+        .submit_request("r", vec![keyed.clone(), spec(JobKind::Fib, "6", 0)])
+        .unwrap();
+    commit_to(&mut st, &store);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 2, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
+        .send(None);
+    assert_eq!(
+        st.jobs.len(),
+        2,
+        "finished, not yet committed: still in memory"
+    );
+    commit_to(&mut st, &store);
+    assert_eq!(st.jobs.len(), 0, "committed: out of memory");
+    assert!(st.batches.is_empty());
+    assert_eq!(
+        (st.count(JobState::Succeeded), st.count(JobState::Failed)),
+        (1, 1)
+    );
+    // Read from the store: the batch, the key, the request id.
+    assert_eq!(st.resolve(&[], &batch.to_string()).unwrap(), ids);
+    assert_eq!(
+        st.submit_request("r", vec![]).unwrap(),
+        (batch, ids.clone())
+    );
+    let (again, again_ids) = st.submit(vec![keyed]).unwrap();
+    assert_eq!(again_ids, vec![ids[0]], "the key names the finished job");
+    commit_to(&mut st, &store);
+    assert!(
+        !st.batches.contains_key(&again),
+        "a batch of finished jobs closes at once"
+    );
+    // A retry of the failed job brings its batch back, and it runs again.
+    let (n, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(n, 1);
+    assert_eq!(st.job(&ids[1]).unwrap().state, JobState::Queued);
+    assert_eq!(st.count(JobState::Failed), 0);
+    commit_to(&mut st, &store);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0])]).send(None);
+    commit_to(&mut st, &store);
+    assert_eq!(st.jobs.len(), 0);
+    assert_eq!(
+        (st.count(JobState::Succeeded), st.count(JobState::Failed)),
+        (2, 0)
+    );
+    let record = store.read_job(&ids[1]).unwrap().unwrap();
+    assert_eq!(record.state, JobState::Succeeded as i32);
+}

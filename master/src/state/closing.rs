@@ -1,0 +1,247 @@
+//! Closing: a batch whose every job is finished leaves memory. With the
+//! durable store it is written closed in the commit that finishes it, and
+//! leaves once that commit is written ([`State::committed`]); its jobs are
+//! then read from the store on demand. With the memory store, finished
+//! batches are evicted, oldest first, once more finished jobs are kept
+//! than the bound ([`State::evict_over_bound`]). A retry of a job that left
+//! brings its batch back ([`State::reopen`]).
+
+use super::*;
+use crate::store::{ClosedCounts, encode_closed_batch};
+
+impl State {
+    /// Notes a batch whose finished list has caught up with its jobs: it
+    /// may close.
+    pub(super) fn note_closing(&mut self, batch: BatchId) {
+        if let Some(b) = self.batches.get(&batch)
+            && b.finished.len() >= b.jobs.len()
+        {
+            self.closing.push_back(batch);
+        }
+    }
+
+    /// Whether every job a batch lists is finished (a job not in memory
+    /// left with its own closed batch, so it is finished).
+    fn all_done(&self, b: &Batch) -> bool {
+        b.jobs
+            .iter()
+            .all(|id| self.jobs.get(id).is_none_or(Job::is_finished))
+    }
+
+    /// Writes the batches that closed since the last commit as closed
+    /// records into `changes` (commit `number`); they leave memory once it
+    /// is written. Their jobs' last records are in the same commit.
+    pub(super) fn take_closing(&mut self, number: u64, changes: &mut Changes) {
+        let now = self.now_ms();
+        let mut seen = HashSet::new();
+        for id in std::mem::take(&mut self.closing) {
+            let Some(b) = self.batches.get(&id) else {
+                continue;
+            };
+            if !seen.insert(id) || !self.all_done(b) {
+                continue;
+            }
+            let mut info = pb::ClosedInfo {
+                closed_at_ms: now,
+                ..Default::default()
+            };
+            for job_id in &b.jobs {
+                if let Some(j) = self.jobs.get(job_id)
+                    && j.batch == id
+                {
+                    match j.state {
+                        JobState::Succeeded => info.succeeded += 1,
+                        JobState::Failed => info.failed += 1,
+                        _ => info.cancelled += 1,
+                    }
+                }
+            }
+            let request_id = b.request_id.as_deref().unwrap_or_default();
+            changes.batches.push((
+                id,
+                encode_closed_batch(&b.jobs, &b.finished, request_id, now),
+            ));
+            changes.closed.push((id, info));
+            self.closed_in.push((number, id));
+        }
+    }
+
+    /// Called once commit `number` is written, with the store's counts of
+    /// closed jobs as of it: the batches it closed leave memory, unless
+    /// something changed them since (a retry), and the counts shown for
+    /// what left are the store's.
+    pub fn committed(&mut self, number: u64, closed: ClosedCounts) {
+        self.archived[JobState::Succeeded as usize] = closed[0];
+        self.archived[JobState::Failed as usize] = closed[1];
+        self.archived[JobState::Cancelled as usize] = closed[2];
+        if self.archive.is_none() || self.closed_in.is_empty() {
+            return;
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed_in)
+            .into_iter()
+            .partition(|(n, _)| *n <= number);
+        self.closed_in = later;
+        for (_, id) in due {
+            let clean = self.batches.get(&id).is_some_and(|b| {
+                self.all_done(b)
+                    && b.jobs
+                        .iter()
+                        .all(|j| self.jobs.get(j).is_none_or(|j| !j.dirty))
+            }) && !self.dirty_batches.contains(&id);
+            if clean {
+                self.evict(id);
+            }
+        }
+    }
+
+    /// With the memory store: evicts the batches that finished first while
+    /// more finished jobs are kept than the bound. Returns how many jobs
+    /// went.
+    pub fn evict_over_bound(&mut self) -> usize {
+        let finished = |st: &State| {
+            st.counts[JobState::Succeeded as usize]
+                + st.counts[JobState::Failed as usize]
+                + st.counts[JobState::Cancelled as usize]
+        };
+        let mut evicted = 0;
+        while finished(self) > self.keep_finished
+            && let Some(id) = self.closing.pop_front()
+        {
+            if self.batches.get(&id).is_some_and(|b| self.all_done(b)) {
+                evicted += self.evict(id);
+                if let Some(ms) = id.made_ms() {
+                    self.evicted_upto_ms = self.evicted_upto_ms.max(ms);
+                }
+            }
+        }
+        evicted
+    }
+
+    /// Takes a finished batch and its own jobs out of memory. Returns how
+    /// many jobs went.
+    fn evict(&mut self, id: BatchId) -> usize {
+        self.take_out(id, true).len()
+    }
+
+    /// Takes a batch and its own jobs out of memory, with their request id
+    /// and keys, and the batch from the jobs it named again; returns the
+    /// ids of its own jobs taken out. An own job named again by a batch
+    /// still in memory keeps that link if `keep_adopted` (it left to the
+    /// store, and a retry brings it back), else the link goes too.
+    pub(super) fn take_out(&mut self, id: BatchId, keep_adopted: bool) -> Vec<JobId> {
+        let Some(batch) = self.batches.remove(&id) else {
+            return Vec::new();
+        };
+        if let Some(r) = &batch.request_id
+            && self.requests.get(r) == Some(&id)
+        {
+            self.requests.remove(r);
+        }
+        for job_id in &batch.jobs {
+            if let Some(adopters) = self.adopted.get_mut(job_id) {
+                adopters.retain(|(a, _)| *a != id);
+                if adopters.is_empty() {
+                    self.adopted.remove(job_id);
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for job_id in &batch.jobs {
+            if self.jobs.get(job_id).is_none_or(|j| j.batch != id) {
+                continue;
+            }
+            if let Some(job) = self.jobs.remove(job_id) {
+                if !keep_adopted {
+                    self.adopted.remove(job_id);
+                }
+                self.counts[job.state as usize] -= 1;
+                if let Some(key) = &job.x().idempotency_key
+                    && self.idempotency.get(key.as_ref()) == Some(job_id)
+                {
+                    self.idempotency.remove(key.as_ref());
+                }
+                gone.push(*job_id);
+            }
+        }
+        gone
+    }
+
+    /// Brings a closed batch back from the store into memory, with its own
+    /// jobs (a retry of one of them queues it again). Returns whether the
+    /// batch is in memory now.
+    pub(super) fn reopen(&mut self, id: BatchId) -> Result<bool, Error> {
+        if self.batches.contains_key(&id) {
+            return Ok(true);
+        }
+        let Some(store) = self.archive.clone() else {
+            return Ok(false);
+        };
+        let Some(stored) = store.read_batch(&id).map_err(store_error)? else {
+            return Ok(false);
+        };
+        for job_id in &stored.jobs {
+            if self.jobs.contains_key(job_id) {
+                continue;
+            }
+            let Some(record) = store.read_job(job_id).map_err(store_error)? else {
+                continue;
+            };
+            if record.batch != id.as_bytes() {
+                continue;
+            }
+            let job = Job::from_record(record).map_err(Error::Internal)?;
+            self.counts[job.state as usize] += 1;
+            let a = &mut self.archived[job.state as usize];
+            *a = a.saturating_sub(1);
+            if let Some(key) = &job.x().idempotency_key {
+                self.idempotency.insert(key.clone(), job.id);
+            }
+            self.next_seq = self.next_seq.max(job.seq + 1);
+            self.jobs.insert(job.id, job);
+        }
+        let mut finished = stored.finished.clone();
+        if finished.is_empty() {
+            finished = (0..stored.jobs.len() as u32).collect();
+        }
+        for (i, job_id) in stored.jobs.iter().enumerate() {
+            if self
+                .jobs
+                .get(job_id)
+                .is_none_or(|j| j.batch != id || j.index != i as u32)
+            {
+                self.adopted
+                    .entry(*job_id)
+                    .or_default()
+                    .push((id, i as u32));
+            }
+        }
+        let request_id =
+            (!stored.request_id.is_empty()).then(|| stored.request_id.into_boxed_str());
+        if let Some(r) = &request_id {
+            self.requests.insert(r.clone(), id);
+        }
+        let (tx, _) = watch::channel(0);
+        self.batches.insert(
+            id,
+            Batch {
+                jobs: stored.jobs,
+                finished,
+                notify: tx,
+                rewinds: 0,
+                request_id,
+            },
+        );
+        // Counted open again at the next commit (see `retry_jobs`).
+        Ok(true)
+    }
+
+    /// The store, if finished work is read from it.
+    pub fn archive(&self) -> Option<&Arc<dyn Store>> {
+        self.archive.as_ref()
+    }
+}
+
+/// A store read that failed, for a client.
+pub(crate) fn store_error(e: anyhow::Error) -> Error {
+    Error::Internal(format!("reading the store failed: {e:#}"))
+}
