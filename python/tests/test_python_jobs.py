@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -210,3 +211,40 @@ def test_a_call_with_the_wrong_arguments_shows_no_runner_frame(pool):
 def test_processes_are_reused(pool):
     pids = set(pool.map(tj.pid, range(200)))
     assert 1 <= len(pids) <= 3
+
+
+def test_python_processes_are_recycled_and_a_sigterm_drains():
+    """A worker of its own: --max-jobs-per-child recycles the interpreters,
+    and SIGTERM lets the running Python job finish before the worker exits."""
+    c = Cluster()
+    try:
+        c.start_master()
+        worker = c.start_worker(
+            1,
+            "--python",
+            sys.executable,
+            "--python-modules",
+            "drover_testjobs",
+            "--python-processes",
+            "1",
+            "--max-jobs-per-child",
+            "3",
+            env={"PYTHONPATH": str(HERE)},
+        )
+        client = c.client()
+        with drover.Pool(client=client) as pool:
+            # One process, recycled after every 3 jobs: 9 jobs, 3 processes.
+            pids = [pool.apply(tj.pid) for _ in range(9)]
+            assert len(set(pids)) == 3, pids
+            assert [len(set(pids[i : i + 3])) for i in (0, 3, 6)] == [1, 1, 1], pids
+            r = pool.apply_async(tj.nap, (1.0, "finished"))
+            c.wait_for(
+                "the job to run",
+                lambda: r.job_id is not None and client.job(r.job_id).state == pb.JOB_STATE_RUNNING,
+            )
+            worker.proc.send_signal(signal.SIGTERM)
+            assert r.get(timeout=30) == "finished"
+            assert worker.proc.wait(timeout=30) == 0
+        client.close()
+    finally:
+        c.stop()
