@@ -5,6 +5,9 @@
 #   deploy/build-image.sh            # image drover:latest
 #   DROVER_IMAGE=drover:dev deploy/build-image.sh
 #   deploy/build-image.sh --no-cargo # package the binaries already built
+#   deploy/build-image.sh --python   # also drover-python:latest (Dockerfile.python),
+#                                    # FROM $PYTHON_IMAGE (default python:3.12-slim),
+#                                    # which the Docker engine must already have
 #
 # The binaries are built with glibc linked statically (crt-static) for
 # $DROVER_TARGET (default: <machine>-unknown-linux-gnu). Naming the target
@@ -21,9 +24,11 @@ target="${DROVER_TARGET:-$(uname -m)-unknown-linux-gnu}"
 bins=(drover-master drover-worker drover)
 
 cargo=1
+python=0
 for arg in "$@"; do
   case "$arg" in
     --no-cargo) cargo=0 ;;
+    --python) python=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) printf 'build-image: unknown argument %s (try --help)\n' "$arg" >&2; exit 2 ;;
   esac
@@ -58,7 +63,7 @@ done
 # symbols kept for backtraces), nsswitch.conf and an empty data directory.
 ctx="$(mktemp -d "${TMPDIR:-/tmp}/drover-image.XXXXXX")"
 trap 'rm -rf "$ctx"' EXIT
-cp "$here/Dockerfile" "$here/nsswitch.conf" "$ctx/"
+cp "$here/Dockerfile" "$here/Dockerfile.python" "$here/nsswitch.conf" "$ctx/"
 mkdir "$ctx/data"
 for b in "${bins[@]}"; do
   if command -v strip >/dev/null; then
@@ -75,3 +80,14 @@ docker build --quiet -t "$image" \
   --label "org.opencontainers.image.revision=$revision" \
   "$ctx" >/dev/null
 log "built $image"
+
+if ((python)); then
+  python_image="${DROVER_PYTHON_IMAGE:-drover-python:latest}"
+  log "docker build -t $python_image -f Dockerfile.python (FROM ${PYTHON_IMAGE:-python:3.12-slim})"
+  docker build --quiet -t "$python_image" -f "$ctx/Dockerfile.python" \
+    --build-arg "PYTHON_IMAGE=${PYTHON_IMAGE:-python:3.12-slim}" \
+    --label "org.opencontainers.image.title=drover-python" \
+    --label "org.opencontainers.image.revision=$revision" \
+    "$ctx" >/dev/null
+  log "built $python_image"
+fi

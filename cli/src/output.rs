@@ -47,6 +47,7 @@ pub(crate) fn result_text(job: &pb::JobInfo) -> String {
         Some(job_output::Value::Fib(v)) => v.clone(),
         Some(job_output::Value::Prime(p)) => if p.is_prime { "True" } else { "False" }.to_string(),
         Some(job_output::Value::SleptMs(ms)) => format!("slept {ms}ms"),
+        Some(job_output::Value::Json(v)) => v.clone(),
         None => match JobState::try_from(job.state) {
             Ok(JobState::Failed) => format!("FAILED: {}", job.error),
             Ok(JobState::Cancelled) => "CANCELLED".into(),
@@ -68,6 +69,11 @@ pub(crate) fn job_json(job: &pb::JobInfo) -> Value {
             }),
         ),
         Some(job_output::Value::SleptMs(ms)) => (json!(ms), None),
+        // A python result is JSON already; text that is not (an old or
+        // odd worker) is shown as a string.
+        Some(job_output::Value::Json(v)) => {
+            (serde_json::from_str(v).unwrap_or_else(|_| json!(v)), None)
+        }
         None => (Value::Null, None),
     };
     let mut v = json!({
@@ -114,6 +120,8 @@ pub(crate) fn stats_json(s: &pb::StatsResponse) -> Value {
         "jobs_per_s": s.jobs_per_s,
         "late_results_dropped": s.late_results_dropped,
         "retried": s.retried,
+        "waiting_for_capability": s.waiting_for_capability,
+        "missing_modules": s.missing_modules,
         "workers": s.workers.iter().map(|w| json!({
             "worker_id": w.worker_id,
             "name": w.name,
@@ -128,6 +136,9 @@ pub(crate) fn stats_json(s: &pb::StatsResponse) -> Value {
             "children_restarted": w.children_restarted,
             "draining": w.draining,
             "connected_s": w.connected_s,
+            "kinds": w.kinds.iter().map(|&k| kind_name(k)).collect::<Vec<_>>(),
+            "python_slots": w.python_slots,
+            "python_modules": w.python_modules,
         })).collect::<Vec<_>>(),
     })
 }
@@ -165,7 +176,39 @@ pub(crate) fn stats_text(s: &pb::StatsResponse) -> String {
                 w.children_restarted,
                 if w.draining { "  (draining)" } else { "" }
             ));
+            out.push_str(&format!("    runs: {}\n", capabilities(w)));
         }
     }
+    if s.waiting_for_capability > 0 {
+        out.push_str(&format!(
+            "waiting for a capability no worker offers: {} jobs (python modules: {})\n",
+            s.waiting_for_capability,
+            s.missing_modules.join(", ")
+        ));
+    }
     out
+}
+
+/// What a worker runs, for `drover status`: its kinds, and for Python its
+/// processes and allowed modules.
+fn capabilities(w: &pb::WorkerInfo) -> String {
+    if w.kinds.is_empty() {
+        // A worker older than the python kind runs the built-in ones.
+        return "fib, prime, sleep".into();
+    }
+    w.kinds
+        .iter()
+        .map(|&k| {
+            if k == pb::JobKind::Python as i32 {
+                format!(
+                    "python ({} processes; modules {})",
+                    w.python_slots,
+                    w.python_modules.join(",")
+                )
+            } else {
+                kind_name(k).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

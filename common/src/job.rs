@@ -17,6 +17,8 @@ pub struct Limits {
     pub max_sleep_ms: u64,
     /// The most jobs in one submit.
     pub max_batch_jobs: usize,
+    /// The longest argument of a Python job (its name and JSON), in bytes.
+    pub max_python_arg_bytes: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +28,7 @@ impl Default for Limits {
             max_prime_digits: 4_000,
             max_sleep_ms: 24 * 3600 * 1000,
             max_batch_jobs: 100_000,
+            max_python_arg_bytes: 1024 * 1024,
         }
     }
 }
@@ -39,6 +42,9 @@ pub enum JobArgs {
     Prime(String),
     /// Sleep this many milliseconds.
     Sleep(u64),
+    /// Call a Python function: the argument is checked, not taken apart
+    /// (the worker's interpreter reads it).
+    Python,
 }
 
 impl JobArgs {
@@ -68,8 +74,11 @@ impl JobArgs {
                 }
                 Ok(JobArgs::Sleep(ms))
             }
+            Ok(JobKind::Python) => {
+                check_python(arg, limits.max_python_arg_bytes).map(|()| JobArgs::Python)
+            }
             Ok(JobKind::Unspecified) | Err(_) => Err(format!(
-                "unknown job kind {kind}; the kinds are fib (1), prime (2) and sleep (3)"
+                "unknown job kind {kind}; the kinds are fib (1), prime (2), sleep (3) and python (4)"
             )),
         }
     }
@@ -80,6 +89,7 @@ impl JobArgs {
             JobArgs::Fib(_) => JobKind::Fib,
             JobArgs::Prime(_) => JobKind::Prime,
             JobArgs::Sleep(_) => JobKind::Sleep,
+            JobArgs::Python => JobKind::Python,
         }
     }
 }
@@ -90,6 +100,7 @@ pub fn kind_name(kind: i32) -> &'static str {
         Ok(JobKind::Fib) => "fib",
         Ok(JobKind::Prime) => "prime",
         Ok(JobKind::Sleep) => "sleep",
+        Ok(JobKind::Python) => "python",
         _ => "unknown",
     }
 }
@@ -100,35 +111,40 @@ pub fn parse_kind(name: &str) -> Result<JobKind, String> {
         "fib" => Ok(JobKind::Fib),
         "prime" => Ok(JobKind::Prime),
         "sleep" => Ok(JobKind::Sleep),
+        "python" => Ok(JobKind::Python),
         _ => Err(format!(
-            "unknown job kind {name:?}; the kinds are fib, prime and sleep"
+            "unknown job kind {name:?}; the kinds are fib, prime, sleep and python"
         )),
     }
 }
 
 /// Which slots a job needs on a worker: CPU jobs go to its process pool,
-/// IO jobs (sleep) to its async slots. The master keeps a queue and the
-/// worker grants credit per class, so each is indexed by [`JobClass::index`].
+/// IO jobs (sleep) to its async slots, Python jobs to its interpreter
+/// processes. The master keeps a queue and the worker grants credit per
+/// class, so each is indexed by [`JobClass::index`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobClass {
     /// Computed in a child process (fib, prime).
     Cpu = 0,
     /// Waits without computing (sleep), on the worker's async slots.
     Io = 1,
+    /// A Python function, in one of the worker's interpreter processes.
+    Python = 2,
 }
 
 impl JobClass {
     /// How many classes there are: the length of per-class arrays.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 
     /// Every class, in index order.
-    pub const ALL: [JobClass; JobClass::COUNT] = [JobClass::Cpu, JobClass::Io];
+    pub const ALL: [JobClass; JobClass::COUNT] = [JobClass::Cpu, JobClass::Io, JobClass::Python];
 
     /// The class of a job of `kind`. A kind this build does not know is
     /// taken for CPU work, where it fails in the child with a reason.
     pub fn of(kind: JobKind) -> JobClass {
         match kind {
             JobKind::Sleep => JobClass::Io,
+            JobKind::Python => JobClass::Python,
             _ => JobClass::Cpu,
         }
     }
@@ -142,6 +158,100 @@ impl JobClass {
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// The module a Python job's argument names: the text before its first
+/// `:` (all of it if there is none; the master refuses such an argument).
+pub fn python_module(arg: &str) -> &str {
+    let name = arg.split_once(' ').map_or(arg, |(name, _)| name);
+    name.split_once(':').map_or(name, |(module, _)| module)
+}
+
+/// Whether `module` is one of `prefixes` or inside one: `pkg` allows `pkg`
+/// and `pkg.sub`, not `pkg2`.
+pub fn module_allowed<S: AsRef<str>>(prefixes: &[S], module: &str) -> bool {
+    prefixes.iter().any(|p| {
+        let p = p.as_ref();
+        module
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+    })
+}
+
+/// Checks a Python module name or prefix (`pkg.mod`), for the worker's
+/// `--python-modules`.
+pub fn check_module_name(name: &str) -> Result<(), String> {
+    check_dotted("module", name)
+}
+
+/// Checks a dotted Python name (`pkg.mod`, `Class.method`): identifiers
+/// joined by dots.
+fn check_dotted(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    for part in name.split('.') {
+        let mut chars = part.chars();
+        let ok = chars.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+            && chars.all(|c| c == '_' || c.is_alphanumeric());
+        if !ok {
+            return Err(format!(
+                "{what} {:?} is not a dotted Python name (identifiers joined by dots)",
+                shorten(name)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Python job's argument: `module:qualname`, then optionally a
+/// space and a JSON object with `args` (an array) and `kwargs` (an
+/// object), each optional.
+fn check_python(arg: &str, max_bytes: usize) -> Result<(), String> {
+    if arg.len() > max_bytes {
+        return Err(format!(
+            "python argument is {} bytes, over the limit of {max_bytes} (master flag --max-python-arg-bytes)",
+            arg.len()
+        ));
+    }
+    let (name, json) = match arg.split_once(' ') {
+        Some((name, json)) => (name, Some(json)),
+        None => (arg, None),
+    };
+    let Some((module, qualname)) = name.split_once(':') else {
+        return Err(format!(
+            "python function {:?} has no ':'; expected module:qualname, e.g. pkg.tasks:resize",
+            shorten(name)
+        ));
+    };
+    check_dotted("python module", module)?;
+    check_dotted("python qualname", qualname)?;
+    let Some(json) = json else {
+        return Ok(());
+    };
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| format!("python arguments are not valid JSON: {e}"))?;
+    let serde_json::Value::Object(fields) = value else {
+        return Err(
+            "python arguments must be a JSON object {\"args\": [...], \"kwargs\": {...}}".into(),
+        );
+    };
+    for (key, v) in &fields {
+        match (key.as_str(), v) {
+            ("args", serde_json::Value::Array(_)) | ("kwargs", serde_json::Value::Object(_)) => {}
+            ("args", _) => return Err("python arguments: \"args\" must be a JSON array".into()),
+            ("kwargs", _) => {
+                return Err("python arguments: \"kwargs\" must be a JSON object".into());
+            }
+            (other, _) => {
+                return Err(format!(
+                    "python arguments: unknown key {:?}; the keys are \"args\" and \"kwargs\"",
+                    shorten(other)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_u64(what: &str, arg: &str) -> Result<u64, String> {
@@ -237,8 +347,61 @@ mod tests {
     }
 
     #[test]
+    fn checks_python_arguments() {
+        let ok = |arg: &str| assert_eq!(parse(JobKind::Python, arg), Ok(JobArgs::Python), "{arg}");
+        ok("pkg.tasks:resize");
+        ok("m:C.method {}");
+        ok(r#"m:f {"args":[1,"x",[2]],"kwargs":{"k":null}}"#);
+        ok("_priv.m2:f {\"args\":[]}");
+        let err = |arg: &str, want: &str| {
+            let e = parse(JobKind::Python, arg).unwrap_err();
+            assert!(e.contains(want), "{arg}: {e}");
+        };
+        err("pkg.tasks", "no ':'");
+        err(":f", "python module is empty");
+        err("m:", "python qualname is empty");
+        err("a..b:f", "not a dotted Python name");
+        err("m:<lambda>", "not a dotted Python name");
+        err("m:f.<locals>.g", "not a dotted Python name");
+        err("1m:f", "not a dotted Python name");
+        err("m:f [1]", "must be a JSON object");
+        err("m:f {", "not valid JSON");
+        err(r#"m:f {"args":{}}"#, "\"args\" must be a JSON array");
+        err(r#"m:f {"kwargs":[]}"#, "\"kwargs\" must be a JSON object");
+        err(r#"m:f {"arg":[]}"#, "unknown key");
+        let limits = Limits {
+            max_python_arg_bytes: 20,
+            ..Limits::default()
+        };
+        let e = JobArgs::parse(JobKind::Python as i32, "m:f {\"args\":[12345678]}", &limits)
+            .unwrap_err();
+        assert!(
+            e.contains("over the limit of 20") && e.contains("--max-python-arg-bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn python_modules_match_whole_prefixes() {
+        assert_eq!(python_module("pkg.sub:f {\"args\":[\"a:b\"]}"), "pkg.sub");
+        assert_eq!(python_module("pkg"), "pkg");
+        let allowed = ["pkg", "other.tasks"];
+        assert!(module_allowed(&allowed, "pkg"));
+        assert!(module_allowed(&allowed, "pkg.sub"));
+        assert!(module_allowed(&allowed, "other.tasks.x"));
+        assert!(!module_allowed(&allowed, "pkg2"));
+        assert!(!module_allowed(&allowed, "other"));
+        assert!(!module_allowed(&[] as &[&str], "pkg"));
+    }
+
+    #[test]
     fn kind_names_round_trip() {
-        for kind in [JobKind::Fib, JobKind::Prime, JobKind::Sleep] {
+        for kind in [
+            JobKind::Fib,
+            JobKind::Prime,
+            JobKind::Sleep,
+            JobKind::Python,
+        ] {
             assert_eq!(parse_kind(kind_name(kind as i32)), Ok(kind));
         }
         assert!(parse_kind("fibonacci").is_err());
@@ -250,6 +413,7 @@ mod tests {
         assert_eq!(JobClass::of(JobKind::Fib), JobClass::Cpu);
         assert_eq!(JobClass::of(JobKind::Prime), JobClass::Cpu);
         assert_eq!(JobClass::of_wire(JobKind::Sleep as i32), JobClass::Io);
+        assert_eq!(JobClass::of(JobKind::Python), JobClass::Python);
         // An unknown kind runs (and fails with a reason) in a child.
         assert_eq!(JobClass::of_wire(99), JobClass::Cpu);
         for (i, class) in JobClass::ALL.into_iter().enumerate() {

@@ -28,7 +28,7 @@ pub mod net;
 pub mod util;
 
 pub use error::Error;
-pub use job::{JobArgs, JobClass, Limits};
+pub use job::{JobArgs, JobClass, Limits, module_allowed, python_module};
 
 /// Code generated from the protocol.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

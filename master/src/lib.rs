@@ -74,6 +74,10 @@ pub struct MasterArgs {
     /// The most jobs in one submit.
     #[arg(long, env = "DROVER_MAX_BATCH_JOBS", default_value_t = Limits::default().max_batch_jobs)]
     pub max_batch_jobs: usize,
+    /// The longest argument of a Python job (its name and JSON arguments),
+    /// in bytes.
+    #[arg(long, env = "DROVER_MAX_PYTHON_ARG_BYTES", default_value_t = Limits::default().max_python_arg_bytes)]
+    pub max_python_arg_bytes: usize,
     /// Attempts for a job that does not say.
     #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -237,6 +241,7 @@ impl MasterArgs {
                 max_prime_digits: self.max_prime_digits,
                 max_sleep_ms: self.max_sleep_ms,
                 max_batch_jobs: self.max_batch_jobs,
+                max_python_arg_bytes: self.max_python_arg_bytes,
             },
             lease: self.lease,
             default_max_attempts: self.max_attempts,

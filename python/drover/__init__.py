@@ -14,8 +14,10 @@ Layout:
 
 - ``_client``: :class:`Client`, the connection (URL, TLS, token, one channel
   per process, renewed after ``fork()``) and the master's limits.
-- ``_kinds``: the job kinds (:data:`fib`, :data:`is_prime`, :data:`sleep`)
-  and :func:`job_kind`, the one place a callable becomes a job kind.
+- ``_kinds``: the job kinds (:data:`fib`, :data:`is_prime`, :data:`sleep`),
+  :class:`PythonFunction` (your own functions, run by workers started with
+  ``--python``) and :func:`job_kind`, the one place a callable becomes a job
+  kind.
 - ``_maps``: streamed maps (submitted in batches, read with ``Watch``).
 - ``_tracker``: single jobs as futures, submitted together in the background.
 - ``pool`` and ``executor``: the two APIs over those.
@@ -33,7 +35,7 @@ from ._errors import (
     LimitExceeded,
     MasterUnavailable,
 )
-from ._kinds import BuiltinKind, fib, is_prime, job_kind, sleep
+from ._kinds import BuiltinKind, PythonFunction, fib, is_prime, job_kind, sleep
 from ._options import JobOptions
 from ._tracker import JobFuture
 from .executor import Executor
@@ -57,6 +59,7 @@ __all__ = [
     "LimitExceeded",
     "MasterUnavailable",
     "Pool",
+    "PythonFunction",
     "fib",
     "is_prime",
     "job_kind",

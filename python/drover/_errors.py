@@ -10,7 +10,7 @@ master's (it names the field and the limit).
 from __future__ import annotations
 
 import re
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import grpc
 
@@ -44,9 +44,34 @@ class AuthError(DroverError, PermissionError):
     """The master refused the token: missing, wrong, or of the wrong role."""
 
 
+# How a worker's Python runner words a job that raised: `Type: message`, a
+# blank line, then the formatted traceback.
+_TRACEBACK = "\n\nTraceback (most recent call last):\n"
+
+
+def parse_remote_exception(error: str) -> Optional[Tuple[str, str, str]]:
+    """Returns (type, message, traceback) of a Python job's failure that
+    was an exception the function raised, else None (a crash, a timeout, a
+    refusal)."""
+    at = error.find(_TRACEBACK)
+    if at < 0:
+        return None
+    head, traceback = error[:at], error[at + 2 :]
+    name, sep, message = head.partition(": ")
+    if not name or " " in name:
+        return None
+    return name, message if sep else "", traceback
+
+
 class JobFailed(DroverError):
     """A job ran out of attempts. ``attempt_errors`` holds the reason of every
-    attempt, oldest first; ``error`` is the last one."""
+    attempt, oldest first; ``error`` is the last one.
+
+    For a Python job whose function raised, ``remote_type`` is the
+    exception's type (``ValueError``, ``mypkg.errors.BadInput``),
+    ``remote_message`` its message and ``remote_traceback`` the traceback
+    formatted on the worker; all three are None for other failures (a
+    crash, a timeout, a refused module)."""
 
     def __init__(
         self,
@@ -67,6 +92,16 @@ class JobFailed(DroverError):
         self.error = error
         self.attempt_errors = list(attempt_errors)
         self.attempts = attempts
+        remote = parse_remote_exception(error) if kind == "python" else None
+        self.remote_type, self.remote_message, self.remote_traceback = remote or (None, None, None)
+        if remote is not None:
+            super().__init__(
+                f"job {job_id} ({kind} {_short(arg)}) raised {error}"
+                if attempts <= 1
+                else f"job {job_id} ({kind} {_short(arg)}) failed after {attempts} attempt(s), "
+                f"the last raised {error}"
+            )
+            return
         # The master's reasons already say which attempt they are.
         reasons = "; ".join(self.attempt_errors)
         super().__init__(
@@ -92,7 +127,7 @@ class JobFailed(DroverError):
 
 
 def _short(s: str, limit: int = 40) -> str:
-    return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} digits)"
+    return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} characters)"
 
 
 # `jobs[12].arg: ...`: the master counts within one submit.

@@ -5,15 +5,19 @@
 Each is a :class:`BuiltinKind`: callable locally like the function it stands
 for (``drover.fib(20) == 6765``), and recognised by the client, which sends
 its argument as the wire's decimal text and turns the worker's answer back
-into a Python value. :func:`job_kind` is the one place that decides what a
-callable becomes on the wire; Python functions as jobs (a ``python`` kind run
-by workers started with ``--python``) will be added there.
+into a Python value. Any other function becomes a :class:`PythonFunction`:
+a ``python`` job naming it ``module:qualname``, with its arguments and result
+as JSON, run by workers started with ``--python`` whose ``--python-modules``
+allow its module. :func:`job_kind` is the one place that decides what a
+callable becomes on the wire.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import operator
+import sys
 import time
 from typing import Any, Callable, Dict, Tuple
 
@@ -243,19 +247,115 @@ sleep = BuiltinKind(
 )
 
 
-def job_kind(fn: Any) -> BuiltinKind:
+class PythonFunction:
+    """A Python function sent to the workers as a ``python`` job: its
+    importable name (``module:qualname``), its arguments as JSON
+    (``{"args": [...], "kwargs": {...}}``), and its result back from JSON.
+    Workers run it only if started with ``--python`` and a
+    ``--python-modules`` prefix that covers its module. Made by
+    :func:`job_kind`, which checks the function is importable."""
+
+    kind = pb.JOB_KIND_PYTHON
+
+    def __init__(self, fn: Callable[..., Any], name: str):
+        #: The function, for local calls.
+        self.fn = fn
+        #: Its name on the wire, ``module:qualname``.
+        self.name = name
+        self._prefix = name + ' {"args":['
+
+    def __repr__(self) -> str:
+        return f"drover.PythonFunction({self.name})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def _dumps(self, value: Any) -> str:
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"the arguments of {self.name} must be JSON (lists, dicts with str keys, str, int, "
+                f"float, bool, None): {e}"
+            ) from None
+
+    def encode(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> str:
+        """Returns the wire argument of a call with ``args`` and ``kwargs``;
+        TypeError for arguments JSON cannot carry."""
+        call: Dict[str, Any] = {"args": list(args)}
+        if kwargs:
+            call["kwargs"] = kwargs
+        return f"{self.name} {self._dumps(call)}"
+
+    def encode_one(self, value: Any) -> str:
+        """Returns the wire argument of a call with the one argument ``value``."""
+        return self._prefix + self._dumps(value) + "]}"
+
+    def decode(self, output: Any) -> Any:
+        """Returns the function's return value from a succeeded job's output."""
+        return json.loads(output.json)
+
+    _decode = decode
+
+
+def _python_function(fn: Any) -> PythonFunction:
+    """Checks that ``fn`` can be imported by name on the workers, and returns
+    it as a job kind; TypeError, saying why, if it cannot."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    shown = qualname or repr(fn)
+    must = "a Python job's function must be importable on the workers, as module:qualname"
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise TypeError(f"cannot run {fn!r} as a drover job: it has no module and qualified name; {must}")
+    if "<lambda>" in qualname:
+        raise TypeError(
+            f"cannot run the lambda {module}.{qualname} as a drover job: {must}; "
+            "define it with def in a module the workers can import"
+        )
+    if "<locals>" in qualname:
+        raise TypeError(
+            f"cannot run the nested function {module}.{qualname} as a drover job: {must}; "
+            "define it at the top level of a module the workers can import"
+        )
+    if module == "__main__":
+        raise TypeError(
+            f"cannot run {shown} as a drover job: it is defined in __main__ (the script you ran), "
+            f"which the workers cannot import; {must}. Move it into a module (e.g. tasks.py), import "
+            "it from there, and start the workers with --python-modules covering that module"
+        )
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if target is not fn and getattr(target, "__func__", None) is not fn:
+        raise TypeError(
+            f"cannot run {shown} as a drover job: {module}:{qualname} does not name it "
+            f"(a bound method, a decorated or a replaced function?); {must}"
+        )
+    return PythonFunction(fn, f"{module}:{qualname}")
+
+
+# Functions already checked: a map of one function checks it once.
+_PYTHON_KINDS: Dict[Any, PythonFunction] = {}
+
+
+def job_kind(fn: Any) -> Any:
     """Returns what ``fn`` runs as on the workers, or raises TypeError.
 
-    This is the one place that maps callables to job kinds: a plain Python
-    function will become a ``python`` kind job here once workers can run
-    them (``drover-worker --python``)."""
-    if isinstance(fn, BuiltinKind):
+    This is the one place that maps callables to job kinds: the built-in
+    kinds (:data:`fib`, :data:`is_prime`, :data:`sleep`) run natively; any
+    other function becomes a :class:`PythonFunction` if it can be imported by
+    name on the workers (not a lambda, a nested function, or a function of
+    ``__main__``)."""
+    if isinstance(fn, (BuiltinKind, PythonFunction)):
         return fn
-    if callable(fn):
-        name = getattr(fn, "__qualname__", None) or repr(fn)
+    if not callable(fn):
         raise TypeError(
-            f"cannot run {name} as a drover job: Python functions as jobs need a worker "
-            "started with --python, which this version of drover does not support yet; "
-            "the kinds it runs are drover.fib, drover.is_prime and drover.sleep"
+            f"{fn!r} is not callable; pass a function, or drover.fib, drover.is_prime or drover.sleep"
         )
-    raise TypeError(f"{fn!r} is not callable; pass drover.fib, drover.is_prime or drover.sleep")
+    try:
+        kind = _PYTHON_KINDS.get(fn)
+    except TypeError:  # unhashable
+        return _python_function(fn)
+    if kind is None:
+        kind = _PYTHON_KINDS[fn] = _python_function(fn)
+    return kind

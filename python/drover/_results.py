@@ -14,7 +14,12 @@ FAILED = pb.JOB_STATE_FAILED
 CANCELLED = pb.JOB_STATE_CANCELLED
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 
-_KIND_NAMES = {pb.JOB_KIND_FIB: "fib", pb.JOB_KIND_PRIME: "prime", pb.JOB_KIND_SLEEP: "sleep"}
+_KIND_NAMES = {
+    pb.JOB_KIND_FIB: "fib",
+    pb.JOB_KIND_PRIME: "prime",
+    pb.JOB_KIND_SLEEP: "sleep",
+    pb.JOB_KIND_PYTHON: "python",
+}
 
 
 def kind_name(kind: int) -> str:

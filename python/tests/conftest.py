@@ -81,13 +81,14 @@ def _descendants(pid: int) -> List[int]:
 class Daemon:
     """A started drover daemon: its process and its log."""
 
-    def __init__(self, label: str, args: List[str], pipe_stdout: bool):
+    def __init__(self, label: str, args: List[str], pipe_stdout: bool, extra_env: Optional[dict] = None):
         self.label = label
         self._dir = tempfile.TemporaryDirectory(prefix="drover-pytest-")
         self.log_path = Path(self._dir.name) / "log"
         log = open(self.log_path, "wb")
         env = _clean_env()
         env["DROVER_DATA_DIR"] = str(Path(self._dir.name) / "data")
+        env.update(extra_env or {})
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -215,7 +216,10 @@ class Cluster:
         if ca is not None:
             self.url = "https://" + address
 
-    def start_worker(self, processes: int = 2, *flags: str) -> Daemon:
+    def start_worker(self, processes: int = 2, *flags: str, env: Optional[dict] = None) -> Daemon:
+        """Starts a worker with ``processes`` CPU children, extra ``flags``
+        and extra ``env``, and waits until it has registered with every
+        process of its pool (Python ones too) started."""
         name = f"pytest-{os.getpid()}-{len(self.daemons)}"
         d = Daemon(
             f"drover-worker {name}",
@@ -233,13 +237,14 @@ class Cluster:
                 *flags,
             ],
             pipe_stdout=False,
+            extra_env=env,
         )
         self.daemons.append(d)
         client = self.client()
 
         def registered() -> bool:
             for w in client.stats().workers:
-                if w.name == name and len(w.child_pids) == w.cpu_slots:
+                if w.name == name and len(w.child_pids) == w.cpu_slots + w.python_slots:
                     return True
             return False
 

@@ -141,14 +141,16 @@ def test_job_options_reach_the_master(pool, client):
         pool.options(max_attempts=0)
 
 
-def test_python_functions_are_refused_with_a_clear_type_error(pool):
+def test_bad_calls_are_refused_with_a_clear_type_error(pool):
     def square(x):
         return x * x
 
-    with pytest.raises(TypeError, match="--python"):
+    with pytest.raises(TypeError, match="nested function .* must be importable on the workers"):
         pool.map(square, [1, 2])
-    with pytest.raises(TypeError, match="--python"):
-        pool.apply_async(len, ([1],))
+    with pytest.raises(TypeError, match="lambda .* must be importable on the workers"):
+        pool.apply_async(lambda x: x, ([1],))
+    with pytest.raises(TypeError, match="is not callable"):
+        pool.apply_async(7, ([1],))
     with pytest.raises(TypeError, match="exactly one"):
         pool.apply(drover.fib, (1, 2))
     with pytest.raises(TypeError, match="must be an int"):

@@ -46,6 +46,7 @@ impl FakeWorker {
                 io_slots: 1,
                 version: drover_common::VERSION.into(),
                 pid: std::process::id(),
+                ..Default::default()
             })),
         })
         .expect("the channel is open");
@@ -94,7 +95,11 @@ impl FakeWorker {
 
     /// Grants the master credit for `cpu` more CPU jobs.
     pub fn credit(&self, cpu: u32) {
-        self.send(worker_message::Msg::Credit(pb::Credit { cpu, io: 0 }));
+        self.send(worker_message::Msg::Credit(pb::Credit {
+            cpu,
+            io: 0,
+            python: 0,
+        }));
     }
 
     /// Sends `results` as the `Results` message numbered `seq`.

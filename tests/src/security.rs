@@ -209,6 +209,7 @@ pub fn connect_worker(url: &str, options: &ClientOptions) -> Result<(), tonic::S
                 io_slots: 1,
                 version: drover_common::VERSION.into(),
                 pid: std::process::id(),
+                ..Default::default()
             })),
         };
         // The sender is held until the answer is read: the stream stays

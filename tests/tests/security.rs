@@ -692,7 +692,11 @@ fn valid_message(rng: &mut Rng, path: &str) -> Vec<u8> {
                     cpu_slots: rng.below(4) as u32,
                     ..Default::default()
                 }),
-                1 => worker_message::Msg::Credit(pb::Credit { cpu: 5, io: 5 }),
+                1 => worker_message::Msg::Credit(pb::Credit {
+                    cpu: 5,
+                    io: 5,
+                    python: 0,
+                }),
                 _ => worker_message::Msg::Results(pb::Results {
                     results: vec![pb::JobResult {
                         job_id: id(rng),

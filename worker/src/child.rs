@@ -82,6 +82,7 @@ pub fn serve_with(input: impl Read, output: impl Write, max_result_bytes: usize)
         max_prime_digits: usize::MAX,
         max_sleep_ms: u64::MAX,
         max_batch_jobs: usize::MAX,
+        max_python_arg_bytes: usize::MAX,
     };
     while read_frame(&mut input, &mut frame)? {
         let request = pb::ChildRequest::decode(frame.as_slice()).map_err(|e| {
@@ -185,6 +186,10 @@ pub fn run_job(kind: i32, arg: &str, limits: &Limits) -> Outcome {
         }
         Ok(JobArgs::Sleep(_)) => Outcome::Failure(pb::JobFailure {
             reason: "sleep jobs run on the worker's async slots, not in a child".into(),
+            retryable: false,
+        }),
+        Ok(JobArgs::Python) => Outcome::Failure(pb::JobFailure {
+            reason: "python jobs run in the worker's Python processes, not in a child".into(),
             retryable: false,
         }),
         Err(reason) => Outcome::Failure(pb::JobFailure {

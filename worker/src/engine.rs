@@ -77,8 +77,10 @@ pub(crate) struct Engine {
     cfg: Config,
     pool: Pool,
     jobs: HashMap<u64, LocalJob>,
-    /// CPU jobs waiting for a child: highest priority first, then arrival.
-    cpu_queue: BTreeMap<(Reverse<i32>, u64), u64>,
+    /// Jobs waiting for a process, per class (CPU: a Rust child, Python: an
+    /// interpreter; the IO queue stays empty): highest priority first,
+    /// then arrival.
+    queues: [BTreeMap<(Reverse<i32>, u64), u64>; JobClass::COUNT],
     next_key: u64,
     /// Jobs held per class, to judge the room left for credit.
     held: [u64; JobClass::COUNT],
@@ -113,14 +115,16 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
-        let pool = Pool::start(cfg.processes, launcher, pool_tx)
+        // The Python processes are the slots after the CPU children.
+        let slots = cfg.processes + cfg.python.as_ref().map_or(0, |p| p.processes);
+        let pool = Pool::start(slots, launcher, pool_tx)
             .map_err(|e| anyhow::anyhow!("cannot start child processes: {e}"))?;
         let (sleep_tx, mut sleep_rx) = mpsc::unbounded_channel();
         let mut engine = Engine {
             cfg,
             pool,
             jobs: HashMap::new(),
-            cpu_queue: BTreeMap::new(),
+            queues: Default::default(),
             next_key: 0,
             held: [0; JobClass::COUNT],
             outstanding: [0; JobClass::COUNT],
@@ -228,7 +232,7 @@ impl Engine {
                 self.outbox = Some(outbox);
                 self.connected = true;
                 self.heartbeat_every = heartbeat;
-                self.outstanding = [0, 0];
+                self.outstanding = [0; JobClass::COUNT];
                 self.pool_changed = true;
                 // Whatever the last session may have lost goes again; the
                 // master drops what it already has.
@@ -244,7 +248,7 @@ impl Engine {
                 tracing::debug!(%reason, "session closed");
                 self.outbox = None;
                 self.connected = false;
-                self.outstanding = [0, 0];
+                self.outstanding = [0; JobClass::COUNT];
             }
             SessionEvent::Message(m) => match m {
                 master_message::Msg::Assign(a) => self.on_assign(a.jobs),
@@ -289,9 +293,19 @@ impl Engine {
                 cancelled: false,
                 span,
             };
+            if class == JobClass::Python {
+                let modules = self.cfg.python.as_ref().map(|p| p.modules.as_slice());
+                if let Some(f) = crate::python::refusal(modules, &job.arg) {
+                    // Never imported: the job fails here, not retried.
+                    self.jobs.insert(key, job);
+                    let job = self.take_job(key).expect("just inserted");
+                    self.finish(job, job_result::Outcome::Failure(f), 0);
+                    continue;
+                }
+            }
             match class {
-                JobClass::Cpu => {
-                    self.cpu_queue.insert((Reverse(job.priority), key), key);
+                JobClass::Cpu | JobClass::Python => {
+                    self.queues[c].insert((Reverse(job.priority), key), key);
                 }
                 JobClass::Io => {
                     job.place = Place::Sleeping(self.start_sleep(key, &job));
@@ -364,7 +378,7 @@ impl Engine {
             match &job.place {
                 Place::Queued => {
                     let k = (Reverse(job.priority), key);
-                    self.cpu_queue.remove(&k);
+                    self.queues[job.class.index()].remove(&k);
                     self.take_job(key);
                 }
                 Place::Sleeping(handle) => {
@@ -410,7 +424,7 @@ impl Engine {
                 self.take_job(key);
             } else if self.phase.is_running() {
                 job.place = Place::Queued;
-                self.cpu_queue.insert((Reverse(job.priority), key), key);
+                self.queues[job.class.index()].insert((Reverse(job.priority), key), key);
             } else if let Some(job) = self.take_job(key) {
                 // Not started, like those handed back when the drain began:
                 // the master has it run elsewhere now, rather than after
@@ -553,8 +567,11 @@ impl Engine {
             "draining: finishing running jobs, returning the rest"
         );
         self.send(worker_message::Msg::Draining(pb::Heartbeat {}));
-        let queued: Vec<u64> = self.cpu_queue.values().copied().collect();
-        self.cpu_queue.clear();
+        let queued: Vec<u64> = self
+            .queues
+            .iter_mut()
+            .flat_map(|q| std::mem::take(q).into_values())
+            .collect();
         let mut returned = Vec::new();
         for key in queued {
             if let Some(job) = self.take_job(key) {
@@ -607,7 +624,7 @@ impl Engine {
     fn pump(&mut self) {
         // In a drain the queue stays empty: every job not started was
         // handed back, and so is any a killed child had not started.
-        debug_assert!(self.phase.is_running() || self.cpu_queue.is_empty());
+        debug_assert!(self.phase.is_running() || self.queues.iter().all(|q| q.is_empty()));
         self.dispatch_to_children();
         self.flush_results();
         if self.pool_changed && self.outbox.is_some() {
@@ -631,21 +648,42 @@ impl Engine {
         }
     }
 
+    /// The class of jobs the process in `slot` runs: the CPU children come
+    /// first, then the Python processes.
+    fn slot_class(&self, slot: usize) -> JobClass {
+        if slot < self.cfg.processes {
+            JobClass::Cpu
+        } else {
+            JobClass::Python
+        }
+    }
+
     fn dispatch_to_children(&mut self) {
-        let idle: Vec<usize> = (0..self.pool.children.len())
-            .filter(|&s| self.pool.children[s].is_idle() && self.pool.is_alive(s))
-            .collect();
-        if idle.is_empty() || self.cpu_queue.is_empty() {
+        for class in [JobClass::Cpu, JobClass::Python] {
+            self.dispatch_class(class);
+        }
+    }
+
+    fn dispatch_class(&mut self, class: JobClass) {
+        let c = class.index();
+        if self.queues[c].is_empty() {
             return;
         }
+        let idle: Vec<usize> = (0..self.pool.children.len())
+            .filter(|&s| {
+                self.slot_class(s) == class
+                    && self.pool.children[s].is_idle()
+                    && self.pool.is_alive(s)
+            })
+            .collect();
         let mut idle_left = idle.len();
         for slot in idle {
-            if self.cpu_queue.is_empty() {
+            if self.queues[c].is_empty() {
                 break;
             }
-            let fair = self.cpu_queue.len().div_ceil(idle_left);
+            let fair = self.queues[c].len().div_ceil(idle_left);
             idle_left -= 1;
-            let first_key = *self.cpu_queue.values().next().expect("not empty");
+            let first_key = *self.queues[c].values().next().expect("not empty");
             let kind = self.jobs[&first_key].kind;
             let by_time = match self.mean_us.get(&kind) {
                 Some(&us) => (BATCH_TARGET_US / us.max(0.1)) as usize,
@@ -656,7 +694,7 @@ impl Engine {
             let mut batch = Vec::with_capacity(size);
             let mut bytes = 0;
             while batch.len() < size {
-                let Some((_, &key)) = self.cpu_queue.first_key_value() else {
+                let Some((_, &key)) = self.queues[c].first_key_value() else {
                     break;
                 };
                 let job = self.jobs.get_mut(&key).expect("queued job is held");
@@ -671,7 +709,7 @@ impl Engine {
                 if !batch.is_empty() && bytes + job_bytes > crate::child::FRAME_BYTES {
                     break;
                 }
-                self.cpu_queue.pop_first();
+                self.queues[c].pop_first();
                 job.place = Place::InChild(slot);
                 bytes += job_bytes;
                 batch.push(child_job);
@@ -695,30 +733,36 @@ impl Engine {
     }
 
     /// Room for more jobs: every process plus an adaptive prefetch for CPU
-    /// jobs (short jobs need a deeper queue to hide the round trip to the
-    /// master; long ones need none, so a slow worker never hoards the
-    /// queue), and the async slots for IO jobs. Only live processes count:
-    /// a slot whose process cannot start takes no jobs.
+    /// and Python jobs (short jobs need a deeper queue to hide the round
+    /// trip to the master; long ones need none, so a slow worker never
+    /// hoards the queue), and the async slots for IO jobs. Only live
+    /// processes count: a slot whose process cannot start takes no jobs.
     fn capacity(&self) -> [u64; JobClass::COUNT] {
-        let io = self.cfg.io_slots as u64;
-        let procs = self.pool.alive() as u64;
-        if procs == 0 {
-            return [0, io];
+        let mut cap = [0; JobClass::COUNT];
+        cap[JobClass::Io.index()] = self.cfg.io_slots as u64;
+        for class in [JobClass::Cpu, JobClass::Python] {
+            let procs = (0..self.pool.children.len())
+                .filter(|&s| self.slot_class(s) == class && self.pool.is_alive(s))
+                .count() as u64;
+            if procs == 0 {
+                continue;
+            }
+            let mean = self
+                .mean_us
+                .iter()
+                .filter(|(k, _)| JobClass::of_wire(**k) == class)
+                .map(|(_, v)| *v)
+                .fold(None, |acc: Option<f64>, v| {
+                    Some(acc.map_or(v, |a| a.max(v)))
+                });
+            let adaptive = match mean {
+                Some(us) => (procs as f64 * PREFETCH_TARGET_US / us.max(0.1)) as u64,
+                None => procs,
+            };
+            let prefetch = adaptive.max(1).min(self.cfg.prefetch);
+            cap[class.index()] = procs + prefetch;
         }
-        let mean = self
-            .mean_us
-            .iter()
-            .filter(|(k, _)| JobClass::of_wire(**k) == JobClass::Cpu)
-            .map(|(_, v)| *v)
-            .fold(None, |acc: Option<f64>, v| {
-                Some(acc.map_or(v, |a| a.max(v)))
-            });
-        let adaptive = match mean {
-            Some(us) => (procs as f64 * PREFETCH_TARGET_US / us.max(0.1)) as u64,
-            None => procs,
-        };
-        let prefetch = adaptive.max(1).min(self.cfg.prefetch);
-        [procs + prefetch, io]
+        cap
     }
 
     fn grant_credit(&mut self) {
@@ -738,6 +782,7 @@ impl Engine {
         self.send(worker_message::Msg::Credit(pb::Credit {
             cpu: grant[JobClass::Cpu.index()] as u32,
             io: grant[JobClass::Io.index()] as u32,
+            python: grant[JobClass::Python.index()] as u32,
         }));
     }
 }

@@ -14,6 +14,8 @@
 //! - [`pool`]: the child processes, their pipes, and their replacement.
 //! - [`child`]: the hidden child mode of the binary, and the frame format.
 //! - [`kinds`]: the CPU job kinds (fib, prime).
+//! - [`python`]: Python functions as jobs: the runner script the pool's
+//!   interpreter processes run, and the module allow-list.
 //! - [`sleep`]: the IO job kind (sleep), on tokio timers in the worker.
 //! - [`metrics`]: the worker's Prometheus metrics, read off its session.
 //!
@@ -28,6 +30,7 @@ pub(crate) mod engine;
 pub mod kinds;
 pub mod metrics;
 pub mod pool;
+pub mod python;
 pub(crate) mod results;
 pub mod session;
 pub(crate) mod sleep;
@@ -81,7 +84,23 @@ pub struct WorkerArgs {
     /// when jobs are long, so that it never hoards the queue.
     #[arg(long, env = "DROVER_PREFETCH", default_value_t = DEFAULT_PREFETCH)]
     pub prefetch: u64,
-    /// Replace a child after it has run this many jobs; 0 never.
+    /// Run Python jobs with this interpreter (e.g. python3, or a
+    /// virtualenv's bin/python), in a pool of its own processes. Without
+    /// it the worker runs no Python jobs.
+    #[arg(long, env = "DROVER_PYTHON")]
+    pub python: Option<String>,
+    /// The Python modules whose functions this worker may run: module
+    /// prefixes, comma-separated (`app` allows `app` and `app.tasks`).
+    /// Nothing is allowed by default; a job outside them is refused and
+    /// never imported. Needs --python.
+    #[arg(long, env = "DROVER_PYTHON_MODULES", value_delimiter = ',')]
+    pub python_modules: Vec<String>,
+    /// Interpreter processes for Python jobs, besides the --processes
+    /// children; default: the cores available.
+    #[arg(long, env = "DROVER_PYTHON_PROCESSES")]
+    pub python_processes: Option<usize>,
+    /// Replace a child after it has run this many jobs; 0 never. Applies
+    /// to the Python processes too.
     #[arg(long, env = "DROVER_MAX_JOBS_PER_CHILD", default_value_t = 0)]
     pub max_jobs_per_child: u64,
     /// The largest result a job may have, in bytes; a job whose result is
@@ -126,6 +145,7 @@ impl WorkerArgs {
             "--max-result-bytes {} is outside 1024..={MAX_RESULT_BYTES_LIMIT}",
             self.max_result_bytes
         );
+        let python = self.python_config()?;
         let host = self.host.clone().unwrap_or_else(host_name);
         let name = self
             .name
@@ -147,8 +167,58 @@ impl WorkerArgs {
             max_jobs_per_child: self.max_jobs_per_child,
             max_result_bytes: self.max_result_bytes,
             grace: self.grace,
+            python,
         })
     }
+
+    fn python_config(&self) -> anyhow::Result<Option<PythonConfig>> {
+        let modules: Vec<String> = self
+            .python_modules
+            .iter()
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect();
+        let Some(interpreter) = &self.python else {
+            anyhow::ensure!(
+                modules.is_empty() && self.python_processes.is_none(),
+                "--python-modules and --python-processes need --python INTERPRETER"
+            );
+            return Ok(None);
+        };
+        anyhow::ensure!(!interpreter.is_empty(), "--python is empty");
+        anyhow::ensure!(
+            !modules.is_empty(),
+            "--python needs --python-modules: no module is allowed by default"
+        );
+        for m in &modules {
+            drover_common::job::check_module_name(m)
+                .map_err(|e| anyhow::anyhow!("--python-modules: {e}"))?;
+        }
+        let processes = match self.python_processes {
+            Some(0) => anyhow::bail!("--python-processes must be at least 1"),
+            Some(n) if n > 1024 => {
+                anyhow::bail!("--python-processes {n} is over the limit of 1024")
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Ok(Some(PythonConfig {
+            interpreter: interpreter.clone(),
+            modules,
+            processes,
+        }))
+    }
+}
+
+/// How the worker runs Python jobs.
+#[derive(Debug, Clone)]
+pub struct PythonConfig {
+    /// The interpreter to start (a name on PATH or a path).
+    pub interpreter: String,
+    /// The module prefixes allowed.
+    pub modules: Vec<String>,
+    /// Interpreter processes, besides the CPU children.
+    pub processes: usize,
 }
 
 /// The worker's validated configuration.
@@ -172,6 +242,8 @@ pub struct Config {
     pub max_result_bytes: usize,
     /// How long a drain waits for running jobs.
     pub grace: Duration,
+    /// Python jobs, if the worker runs them (`--python`).
+    pub python: Option<PythonConfig>,
     /// The token and TLS material to reach the master with.
     pub client: ClientOptions,
     /// Where the metrics are served.
@@ -188,6 +260,14 @@ pub fn host_name() -> String {
 
 /// Runs the worker until `shutdown` is cancelled and it has drained.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut kinds = vec![
+        pb::JobKind::Fib as i32,
+        pb::JobKind::Prime as i32,
+        pb::JobKind::Sleep as i32,
+    ];
+    if config.python.is_some() {
+        kinds.push(pb::JobKind::Python as i32);
+    }
     let hello = pb::Hello {
         protocol: PROTOCOL_VERSION,
         name: config.name.clone(),
@@ -196,6 +276,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         io_slots: config.io_slots,
         version: VERSION.to_string(),
         pid: std::process::id(),
+        kinds,
+        python_modules: config
+            .python
+            .as_ref()
+            .map(|p| p.modules.clone())
+            .unwrap_or_default(),
+        python_slots: config.python.as_ref().map_or(0, |p| p.processes as u32),
     };
     let listener = config.metrics.bind().await.map_err(anyhow::Error::msg)?;
     // Without a listener nobody reads the figures: none are kept.
@@ -231,10 +318,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     tracing::info!(
         name = %config.name, master = %config.master, processes = config.processes,
-        io_slots = config.io_slots, "worker starting"
+        io_slots = config.io_slots,
+        python_processes = config.python.as_ref().map_or(0, |p| p.processes),
+        python_modules = ?config.python.as_ref().map(|p| &p.modules),
+        "worker starting"
     );
     let launcher = pool::Processes {
         max_result_bytes: config.max_result_bytes,
+        cpu_slots: config.processes,
+        python: config.python.clone(),
     };
     let result =
         engine::Engine::run(config, Box::new(launcher), session_rx, closing, shutdown).await;

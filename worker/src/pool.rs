@@ -82,19 +82,47 @@ pub struct Launched {
     pub stdin: mpsc::UnboundedSender<Vec<u8>>,
 }
 
-/// The real launcher: children of the worker's own binary in child mode,
-/// each in its own process group.
-#[derive(Debug, Clone, Copy)]
+/// The real launcher: children of the worker's own binary in child mode
+/// in the first `cpu_slots` slots, and Python interpreters running the
+/// runner script in the slots after them; each in its own process group.
+#[derive(Debug, Clone)]
 pub struct Processes {
     /// The worker's `--max-result-bytes`, passed to each child: it answers
     /// a larger result as a failure rather than write it.
     pub max_result_bytes: usize,
+    /// Slots below this are Rust children; the rest are Python processes.
+    pub cpu_slots: usize,
+    /// The interpreter and allowed modules of the Python slots.
+    pub python: Option<crate::PythonConfig>,
 }
 
 impl Default for Processes {
     fn default() -> Processes {
         Processes {
             max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
+            cpu_slots: usize::MAX,
+            python: None,
+        }
+    }
+}
+
+impl Processes {
+    /// The command that starts the process of `slot`.
+    fn command(&self, slot: usize) -> std::io::Result<Command> {
+        match &self.python {
+            Some(python) if slot >= self.cpu_slots => {
+                let mut cmd = Command::new(&python.interpreter);
+                cmd.arg("-c")
+                    .arg(crate::python::RUNNER)
+                    .arg(self.max_result_bytes.to_string())
+                    .arg(python.modules.join(","));
+                Ok(cmd)
+            }
+            _ => {
+                let mut cmd = Command::new(std::env::current_exe()?);
+                cmd.arg(CHILD_ARG).arg(self.max_result_bytes.to_string());
+                Ok(cmd)
+            }
         }
     }
 }
@@ -106,11 +134,8 @@ impl Launcher for Processes {
         generation: u64,
         events: mpsc::UnboundedSender<PoolEvent>,
     ) -> std::io::Result<Launched> {
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
-        cmd.arg(CHILD_ARG)
-            .arg(self.max_result_bytes.to_string())
-            .stdin(Stdio::piped())
+        let mut cmd = self.command(slot)?;
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

@@ -455,7 +455,8 @@ impl Sut {
             .map(|(id, s)| SessionView {
                 id: id.get(),
                 held: s.held.iter().copied().collect(),
-                credit: s.credit,
+                // The model runs no Python jobs: CPU and IO credit only.
+                credit: [s.credit[0], s.credit[1]],
                 draining: s.draining,
             })
             .collect();

@@ -13,6 +13,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::committer::{self};
 
+/// The most module prefixes a worker's hello may list.
+const MAX_PYTHON_MODULES: usize = 256;
+/// The longest module prefix, in bytes.
+const MAX_PYTHON_MODULE_BYTES: usize = 256;
+
 use super::{BoxStream, Master};
 
 #[tonic::async_trait]
@@ -42,6 +47,22 @@ impl Workers for Master {
             ))
             .into());
         }
+        if hello.python_modules.len() > MAX_PYTHON_MODULES {
+            return Err(Status::invalid_argument(format!(
+                "hello.python_modules: {} prefixes, over the limit of {MAX_PYTHON_MODULES}",
+                hello.python_modules.len()
+            )));
+        }
+        if let Some(m) = hello
+            .python_modules
+            .iter()
+            .find(|m| m.len() > MAX_PYTHON_MODULE_BYTES)
+        {
+            return Err(Status::invalid_argument(format!(
+                "hello.python_modules: a prefix of {} bytes, over the limit of {MAX_PYTHON_MODULE_BYTES}",
+                m.len()
+            )));
+        }
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Unavailable("the master is shutting down".into()).into());
         }
@@ -66,6 +87,7 @@ impl Workers for Master {
         tracing::info!(
             worker = %hello.name, host = %hello.host,
             session = session.get(), cpu_slots = hello.cpu_slots, io_slots = hello.io_slots,
+            python_slots = hello.python_slots, python_modules = ?hello.python_modules,
             "worker connected"
         );
         let master = self.clone();
@@ -132,7 +154,7 @@ impl Master {
             return false;
         }
         let out = match msg.msg {
-            Some(worker_message::Msg::Credit(c)) => st.add_credit(session, c.cpu, c.io),
+            Some(worker_message::Msg::Credit(c)) => st.grant_credit(session, &c),
             Some(worker_message::Msg::Results(r)) => {
                 crate::trace::results(&st, session, &r.results);
                 st.record_results(session, r.seq, r.results)

@@ -34,7 +34,7 @@ impl State {
         } else {
             job.not_before_ms = 0;
             let key = (Reverse(job.priority), job.seq);
-            self.queues[job.class().index()].insert(key, id);
+            self.queues.insert(job.class(), &job.arg, key, id);
         }
     }
 
@@ -47,7 +47,7 @@ impl State {
             return;
         }
         let key = (Reverse(job.priority), job.seq);
-        self.queues[job.class().index()].remove(&key);
+        self.queues.remove(job.class(), &job.arg, &key);
     }
 
     /// Moves retried jobs whose backoff is over into their queues and hands
@@ -283,7 +283,8 @@ impl State {
                 }),
                 dirty: false,
             };
-            self.queues[job.class().index()].insert((Reverse(job.priority), seq), id);
+            self.queues
+                .insert(job.class(), &job.arg, (Reverse(job.priority), seq), id);
             self.counts[JobState::Queued as usize] += 1;
             self.counters.jobs.submitted(kind);
             self.jobs.insert(id, job);

@@ -32,6 +32,7 @@
 //!
 //! - `job`: the job table, compact records, store records and client views.
 //! - `sessions`: worker sessions, their credit, dispatch, session ends.
+//! - `queues`: the ready queues, Python jobs by module.
 //! - `lifecycle`: submit, results, failures, retries, returns, cancels.
 //! - `journal`: what changed since the last commit, and commit tickets.
 //! - `recovery`: the queue rebuilt from what the store committed.
@@ -63,11 +64,13 @@ mod lifecycle;
 #[cfg(test)]
 use lifecycle::MAX_KEY_BYTES;
 mod queries;
+mod queues;
 mod recovery;
 mod retention;
 mod sessions;
 
 pub(crate) use job::{Batch, Job, JobExtra, JobTable, stored_info};
+use queues::Queues;
 pub use recovery::RecoveryReport;
 
 /// What the master may send a worker's stream: each message with the
@@ -116,6 +119,13 @@ pub(crate) struct Session {
     pub(crate) version: String,
     pub(crate) cpu_slots: u32,
     pub(crate) io_slots: u32,
+    /// Interpreter processes for Python jobs.
+    pub(crate) python_slots: u32,
+    /// The kinds it runs (wire values), as its hello said.
+    pub(crate) kinds: Vec<i32>,
+    /// The module prefixes of the Python jobs it runs: the master hands it
+    /// no Python job outside them.
+    pub(crate) python_modules: Vec<Box<str>>,
     /// Jobs it may still be sent, per class.
     pub(crate) credit: [u64; JobClass::COUNT],
     /// Jobs assigned to it and not yet reported.
@@ -148,8 +158,9 @@ pub struct State {
     default_max_attempts: u32,
     pub(crate) jobs: JobTable,
     pub(crate) batches: HashMap<BatchId, Batch>,
-    /// Queued jobs per class, highest priority first, then oldest first.
-    queues: [BTreeMap<(Reverse<i32>, u64), JobId>; JobClass::COUNT],
+    /// Queued jobs per class (Python jobs per module), highest priority
+    /// first, then oldest first.
+    queues: Queues,
     idempotency: HashMap<Box<str>, JobId>,
     /// Batches by their submit's request id.
     requests: HashMap<Box<str>, BatchId>,
@@ -256,7 +267,7 @@ impl State {
             default_max_attempts: settings.default_max_attempts.max(1),
             jobs: JobTable::default(),
             batches: HashMap::new(),
-            queues: [BTreeMap::new(), BTreeMap::new()],
+            queues: Queues::default(),
             idempotency: HashMap::new(),
             requests: HashMap::new(),
             adopted: HashMap::new(),

@@ -113,9 +113,13 @@ impl State {
                 draining: s.draining,
                 connected_s: (self.now_ms().saturating_sub(s.connected_at_ms)) / 1000,
                 pid: s.pid,
+                kinds: s.kinds.clone(),
+                python_modules: s.python_modules.iter().map(|m| m.to_string()).collect(),
+                python_slots: s.python_slots,
             })
             .collect();
         workers.sort_by(|a, b| a.name.cmp(&b.name));
+        let (waiting_for_capability, missing_modules) = self.waiting_for_capability();
         pb::StatsResponse {
             queued: self.count(JobState::Queued),
             running: self.count(JobState::Running),
@@ -128,6 +132,8 @@ impl State {
             retried: self.counters.retried,
             version: drover_common::VERSION.to_string(),
             uptime_s: now_s,
+            waiting_for_capability,
+            missing_modules,
         }
     }
 

@@ -18,7 +18,20 @@ impl State {
                 version: hello.version.clone(),
                 cpu_slots: hello.cpu_slots,
                 io_slots: hello.io_slots,
-                credit: [0, 0],
+                python_slots: hello.python_slots,
+                kinds: hello.kinds.clone(),
+                // A worker that runs no Python jobs is handed none, whatever
+                // its hello lists.
+                python_modules: if hello.kinds.contains(&(JobKind::Python as i32)) {
+                    hello
+                        .python_modules
+                        .iter()
+                        .map(|m| m.as_str().into())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+                credit: [0; JobClass::COUNT],
                 held: HashSet::new(),
                 outbox,
                 last_seen_ms: now,
@@ -44,13 +57,30 @@ impl State {
         }
     }
 
-    /// Adds credit to a session and hands out what it can take.
+    /// Adds CPU and IO credit to a session and hands out what it can take.
     pub fn add_credit(&mut self, session: SessionId, cpu: u32, io: u32) -> Outgoing {
+        self.grant_credit(session, &pb::Credit { cpu, io, python: 0 })
+    }
+
+    /// Adds credit of every class to a session and hands out what it can
+    /// take.
+    pub fn grant_credit(&mut self, session: SessionId, credit: &pb::Credit) -> Outgoing {
         if let Some(s) = self.sessions.get_mut(&session) {
-            s.credit[JobClass::Cpu.index()] += u64::from(cpu);
-            s.credit[JobClass::Io.index()] += u64::from(io);
+            s.credit[JobClass::Cpu.index()] += u64::from(credit.cpu);
+            s.credit[JobClass::Io.index()] += u64::from(credit.io);
+            s.credit[JobClass::Python.index()] += u64::from(credit.python);
         }
         self.dispatch()
+    }
+
+    /// Queued Python jobs that no connected worker may run (their module is
+    /// outside every worker's `--python-modules`), and their modules.
+    pub(crate) fn waiting_for_capability(&self) -> (u64, Vec<String>) {
+        let open: Vec<&Session> = self.sessions.values().filter(|s| !s.draining).collect();
+        self.queues.python_unrunnable(|module| {
+            open.iter()
+                .any(|s| drover_common::module_allowed(&s.python_modules, module))
+        })
     }
 
     /// Records the pool of a session's worker.
@@ -65,7 +95,7 @@ impl State {
     pub fn set_draining(&mut self, session: SessionId) {
         if let Some(s) = self.sessions.get_mut(&session) {
             s.draining = true;
-            s.credit = [0, 0];
+            s.credit = [0; JobClass::COUNT];
         }
     }
 
@@ -76,7 +106,7 @@ impl State {
         for class in JobClass::ALL {
             let c = class.index();
             loop {
-                let available = self.queues[c].len() as u64;
+                let available = self.queues.len(class) as u64;
                 if available == 0 {
                     break;
                 }
@@ -90,19 +120,33 @@ impl State {
                     break;
                 }
                 let share = available.div_ceil(open.len() as u64);
+                let mut progress = false;
                 for sid in open {
                     let Some(s) = self.sessions.get_mut(&sid) else {
                         continue;
                     };
                     let take = share.min(s.credit[c]);
-                    s.credit[c] -= take;
                     let list = plan.entry(sid).or_default();
-                    for _ in 0..take {
-                        let Some((_, id)) = self.queues[c].pop_first() else {
-                            break;
-                        };
-                        list.push(id);
+                    let before = list.len();
+                    if class == JobClass::Python {
+                        // Only the modules this worker allows; the others
+                        // wait for a worker that does.
+                        self.queues.pop_python(&s.python_modules, take, list);
+                    } else {
+                        for _ in 0..take {
+                            let Some(id) = self.queues.pop_builtin(class) else {
+                                break;
+                            };
+                            list.push(id);
+                        }
                     }
+                    let taken = (list.len() - before) as u64;
+                    s.credit[c] -= taken;
+                    progress |= taken > 0;
+                }
+                if !progress {
+                    // Sessions with credit but no job they may run.
+                    break;
                 }
             }
         }

@@ -822,3 +822,76 @@ fn a_finished_batch_leaves_memory_once_committed_and_comes_back_for_a_retry() {
     let record = store.read_job(&ids[1]).unwrap().unwrap();
     assert_eq!(record.state, JobState::Succeeded as i32);
 }
+
+fn python_hello(name: &str, modules: &[&str]) -> pb::Hello {
+    pb::Hello {
+        kinds: vec![JobKind::Python as i32],
+        python_modules: modules.iter().map(|m| m.to_string()).collect(),
+        python_slots: 1,
+        ..hello(name)
+    }
+}
+
+fn python_credit(n: u32) -> pb::Credit {
+    pb::Credit {
+        python: n,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn python_jobs_go_only_to_workers_allowing_their_module() {
+    let mut st = State::new(settings(3));
+    st.submit(vec![
+        spec(JobKind::Python, "secret.tasks:run", 9),
+        spec(JobKind::Python, "app.tasks:f {\"args\":[1]}", 0),
+        spec(JobKind::Python, "app:g", 0),
+        spec(JobKind::Fib, "5", 0),
+    ])
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&python_hello("w", &["app"]), tx);
+    // The job nobody may run waits, and does not hold up the others.
+    st.grant_credit(s, &python_credit(10)).send(None);
+    let args: Vec<String> = assigned(&mut rx).into_iter().map(|a| a.arg).collect();
+    assert_eq!(args, ["app.tasks:f {\"args\":[1]}", "app:g"]);
+    assert_eq!(st.count(JobState::Queued), 2);
+    assert_eq!(
+        st.waiting_for_capability(),
+        (1, vec!["secret.tasks".to_string()])
+    );
+    // The fib job is CPU work: the Python credit does not take it.
+    st.add_credit(s, 1, 0).send(None);
+    let kinds: Vec<i32> = assigned(&mut rx).into_iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, [JobKind::Fib as i32]);
+    // A worker allowing it comes: it runs there.
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    let s2 = st.add_session(&python_hello("w2", &["secret"]), tx2);
+    // Queued still, but a worker may run it: it waits for credit only.
+    assert_eq!(st.waiting_for_capability(), (0, vec![]));
+    assert_eq!(st.count(JobState::Queued), 1);
+    st.grant_credit(s2, &python_credit(1)).send(None);
+    let args: Vec<String> = assigned(&mut rx2).into_iter().map(|a| a.arg).collect();
+    assert_eq!(args, ["secret.tasks:run"]);
+    assert_eq!(st.count(JobState::Queued), 0);
+}
+
+#[test]
+fn a_worker_without_the_python_kind_gets_no_python_job() {
+    let mut st = State::new(settings(3));
+    st.submit(vec![spec(JobKind::Python, "app:f", 0)]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Modules listed, but the kind not: nothing is allowed.
+    let h = pb::Hello {
+        python_modules: vec!["app".into()],
+        ..hello("w")
+    };
+    let s = st.add_session(&h, tx);
+    st.grant_credit(s, &python_credit(5)).send(None);
+    assert!(assigned(&mut rx).is_empty());
+    assert_eq!(st.waiting_for_capability(), (1, vec!["app".to_string()]));
+    // A cancel takes it out of its module's queue.
+    let id = st.jobs.values().next().unwrap().id;
+    let _ = st.cancel(&[id]);
+    assert_eq!(st.waiting_for_capability(), (0, vec![]));
+}

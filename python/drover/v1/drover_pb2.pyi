@@ -13,6 +13,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_FIB: _ClassVar[JobKind]
     JOB_KIND_PRIME: _ClassVar[JobKind]
     JOB_KIND_SLEEP: _ClassVar[JobKind]
+    JOB_KIND_PYTHON: _ClassVar[JobKind]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_FIB: JobKind
 JOB_KIND_PRIME: JobKind
 JOB_KIND_SLEEP: JobKind
+JOB_KIND_PYTHON: JobKind
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -75,14 +77,16 @@ class SubmitResponse(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobOutput(_message.Message):
-    __slots__ = ("fib", "prime", "slept_ms")
+    __slots__ = ("fib", "prime", "slept_ms", "json")
     FIB_FIELD_NUMBER: _ClassVar[int]
     PRIME_FIELD_NUMBER: _ClassVar[int]
     SLEPT_MS_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
     fib: str
     prime: PrimeOutput
     slept_ms: int
-    def __init__(self, fib: _Optional[str] = ..., prime: _Optional[_Union[PrimeOutput, _Mapping]] = ..., slept_ms: _Optional[int] = ...) -> None: ...
+    json: str
+    def __init__(self, fib: _Optional[str] = ..., prime: _Optional[_Union[PrimeOutput, _Mapping]] = ..., slept_ms: _Optional[int] = ..., json: _Optional[str] = ...) -> None: ...
 
 class PrimeOutput(_message.Message):
     __slots__ = ("is_prime", "certainty")
@@ -193,7 +197,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "name", "host", "cpu_slots", "io_slots", "running", "completed", "child_pids", "children_restarted", "version", "draining", "connected_s", "pid")
+    __slots__ = ("worker_id", "name", "host", "cpu_slots", "io_slots", "running", "completed", "child_pids", "children_restarted", "version", "draining", "connected_s", "pid", "kinds", "python_modules", "python_slots")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +211,9 @@ class WorkerInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_S_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_MODULES_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_SLOTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     host: str
@@ -220,10 +227,13 @@ class WorkerInfo(_message.Message):
     draining: bool
     connected_s: int
     pid: int
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., cpu_slots: _Optional[int] = ..., io_slots: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., child_pids: _Optional[_Iterable[int]] = ..., children_restarted: _Optional[int] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ..., connected_s: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[JobKind]
+    python_modules: _containers.RepeatedScalarFieldContainer[str]
+    python_slots: int
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., cpu_slots: _Optional[int] = ..., io_slots: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., child_pids: _Optional[_Iterable[int]] = ..., children_restarted: _Optional[int] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ..., connected_s: _Optional[int] = ..., pid: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[JobKind, str]]] = ..., python_modules: _Optional[_Iterable[str]] = ..., python_slots: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("queued", "running", "succeeded", "failed", "cancelled", "workers", "jobs_per_s", "late_results_dropped", "retried", "version", "uptime_s")
+    __slots__ = ("queued", "running", "succeeded", "failed", "cancelled", "workers", "jobs_per_s", "late_results_dropped", "retried", "version", "uptime_s", "waiting_for_capability", "missing_modules")
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +245,8 @@ class StatsResponse(_message.Message):
     RETRIED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    MISSING_MODULES_FIELD_NUMBER: _ClassVar[int]
     queued: int
     running: int
     succeeded: int
@@ -246,7 +258,9 @@ class StatsResponse(_message.Message):
     retried: int
     version: str
     uptime_s: int
-    def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_per_s: _Optional[float] = ..., late_results_dropped: _Optional[int] = ..., retried: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[int] = ...) -> None: ...
+    waiting_for_capability: int
+    missing_modules: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_per_s: _Optional[float] = ..., late_results_dropped: _Optional[int] = ..., retried: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[int] = ..., waiting_for_capability: _Optional[int] = ..., missing_modules: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("state", "limit", "batch_id")
@@ -321,7 +335,7 @@ class JobFailure(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol", "name", "host", "cpu_slots", "io_slots", "version", "pid")
+    __slots__ = ("protocol", "name", "host", "cpu_slots", "io_slots", "version", "pid", "kinds", "python_modules", "python_slots")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +343,9 @@ class Hello(_message.Message):
     IO_SLOTS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_MODULES_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_SLOTS_FIELD_NUMBER: _ClassVar[int]
     protocol: int
     name: str
     host: str
@@ -336,15 +353,20 @@ class Hello(_message.Message):
     io_slots: int
     version: str
     pid: int
-    def __init__(self, protocol: _Optional[int] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., cpu_slots: _Optional[int] = ..., io_slots: _Optional[int] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    kinds: _containers.RepeatedScalarFieldContainer[JobKind]
+    python_modules: _containers.RepeatedScalarFieldContainer[str]
+    python_slots: int
+    def __init__(self, protocol: _Optional[int] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., cpu_slots: _Optional[int] = ..., io_slots: _Optional[int] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[JobKind, str]]] = ..., python_modules: _Optional[_Iterable[str]] = ..., python_slots: _Optional[int] = ...) -> None: ...
 
 class Credit(_message.Message):
-    __slots__ = ("cpu", "io")
+    __slots__ = ("cpu", "io", "python")
     CPU_FIELD_NUMBER: _ClassVar[int]
     IO_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
     cpu: int
     io: int
-    def __init__(self, cpu: _Optional[int] = ..., io: _Optional[int] = ...) -> None: ...
+    python: int
+    def __init__(self, cpu: _Optional[int] = ..., io: _Optional[int] = ..., python: _Optional[int] = ...) -> None: ...
 
 class Results(_message.Message):
     __slots__ = ("results", "seq")

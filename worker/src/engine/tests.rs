@@ -207,6 +207,7 @@ fn config(processes: usize, prefetch: u64, grace: Duration) -> Config {
         max_jobs_per_child: 0,
         max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
         grace,
+        python: None,
         client: ClientOptions::default(),
         metrics: MetricsListen::Off,
     }
@@ -228,7 +229,7 @@ fn fib(id: &str, n: &str) -> pb::Assignment {
 }
 
 fn credit(cpu: u32, io: u32) -> worker_message::Msg {
-    worker_message::Msg::Credit(pb::Credit { cpu, io })
+    worker_message::Msg::Credit(pb::Credit { cpu, io, python: 0 })
 }
 
 fn returned(ids: &[&str]) -> worker_message::Msg {
@@ -740,4 +741,46 @@ async fn in_a_drain_jobs_behind_a_killed_one_go_back_to_the_master_at_once() {
     let procs = w.closed_by_worker().await;
     assert_near(drained.elapsed(), Duration::ZERO);
     assert_eq!(procs.killed(), [1000, 1001]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn python_jobs_go_to_the_python_slots_and_a_module_outside_the_list_is_refused() {
+    let mut cfg = config(1, 1, Duration::from_secs(30));
+    cfg.python = Some(crate::PythonConfig {
+        interpreter: "python3".into(),
+        modules: vec!["app".into()],
+        processes: 1,
+    });
+    let mut w = Worker::start(cfg);
+    assert_eq!(
+        w.next().await,
+        worker_message::Msg::Credit(pb::Credit {
+            cpu: 2,
+            io: 5,
+            python: 2
+        }),
+        "1 process + 1 prefetch for each pool"
+    );
+    assert_eq!(w.pool.as_ref().unwrap().child_pids, [1000, 1001]);
+    w.assign(&[
+        job("bad", JobKind::Python, "os:system {\"args\":[\"true\"]}", 0),
+        job("ok", JobKind::Python, "app.tasks:f {\"args\":[1]}", 0),
+        fib("fib", "10"),
+    ]);
+    let results = w.next_results().await;
+    assert_eq!(results.results[0].job_id, "bad");
+    let f = failure(&results.results[0]);
+    assert_eq!(
+        f.reason,
+        "module os is not allowed on this worker (--python-modules app)"
+    );
+    assert!(!f.retryable);
+    // The allowed job goes to the Python process (slot 1), fib to the
+    // Rust child (slot 0); the refused one to neither.
+    let py = w.procs.next_request(1).await;
+    assert_eq!(py.len(), 1);
+    assert_eq!(py[0].arg, "app.tasks:f {\"args\":[1]}");
+    let cpu = w.procs.next_request(0).await;
+    assert_eq!((cpu.len(), cpu[0].arg.as_str()), (1, "10"));
+    assert!(w.procs.has_no_request(1));
 }
