@@ -383,6 +383,27 @@ pub(crate) async fn barrier(
     Ok(0)
 }
 
+/// Runs `drover inspect NAME`: one JSON document.
+pub(crate) async fn inspect(mut c: CoordClient<AuthChannel>, name: String) -> anyhow::Result<i32> {
+    let r = c
+        .inspect(pb::InspectRequest { name })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "{}",
+        json!({
+            "lock_permits": r.lock_permits,
+            "lock_tokens": r.lock_tokens,
+            "lock_waiters": r.lock_waiters,
+            "barrier_parties": r.barrier_parties,
+            "barrier_arrived": r.barrier_arrived,
+            "event_set": r.event_set,
+        })
+    );
+    Ok(0)
+}
+
 /// Runs `drover lock NAME -- COMMAND`: exits with the command's status.
 pub(crate) async fn lock(c: CoordClient<AuthChannel>, cmd: LockCommand) -> anyhow::Result<i32> {
     let host = hostname::get().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());

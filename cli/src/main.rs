@@ -139,6 +139,12 @@ enum Command {
     /// Waits at a barrier until all parties arrive; prints this party's
     /// index.
     Barrier(coord::BarrierCommand),
+    /// Shows what the master holds under a name: a lock's holders (their
+    /// fencing tokens) and waiters, a barrier's arrivals, an event's state.
+    Inspect {
+        /// The lock, barrier or event.
+        name: String,
+    },
     /// Runs the lessons of the Python notes on an embedded master and worker.
     Demo {
         /// Child processes of the embedded worker; default: the cores.
@@ -249,6 +255,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Barrier(command) => {
             return coord::barrier(coord::connect(&cli.master, &options).await?, command).await;
+        }
+        Command::Inspect { name } => {
+            return coord::inspect(coord::connect(&cli.master, &options).await?, name).await;
         }
         _ => {}
     }
@@ -375,7 +384,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         | Command::Counter { .. }
         | Command::Lock(_)
         | Command::Event { .. }
-        | Command::Barrier(_) => unreachable!("handled above"),
+        | Command::Barrier(_)
+        | Command::Inspect { .. } => unreachable!("handled above"),
     }
 }
 

@@ -587,4 +587,13 @@ impl Coord for CoordService {
             Err(reason) => Err(Status::aborted(reason)),
         }
     }
+
+    async fn inspect(
+        &self,
+        request: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        let name = request.into_inner().name;
+        let out = self.inner.state.lock().inspect(&name)?;
+        Ok(Response::new(out))
+    }
 }

@@ -824,11 +824,30 @@ impl CoordState {
         self.grant_waiters(name);
     }
 
-    /// The holders and waiters of a lock (tests and errors).
+    /// The holders and waiters of a lock (for errors).
     pub(crate) fn lock_state(&self, name: &str) -> (usize, usize) {
         self.semaphores
             .get(name)
             .map_or((0, 0), |s| (s.holders.len(), s.waiters.len()))
+    }
+
+    /// What is held under a name: lock holders and waiters, barrier
+    /// arrivals, the event's state.
+    pub(crate) fn inspect(&self, name: &str) -> Result<pb::InspectResponse, Status> {
+        check_name("name", name, &self.limits)?;
+        let mut out = pb::InspectResponse::default();
+        if let Some(s) = self.semaphores.get(name) {
+            out.lock_permits = s.permits;
+            out.lock_tokens = s.holders.iter().copied().collect();
+            out.lock_tokens.sort_unstable();
+            out.lock_waiters = s.waiters.len() as u32;
+        }
+        if let Some(b) = self.barriers.get(name) {
+            out.barrier_parties = b.parties;
+            out.barrier_arrived = b.arrived.len() as u32;
+        }
+        out.event_set = self.events.get(name).is_some_and(|e| e.set);
+        Ok(out)
     }
 
     // ---- events ----

@@ -699,3 +699,25 @@ class BarrierWaitResponse(_message.Message):
     INDEX_FIELD_NUMBER: _ClassVar[int]
     index: int
     def __init__(self, index: _Optional[int] = ...) -> None: ...
+
+class InspectRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class InspectResponse(_message.Message):
+    __slots__ = ("lock_permits", "lock_tokens", "lock_waiters", "barrier_parties", "barrier_arrived", "event_set")
+    LOCK_PERMITS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_WAITERS_FIELD_NUMBER: _ClassVar[int]
+    BARRIER_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    BARRIER_ARRIVED_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SET_FIELD_NUMBER: _ClassVar[int]
+    lock_permits: int
+    lock_tokens: _containers.RepeatedScalarFieldContainer[int]
+    lock_waiters: int
+    barrier_parties: int
+    barrier_arrived: int
+    event_set: bool
+    def __init__(self, lock_permits: _Optional[int] = ..., lock_tokens: _Optional[_Iterable[int]] = ..., lock_waiters: _Optional[int] = ..., barrier_parties: _Optional[int] = ..., barrier_arrived: _Optional[int] = ..., event_set: _Optional[bool] = ...) -> None: ...

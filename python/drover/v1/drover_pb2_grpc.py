@@ -536,6 +536,11 @@ class CoordStub:
                 request_serializer=drover_dot_v1_dot_drover__pb2.BarrierWaitRequest.SerializeToString,
                 response_deserializer=drover_dot_v1_dot_drover__pb2.BarrierWaitResponse.FromString,
                 _registered_method=True)
+        self.Inspect = channel.unary_unary(
+                '/drover.v1.Coord/Inspect',
+                request_serializer=drover_dot_v1_dot_drover__pb2.InspectRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.InspectResponse.FromString,
+                _registered_method=True)
 
 
 class CoordServicer:
@@ -656,6 +661,13 @@ class CoordServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Inspect(self, request, context):
+        """Holders and waiters of a lock, arrivals at a barrier, an event's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -743,6 +755,11 @@ def add_CoordServicer_to_server(servicer, server):
                     servicer.BarrierWait,
                     request_deserializer=drover_dot_v1_dot_drover__pb2.BarrierWaitRequest.FromString,
                     response_serializer=drover_dot_v1_dot_drover__pb2.BarrierWaitResponse.SerializeToString,
+            ),
+            'Inspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inspect,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.InspectRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.InspectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1206,6 +1223,33 @@ class Coord:
             '/drover.v1.Coord/BarrierWait',
             drover_dot_v1_dot_drover__pb2.BarrierWaitRequest.SerializeToString,
             drover_dot_v1_dot_drover__pb2.BarrierWaitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/Inspect',
+            drover_dot_v1_dot_drover__pb2.InspectRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.InspectResponse.FromString,
             options,
             channel_credentials,
             insecure,
