@@ -92,6 +92,22 @@ fn lock_cli(url: &str, name: &str, permits: u32, lease: &str, script: &str) -> C
     )
 }
 
+/// Holds lock `L` with `drover lock --lease LEASE -- sleep`; returns the
+/// CLI, its fencing token and the pid of its command (which dies with it,
+/// and whose zombie the harness inherits and must reap).
+fn hold_in_cli(url: &str, lease: &str) -> (CliRun, u64, u32) {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("token");
+    let script = format!(
+        "echo \"$DROVER_FENCING_TOKEN $$\" > {}; exec sleep 600",
+        file.display()
+    );
+    let holder = lock_cli(url, "L", 1, lease, &script);
+    let line = wait_for(MINUTE, "the holder to hold the lock", || read_line(&file));
+    let (token, pid) = line.split_once(' ').expect("token and pid");
+    (holder, token.parse().unwrap(), pid.parse().unwrap())
+}
+
 /// The most intervals open at once.
 fn max_overlap(intervals: &[(u64, u128, u128)]) -> usize {
     let mut edges: Vec<(u128, i32)> = Vec::new();
@@ -235,17 +251,8 @@ fn a_semaphore_never_has_more_holders_than_permits_while_holders_are_killed() {
 fn a_killed_holders_lock_is_granted_again_within_two_lease_periods() {
     let master = Master::start(&["--listen", "127.0.0.1:0", "--store", "memory"]);
     let url = master.url();
-    let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("token");
-    let script = format!(
-        "echo $DROVER_FENCING_TOKEN > {}; exec sleep 600",
-        file.display()
-    );
     let lease = Duration::from_secs(1);
-    let holder = lock_cli(&url, "L", 1, "1s", &script);
-    let first: u64 = wait_for(MINUTE, "the holder to hold the lock", || read_line(&file))
-        .parse()
-        .unwrap();
+    let (holder, first, pid) = hold_in_cli(&url, "1s");
 
     let mut c = coord_client(&url);
     let session = block_on(open_session(&mut c, 10_000));
@@ -256,6 +263,7 @@ fn a_killed_holders_lock_is_granted_again_within_two_lease_periods() {
     sys::sigkill(holder.pid());
     let killed = Instant::now();
     holder.wait(MINUTE);
+    sys::reap(pid, MINUTE);
     let second = block_on(waiting)
         .unwrap()
         .unwrap()
@@ -274,16 +282,7 @@ fn a_killed_holders_lock_is_granted_again_within_two_lease_periods() {
 fn a_holder_stopped_past_its_lease_finds_its_token_rejected() {
     let master = Master::start(&["--listen", "127.0.0.1:0", "--store", "memory"]);
     let url = master.url();
-    let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("token");
-    let script = format!(
-        "echo $DROVER_FENCING_TOKEN > {}; exec sleep 600",
-        file.display()
-    );
-    let holder = lock_cli(&url, "L", 1, "500ms", &script);
-    let first: u64 = wait_for(MINUTE, "the holder to hold the lock", || read_line(&file))
-        .parse()
-        .unwrap();
+    let (holder, first, pid) = hold_in_cli(&url, "500ms");
     sys::sigstop(holder.pid());
 
     // The lease runs out while the holder is stopped: another client gets
@@ -307,6 +306,7 @@ fn a_holder_stopped_past_its_lease_finds_its_token_rejected() {
                 .contains(&format!("fencing token {first} of lock L is not held")),
         "{out}"
     );
+    sys::reap(pid, MINUTE);
     // Its late release did not take the lock from the new holder.
     assert_eq!(inspect(&url, "L").lock_tokens, vec![second]);
     let stale = block_on(c.release(pb::ReleaseRequest {
