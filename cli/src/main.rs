@@ -2,11 +2,13 @@
 //! cancel, status, jobs, health) and the demo, which runs a master and a
 //! worker inside this one process.
 //!
-//! Every command talks to the master only through the `Queue` service.
+//! The job commands talk to the master through the `Queue` service; `kv`,
+//! `counter`, `lock`, `event` and `barrier` through the `Coord` service.
 //! Failures print one line on stderr and exit non-zero: 1 for an error,
 //! 2 when jobs failed or were cancelled.
 
 mod client;
+mod coord;
 mod demo;
 mod output;
 
@@ -115,6 +117,34 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Shared key-value entries with versions.
+    Kv {
+        #[command(subcommand)]
+        command: coord::KvCommand,
+    },
+    /// Shared counters.
+    Counter {
+        #[command(subcommand)]
+        command: coord::CounterCommand,
+    },
+    /// Runs a command while holding a lock (or a permit of a semaphore),
+    /// and exits with its status. The fencing token is in
+    /// DROVER_FENCING_TOKEN.
+    Lock(coord::LockCommand),
+    /// Shared events: set, clear, wait.
+    Event {
+        #[command(subcommand)]
+        command: coord::EventCommand,
+    },
+    /// Waits at a barrier until all parties arrive; prints this party's
+    /// index.
+    Barrier(coord::BarrierCommand),
+    /// Shows what the master holds under a name: a lock's holders (their
+    /// fencing tokens) and waiters, a barrier's arrivals, an event's state.
+    Inspect {
+        /// The lock, barrier or event.
+        name: String,
+    },
     /// Runs the lessons of the Python notes on an embedded master and worker.
     Demo {
         /// Child processes of the embedded worker; default: the cores.
@@ -210,6 +240,37 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let options = cli.client.options().map_err(anyhow::Error::msg)?;
     if let Command::Health { timeout } = cli.command {
         return health(&cli.master, &options, timeout).await;
+    }
+    match cli.command {
+        Command::Kv { command } => {
+            return coord::kv(
+                coord::connect(&cli.master, &options).await?,
+                format,
+                command,
+            )
+            .await;
+        }
+        Command::Counter { command } => {
+            return coord::counter(
+                coord::connect(&cli.master, &options).await?,
+                format,
+                command,
+            )
+            .await;
+        }
+        Command::Lock(command) => {
+            return coord::lock(coord::connect(&cli.master, &options).await?, command).await;
+        }
+        Command::Event { command } => {
+            return coord::event(coord::connect(&cli.master, &options).await?, command).await;
+        }
+        Command::Barrier(command) => {
+            return coord::barrier(coord::connect(&cli.master, &options).await?, command).await;
+        }
+        Command::Inspect { name } => {
+            return coord::inspect(coord::connect(&cli.master, &options).await?, name).await;
+        }
+        _ => {}
     }
     let client = Client::connect(&cli.master, &options).await?;
     match cli.command {
@@ -328,7 +389,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Demo { .. } | Command::Health { .. } => unreachable!("handled above"),
+        Command::Demo { .. }
+        | Command::Health { .. }
+        | Command::Kv { .. }
+        | Command::Counter { .. }
+        | Command::Lock(_)
+        | Command::Event { .. }
+        | Command::Barrier(_)
+        | Command::Inspect { .. } => unreachable!("handled above"),
     }
 }
 

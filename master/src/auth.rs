@@ -1,5 +1,5 @@
 //! Who may call what. A client token opens the `Queue` service (submit,
-//! get, watch, cancel, retry, stats, list); a worker token opens the
+//! get, watch, cancel, retry, stats, list) and the `Coord` service; a worker token opens the
 //! `Workers` service (Connect). Health and reflection stay open.
 //!
 //! [`Gate`] is a tonic interceptor, one per service: it runs before the
@@ -124,7 +124,7 @@ impl Gate {
                     Ok(())
                 } else if is_other {
                     let (service, needed) = match self.role {
-                        Role::Client => ("the Queue service", "client"),
+                        Role::Client => ("the Queue and Coord services", "client"),
                         Role::Worker => ("Workers.Connect", "worker"),
                     };
                     refuse(

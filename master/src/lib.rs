@@ -7,6 +7,9 @@
 //!   retries, worker sessions and their credit). Pure: no I/O, unit-tested.
 //! - [`store`]: where job records survive a restart (redb, or nothing).
 //! - [`committer`]: the thread that group-commits changes to the store.
+//! - [`coord`]: the `Coord` service: key-value entries, counters, locks
+//!   and semaphores with leases and fencing tokens, events and barriers,
+//!   kept in the same store.
 //! - [`service`]: the gRPC handlers over the state, and the timers (leases,
 //!   retry backoff, retention).
 //! - [`accept`]: accepting connections, and a clear refusal for a
@@ -28,6 +31,7 @@
 pub mod accept;
 pub mod auth;
 pub mod committer;
+pub mod coord;
 pub mod limits;
 pub mod metrics;
 #[cfg(test)]
@@ -44,6 +48,7 @@ use std::time::Duration;
 
 use drover_common::auth::Token;
 use drover_common::metrics::MetricsListen;
+use drover_common::pb::coord_server::CoordServer;
 use drover_common::pb::queue_server::QueueServer;
 use drover_common::pb::workers_server::WorkersServer;
 use drover_common::{Limits, net, pb};
@@ -419,12 +424,20 @@ pub async fn run_notify(
     if let Some(warning) = config.check_exposure(addr)? {
         tracing::warn!("{warning}");
     }
+    let coord_store = store.clone();
     let (store, commits) = metrics::MeteredStore::wrap(store);
     let master = Master::open(config.clone(), store, shutdown.clone())?;
+    let coord = coord::CoordService::open(
+        coord_store,
+        coord::CoordLimits::default(),
+        master.guards().clone(),
+        shutdown.clone(),
+    )?;
     let tasks = master.tasks().clone();
     let metrics_listener = config.metrics.bind().await.map_err(anyhow::Error::msg)?;
     ready(addr);
     tasks.spawn(master.clone().run_timers());
+    tasks.spawn(coord.clone().run_timers());
     if let Some(l) = metrics_listener {
         let (m, c) = (master.clone(), commits);
         let render: drover_common::metrics::Render = Arc::new(move || metrics::render(&m, &c));
@@ -437,11 +450,15 @@ pub async fn run_notify(
         worker_token = config.tokens.worker.is_some(),
         "security"
     );
-    let served = serve(&config, &master, listener, shutdown).await;
+    let served = serve(&config, &master, &coord, listener, shutdown).await;
     tasks.close();
     tasks.wait().await;
     let committer = master.clone();
-    tokio::task::spawn_blocking(move || committer.join_committer()).await?;
+    tokio::task::spawn_blocking(move || {
+        committer.join_committer();
+        coord.join_committer();
+    })
+    .await?;
     served
 }
 
@@ -449,12 +466,16 @@ pub async fn run_notify(
 async fn serve(
     config: &Config,
     master: &Master,
+    coord: &coord::CoordService,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<QueueServer<Master>>().await;
     health.set_serving::<WorkersServer<Master>>().await;
+    health
+        .set_serving::<CoordServer<coord::CoordService>>()
+        .await;
     // Reflection in both versions: grpcurl speaks v1, grpcio's own
     // reflection client and older tools only v1alpha.
     let reflection = || {
@@ -476,6 +497,12 @@ async fn serve(
             .max_encoding_message_size(limit),
         gate(auth::Role::Client),
     );
+    let coord = InterceptedService::new(
+        CoordServer::new(coord.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        gate(auth::Role::Client),
+    );
     let workers = InterceptedService::new(
         WorkersServer::new(master.clone())
             .max_decoding_message_size(limit)
@@ -490,6 +517,7 @@ async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(queue)
+        .add_service(coord)
         .add_service(workers)
         .serve_with_incoming_shutdown(
             accept::incoming(listener, config.tls.is_some(), shutdown.clone()),

@@ -199,6 +199,14 @@ pub trait Store: Send + Sync + 'static {
     fn scan_jobs(&self, _visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
         Ok(())
     }
+
+    // ---- the coordination service ----
+
+    /// Where the coordination service's records are kept, in the same
+    /// database; `None` keeps nothing (see [`crate::coord`]).
+    fn coord(&self) -> Option<&dyn crate::coord::CoordStore> {
+        None
+    }
 }
 
 /// Keeps nothing: the queue lives and dies with the process.
@@ -234,6 +242,12 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
+    /// The database, for the coordination records kept beside the jobs
+    /// (`crate::coord`).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Opens (or creates) the store in `dir`. Refuses, with a message that
     /// says what to do, a directory locked by another master, one written
     /// by a newer drover, or one that is corrupt.
@@ -335,6 +349,10 @@ fn lock_dir(dir: &Path) -> anyhow::Result<File> {
 impl Store for RedbStore {
     fn is_durable(&self) -> bool {
         true
+    }
+
+    fn coord(&self) -> Option<&dyn crate::coord::CoordStore> {
+        Some(self)
     }
 
     fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {

@@ -21,6 +21,9 @@ Layout:
 - ``_maps``: streamed maps (submitted in batches, read with ``Watch``).
 - ``_tracker``: single jobs as futures, submitted together in the background.
 - ``pool`` and ``executor``: the two APIs over those.
+- ``coord``: shared state across hosts over the ``Coord`` service
+  (:class:`Lock`, :class:`Semaphore`, :class:`Value`, :class:`Dict`,
+  :class:`Event`, :class:`Barrier`).
 - ``v1``: the generated wire protocol (``scripts/gen_stubs.py``).
 """
 
@@ -38,6 +41,7 @@ from ._errors import (
 from ._kinds import BuiltinKind, PythonFunction, fib, is_prime, job_kind, sleep
 from ._options import JobOptions
 from ._tracker import JobFuture
+from .coord import Barrier, Dict, Event, Lock, Semaphore, Value
 from .executor import Executor
 from .pool import AsyncResult, Pool
 
@@ -46,20 +50,26 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncResult",
     "AuthError",
+    "Barrier",
     "BuiltinKind",
     "CancelledError",
     "Client",
     "DEFAULT_MASTER_URL",
+    "Dict",
     "DroverError",
+    "Event",
     "Executor",
     "InvalidArgument",
     "JobFailed",
     "JobFuture",
     "JobOptions",
     "LimitExceeded",
+    "Lock",
     "MasterUnavailable",
     "Pool",
     "PythonFunction",
+    "Semaphore",
+    "Value",
     "fib",
     "is_prime",
     "job_kind",

@@ -195,6 +195,11 @@ impl CliRun {
         }
     }
 
+    /// Its process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it has exited.
     pub fn finished(&mut self) -> bool {
         self.child

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::sync::OnceLock;
 
+use drover_common::pb::coord_client::CoordClient;
 use drover_common::pb::queue_client::QueueClient;
 use drover_common::pb::{StatsRequest, StatsResponse};
 use tonic::transport::Channel;
@@ -51,6 +52,16 @@ pub fn queue_client(url: &str) -> QueueClient<Channel> {
     QueueClient::new(channel)
         .max_decoding_message_size(drover_common::net::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(drover_common::net::MAX_MESSAGE_BYTES)
+}
+
+/// A `Coord` client for the master at `url`, on a new connection.
+///
+/// # Panics
+///
+/// When the master cannot be reached.
+pub fn coord_client(url: &str) -> CoordClient<Channel> {
+    let channel = block_on(drover_common::net::connect(url)).unwrap_or_else(|e| panic!("{e}"));
+    CoordClient::new(channel)
 }
 
 /// The master's stats.

@@ -491,3 +491,255 @@ class ChildResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ChildResult]
     def __init__(self, results: _Optional[_Iterable[_Union[ChildResult, _Mapping]]] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("lease_ms", "owner")
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    lease_ms: int
+    owner: str
+    def __init__(self, lease_ms: _Optional[int] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session", "lease_ms")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    lease_ms: int
+    def __init__(self, session: _Optional[int] = ..., lease_ms: _Optional[int] = ...) -> None: ...
+
+class KeepAliveRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    def __init__(self, session: _Optional[int] = ...) -> None: ...
+
+class KeepAliveResponse(_message.Message):
+    __slots__ = ("lease_ms",)
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    lease_ms: int
+    def __init__(self, lease_ms: _Optional[int] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    def __init__(self, session: _Optional[int] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: int
+    def __init__(self, released: _Optional[int] = ...) -> None: ...
+
+class KvEntry(_message.Message):
+    __slots__ = ("key", "value", "version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    version: int
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
+
+class KvGetRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class KvGetResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: KvEntry
+    def __init__(self, entry: _Optional[_Union[KvEntry, _Mapping]] = ...) -> None: ...
+
+class KvPutRequest(_message.Message):
+    __slots__ = ("key", "value", "expected_version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    expected_version: int
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class KvPutResponse(_message.Message):
+    __slots__ = ("applied", "version")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    version: int
+    def __init__(self, applied: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
+
+class KvDeleteRequest(_message.Message):
+    __slots__ = ("key", "expected_version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    expected_version: int
+    def __init__(self, key: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class KvDeleteResponse(_message.Message):
+    __slots__ = ("deleted", "version")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    version: int
+    def __init__(self, deleted: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
+
+class KvListRequest(_message.Message):
+    __slots__ = ("prefix", "start_after", "limit")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    start_after: str
+    limit: int
+    def __init__(self, prefix: _Optional[str] = ..., start_after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class KvListResponse(_message.Message):
+    __slots__ = ("entries", "more")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[KvEntry]
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[KvEntry, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class KvWatchRequest(_message.Message):
+    __slots__ = ("key", "prefix")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    prefix: bool
+    def __init__(self, key: _Optional[str] = ..., prefix: _Optional[bool] = ...) -> None: ...
+
+class KvEvent(_message.Message):
+    __slots__ = ("key", "value", "version", "deleted")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: bytes
+    version: int
+    deleted: bool
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class CounterAddRequest(_message.Message):
+    __slots__ = ("name", "delta")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    delta: int
+    def __init__(self, name: _Optional[str] = ..., delta: _Optional[int] = ...) -> None: ...
+
+class CounterGetRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CounterSetRequest(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: int
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+
+class CounterResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    def __init__(self, value: _Optional[int] = ...) -> None: ...
+
+class AcquireRequest(_message.Message):
+    __slots__ = ("name", "permits", "session", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PERMITS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    permits: int
+    session: int
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., permits: _Optional[int] = ..., session: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class AcquireResponse(_message.Message):
+    __slots__ = ("fencing_token",)
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    fencing_token: int
+    def __init__(self, fencing_token: _Optional[int] = ...) -> None: ...
+
+class ReleaseRequest(_message.Message):
+    __slots__ = ("name", "fencing_token")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    fencing_token: int
+    def __init__(self, name: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
+
+class ReleaseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EventRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class EventWaitRequest(_message.Message):
+    __slots__ = ("name", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class EventResponse(_message.Message):
+    __slots__ = ("is_set",)
+    IS_SET_FIELD_NUMBER: _ClassVar[int]
+    is_set: bool
+    def __init__(self, is_set: _Optional[bool] = ...) -> None: ...
+
+class BarrierWaitRequest(_message.Message):
+    __slots__ = ("name", "parties", "session", "timeout_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parties: int
+    session: int
+    timeout_ms: int
+    def __init__(self, name: _Optional[str] = ..., parties: _Optional[int] = ..., session: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class BarrierWaitResponse(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    def __init__(self, index: _Optional[int] = ...) -> None: ...
+
+class InspectRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class InspectResponse(_message.Message):
+    __slots__ = ("lock_permits", "lock_tokens", "lock_waiters", "barrier_parties", "barrier_arrived", "event_set")
+    LOCK_PERMITS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOCK_WAITERS_FIELD_NUMBER: _ClassVar[int]
+    BARRIER_PARTIES_FIELD_NUMBER: _ClassVar[int]
+    BARRIER_ARRIVED_FIELD_NUMBER: _ClassVar[int]
+    EVENT_SET_FIELD_NUMBER: _ClassVar[int]
+    lock_permits: int
+    lock_tokens: _containers.RepeatedScalarFieldContainer[int]
+    lock_waiters: int
+    barrier_parties: int
+    barrier_arrived: int
+    event_set: bool
+    def __init__(self, lock_permits: _Optional[int] = ..., lock_tokens: _Optional[_Iterable[int]] = ..., lock_waiters: _Optional[int] = ..., barrier_parties: _Optional[int] = ..., barrier_arrived: _Optional[int] = ..., event_set: _Optional[bool] = ...) -> None: ...

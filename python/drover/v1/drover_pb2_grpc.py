@@ -438,3 +438,824 @@ class Workers:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CoordStub:
+    """Shared state for clients and jobs. Every reply is sent once what it
+    shows is durable.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.OpenSession = channel.unary_unary(
+                '/drover.v1.Coord/OpenSession',
+                request_serializer=drover_dot_v1_dot_drover__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
+        self.KeepAlive = channel.unary_unary(
+                '/drover.v1.Coord/KeepAlive',
+                request_serializer=drover_dot_v1_dot_drover__pb2.KeepAliveRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.KeepAliveResponse.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/drover.v1.Coord/CloseSession',
+                request_serializer=drover_dot_v1_dot_drover__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.CloseSessionResponse.FromString,
+                _registered_method=True)
+        self.KvGet = channel.unary_unary(
+                '/drover.v1.Coord/KvGet',
+                request_serializer=drover_dot_v1_dot_drover__pb2.KvGetRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.KvGetResponse.FromString,
+                _registered_method=True)
+        self.KvPut = channel.unary_unary(
+                '/drover.v1.Coord/KvPut',
+                request_serializer=drover_dot_v1_dot_drover__pb2.KvPutRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.KvPutResponse.FromString,
+                _registered_method=True)
+        self.KvDelete = channel.unary_unary(
+                '/drover.v1.Coord/KvDelete',
+                request_serializer=drover_dot_v1_dot_drover__pb2.KvDeleteRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.KvDeleteResponse.FromString,
+                _registered_method=True)
+        self.KvList = channel.unary_unary(
+                '/drover.v1.Coord/KvList',
+                request_serializer=drover_dot_v1_dot_drover__pb2.KvListRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.KvListResponse.FromString,
+                _registered_method=True)
+        self.KvWatch = channel.unary_stream(
+                '/drover.v1.Coord/KvWatch',
+                request_serializer=drover_dot_v1_dot_drover__pb2.KvWatchRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.KvEvent.FromString,
+                _registered_method=True)
+        self.CounterAdd = channel.unary_unary(
+                '/drover.v1.Coord/CounterAdd',
+                request_serializer=drover_dot_v1_dot_drover__pb2.CounterAddRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+                _registered_method=True)
+        self.CounterGet = channel.unary_unary(
+                '/drover.v1.Coord/CounterGet',
+                request_serializer=drover_dot_v1_dot_drover__pb2.CounterGetRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+                _registered_method=True)
+        self.CounterSet = channel.unary_unary(
+                '/drover.v1.Coord/CounterSet',
+                request_serializer=drover_dot_v1_dot_drover__pb2.CounterSetRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+                _registered_method=True)
+        self.Acquire = channel.unary_unary(
+                '/drover.v1.Coord/Acquire',
+                request_serializer=drover_dot_v1_dot_drover__pb2.AcquireRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.AcquireResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/drover.v1.Coord/Release',
+                request_serializer=drover_dot_v1_dot_drover__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+        self.EventSet = channel.unary_unary(
+                '/drover.v1.Coord/EventSet',
+                request_serializer=drover_dot_v1_dot_drover__pb2.EventRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.EventResponse.FromString,
+                _registered_method=True)
+        self.EventClear = channel.unary_unary(
+                '/drover.v1.Coord/EventClear',
+                request_serializer=drover_dot_v1_dot_drover__pb2.EventRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.EventResponse.FromString,
+                _registered_method=True)
+        self.EventWait = channel.unary_unary(
+                '/drover.v1.Coord/EventWait',
+                request_serializer=drover_dot_v1_dot_drover__pb2.EventWaitRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.EventResponse.FromString,
+                _registered_method=True)
+        self.BarrierWait = channel.unary_unary(
+                '/drover.v1.Coord/BarrierWait',
+                request_serializer=drover_dot_v1_dot_drover__pb2.BarrierWaitRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.BarrierWaitResponse.FromString,
+                _registered_method=True)
+        self.Inspect = channel.unary_unary(
+                '/drover.v1.Coord/Inspect',
+                request_serializer=drover_dot_v1_dot_drover__pb2.InspectRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.InspectResponse.FromString,
+                _registered_method=True)
+
+
+class CoordServicer:
+    """Shared state for clients and jobs. Every reply is sent once what it
+    shows is durable.
+    """
+
+    def OpenSession(self, request, context):
+        """A session holds lock grants; it ends (releasing them) when it is
+        closed or not kept alive within its lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepAlive(self, request, context):
+        """Renews a session's lease; NOT_FOUND once it has expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvPut(self, request, context):
+        """Put, or compare-and-swap with expected_version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvDelete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KvWatch(self, request, context):
+        """Streams committed changes of a key or a prefix, from now on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CounterAdd(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CounterGet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CounterSet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Acquire(self, request, context):
+        """Takes a permit of a lock or semaphore, waiting up to the timeout
+        (DEADLINE_EXCEEDED after it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Gives a permit back; FAILED_PRECONDITION if the token is not held
+        (released, or its session expired).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EventSet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EventClear(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EventWait(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BarrierWait(self, request, context):
+        """Waits for `parties` parties; ABORTED for every waiter if one leaves
+        (its call ends, its session expires, or its timeout passes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inspect(self, request, context):
+        """Holders and waiters of a lock, arrivals at a barrier, an event's state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CoordServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.OpenSessionRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'KeepAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.KeepAliveRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.KeepAliveResponse.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.CloseSessionRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'KvGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvGet,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.KvGetRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.KvGetResponse.SerializeToString,
+            ),
+            'KvPut': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvPut,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.KvPutRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.KvPutResponse.SerializeToString,
+            ),
+            'KvDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvDelete,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.KvDeleteRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.KvDeleteResponse.SerializeToString,
+            ),
+            'KvList': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvList,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.KvListRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.KvListResponse.SerializeToString,
+            ),
+            'KvWatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.KvWatch,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.KvWatchRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.KvEvent.SerializeToString,
+            ),
+            'CounterAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.CounterAdd,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.CounterAddRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.CounterResponse.SerializeToString,
+            ),
+            'CounterGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.CounterGet,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.CounterGetRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.CounterResponse.SerializeToString,
+            ),
+            'CounterSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.CounterSet,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.CounterSetRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.CounterResponse.SerializeToString,
+            ),
+            'Acquire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Acquire,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.AcquireRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.AcquireResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.ReleaseRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'EventSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.EventSet,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.EventRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.EventResponse.SerializeToString,
+            ),
+            'EventClear': grpc.unary_unary_rpc_method_handler(
+                    servicer.EventClear,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.EventRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.EventResponse.SerializeToString,
+            ),
+            'EventWait': grpc.unary_unary_rpc_method_handler(
+                    servicer.EventWait,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.EventWaitRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.EventResponse.SerializeToString,
+            ),
+            'BarrierWait': grpc.unary_unary_rpc_method_handler(
+                    servicer.BarrierWait,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.BarrierWaitRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.BarrierWaitResponse.SerializeToString,
+            ),
+            'Inspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inspect,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.InspectRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.InspectResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'drover.v1.Coord', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('drover.v1.Coord', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Coord:
+    """Shared state for clients and jobs. Every reply is sent once what it
+    shows is durable.
+    """
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/OpenSession',
+            drover_dot_v1_dot_drover__pb2.OpenSessionRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/KeepAlive',
+            drover_dot_v1_dot_drover__pb2.KeepAliveRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.KeepAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/CloseSession',
+            drover_dot_v1_dot_drover__pb2.CloseSessionRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/KvGet',
+            drover_dot_v1_dot_drover__pb2.KvGetRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.KvGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvPut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/KvPut',
+            drover_dot_v1_dot_drover__pb2.KvPutRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.KvPutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/KvDelete',
+            drover_dot_v1_dot_drover__pb2.KvDeleteRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.KvDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/KvList',
+            drover_dot_v1_dot_drover__pb2.KvListRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.KvListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/drover.v1.Coord/KvWatch',
+            drover_dot_v1_dot_drover__pb2.KvWatchRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.KvEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CounterAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/CounterAdd',
+            drover_dot_v1_dot_drover__pb2.CounterAddRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CounterGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/CounterGet',
+            drover_dot_v1_dot_drover__pb2.CounterGetRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CounterSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/CounterSet',
+            drover_dot_v1_dot_drover__pb2.CounterSetRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Acquire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/Acquire',
+            drover_dot_v1_dot_drover__pb2.AcquireRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.AcquireResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/Release',
+            drover_dot_v1_dot_drover__pb2.ReleaseRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EventSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/EventSet',
+            drover_dot_v1_dot_drover__pb2.EventRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.EventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EventClear(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/EventClear',
+            drover_dot_v1_dot_drover__pb2.EventRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.EventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EventWait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/EventWait',
+            drover_dot_v1_dot_drover__pb2.EventWaitRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.EventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BarrierWait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/BarrierWait',
+            drover_dot_v1_dot_drover__pb2.BarrierWaitRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.BarrierWaitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Coord/Inspect',
+            drover_dot_v1_dot_drover__pb2.InspectRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.InspectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,545 @@
+//! The commands over the `Coord` service: `kv`, `counter`, `lock`, `event`
+//! and `barrier`.
+//!
+//! `lock` holds a lease while its command runs: it opens a session,
+//! renews it every third of the lease, and, should the lease be lost (the
+//! master said the session expired, or it could not be renewed before its
+//! end), kills the command and fails rather than let it run unprotected.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use drover_common::net::{self, AuthChannel, ClientOptions};
+use drover_common::pb::{self, coord_client::CoordClient};
+use drover_common::util::parse_duration;
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::client::status_error;
+use crate::output::Format;
+
+/// `drover kv ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum KvCommand {
+    /// Prints a key's value (exit 1 if it is not set).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Sets a key; prints its new version.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Deletes a key.
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Sets a key only if its version is VERSION (0: only if it is not
+    /// set); exit 2 if it was not.
+    Cas {
+        /// The key.
+        key: String,
+        /// The version the key must have.
+        version: u64,
+        /// The new value.
+        value: String,
+    },
+    /// Lists keys with a prefix: key, version, value.
+    List {
+        /// The prefix; all keys without one.
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Prints changes to a key (or keys with a prefix) as they happen.
+    Watch {
+        /// The key, or the prefix with --prefix.
+        key: String,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+    },
+}
+
+/// `drover counter ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum CounterCommand {
+    /// Adds to a counter; prints the new value.
+    Add {
+        /// The counter.
+        name: String,
+        /// What to add (may be negative).
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+    },
+    /// Prints a counter (0 if never set).
+    Get {
+        /// The counter.
+        name: String,
+    },
+    /// Sets a counter.
+    Set {
+        /// The counter.
+        name: String,
+        /// Its new value.
+        #[arg(allow_negative_numbers = true)]
+        value: i64,
+    },
+}
+
+/// `drover event ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum EventCommand {
+    /// Sets an event, waking its waiters.
+    Set {
+        /// The event.
+        name: String,
+    },
+    /// Clears an event.
+    Clear {
+        /// The event.
+        name: String,
+    },
+    /// Waits until an event is set (exit 2 on timeout).
+    Wait {
+        /// The event.
+        name: String,
+        /// Give up after this long.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+/// `drover lock ...`
+#[derive(Debug, clap::Args)]
+pub(crate) struct LockCommand {
+    /// The lock (or semaphore) name.
+    name: String,
+    /// The semaphore's size: how many may hold it at once.
+    #[arg(long, default_value_t = 1)]
+    permits: u32,
+    /// Give up (exit 1) if not acquired within this long.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// The lease: if the master does not hear from this command for this
+    /// long, the lock is released (and the command is killed here).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease: Duration,
+    /// The command to run while holding the lock.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// `drover barrier ...`
+#[derive(Debug, clap::Args)]
+pub(crate) struct BarrierCommand {
+    /// The barrier name.
+    name: String,
+    /// How many parties it waits for.
+    #[arg(long)]
+    parties: u32,
+    /// Give up after this long (the barrier breaks for every party).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+/// Connects a `Coord` client.
+pub(crate) async fn connect(
+    url: &str,
+    options: &ClientOptions,
+) -> anyhow::Result<CoordClient<AuthChannel>> {
+    let channel = net::connect_with(url, options)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(CoordClient::new(channel)
+        .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(net::MAX_MESSAGE_BYTES))
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+fn ms(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis() as u64)
+}
+
+/// Runs `drover kv ...`.
+pub(crate) async fn kv(
+    mut c: CoordClient<AuthChannel>,
+    format: Format,
+    cmd: KvCommand,
+) -> anyhow::Result<i32> {
+    match cmd {
+        KvCommand::Get { key } => {
+            let resp = c
+                .kv_get(pb::KvGetRequest { key: key.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let Some(e) = resp.entry else {
+                anyhow::bail!("key {key:?} is not set");
+            };
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    json!({"key": e.key, "value": text(&e.value), "version": e.version})
+                ),
+                Format::Text => println!("{}", text(&e.value)),
+            }
+            Ok(0)
+        }
+        KvCommand::Put { key, value } => {
+            let r = put(&mut c, key, value, None).await?;
+            print_version(format, &r);
+            Ok(0)
+        }
+        KvCommand::Cas {
+            key,
+            version,
+            value,
+        } => {
+            let r = put(&mut c, key.clone(), value, Some(version)).await?;
+            print_version(format, &r);
+            if !r.applied {
+                eprintln!(
+                    "drover: {key:?} is at version {}, not {version}: nothing written",
+                    r.version
+                );
+                return Ok(2);
+            }
+            Ok(0)
+        }
+        KvCommand::Del { key } => {
+            let r = c
+                .kv_delete(pb::KvDeleteRequest {
+                    key,
+                    expected_version: None,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match format {
+                Format::Json => println!("{}", json!({"deleted": r.deleted})),
+                Format::Text => println!("{}", if r.deleted { "deleted" } else { "not set" }),
+            }
+            Ok(0)
+        }
+        KvCommand::List { prefix } => {
+            let mut start_after = String::new();
+            loop {
+                let page = c
+                    .kv_list(pb::KvListRequest {
+                        prefix: prefix.clone(),
+                        start_after: start_after.clone(),
+                        limit: 0,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                for e in &page.entries {
+                    match format {
+                        Format::Json => println!(
+                            "{}",
+                            json!({"key": e.key, "value": text(&e.value), "version": e.version})
+                        ),
+                        Format::Text => println!("{}\t{}\t{}", e.key, e.version, text(&e.value)),
+                    }
+                }
+                match page.entries.last() {
+                    Some(last) if page.more => start_after = last.key.clone(),
+                    _ => return Ok(0),
+                }
+            }
+        }
+        KvCommand::Watch { key, prefix } => {
+            let mut stream = c
+                .kv_watch(pb::KvWatchRequest { key, prefix })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(e) = stream.next().await {
+                let e = e.map_err(status_error)?;
+                match format {
+                    Format::Json => println!(
+                        "{}",
+                        json!({"key": e.key, "value": text(&e.value), "version": e.version, "deleted": e.deleted})
+                    ),
+                    Format::Text if e.deleted => println!("del\t{}\t{}", e.key, e.version),
+                    Format::Text => {
+                        println!("put\t{}\t{}\t{}", e.key, e.version, text(&e.value))
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn put(
+    c: &mut CoordClient<AuthChannel>,
+    key: String,
+    value: String,
+    expected_version: Option<u64>,
+) -> anyhow::Result<pb::KvPutResponse> {
+    Ok(c.kv_put(pb::KvPutRequest {
+        key,
+        value: value.into_bytes(),
+        expected_version,
+    })
+    .await
+    .map_err(status_error)?
+    .into_inner())
+}
+
+fn print_version(format: Format, r: &pb::KvPutResponse) {
+    match format {
+        Format::Json => println!("{}", json!({"applied": r.applied, "version": r.version})),
+        Format::Text => println!("version {}", r.version),
+    }
+}
+
+/// Runs `drover counter ...`.
+pub(crate) async fn counter(
+    mut c: CoordClient<AuthChannel>,
+    format: Format,
+    cmd: CounterCommand,
+) -> anyhow::Result<i32> {
+    let resp = match cmd {
+        CounterCommand::Add { name, delta } => {
+            c.counter_add(pb::CounterAddRequest { name, delta }).await
+        }
+        CounterCommand::Get { name } => c.counter_get(pb::CounterGetRequest { name }).await,
+        CounterCommand::Set { name, value } => {
+            c.counter_set(pb::CounterSetRequest { name, value }).await
+        }
+    }
+    .map_err(status_error)?
+    .into_inner();
+    match format {
+        Format::Json => println!("{}", json!({"value": resp.value})),
+        Format::Text => println!("{}", resp.value),
+    }
+    Ok(0)
+}
+
+/// Runs `drover event ...`.
+pub(crate) async fn event(
+    mut c: CoordClient<AuthChannel>,
+    cmd: EventCommand,
+) -> anyhow::Result<i32> {
+    match cmd {
+        EventCommand::Set { name } => {
+            c.event_set(pb::EventRequest { name })
+                .await
+                .map_err(status_error)?;
+            Ok(0)
+        }
+        EventCommand::Clear { name } => {
+            c.event_clear(pb::EventRequest { name })
+                .await
+                .map_err(status_error)?;
+            Ok(0)
+        }
+        EventCommand::Wait { name, timeout } => {
+            let r = c
+                .event_wait(pb::EventWaitRequest {
+                    name: name.clone(),
+                    timeout_ms: ms(timeout),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if r.is_set {
+                Ok(0)
+            } else {
+                let within = timeout.map_or(String::new(), |t| format!(" within {t:?}"));
+                eprintln!("drover: event {name:?} was not set{within}");
+                Ok(2)
+            }
+        }
+    }
+}
+
+/// Runs `drover barrier ...`: prints this party's index.
+pub(crate) async fn barrier(
+    mut c: CoordClient<AuthChannel>,
+    cmd: BarrierCommand,
+) -> anyhow::Result<i32> {
+    let r = c
+        .barrier_wait(pb::BarrierWaitRequest {
+            name: cmd.name,
+            parties: cmd.parties,
+            session: 0,
+            timeout_ms: ms(cmd.timeout),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{}", r.index);
+    Ok(0)
+}
+
+/// Runs `drover inspect NAME`: one JSON document.
+pub(crate) async fn inspect(mut c: CoordClient<AuthChannel>, name: String) -> anyhow::Result<i32> {
+    let r = c
+        .inspect(pb::InspectRequest { name })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "{}",
+        json!({
+            "lock_permits": r.lock_permits,
+            "lock_tokens": r.lock_tokens,
+            "lock_waiters": r.lock_waiters,
+            "barrier_parties": r.barrier_parties,
+            "barrier_arrived": r.barrier_arrived,
+            "event_set": r.event_set,
+        })
+    );
+    Ok(0)
+}
+
+/// Runs `drover lock NAME -- COMMAND`: exits with the command's status.
+pub(crate) async fn lock(c: CoordClient<AuthChannel>, cmd: LockCommand) -> anyhow::Result<i32> {
+    let host = hostname::get().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());
+    let session = c
+        .clone()
+        .open_session(pb::OpenSessionRequest {
+            lease_ms: cmd.lease.as_millis() as u64,
+            owner: format!("{host}:{}", std::process::id()),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let lease = Duration::from_millis(session.lease_ms);
+    let (lost_tx, mut lost) = tokio::sync::watch::channel(None::<String>);
+    let heartbeat = tokio::spawn(keep_alive(c.clone(), session.session, lease, lost_tx));
+    let code = hold(&c, &cmd, session.session, &mut lost).await;
+    heartbeat.abort();
+    let _ = c
+        .clone()
+        .close_session(pb::CloseSessionRequest {
+            session: session.session,
+        })
+        .await;
+    code
+}
+
+/// Acquires, runs the command, releases.
+async fn hold(
+    c: &CoordClient<AuthChannel>,
+    cmd: &LockCommand,
+    session: u64,
+    lost: &mut tokio::sync::watch::Receiver<Option<String>>,
+) -> anyhow::Result<i32> {
+    let mut client = c.clone();
+    let acquire = client.acquire(pb::AcquireRequest {
+        name: cmd.name.clone(),
+        permits: cmd.permits,
+        session,
+        timeout_ms: ms(cmd.timeout),
+    });
+    let token = tokio::select! {
+        r = acquire => r.map_err(status_error)?.into_inner().fencing_token,
+        why = lost.wait_for(Option::is_some) => {
+            let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
+            anyhow::bail!("lost the session while waiting for lock {:?}: {why}", cmd.name);
+        }
+    };
+    let mut command = tokio::process::Command::new(&cmd.command[0]);
+    command
+        .args(&cmd.command[1..])
+        .env("DROVER_FENCING_TOKEN", token.to_string())
+        .env("DROVER_LOCK_NAME", &cmd.name)
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    let mut child = command
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run {:?}: {e}", cmd.command[0]))?;
+    let status = tokio::select! {
+        s = child.wait() => Some(s?),
+        _ = lost.wait_for(Option::is_some) => None,
+    };
+    let released = c
+        .clone()
+        .release(pb::ReleaseRequest {
+            name: cmd.name.clone(),
+            fencing_token: token,
+        })
+        .await;
+    let Some(status) = status else {
+        let _ = child.kill().await;
+        let why = lost.borrow().clone().unwrap_or_default();
+        let rejected = released
+            .err()
+            .map(|e| format!("; {}", e.message()))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "lost lock {:?} (fencing token {token}): {why}{rejected}; the command was killed",
+            cmd.name
+        );
+    };
+    if let Err(e) = released {
+        anyhow::bail!("the command ended ({status}), but {}", e.message());
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Renews the session every third of its lease. Reports the lease lost
+/// when the master says the session is gone, or when it could not be
+/// renewed before the lease would have run out.
+async fn keep_alive(
+    c: CoordClient<AuthChannel>,
+    session: u64,
+    lease: Duration,
+    lost: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut renewed = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut client = c.clone();
+        let call = client.keep_alive(pb::KeepAliveRequest { session });
+        match tokio::time::timeout(lease / 3, call).await {
+            Ok(Ok(_)) => renewed = tokio::time::Instant::now(),
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                let _ = lost.send(Some(s.message().to_string()));
+                return;
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+        if renewed.elapsed() >= lease {
+            let _ = lost.send(Some(format!(
+                "the lease of {lease:?} could not be renewed in time"
+            )));
+            return;
+        }
+    }
+}
+
+/// Makes the command die with this process (Linux), so a holder killed
+/// without warning does not leave its command running unprotected.
+fn die_with_parent(command: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+    // before exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}

@@ -1,0 +1,599 @@
+//! The `Coord` service: shared state across hosts, kept in the master's
+//! store. Key-value entries with versions, counters, locks and semaphores
+//! with leases and fencing tokens, events and barriers.
+//!
+//! - `state`: the state itself, pure (no I/O, no await), unit-tested.
+//! - `persist`: its records in the store, and the thread that
+//!   group-commits them.
+//!
+//! Each handler locks the state, changes it, releases the lock, and replies
+//! once the change is durable (many requests share one transaction). A
+//! read replies once everything it could have seen is durable. A lock
+//! grant belongs to a session, kept alive by heartbeats (`KeepAlive`); the
+//! timer ends a session not heard from within its lease, which releases
+//! its grants. Fencing tokens come from one counter, stored with each
+//! grant, so they never go back across a restart.
+
+mod persist;
+mod state;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_common::pb::coord_server::Coord;
+use drover_common::pb::{self};
+use futures::Stream;
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+pub use persist::{CoordStore, Record};
+pub use state::CoordLimits;
+use state::{Acquired, BarrierOutcome, CoordState, Granted, check_name, check_timeout};
+
+use crate::committer::{self, CommitState};
+use crate::limits::Guards;
+use crate::store::Store;
+
+/// How often sessions are checked for an expired lease.
+const REAP_EVERY: Duration = Duration::from_millis(25);
+/// Changes buffered per watcher before it is told it fell behind.
+const WATCH_BUFFER: usize = 4096;
+
+/// The `Coord` service over one [`CoordState`].
+#[derive(Clone)]
+pub struct CoordService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Arc<Mutex<CoordState>>,
+    /// What the committer has written; `None` with a store that keeps
+    /// nothing.
+    committed: Option<watch::Receiver<CommitState>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Committed key-value changes, for watchers.
+    events: broadcast::Sender<Arc<pb::KvEvent>>,
+    /// Ends waits and watches when the master shuts down.
+    shutdown: CancellationToken,
+    /// The per-client limit on watch streams, shared with `Queue`.
+    guards: Arc<Guards>,
+}
+
+impl CoordService {
+    /// Recovers the coordination state from `store` and starts its
+    /// committer if the store is durable.
+    pub fn open(
+        store: Arc<dyn Store>,
+        limits: CoordLimits,
+        guards: Arc<Guards>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let durable = store.is_durable() && store.coord().is_some();
+        let mut st = CoordState::new(limits, durable);
+        if let Some(coord) = store.coord() {
+            let now = Instant::now();
+            coord.load_coord(&mut |r| st.recover(r, now))?;
+            st.finish_recovery();
+            let (keys, counters, sessions, grants) = st.counts();
+            if keys + counters + sessions > 0 {
+                tracing::info!(
+                    keys,
+                    counters,
+                    sessions,
+                    grants,
+                    "recovered the coordination state"
+                );
+            }
+        }
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let (kick_tx, kick_rx) = std::sync::mpsc::channel();
+        st.set_kick(kick_tx);
+        let state = Arc::new(Mutex::new(st));
+        let (committed, committer) = if durable {
+            let (tx, rx) = watch::channel(CommitState::default());
+            let handle = persist::start_committer(
+                state.clone(),
+                store,
+                kick_rx,
+                tx,
+                events.clone(),
+                shutdown.clone(),
+            );
+            (Some(rx), Some(handle))
+        } else {
+            (None, None)
+        };
+        Ok(CoordService {
+            inner: Arc::new(Inner {
+                state,
+                committed,
+                committer: Mutex::new(committer),
+                events,
+                shutdown,
+                guards,
+            }),
+        })
+    }
+
+    /// Waits for the committer to write what is left (after shutdown).
+    pub fn join_committer(&self) {
+        if let Some(handle) = self.inner.committer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Ends sessions whose lease ran out, until shutdown.
+    pub async fn run_timers(self) {
+        let mut tick = tokio::time::interval(REAP_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.inner.shutdown.cancelled() => return,
+            }
+            let mut st = self.inner.state.lock();
+            for (session, owner) in st.expire_sessions(Instant::now()) {
+                tracing::warn!(session, owner = %owner, "coordination session expired; its grants are released");
+            }
+            self.announce(&mut st);
+        }
+    }
+
+    /// With a store that keeps nothing, sends key-value changes to the
+    /// watchers at once (the committer does it otherwise, after the write).
+    fn announce(&self, st: &mut CoordState) {
+        if self.inner.committed.is_none() {
+            for e in st.take_events() {
+                let _ = self.inner.events.send(Arc::new(e));
+            }
+        }
+    }
+
+    /// Waits until a change is durable.
+    async fn settle(&self, ticket: Option<u64>) -> Result<(), Status> {
+        match (ticket, &self.inner.committed) {
+            (Some(t), Some(rx)) => Ok(committer::wait_for(&mut rx.clone(), t).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until everything visible now is durable (before a read replies).
+    async fn settle_visible(&self) -> Result<(), Status> {
+        let ticket = self.inner.state.lock().visible();
+        self.settle(ticket).await
+    }
+
+    /// Runs `f` on the locked state, then waits for its change's commit.
+    async fn change<T>(
+        &self,
+        f: impl FnOnce(&mut CoordState) -> Result<(T, Option<u64>), Status>,
+    ) -> Result<T, Status> {
+        let (value, ticket) = {
+            let mut st = self.inner.state.lock();
+            let out = f(&mut st);
+            self.announce(&mut st);
+            out?
+        };
+        self.settle(ticket).await?;
+        Ok(value)
+    }
+
+    /// Waits for `rx` up to `timeout` (or forever), or until shutdown.
+    async fn wait<T>(
+        &self,
+        rx: &mut oneshot::Receiver<T>,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Result<T, oneshot::error::RecvError>>, Status> {
+        let sleep = async {
+            match timeout {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = rx => Ok(Some(r)),
+            _ = sleep => Ok(None),
+            _ = self.inner.shutdown.cancelled() => Err(Status::unavailable("the master is shutting down")),
+        }
+    }
+}
+
+/// A caller waiting for a lock. Dropped before it is done (the call was
+/// cancelled, its client died, or the wait failed) it leaves the queue
+/// and gives back a grant that reached it, so nothing is held for a caller
+/// that never heard of it.
+struct LockWait {
+    service: CoordService,
+    name: String,
+    id: u64,
+    rx: oneshot::Receiver<Granted>,
+    token: Option<u64>,
+    done: bool,
+}
+
+impl Drop for LockWait {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.service.inner.state.lock();
+        st.cancel_wait(&self.name, self.id);
+        let token = self.token.or_else(|| self.rx.try_recv().ok().map(|g| g.0));
+        if let Some(token) = token {
+            let _ = st.release(&self.name, token);
+        }
+    }
+}
+
+/// A party waiting at a barrier. Dropped before the barrier opened, it
+/// breaks the barrier for every other party.
+struct BarrierWait {
+    service: CoordService,
+    name: String,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for BarrierWait {
+    fn drop(&mut self) {
+        if !self.done {
+            self.service.inner.state.lock().barrier_leave(
+                &self.name,
+                self.id,
+                "a party left before it opened (its call ended)",
+            );
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coord for CoordService {
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let req = request.into_inner();
+        let (session, lease) = self
+            .change(|st| {
+                let (id, lease, ticket) =
+                    st.open_session(req.lease_ms, req.owner, Instant::now())?;
+                Ok(((id, lease), ticket))
+            })
+            .await?;
+        Ok(Response::new(pb::OpenSessionResponse {
+            session,
+            lease_ms: lease.as_millis() as u64,
+        }))
+    }
+
+    async fn keep_alive(
+        &self,
+        request: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let session = request.into_inner().session;
+        let lease = self
+            .inner
+            .state
+            .lock()
+            .keep_alive(session, Instant::now())?;
+        Ok(Response::new(pb::KeepAliveResponse {
+            lease_ms: lease.as_millis() as u64,
+        }))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let session = request.into_inner().session;
+        let released = self
+            .change(|st| {
+                Ok(st
+                    .end_session(session, "it was closed")
+                    .unwrap_or((0, None)))
+            })
+            .await?;
+        Ok(Response::new(pb::CloseSessionResponse { released }))
+    }
+
+    async fn kv_get(
+        &self,
+        request: Request<pb::KvGetRequest>,
+    ) -> Result<Response<pb::KvGetResponse>, Status> {
+        let key = request.into_inner().key;
+        let (entry, ticket) = {
+            let st = self.inner.state.lock();
+            (st.kv_get(&key)?, st.visible())
+        };
+        self.settle(ticket).await?;
+        Ok(Response::new(pb::KvGetResponse { entry }))
+    }
+
+    async fn kv_put(
+        &self,
+        request: Request<pb::KvPutRequest>,
+    ) -> Result<Response<pb::KvPutResponse>, Status> {
+        let req = request.into_inner();
+        let (applied, version) = self
+            .change(|st| {
+                let (applied, version, ticket) =
+                    st.kv_put(req.key, req.value, req.expected_version)?;
+                // A refused swap shows the current version: it must be durable too.
+                Ok(((applied, version), ticket.or(st.visible())))
+            })
+            .await?;
+        Ok(Response::new(pb::KvPutResponse { applied, version }))
+    }
+
+    async fn kv_delete(
+        &self,
+        request: Request<pb::KvDeleteRequest>,
+    ) -> Result<Response<pb::KvDeleteResponse>, Status> {
+        let req = request.into_inner();
+        let (deleted, version) = self
+            .change(|st| {
+                let (deleted, version, ticket) = st.kv_delete(&req.key, req.expected_version)?;
+                Ok(((deleted, version), ticket.or(st.visible())))
+            })
+            .await?;
+        Ok(Response::new(pb::KvDeleteResponse { deleted, version }))
+    }
+
+    async fn kv_list(
+        &self,
+        request: Request<pb::KvListRequest>,
+    ) -> Result<Response<pb::KvListResponse>, Status> {
+        let req = request.into_inner();
+        let ((entries, more), ticket) = {
+            let st = self.inner.state.lock();
+            (
+                st.kv_list(&req.prefix, &req.start_after, req.limit)?,
+                st.visible(),
+            )
+        };
+        self.settle(ticket).await?;
+        Ok(Response::new(pb::KvListResponse { entries, more }))
+    }
+
+    type KvWatchStream = BoxStream<pb::KvEvent>;
+
+    async fn kv_watch(
+        &self,
+        request: Request<pb::KvWatchRequest>,
+    ) -> Result<Response<Self::KvWatchStream>, Status> {
+        let slot = self.inner.guards.watch_slot(request.remote_addr())?;
+        let req = request.into_inner();
+        if !(req.prefix && req.key.is_empty()) {
+            let limits = *self.inner.state.lock().limits();
+            check_name("key", &req.key, &limits)?;
+        }
+        let rx = self.inner.events.subscribe();
+        let shutdown = self.inner.shutdown.clone();
+        let stream = futures::stream::unfold(Some((rx, shutdown, slot)), move |held| {
+            let (key, prefix) = (req.key.clone(), req.prefix);
+            async move {
+                let (mut rx, shutdown, slot) = held?;
+                loop {
+                    let next = tokio::select! {
+                        r = rx.recv() => r,
+                        _ = shutdown.cancelled() => return None,
+                    };
+                    match next {
+                        Ok(e) if (prefix && e.key.starts_with(&key)) || e.key == key => {
+                            return Some((Ok((*e).clone()), Some((rx, shutdown, slot))));
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let msg = format!(
+                                "the watch fell {n} changes behind and was ended; list the keys again and watch anew"
+                            );
+                            return Some((Err(Status::data_loss(msg)), None));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn counter_add(
+        &self,
+        request: Request<pb::CounterAddRequest>,
+    ) -> Result<Response<pb::CounterResponse>, Status> {
+        let req = request.into_inner();
+        let value = self
+            .change(|st| st.counter_add(req.name, req.delta))
+            .await?;
+        Ok(Response::new(pb::CounterResponse { value }))
+    }
+
+    async fn counter_get(
+        &self,
+        request: Request<pb::CounterGetRequest>,
+    ) -> Result<Response<pb::CounterResponse>, Status> {
+        let name = request.into_inner().name;
+        let value = self.inner.state.lock().counter_get(&name)?;
+        self.settle_visible().await?;
+        Ok(Response::new(pb::CounterResponse { value }))
+    }
+
+    async fn counter_set(
+        &self,
+        request: Request<pb::CounterSetRequest>,
+    ) -> Result<Response<pb::CounterResponse>, Status> {
+        let req = request.into_inner();
+        let value = self
+            .change(|st| st.counter_set(req.name, req.value))
+            .await?;
+        Ok(Response::new(pb::CounterResponse { value }))
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let req = request.into_inner();
+        let timeout = check_timeout(req.timeout_ms)?;
+        let outcome =
+            self.inner
+                .state
+                .lock()
+                .acquire(req.name.clone(), req.permits, req.session)?;
+        let (token, ticket) = match outcome {
+            Acquired::Now(granted) => granted,
+            Acquired::Queued(id, rx) => {
+                let mut wait = LockWait {
+                    service: self.clone(),
+                    name: req.name.clone(),
+                    id,
+                    rx,
+                    token: None,
+                    done: false,
+                };
+                let granted = match self.wait(&mut wait.rx, timeout).await? {
+                    Some(Ok(granted)) => granted,
+                    Some(Err(_)) => {
+                        return Err(Status::not_found(format!(
+                            "session {} ended while waiting for lock {}",
+                            req.session, req.name
+                        )));
+                    }
+                    None => {
+                        let (holders, waiters) = {
+                            let mut st = self.inner.state.lock();
+                            st.cancel_wait(&req.name, id);
+                            st.lock_state(&req.name)
+                        };
+                        match wait.rx.try_recv() {
+                            Ok(granted) => granted,
+                            Err(_) => {
+                                return Err(Status::deadline_exceeded(format!(
+                                    "lock {}: not acquired within {} ms ({holders} holders, {waiters} other waiters)",
+                                    req.name,
+                                    req.timeout_ms.unwrap_or(0)
+                                )));
+                            }
+                        }
+                    }
+                };
+                wait.token = Some(granted.0);
+                let result = self.settle(granted.1).await;
+                wait.done = result.is_ok();
+                result?;
+                return Ok(Response::new(pb::AcquireResponse {
+                    fencing_token: granted.0,
+                }));
+            }
+        };
+        if let Err(e) = self.settle(ticket).await {
+            let _ = self.inner.state.lock().release(&req.name, token);
+            return Err(e);
+        }
+        Ok(Response::new(pb::AcquireResponse {
+            fencing_token: token,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let req = request.into_inner();
+        self.change(|st| Ok(((), st.release(&req.name, req.fencing_token)?)))
+            .await?;
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn event_set(
+        &self,
+        request: Request<pb::EventRequest>,
+    ) -> Result<Response<pb::EventResponse>, Status> {
+        let name = request.into_inner().name;
+        self.change(|st| Ok(((), st.event_set(name)?))).await?;
+        Ok(Response::new(pb::EventResponse { is_set: true }))
+    }
+
+    async fn event_clear(
+        &self,
+        request: Request<pb::EventRequest>,
+    ) -> Result<Response<pb::EventResponse>, Status> {
+        let name = request.into_inner().name;
+        self.change(|st| Ok(((), st.event_clear(name)?))).await?;
+        Ok(Response::new(pb::EventResponse { is_set: false }))
+    }
+
+    async fn event_wait(
+        &self,
+        request: Request<pb::EventWaitRequest>,
+    ) -> Result<Response<pb::EventResponse>, Status> {
+        let req = request.into_inner();
+        let timeout = check_timeout(req.timeout_ms)?;
+        let waiting = self.inner.state.lock().event_wait(req.name)?;
+        let is_set = match waiting {
+            Ok(()) => {
+                self.settle_visible().await?;
+                true
+            }
+            Err(mut rx) => match self.wait(&mut rx, timeout).await? {
+                Some(Ok(ticket)) => {
+                    self.settle(ticket).await?;
+                    true
+                }
+                Some(Err(_)) | None => false,
+            },
+        };
+        Ok(Response::new(pb::EventResponse { is_set }))
+    }
+
+    async fn barrier_wait(
+        &self,
+        request: Request<pb::BarrierWaitRequest>,
+    ) -> Result<Response<pb::BarrierWaitResponse>, Status> {
+        let req = request.into_inner();
+        let timeout = check_timeout(req.timeout_ms)?;
+        let (id, mut rx) =
+            self.inner
+                .state
+                .lock()
+                .barrier_wait(req.name.clone(), req.parties, req.session)?;
+        let mut party = BarrierWait {
+            service: self.clone(),
+            name: req.name.clone(),
+            id,
+            done: false,
+        };
+        let outcome: BarrierOutcome = match self.wait(&mut rx, timeout).await? {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(_)) => Err(format!("barrier {} is broken", req.name)),
+            None => {
+                self.inner.state.lock().barrier_leave(
+                    &req.name,
+                    id,
+                    &format!("a party timed out after {} ms", req.timeout_ms.unwrap_or(0)),
+                );
+                rx.try_recv()
+                    .unwrap_or_else(|_| Err(format!("barrier {} is broken", req.name)))
+            }
+        };
+        party.done = true;
+        match outcome {
+            Ok(index) => Ok(Response::new(pb::BarrierWaitResponse { index })),
+            Err(reason) => Err(Status::aborted(reason)),
+        }
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        let name = request.into_inner().name;
+        let out = self.inner.state.lock().inspect(&name)?;
+        Ok(Response::new(out))
+    }
+}

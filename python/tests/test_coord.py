@@ -1,0 +1,139 @@
+"""Shared state across hosts (``drover.coord``) against the real master:
+the seed's shared-counter and dict-with-lock programs with the import
+changed, semaphores, events and barriers."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+import drover
+
+
+def fresh(prefix: str) -> str:
+    """A name no other test uses (the cluster is shared by the session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_lock_guards_a_read_modify_write_across_threads(client):
+    total = drover.Value(fresh("total"), client=client)
+    total.value = 0
+    lock = drover.Lock(fresh("lock"), client=client)
+
+    def work():
+        mine = drover.Lock(lock.name, client=client)
+        for _ in range(25):
+            with mine:
+                total.value = total.value + 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert total.value == 100
+
+
+def test_value_add_is_atomic(client):
+    v = drover.Value(fresh("n"), client=client)
+
+    def work():
+        for _ in range(50):
+            v.add(2)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert v.value == 400
+    assert v.add(-400) == 0
+
+
+def test_a_semaphore_grants_its_permits_and_no_more(client):
+    name = fresh("sem")
+    a = drover.Semaphore(name, 2, client=client)
+    b = drover.Semaphore(name, 2, client=client)
+    c = drover.Semaphore(name, 2, client=client)
+    assert a.acquire() and b.acquire()
+    assert b.fencing_token > a.fencing_token
+    assert c.acquire(timeout=0.2) is False
+    a.release()
+    assert c.acquire(timeout=30)
+    assert c.fencing_token > b.fencing_token
+    b.release()
+    c.release()
+    with pytest.raises(ValueError):
+        c.release()
+
+
+def test_a_dict_is_a_mutable_mapping_over_its_prefix(client):
+    d = drover.Dict(fresh("dict"), client=client)
+    other = drover.Dict(d.name + "x", client=client)
+    d["a"] = [1, 2]
+    d["b"] = {"k": "v"}
+    other["a"] = 3
+    assert d["a"] == [1, 2]
+    assert sorted(d) == ["a", "b"]
+    assert len(d) == 2
+    assert dict(d.items()) == {"a": [1, 2], "b": {"k": "v"}}
+    del d["a"]
+    with pytest.raises(KeyError):
+        d["a"]
+    with pytest.raises(KeyError):
+        del d["a"]
+    with pytest.raises(TypeError):
+        d[1] = 2
+    assert other["a"] == 3
+
+
+def test_an_event_wakes_its_waiters(client):
+    e = drover.Event(fresh("ev"), client=client)
+    assert e.wait(timeout=0.1) is False
+    assert not e.is_set()
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(e.wait(timeout=60)))
+    t.start()
+    e.set()
+    t.join()
+    assert woke == [True]
+    assert e.is_set()
+    e.clear()
+    assert not e.is_set()
+
+
+def test_a_barrier_gives_each_party_an_index_and_breaks_on_a_timeout(client):
+    name = fresh("bar")
+    got = []
+
+    def party():
+        got.append(drover.Barrier(name, 3, client=client).wait(timeout=60))
+
+    threads = [threading.Thread(target=party) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0, 1, 2]
+
+    broken = []
+
+    def waiter(timeout):
+        try:
+            drover.Barrier(name + "b", 3, client=client).wait(timeout=timeout)
+        except threading.BrokenBarrierError as e:
+            broken.append(str(e))
+
+    long = threading.Thread(target=waiter, args=(60,))
+    long.start()
+    waiter(0.3)
+    long.join()
+    assert len(broken) == 2
+    assert all("timed out" in b for b in broken), broken
+
+
+def test_bad_names_are_refused_naming_the_field_and_the_limit(client):
+    with pytest.raises(drover.InvalidArgument, match="key: 300 bytes is over the limit of 256"):
+        drover.Dict("d", client=client)["k" * 298] = 1
