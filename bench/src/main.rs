@@ -26,6 +26,7 @@
 mod apply;
 mod baselines;
 mod cluster;
+mod coord;
 mod durable;
 mod fib;
 mod jobs;
@@ -64,7 +65,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "tiny,apply,fib,python,durable,recovery"
+        default_value = "tiny,apply,fib,python,durable,recovery,coord"
     )]
     only: Vec<Workload>,
     /// Jobs of the durable-submit workload, sent in Submits of 1,000.
@@ -129,6 +130,8 @@ enum Workload {
     Durable,
     /// recovery_s_1m, master_rss_mb_1m and master_rss_mb_1m_recovered.
     Recovery,
+    /// lock_acquire_release_p50_us, counter_adds_per_s and kv_puts_per_s.
+    Coord,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -190,6 +193,7 @@ fn run(args: &Args) -> Report {
         Workload::Apply,
         Workload::Durable,
         Workload::Recovery,
+        Workload::Coord,
     ];
     if clusters.into_iter().any(selected) {
         // A current-thread client: one job's round trip has no thread
@@ -218,7 +222,7 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
             return;
         }
     };
-    if selected(Workload::Durable) || selected(Workload::Recovery) {
+    if selected(Workload::Durable) || selected(Workload::Recovery) || selected(Workload::Coord) {
         report.notes.push(format!(
             "durable stores in fresh directories under {}",
             cluster::store_location()
@@ -237,6 +241,9 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     }
     if selected(Workload::Recovery) {
         outcomes.push(run_recovery(args, &bins, report).await.context("recovery"));
+    }
+    if selected(Workload::Coord) {
+        outcomes.push(run_coord(args, &bins, report).await.context("coord"));
     }
     for e in outcomes.into_iter().filter_map(Result::err) {
         report.failed = true;
@@ -507,6 +514,41 @@ async fn run_durable_submit(args: &Args, bins: &Binaries, report: &mut Report) -
     }
     report.durable_submit_jobs_per_s = stats::median(&samples);
     report.samples.insert("durable_submit_jobs_per_s", samples);
+    Ok(())
+}
+
+/// The Coord figures: each run on a fresh master with the redb store and
+/// no workers.
+async fn run_coord(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let (mut lock, mut adds, mut puts) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=args.runs {
+        let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, 0)).await?;
+        if run == 1 {
+            report.notes.push(format!(
+                "coord: {} uncontended lock round trips; {} counter adds and {} puts from {} \
+                 clients with {} calls in flight each, on {}; a fresh master each run",
+                coord::LOCK_ROUND_TRIPS,
+                coord::ADDS,
+                coord::PUTS,
+                coord::CLIENTS,
+                coord::IN_FLIGHT,
+                describe(&cluster, args, 0)
+            ));
+        }
+        let result = deadline(coord::run_once(&cluster)).await;
+        let f = result
+            .with_context(|| format!("run {run}"))
+            .map_err(|e| with_logs(e, &mut cluster))?;
+        lock.push(f.lock_p50_us);
+        adds.push(f.counter_adds_per_s);
+        puts.push(f.kv_puts_per_s);
+    }
+    report.lock_acquire_release_p50_us = stats::median(&lock);
+    report.counter_adds_per_s = stats::median(&adds);
+    report.kv_puts_per_s = stats::median(&puts);
+    report.samples.insert("lock_acquire_release_p50_us", lock);
+    report.samples.insert("counter_adds_per_s", adds);
+    report.samples.insert("kv_puts_per_s", puts);
     Ok(())
 }
 

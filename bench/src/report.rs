@@ -23,6 +23,9 @@ pub(crate) struct Report {
     pub(crate) recovery_s_1m: Option<f64>,
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
+    pub(crate) lock_acquire_release_p50_us: Option<f64>,
+    pub(crate) counter_adds_per_s: Option<f64>,
+    pub(crate) kv_puts_per_s: Option<f64>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -102,6 +105,16 @@ const TARGETS: &[Target] = &[
         limit: 400.0,
         higher_is_better: false,
     },
+    Target {
+        key: "lock_acquire_release_p50_us",
+        limit: 200.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "counter_adds_per_s",
+        limit: 100_000.0,
+        higher_is_better: true,
+    },
 ];
 
 impl Report {
@@ -143,6 +156,12 @@ impl Report {
                 "master_rss_mb_1m_recovered",
                 self.master_rss_mb_1m_recovered,
             ),
+            (
+                "lock_acquire_release_p50_us",
+                self.lock_acquire_release_p50_us,
+            ),
+            ("counter_adds_per_s", self.counter_adds_per_s),
+            ("kv_puts_per_s", self.kv_puts_per_s),
         ]
     }
 

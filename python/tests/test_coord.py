@@ -17,6 +17,15 @@ def fresh(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def in_threads(target, n: int) -> None:
+    """Runs ``target`` in ``n`` threads at once and waits for them all."""
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_a_lock_guards_a_read_modify_write_across_threads(client):
     total = drover.Value(fresh("total"), client=client)
     total.value = 0
@@ -28,11 +37,7 @@ def test_a_lock_guards_a_read_modify_write_across_threads(client):
             with mine:
                 total.value = total.value + 1
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(work, 4)
     assert total.value == 100
 
 
@@ -43,11 +48,7 @@ def test_value_add_is_atomic(client):
         for _ in range(50):
             v.add(2)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(work, 4)
     assert v.value == 400
     assert v.add(-400) == 0
 
@@ -111,11 +112,7 @@ def test_a_barrier_gives_each_party_an_index_and_breaks_on_a_timeout(client):
     def party():
         got.append(drover.Barrier(name, 3, client=client).wait(timeout=60))
 
-    threads = [threading.Thread(target=party) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(party, 3)
     assert sorted(got) == [0, 1, 2]
 
     broken = []

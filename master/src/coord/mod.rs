@@ -208,8 +208,9 @@ impl CoordService {
 struct LockWait {
     service: CoordService,
     name: String,
+    /// The waiter's id (0: granted at once, never queued).
     id: u64,
-    rx: oneshot::Receiver<Granted>,
+    rx: Option<oneshot::Receiver<Granted>>,
     token: Option<u64>,
     done: bool,
 }
@@ -220,8 +221,15 @@ impl Drop for LockWait {
             return;
         }
         let mut st = self.service.inner.state.lock();
-        st.cancel_wait(&self.name, self.id);
-        let token = self.token.or_else(|| self.rx.try_recv().ok().map(|g| g.0));
+        if self.id != 0 {
+            st.cancel_wait(&self.name, self.id);
+        }
+        let token = self.token.or_else(|| {
+            self.rx
+                .as_mut()
+                .and_then(|rx| rx.try_recv().ok())
+                .map(|g| g.0)
+        });
         if let Some(token) = token {
             let _ = st.release(&self.name, token);
         }
@@ -445,18 +453,20 @@ impl Coord for CoordService {
                 .state
                 .lock()
                 .acquire(req.name.clone(), req.permits, req.session)?;
+        let mut wait = LockWait {
+            service: self.clone(),
+            name: req.name.clone(),
+            id: 0,
+            rx: None,
+            token: None,
+            done: false,
+        };
         let (token, ticket) = match outcome {
             Acquired::Now(granted) => granted,
             Acquired::Queued(id, rx) => {
-                let mut wait = LockWait {
-                    service: self.clone(),
-                    name: req.name.clone(),
-                    id,
-                    rx,
-                    token: None,
-                    done: false,
-                };
-                let granted = match self.wait(&mut wait.rx, timeout).await? {
+                wait.id = id;
+                let rx = wait.rx.insert(rx);
+                match self.wait(rx, timeout).await? {
                     Some(Ok(granted)) => granted,
                     Some(Err(_)) => {
                         return Err(Status::not_found(format!(
@@ -470,7 +480,8 @@ impl Coord for CoordService {
                             st.cancel_wait(&req.name, id);
                             st.lock_state(&req.name)
                         };
-                        match wait.rx.try_recv() {
+                        wait.id = 0;
+                        match rx.try_recv() {
                             Ok(granted) => granted,
                             Err(_) => {
                                 return Err(Status::deadline_exceeded(format!(
@@ -481,20 +492,13 @@ impl Coord for CoordService {
                             }
                         }
                     }
-                };
-                wait.token = Some(granted.0);
-                let result = self.settle(granted.1).await;
-                wait.done = result.is_ok();
-                result?;
-                return Ok(Response::new(pb::AcquireResponse {
-                    fencing_token: granted.0,
-                }));
+                }
             }
         };
-        if let Err(e) = self.settle(ticket).await {
-            let _ = self.inner.state.lock().release(&req.name, token);
-            return Err(e);
-        }
+        // From here a call that ends early gives the grant back.
+        wait.token = Some(token);
+        self.settle(ticket).await?;
+        wait.done = true;
         Ok(Response::new(pb::AcquireResponse {
             fencing_token: token,
         }))
