@@ -23,6 +23,8 @@ pub(crate) struct Report {
     pub(crate) recovery_s_1m: Option<f64>,
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
+    pub(crate) master_rss_mb_5m_finished: Option<f64>,
+    pub(crate) recovery_s_5m_finished: Option<f64>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -102,6 +104,16 @@ const TARGETS: &[Target] = &[
         limit: 400.0,
         higher_is_better: false,
     },
+    Target {
+        key: "master_rss_mb_5m_finished",
+        limit: 300.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "recovery_s_5m_finished",
+        limit: 2.0,
+        higher_is_better: false,
+    },
 ];
 
 impl Report {
@@ -143,6 +155,8 @@ impl Report {
                 "master_rss_mb_1m_recovered",
                 self.master_rss_mb_1m_recovered,
             ),
+            ("master_rss_mb_5m_finished", self.master_rss_mb_5m_finished),
+            ("recovery_s_5m_finished", self.recovery_s_5m_finished),
         ]
     }
 
