@@ -402,7 +402,11 @@ impl Store for RedbStore {
     }
 
     fn write(&self, changes: Changes) -> anyhow::Result<()> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // The allocator state is saved with each commit: a restart after a
+        // crash need not walk the whole file (seconds for a history of
+        // millions of jobs) to rebuild it.
+        txn.set_quick_repair(true);
         {
             let mut jobs = txn.open_table(JOBS)?;
             let mut batches = txn.open_table(BATCHES)?;
