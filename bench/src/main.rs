@@ -29,6 +29,7 @@ mod cluster;
 mod coord;
 mod durable;
 mod fib;
+mod finished;
 mod jobs;
 mod recovery;
 mod report;
@@ -80,6 +81,9 @@ struct Args {
     /// `--master-arg=--max-queued=N` too.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     recovery_jobs: u32,
+    /// Finished jobs of the finished workload (the `_5m` of its figures).
+    #[arg(long, default_value_t = 5_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    finished_jobs: u32,
     /// Worker daemons to start.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     workers: u32,
@@ -132,6 +136,8 @@ enum Workload {
     Recovery,
     /// lock_acquire_release_p50_us, counter_adds_per_s and kv_puts_per_s.
     Coord,
+    /// master_rss_mb_5m_finished and recovery_s_5m_finished.
+    Finished,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -194,6 +200,7 @@ fn run(args: &Args) -> Report {
         Workload::Durable,
         Workload::Recovery,
         Workload::Coord,
+        Workload::Finished,
     ];
     if clusters.into_iter().any(selected) {
         // A current-thread client: one job's round trip has no thread
@@ -244,6 +251,9 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     }
     if selected(Workload::Coord) {
         outcomes.push(run_coord(args, &bins, report).await.context("coord"));
+    }
+    if selected(Workload::Finished) {
+        outcomes.push(run_finished(args, &bins, report).await.context("finished"));
     }
     for e in outcomes.into_iter().filter_map(Result::err) {
         report.failed = true;
@@ -589,6 +599,45 @@ async fn run_recovery(args: &Args, bins: &Binaries, report: &mut Report) -> Resu
     report
         .samples
         .insert("master_rss_mb_1m_recovered", rss_recovered);
+    Ok(())
+}
+
+/// master_rss_mb_5m_finished and recovery_s_5m_finished: each run on a
+/// fresh durable master with the bench's workers.
+async fn run_finished(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    for run in 1..=args.runs {
+        let workers = args.workers as usize;
+        let mut cluster =
+            Cluster::start(bins, cluster_config(args, StoreKind::Redb, workers)).await?;
+        cluster.wait_for_workers(workers).await?;
+        if run == 1 {
+            report.notes.push(format!(
+                "finished: {} tiny prime jobs in Submits of {}, at most two ahead, on {}; \
+                 VmRSS once all succeeded, then SIGKILL and a restart timed until Stats \
+                 accounts for every job",
+                args.finished_jobs,
+                jobs::MAX_SUBMIT_JOBS,
+                describe(&cluster, args, workers)
+            ));
+        }
+        let result = tokio::time::timeout(
+            Duration::from_secs(3600),
+            finished::run_once(&mut cluster, args.finished_jobs as usize),
+        )
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no result within an hour")));
+        let r = result
+            .with_context(|| format!("run {run}"))
+            .map_err(|e| with_logs(e, &mut cluster))?;
+        times.push(r.recovery_s);
+        rss.push(r.rss_mib);
+    }
+    report.recovery_s_5m_finished = stats::median(&times);
+    report.master_rss_mb_5m_finished = stats::median(&rss);
+    report.samples.insert("recovery_s_5m_finished", times);
+    report.samples.insert("master_rss_mb_5m_finished", rss);
     Ok(())
 }
 

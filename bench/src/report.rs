@@ -26,6 +26,8 @@ pub(crate) struct Report {
     pub(crate) lock_acquire_release_p50_us: Option<f64>,
     pub(crate) counter_adds_per_s: Option<f64>,
     pub(crate) kv_puts_per_s: Option<f64>,
+    pub(crate) master_rss_mb_5m_finished: Option<f64>,
+    pub(crate) recovery_s_5m_finished: Option<f64>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -115,6 +117,16 @@ const TARGETS: &[Target] = &[
         limit: 100_000.0,
         higher_is_better: true,
     },
+    Target {
+        key: "master_rss_mb_5m_finished",
+        limit: 300.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "recovery_s_5m_finished",
+        limit: 2.0,
+        higher_is_better: false,
+    },
 ];
 
 impl Report {
@@ -162,6 +174,8 @@ impl Report {
             ),
             ("counter_adds_per_s", self.counter_adds_per_s),
             ("kv_puts_per_s", self.kv_puts_per_s),
+            ("master_rss_mb_5m_finished", self.master_rss_mb_5m_finished),
+            ("recovery_s_5m_finished", self.recovery_s_5m_finished),
         ]
     }
 

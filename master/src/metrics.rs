@@ -59,6 +59,10 @@ impl Store for MeteredStore {
         self.inner.read_job(id)
     }
 
+    fn read_jobs(&self, ids: &[JobId]) -> anyhow::Result<Vec<Option<pb::JobRecord>>> {
+        self.inner.read_jobs(ids)
+    }
+
     fn has_job(&self, id: &JobId) -> anyhow::Result<bool> {
         self.inner.has_job(id)
     }

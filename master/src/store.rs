@@ -165,6 +165,10 @@ pub trait Store: Send + Sync + 'static {
     fn read_job(&self, _id: &JobId) -> anyhow::Result<Option<pb::JobRecord>> {
         Ok(None)
     }
+    /// The last committed records of several jobs, in one read.
+    fn read_jobs(&self, ids: &[JobId]) -> anyhow::Result<Vec<Option<pb::JobRecord>>> {
+        ids.iter().map(|id| self.read_job(id)).collect()
+    }
     /// Whether the store holds a job's record (without reading it).
     fn has_job(&self, _id: &JobId) -> anyhow::Result<bool> {
         Ok(false)
@@ -416,7 +420,11 @@ impl Store for RedbStore {
     }
 
     fn write(&self, changes: Changes) -> anyhow::Result<()> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // The allocator state is saved with each commit: a restart after a
+        // crash need not walk the whole file (seconds for a history of
+        // millions of jobs) to rebuild it.
+        txn.set_quick_repair(true);
         {
             let mut jobs = txn.open_table(JOBS)?;
             let mut batches = txn.open_table(BATCHES)?;
@@ -538,6 +546,21 @@ impl Store for RedbStore {
         let record = pb::JobRecord::decode(value.value())
             .map_err(|e| anyhow::anyhow!("job record {id} is corrupt: {e}"))?;
         Ok(Some(record))
+    }
+
+    fn read_jobs(&self, ids: &[JobId]) -> anyhow::Result<Vec<Option<pb::JobRecord>>> {
+        let txn = self.db.begin_read()?;
+        let jobs = txn.open_table(JOBS)?;
+        ids.iter()
+            .map(|id| {
+                let Some(value) = jobs.get(id.uuid().as_u128())? else {
+                    return Ok(None);
+                };
+                let record = pb::JobRecord::decode(value.value())
+                    .map_err(|e| anyhow::anyhow!("job record {id} is corrupt: {e}"))?;
+                Ok(Some(record))
+            })
+            .collect()
     }
 
     fn has_job(&self, id: &JobId) -> anyhow::Result<bool> {

@@ -303,10 +303,14 @@ fn memory_stays_bounded_after_a_million_finished_jobs() {
         "the master grew from {halfway:.0} MiB halfway to {rss:.0} MiB: its memory grows with the history"
     );
 
+    let port = master.addr().port();
     master.kill9();
     drop(master);
     let restarted = Instant::now();
-    let master = master_on(dir.path(), &[]);
+    // On the same port: the worker reconnects and sends again the results
+    // that were not committed at the kill.
+    let listen = format!("127.0.0.1:{port}");
+    let master = master_on(dir.path(), &["--listen", &listen]);
     let status = master.stats();
     let recovery = restarted.elapsed();
     // Results not yet committed at the kill are sent again by the worker.

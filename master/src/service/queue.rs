@@ -100,25 +100,67 @@ enum Slot {
     Miss(JobId, Option<usize>),
 }
 
-impl Slot {
-    /// The job's view; `None` if it is in neither memory nor the store
-    /// (purged meanwhile). What the store holds is committed.
-    fn fill(self, archive: Option<&dyn Store>) -> Result<Option<pb::JobInfo>, Status> {
-        match self {
-            Slot::Hit(info) => Ok(Some(info)),
-            Slot::Miss(id, at) => {
-                let Some(store) = archive else {
-                    return Ok(None);
-                };
-                match store.read_job(&id).map_err(|e| {
-                    Status::internal(format!("reading job {id} from the store failed: {e:#}"))
-                })? {
-                    Some(record) => Ok(Some(stored_info(record, at)?)),
-                    None => Ok(None),
-                }
+/// The most job records read from the store in one read transaction.
+const MAX_READ_RUN: usize = 1024;
+
+/// Fills `page` from `slots` in order until it is full; returns how many
+/// slots it used. Misses are read from the store in runs, one read
+/// transaction each: a run starts at one job and doubles while what it read
+/// is small next to the page's budget, so small records cost few reads and
+/// large ones are not read past the page. A job in neither memory nor the
+/// store (purged meanwhile) is skipped. What the store holds is committed.
+fn fill_page(
+    page: &mut Page,
+    slots: Vec<Slot>,
+    archive: Option<&dyn Store>,
+) -> Result<usize, Status> {
+    let mut used = 0;
+    let mut run = 1;
+    let mut slots = slots.into_iter().peekable();
+    while !page.full() {
+        let Some(slot) = slots.next() else {
+            break;
+        };
+        let first = match slot {
+            Slot::Hit(info) => {
+                page.push(Some(info));
+                used += 1;
+                continue;
+            }
+            Slot::Miss(id, at) => (id, at),
+        };
+        let mut misses = vec![first];
+        while misses.len() < run
+            && let Some(Slot::Miss(id, at)) = slots.peek()
+        {
+            misses.push((*id, *at));
+            slots.next();
+        }
+        let Some(store) = archive else {
+            used += misses.len();
+            continue;
+        };
+        let ids: Vec<JobId> = misses.iter().map(|(id, _)| *id).collect();
+        let records = store
+            .read_jobs(&ids)
+            .map_err(|e| Status::internal(format!("reading jobs from the store failed: {e:#}")))?;
+        let before = page.bytes;
+        for (record, (_, at)) in records.into_iter().zip(misses) {
+            // A run read past a full page is dropped: the next page reads
+            // those jobs again.
+            if page.full() {
+                break;
+            }
+            used += 1;
+            if let Some(record) = record {
+                page.push(Some(stored_info(record, at)?));
             }
         }
+        if (page.bytes - before) * 8 < page.budget {
+            run = (run * 2).min(MAX_READ_RUN);
+        }
     }
+    Ok(used)
 }
 
 /// Adds to a listing from memory the finished jobs the store holds (those
@@ -230,26 +272,29 @@ async fn stream_closed(
         };
         order.into_iter().filter(|&i| !bit(&sent, i)).collect()
     };
-    let mut page = Page::new(budget, WATCH_CHUNK);
     let last = places.len();
-    for (n, at) in places.into_iter().enumerate() {
-        match Slot::Miss(closed.jobs[at], Some(at)).fill(archive) {
-            Ok(info) => page.push(info),
+    let mut from = 0;
+    while from < last {
+        let slots = places[from..(from + WATCH_CHUNK).min(last)]
+            .iter()
+            .map(|&at| Slot::Miss(closed.jobs[at], Some(at)))
+            .collect();
+        let mut page = Page::new(budget, WATCH_CHUNK);
+        match fill_page(&mut page, slots, archive) {
+            // What the page did not use is read for the next one.
+            Ok(used) => from += used.max(1),
             Err(status) => {
                 let _ = tx.send(Err(status)).await;
                 return;
             }
         }
-        if page.full() || n + 1 == last {
-            let msg = pb::WatchResponse {
-                jobs: std::mem::take(&mut page.jobs),
-                done: total as u32,
-                total: total as u32,
-            };
-            page.bytes = 0;
-            if tx.send(Ok(msg)).await.is_err() {
-                return;
-            }
+        let msg = pb::WatchResponse {
+            jobs: page.jobs,
+            done: total as u32,
+            total: total as u32,
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return;
         }
     }
     if last == 0 && total == 0 {
@@ -359,14 +404,7 @@ impl Queue for Master {
             )
         };
         let mut page = Page::new(budget, usize::MAX);
-        let mut next = start;
-        for slot in slots {
-            if page.full() {
-                break;
-            }
-            next += 1;
-            page.push(slot.fill(archive.as_deref())?);
-        }
+        let next = start + fill_page(&mut page, slots, archive.as_deref())?;
         let jobs = page.jobs;
         let next_page_token = if next < ids.len() {
             next.to_string()
@@ -525,17 +563,14 @@ impl Queue for Master {
                     return;
                 }
                 let archive = master.inner.state.lock().archive().cloned();
-                let mut chunk = Vec::with_capacity(slots.len());
-                for slot in slots {
-                    match slot.fill(archive.as_deref()) {
-                        Ok(Some(info)) => chunk.push(info),
-                        Ok(None) => {}
-                        Err(status) => {
-                            let _ = tx.send(Err(status)).await;
-                            return;
-                        }
-                    }
+                // Everything taken under the lock is sent (the cursor has
+                // moved past it).
+                let mut page = Page::new(usize::MAX, usize::MAX);
+                if let Err(status) = fill_page(&mut page, slots, archive.as_deref()) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
                 }
+                let chunk = page.jobs;
                 if !chunk.is_empty() || total == 0 {
                     let msg = pb::WatchResponse {
                         jobs: chunk,

@@ -810,6 +810,15 @@ fn a_finished_batch_leaves_memory_once_committed_and_comes_back_for_a_retry() {
     assert_eq!(st.job(&ids[1]).unwrap().state, JobState::Queued);
     assert_eq!(st.count(JobState::Failed), 0);
     commit_to(&mut st, &store);
+    // A restart now reads the batch back as open, the job queued.
+    let mut back = durable(1);
+    let mut report = RecoveryReport::default();
+    store
+        .load(&mut |item| back.recover_item(item, &mut report))
+        .unwrap();
+    back.finish_recovery(&mut report);
+    assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
+    assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
     st.add_credit(s, 1, 0).send(None);
     let a = assigned(&mut rx);
     st.record_results(s, 0, vec![ok(&a[0])]).send(None);
