@@ -37,6 +37,8 @@
 //! - `recovery`: the queue rebuilt from what the store committed.
 //! - `retention`: finished batches purged, expired ids told apart.
 //! - `queries`: what clients read.
+//! - `dashboard_queries`: what the web dashboard reads besides (pages of
+//!   jobs and batches, heartbeats, the finished total).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -53,6 +55,7 @@ use drover_common::ids::{BatchId, JobId, SessionId};
 
 use crate::store::{Changes, Loaded, Recovered, encode_batch};
 
+mod dashboard_queries;
 mod job;
 mod journal;
 mod lifecycle;
@@ -63,6 +66,7 @@ mod recovery;
 mod retention;
 mod sessions;
 
+pub use dashboard_queries::{BatchSummary, JobFilter, JobPage, MAX_PAGE};
 pub(crate) use job::{Batch, Job, JobExtra, JobTable};
 pub use recovery::RecoveryReport;
 
