@@ -144,7 +144,7 @@ pub struct MasterArgs {
     #[arg(long, env = "DROVER_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Where to serve the web dashboard (http://ADDR/, https:// when the
-    /// master has --tls-cert), default 127.0.0.1:9465; `off` serves none.
+    /// master has --tls-cert), default 127.0.0.1:9466; `off` serves none.
     /// It needs the client token when the master has one; off loopback
     /// without one, the master refuses to start unless --insecure.
     #[arg(long, env = "DROVER_DASHBOARD_LISTEN")]
@@ -373,7 +373,7 @@ impl Config {
         anyhow::bail!(
             "refusing to serve the dashboard on {addr} without a client token: it is not a \
              loopback address. Set --client-token (or --client-token-file), serve it on \
-             loopback (--dashboard-listen 127.0.0.1:9465), or pass --insecure"
+             loopback (--dashboard-listen 127.0.0.1:9466), or pass --insecure"
         )
     }
 }

@@ -84,6 +84,8 @@ impl Browser {
         let caps = json!({
             "capabilities": {"alwaysMatch": {
                 "browserName": "chrome",
+                // The TLS test's certificate comes from a test CA.
+                "acceptInsecureCerts": true,
                 "goog:chromeOptions": {
                     "binary": chromium,
                     "args": [

@@ -13,7 +13,7 @@ use drover_common::net::ClientOptions;
 use drover_common::pb::{self, JobKind, JobState};
 use drover_tests::grpc::{block_on, job};
 use drover_tests::http::{self, Reply};
-use drover_tests::security::{free_port, options, queue, stats};
+use drover_tests::security::{Pki, free_port, options, queue, stats};
 use drover_tests::webdriver::Browser;
 use drover_tests::{Master, Worker, wait_for, wait_until};
 
@@ -334,7 +334,7 @@ fn who_sees_what_and_what_a_request_may_change() {
 fn an_open_dashboard_answers_only_its_own_host_and_is_kept_on_loopback() {
     let s = Setup::start(&[]);
     assert_eq!(s.get("/api/summary", &[]).status, 200);
-    let r = s.get("/", &[("Host", "rebound.example:9465")]);
+    let r = s.get("/", &[("Host", "rebound.example:9466")]);
     assert_eq!(r.status, 421, "{}", r.body);
     let r = s.get("/", &[("Host", &format!("localhost:{}", s.dash.port()))]);
     assert_eq!(r.status, 200);
@@ -472,4 +472,31 @@ fn in_a_browser_a_batch_finishes_and_a_failed_job_is_retried() {
     );
     browser.screenshot(&shots().join("wrong-token.png"));
     let _ = browser.log_tail();
+}
+
+#[test]
+fn with_a_certificate_the_dashboard_speaks_only_https() {
+    let pki = Pki::new();
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let s = Setup::start(&[
+        "--client-token",
+        TOKEN,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let plain = http::request(s.dash, "GET", "/login", &[], b"");
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+
+    let browser = Browser::start(1024, 700);
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", s.dash.port());
+    browser.goto(&url("/jobs"));
+    wait_until(WAIT, "the login page", || browser.url().ends_with("/login"));
+    browser.type_into("input[name=token]", TOKEN);
+    browser.click(".login button");
+    wait_until(WAIT, "the overview over https", || {
+        browser.text("h1").as_deref() == Some("Overview")
+    });
+    assert!(browser.url().starts_with("https://"), "{}", browser.url());
 }

@@ -1,6 +1,6 @@
 //! The web dashboard: the queue, its workers, batches and failed jobs in a
 //! browser, with Retry and Cancel. Served on its own listener
-//! (`--dashboard-listen`, default `127.0.0.1:9465`), over TLS when the
+//! (`--dashboard-listen`, default `127.0.0.1:9466`), over TLS when the
 //! master has a certificate, by the master's own binary: the HTML is
 //! rendered here and the CSS and the little JavaScript are embedded.
 //!
@@ -63,7 +63,7 @@ use crate::Master;
 use crate::state::JobFilter;
 
 /// Where the dashboard is served unless told otherwise.
-pub const DEFAULT_DASHBOARD_ADDR: &str = "127.0.0.1:9465";
+pub const DEFAULT_DASHBOARD_ADDR: &str = "127.0.0.1:9466";
 
 /// Jobs on one page of a list.
 const PAGE_JOBS: usize = 50;
