@@ -23,6 +23,8 @@ pub(crate) struct Report {
     pub(crate) recovery_s_1m: Option<f64>,
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
+    /// Extra master CPU per tiny job with five dashboards open, in percent.
+    pub(crate) dashboard_overhead_pct: Option<f64>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -102,6 +104,11 @@ const TARGETS: &[Target] = &[
         limit: 400.0,
         higher_is_better: false,
     },
+    Target {
+        key: "dashboard_overhead_pct",
+        limit: 2.0,
+        higher_is_better: false,
+    },
 ];
 
 impl Report {
@@ -143,6 +150,7 @@ impl Report {
                 "master_rss_mb_1m_recovered",
                 self.master_rss_mb_1m_recovered,
             ),
+            ("dashboard_overhead_pct", self.dashboard_overhead_pct),
         ]
     }
 
