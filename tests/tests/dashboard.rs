@@ -316,9 +316,15 @@ fn who_sees_what_and_what_a_request_may_change() {
     let r = s.post(
         "/actions/retry",
         &[("Authorization", &bearer)],
-        "all=failed",
+        // A page to go back to that would split the header is not followed.
+        "all=failed&back=/jobs%0d%0aSet-Cookie:%20x=1",
     );
     assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some("/?notice=retried%201%20failed%20job")
+    );
+    assert!(r.header("set-cookie").is_none());
     wait_until(WAIT, "the job's third attempt", || {
         s.job(&bad_id).attempts == 3
     });

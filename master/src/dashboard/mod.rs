@@ -424,7 +424,12 @@ fn action_target(dash: &Dash, headers: &HeaderMap, body: &Bytes) -> Result<Targe
 
 fn target(form: &[(String, String)]) -> Result<Target, Refused> {
     let back = field(form, "back")
-        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .filter(|b| {
+            b.starts_with('/')
+                && !b.starts_with("//")
+                && !b.contains('\\')
+                && !b.chars().any(char::is_control)
+        })
         .unwrap_or("/")
         .to_string();
     let t = Target {
