@@ -27,6 +27,7 @@ mod apply;
 mod baselines;
 mod cluster;
 mod coord;
+mod dashboard;
 mod durable;
 mod fib;
 mod finished;
@@ -66,7 +67,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "tiny,apply,fib,python,durable,recovery,coord"
+        default_value = "tiny,apply,fib,python,durable,recovery,coord,dashboard"
     )]
     only: Vec<Workload>,
     /// Jobs of the durable-submit workload, sent in Submits of 1,000.
@@ -138,6 +139,8 @@ enum Workload {
     Coord,
     /// master_rss_mb_5m_finished and recovery_s_5m_finished.
     Finished,
+    /// dashboard_overhead_pct.
+    Dashboard,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -201,6 +204,7 @@ fn run(args: &Args) -> Report {
         Workload::Recovery,
         Workload::Coord,
         Workload::Finished,
+        Workload::Dashboard,
     ];
     if clusters.into_iter().any(selected) {
         // A current-thread client: one job's round trip has no thread
@@ -255,10 +259,72 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     if selected(Workload::Finished) {
         outcomes.push(run_finished(args, &bins, report).await.context("finished"));
     }
+    if selected(Workload::Dashboard) {
+        outcomes.push(
+            run_dashboard(args, &bins, report)
+                .await
+                .context("dashboard overhead"),
+        );
+    }
     for e in outcomes.into_iter().filter_map(Result::err) {
         report.failed = true;
         report.notes.push(format!("drover: {e:#}"));
     }
+}
+
+/// dashboard_overhead_pct: the master's CPU per tiny job with
+/// [`dashboard::STREAMS`] open event streams against none, run by run side
+/// by side on one memory-store cluster.
+async fn run_dashboard(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dash = format!("127.0.0.1:{port}");
+    let mut config = cluster_config(args, StoreKind::Memory, args.workers as usize);
+    config
+        .master_args
+        .push(format!("--dashboard-listen={dash}"));
+    let mut cluster = Cluster::start(bins, config)
+        .await
+        .context("starting the dashboard cluster")?;
+    report.notes.push(format!(
+        "dashboard: {}; per run, {} tiny jobs with no dashboard open, then with {} event \
+         streams open; master CPU from /proc/PID/stat",
+        describe(&cluster, args, args.workers as usize),
+        args.jobs,
+        dashboard::STREAMS
+    ));
+    let mut client = cluster.client().await?;
+    let pid = cluster
+        .master_pid()
+        .ok_or_else(|| anyhow::anyhow!("no master"))?;
+    let warmup = tiny::run_once(&mut client, WARMUP_JOBS.min(args.jobs) as usize);
+    measure(&mut cluster, || "dashboard warm-up".into(), warmup).await?;
+    let mut samples = Vec::new();
+    for run in 1..=args.runs {
+        let mut per_job = [0.0; 2];
+        for (i, streams) in [0, dashboard::STREAMS].into_iter().enumerate() {
+            let open = dashboard::open_streams(&dash, streams).await?;
+            let before = dashboard::cpu_ticks(pid)?;
+            measure(
+                &mut cluster,
+                || format!("dashboard, {streams} streams, run {run}"),
+                tiny::run_once(&mut client, args.jobs as usize),
+            )
+            .await?;
+            per_job[i] = (dashboard::cpu_ticks(pid)? - before) as f64 / f64::from(args.jobs);
+            for s in open {
+                s.abort();
+            }
+        }
+        if per_job[0] > 0.0 {
+            samples.push((per_job[1] - per_job[0]) / per_job[0] * 100.0);
+        }
+    }
+    cluster.check_alive()?;
+    report.dashboard_overhead_pct = stats::median(&samples);
+    report.samples.insert("dashboard_overhead_pct", samples);
+    Ok(())
 }
 
 /// fib_decimal in-process, then GMP through gmp_fib.py.
@@ -697,6 +763,6 @@ mod tests {
         let args = Args::parse_from(["drover-bench", "--only", "durable,recovery"]);
         assert_eq!(args.only, [Workload::Durable, Workload::Recovery]);
         assert_eq!(args.durable_concurrency, 8);
-        assert_eq!(Args::parse_from(["drover-bench"]).only.len(), 6);
+        assert_eq!(Args::parse_from(["drover-bench"]).only.len(), 7);
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Report {
     pub(crate) kv_puts_per_s: Option<f64>,
     pub(crate) master_rss_mb_5m_finished: Option<f64>,
     pub(crate) recovery_s_5m_finished: Option<f64>,
+    /// Extra master CPU per tiny job with five dashboards open, in percent.
+    pub(crate) dashboard_overhead_pct: Option<f64>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -127,6 +129,11 @@ const TARGETS: &[Target] = &[
         limit: 2.0,
         higher_is_better: false,
     },
+    Target {
+        key: "dashboard_overhead_pct",
+        limit: 2.0,
+        higher_is_better: false,
+    },
 ];
 
 impl Report {
@@ -176,6 +183,7 @@ impl Report {
             ("kv_puts_per_s", self.kv_puts_per_s),
             ("master_rss_mb_5m_finished", self.master_rss_mb_5m_finished),
             ("recovery_s_5m_finished", self.recovery_s_5m_finished),
+            ("dashboard_overhead_pct", self.dashboard_overhead_pct),
         ]
     }
 

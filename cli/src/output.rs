@@ -12,34 +12,7 @@ pub(crate) enum Format {
     Json,
 }
 
-/// The name of a state as the CLI spells it.
-pub(crate) fn state_name(state: i32) -> &'static str {
-    match JobState::try_from(state) {
-        Ok(JobState::Queued) => "queued",
-        Ok(JobState::Running) => "running",
-        Ok(JobState::Succeeded) => "succeeded",
-        Ok(JobState::Failed) => "failed",
-        Ok(JobState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
-}
-
-/// Parses a state name, or `all`.
-pub(crate) fn parse_state(name: &str) -> Result<JobState, String> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "queued" => JobState::Queued,
-        "running" => JobState::Running,
-        "succeeded" => JobState::Succeeded,
-        "failed" => JobState::Failed,
-        "cancelled" | "canceled" => JobState::Cancelled,
-        "all" => JobState::Unspecified,
-        _ => {
-            return Err(format!(
-                "unknown state {name:?}; use queued, running, succeeded, failed, cancelled or all"
-            ));
-        }
-    })
-}
+pub(crate) use drover_common::job::{parse_state, state_name};
 
 /// The result of a job as text: F(n), True/False, or the time slept.
 pub(crate) fn result_text(job: &pb::JobInfo) -> String {

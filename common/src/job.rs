@@ -4,7 +4,7 @@
 //! `INVALID_ARGUMENT` naming the field and the limit and never reaches a
 //! worker; the worker parses the same text again with the same code.
 
-use crate::pb::JobKind;
+use crate::pb::{JobKind, JobState};
 
 /// Limits on what a job may ask for. The master's flags set them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +103,35 @@ pub fn kind_name(kind: i32) -> &'static str {
         Ok(JobKind::Python) => "python",
         _ => "unknown",
     }
+}
+
+/// The name of a state as the CLI and the dashboard spell it.
+pub fn state_name(state: i32) -> &'static str {
+    match JobState::try_from(state) {
+        Ok(JobState::Queued) => "queued",
+        Ok(JobState::Running) => "running",
+        Ok(JobState::Succeeded) => "succeeded",
+        Ok(JobState::Failed) => "failed",
+        Ok(JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// Parses a state name, or `all` (`Unspecified`).
+pub fn parse_state(name: &str) -> Result<JobState, String> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "queued" => JobState::Queued,
+        "running" => JobState::Running,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        "cancelled" | "canceled" => JobState::Cancelled,
+        "all" => JobState::Unspecified,
+        _ => {
+            return Err(format!(
+                "unknown state {name:?}; use queued, running, succeeded, failed, cancelled or all"
+            ));
+        }
+    })
 }
 
 /// Parses a kind name as the CLI spells it.

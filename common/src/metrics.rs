@@ -75,6 +75,24 @@ impl Histogram {
     pub fn sum(&self) -> f64 {
         self.sum
     }
+
+    /// The upper bound of the bucket holding the `q` quantile (0..=1) of
+    /// the observations: at least that share were at or under it. `None`
+    /// with no observations, or when it falls in the `+Inf` bucket.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * self.count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return self.bounds.get(i).copied();
+            }
+        }
+        None
+    }
 }
 
 /// The kinds figures are written for, in the order their samples appear.
@@ -157,6 +175,14 @@ impl JobMetrics {
             JobState::Cancelled => self.cancelled[kind] += 1,
             _ => {}
         }
+    }
+
+    /// Jobs that reached a final state, all kinds and outcomes.
+    pub fn finished_total(&self) -> u64 {
+        [&self.succeeded, &self.failed, &self.cancelled]
+            .iter()
+            .flat_map(|per_kind| per_kind.0.iter())
+            .sum()
     }
 
     /// Counts an attempt that failed and was queued again.
@@ -411,6 +437,12 @@ impl MetricsListen {
     /// Binds the address, if any. A default address that is taken gives a
     /// warning and no listener; an explicit one gives an error.
     pub async fn bind(&self) -> Result<Option<TcpListener>, String> {
+        self.bind_as("--metrics-listen", "metrics").await
+    }
+
+    /// Like [`MetricsListen::bind`], for the listener of `what` set by
+    /// `flag` (the master's dashboard uses the same rules).
+    pub async fn bind_as(&self, flag: &str, what: &str) -> Result<Option<TcpListener>, String> {
         let (addr, explicit) = match self {
             MetricsListen::Off => return Ok(None),
             MetricsListen::Default(a) => (a, false),
@@ -421,12 +453,12 @@ impl MetricsListen {
             Err(e) if !explicit => {
                 tracing::warn!(
                     addr = %addr, error = %e,
-                    "cannot serve metrics on the default address; running without \
-                     (set --metrics-listen to another address, or off)"
+                    "cannot serve {what} on the default address; running without \
+                     (set {flag} to another address, or off)"
                 );
                 Ok(None)
             }
-            Err(e) => Err(format!("--metrics-listen: cannot listen on {addr}: {e}")),
+            Err(e) => Err(format!("{flag}: cannot listen on {addr}: {e}")),
         }
     }
 }
@@ -555,6 +587,21 @@ pub async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quantile_is_the_bound_of_its_bucket() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        assert_eq!(h.quantile_bound(0.5), None);
+        for _ in 0..9 {
+            h.observe(0.05);
+        }
+        h.observe(0.5);
+        assert_eq!(h.quantile_bound(0.5), Some(0.1));
+        assert_eq!(h.quantile_bound(0.9), Some(0.1));
+        assert_eq!(h.quantile_bound(0.99), Some(1.0));
+        h.observe(5.0);
+        assert_eq!(h.quantile_bound(1.0), None);
+    }
 
     #[test]
     fn histograms_render_cumulative_buckets() {

@@ -19,6 +19,7 @@
 //! - [`limits`]: the limits on queue size, watch streams and message size,
 //!   each refusing with RESOURCE_EXHAUSTED naming its flag.
 //! - [`metrics`]: the Prometheus metrics served on `--metrics-listen`.
+//! - [`dashboard`]: the web dashboard served on `--dashboard-listen`.
 //! - [`trace`]: the master's side of each job's span in the logs.
 //! - [`MasterArgs`] and [`Config`]: flags, and the validated config they make.
 //! - [`run`]: the one way a master starts: recovers the queue from a store
@@ -32,6 +33,7 @@ pub mod accept;
 pub mod auth;
 pub mod committer;
 pub mod coord;
+pub mod dashboard;
 pub mod limits;
 pub mod metrics;
 #[cfg(test)]
@@ -156,6 +158,12 @@ pub struct MasterArgs {
     /// 127.0.0.1:9464; `off` serves none. Port 0 picks a free port (logged).
     #[arg(long, env = "DROVER_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Where to serve the web dashboard (http://ADDR/, https:// when the
+    /// master has --tls-cert), default 127.0.0.1:9466; `off` serves none.
+    /// It needs the client token when the master has one; off loopback
+    /// without one, the master refuses to start unless --insecure.
+    #[arg(long, env = "DROVER_DASHBOARD_LISTEN")]
+    pub dashboard_listen: Option<String>,
 }
 
 impl MasterArgs {
@@ -241,6 +249,10 @@ impl MasterArgs {
             tls,
             insecure: self.insecure,
             metrics: MetricsListen::from_flag(self.metrics_listen.as_deref(), DEFAULT_METRICS_ADDR),
+            dashboard: MetricsListen::from_flag(
+                self.dashboard_listen.as_deref(),
+                dashboard::DEFAULT_DASHBOARD_ADDR,
+            ),
             limits: Limits {
                 max_fib_n: self.max_fib_n,
                 max_prime_digits: self.max_prime_digits,
@@ -314,6 +326,8 @@ pub struct Config {
     pub insecure: bool,
     /// Where the metrics are served.
     pub metrics: MetricsListen,
+    /// Where the dashboard is served.
+    pub dashboard: MetricsListen,
 }
 
 /// Where the master serves its metrics unless told otherwise.
@@ -360,6 +374,29 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Refuses a dashboard anyone on the network could use: on `addr`, not
+    /// a loopback address, with no client token, unless `--insecure`.
+    pub fn check_dashboard_exposure(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        if addr.ip().is_loopback() || self.tokens.client.is_some() {
+            return Ok(());
+        }
+        if self.insecure {
+            tracing::warn!(
+                %addr,
+                "serving the dashboard with no authentication (--insecure): anyone who can \
+                 reach it can see and cancel jobs"
+            );
+            return Ok(());
+        }
+        anyhow::bail!(
+            "refusing to serve the dashboard on {addr} without a client token: it is not a \
+             loopback address. Set --client-token (or --client-token-file), serve it on \
+             loopback (--dashboard-listen 127.0.0.1:9466), or pass --insecure"
+        )
+    }
+}
+
 impl Default for Config {
     /// One machine, nothing kept on disk: what `drover demo` runs.
     fn default() -> Self {
@@ -382,6 +419,7 @@ impl Default for Config {
             tls: None,
             insecure: false,
             metrics: MetricsListen::Off,
+            dashboard: MetricsListen::Off,
         }
     }
 }
@@ -435,9 +473,30 @@ pub async fn run_notify(
     )?;
     let tasks = master.tasks().clone();
     let metrics_listener = config.metrics.bind().await.map_err(anyhow::Error::msg)?;
+    let dashboard_listener = config
+        .dashboard
+        .bind_as("--dashboard-listen", "the dashboard")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if let Some(l) = &dashboard_listener {
+        config.check_dashboard_exposure(l.local_addr()?)?;
+    }
     ready(addr);
     tasks.spawn(master.clone().run_timers());
     tasks.spawn(coord.clone().run_timers());
+    if let Some(l) = dashboard_listener {
+        let (m, c, cfg, stop) = (
+            master.clone(),
+            commits.clone(),
+            config.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(e) = dashboard::serve(l, m, c, &cfg, stop).await {
+                tracing::error!(error = %e, "the dashboard stopped");
+            }
+        });
+    }
     if let Some(l) = metrics_listener {
         let (m, c) = (master.clone(), commits);
         let render: drover_common::metrics::Render = Arc::new(move || metrics::render(&m, &c));

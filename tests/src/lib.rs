@@ -24,18 +24,23 @@
 //! - [`sys`]: signals and process lookups (Linux `/proc`).
 //! - [`security`]: certificates, token and TLS clients, raw gRPC calls,
 //!   a hand-fed child process and a strict Prometheus text check.
+//! - [`http`]: a minimal HTTP/1.1 client (the dashboard, WebDriver).
+//! - [`webdriver`]: headless Chromium through chromedriver, for the
+//!   dashboard's browser test.
 
 pub mod bins;
 pub mod cli;
 pub mod daemon;
 pub mod fake_worker;
 pub mod grpc;
+pub mod http;
 pub mod model;
 pub mod process;
 pub mod reference;
 pub mod security;
 pub mod sys;
 pub mod wait;
+pub mod webdriver;
 
 pub use cli::{CliOutput, CliRun};
 pub use model::{Cancelled, JobLine, Status, Submitted, WorkerStatus};

@@ -175,6 +175,18 @@ impl Master {
         }
     }
 
+    /// Runs a read-only `query` on the state and waits until what it saw
+    /// is committed, as `Get` and `ListJobs` do: the dashboard's reads that
+    /// the `Queue` service has no call for (state/dashboard_queries.rs).
+    pub(crate) async fn read<T>(&self, query: impl FnOnce(&State) -> T) -> Result<T, Status> {
+        let (value, ticket) = {
+            let st = self.inner.state.lock();
+            (query(&st), st.ticket())
+        };
+        self.settle(ticket).await?;
+        Ok(value)
+    }
+
     /// Waits until a change is durable.
     async fn settle(&self, ticket: Option<u64>) -> Result<(), Status> {
         match (ticket, &self.inner.committed) {

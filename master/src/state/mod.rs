@@ -41,6 +41,8 @@
 //!   in the store once committed, or evicted over the memory store's
 //!   bound), and come back for a retry.
 //! - `queries`: what clients read.
+//! - `dashboard_queries`: what the web dashboard reads besides (pages of
+//!   jobs and batches, heartbeats, the finished total).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -58,6 +60,7 @@ use drover_common::ids::{BatchId, JobId, SessionId};
 use crate::store::{Changes, Loaded, Recovered, Store, encode_batch};
 
 mod closing;
+mod dashboard_queries;
 mod job;
 mod journal;
 mod lifecycle;
@@ -71,6 +74,7 @@ mod sessions;
 
 pub(crate) use job::{Batch, Job, JobExtra, JobTable, stored_info};
 use queues::Queues;
+pub use dashboard_queries::{BatchSummary, JobFilter, JobPage, MAX_PAGE};
 pub use recovery::RecoveryReport;
 
 /// What the master may send a worker's stream: each message with the
