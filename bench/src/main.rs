@@ -67,7 +67,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "tiny,apply,fib,python,durable,recovery,coord,dashboard"
+        default_value = "tiny,apply,fib,python,pyclient,durable,recovery,coord,dashboard"
     )]
     only: Vec<Workload>,
     /// Jobs of the durable-submit workload, sent in Submits of 1,000.
@@ -117,6 +117,12 @@ struct Args {
     /// in the source tree].
     #[arg(long)]
     baselines: Option<PathBuf>,
+    /// The Python interpreter that runs the Python client's bench
+    /// (python/bench/bench_pool.py): it needs grpcio and protobuf
+    /// [default: target/python-venv/bin/python, made by the Python tests,
+    /// if it exists, else --python].
+    #[arg(long)]
+    client_python: Option<String>,
 }
 
 /// The workloads `--only` selects from.
@@ -130,6 +136,9 @@ enum Workload {
     Fib,
     /// python_manager_jobs_per_s.
     Python,
+    /// The Python client: python_client_builtin_jobs_per_s,
+    /// python_jobs_per_s and python_apply_p50_us.
+    Pyclient,
     /// durable_submit_jobs_per_s, durable_tiny_jobs_per_s and (with tiny)
     /// durable_vs_memory_tiny.
     Durable,
@@ -197,6 +206,9 @@ fn run(args: &Args) -> Report {
     if selected(Workload::Python) {
         run_python_manager(args, &mut report);
     }
+    if selected(Workload::Pyclient) {
+        run_python_client(args, &mut report);
+    }
     let clusters = [
         Workload::Tiny,
         Workload::Apply,
@@ -222,16 +234,8 @@ fn run(args: &Args) -> Report {
 /// failure of one group is reported and the next still runs.
 async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     let selected = |w| args.only.contains(&w);
-    let bins = match Binaries::locate(args.bin_dir.as_deref(), args.build) {
-        Ok((bins, notes)) => {
-            report.notes.extend(notes);
-            bins
-        }
-        Err(e) => {
-            report.failed = true;
-            report.notes.push(format!("drover: {e:#}"));
-            return;
-        }
+    let Some(bins) = locate_binaries(args, report) else {
+        return;
     };
     if selected(Workload::Durable) || selected(Workload::Recovery) || selected(Workload::Coord) {
         report.notes.push(format!(
@@ -404,6 +408,78 @@ fn run_python_manager(args: &Args, report: &mut Report) {
     }
     report.python_manager_jobs_per_s = stats::median(&samples);
     report.samples.insert("python_manager_jobs_per_s", samples);
+}
+
+/// The daemons to start, with the notes finding them made; `None`, and the
+/// report failed, when they cannot be found or built.
+fn locate_binaries(args: &Args, report: &mut Report) -> Option<Binaries> {
+    match Binaries::locate(args.bin_dir.as_deref(), args.build) {
+        Ok((bins, notes)) => {
+            report.notes.extend(notes);
+            Some(bins)
+        }
+        Err(e) => {
+            report.failed = true;
+            report.notes.push(format!("drover: {e:#}"));
+            None
+        }
+    }
+}
+
+/// The Python client's bench (python/bench/bench_pool.py --python): the
+/// built-in kind and a Python function through `Pool.map`, and `apply`
+/// round trips, on its own master and workers of the same shape.
+fn run_python_client(args: &Args, report: &mut Report) {
+    let Some(bins) = locate_binaries(args, report) else {
+        return;
+    };
+    let root = drover_tests::bins::workspace_root();
+    let script = root.join("python/bench/bench_pool.py");
+    let python = args.client_python.clone().unwrap_or_else(|| {
+        let venv = root.join("target/python-venv/bin/python");
+        if venv.is_file() {
+            venv.display().to_string()
+        } else {
+            args.python.clone()
+        }
+    });
+    let bin_dir = bins
+        .master
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let script_args = [
+        "--python".to_string(),
+        "--json".to_string(),
+        "--runs".to_string(),
+        args.runs.to_string(),
+        "--jobs".to_string(),
+        args.jobs.to_string(),
+        "--workers".to_string(),
+        args.workers.to_string(),
+        "--processes".to_string(),
+        args.processes.to_string(),
+        "--bin-dir".to_string(),
+        bin_dir,
+    ];
+    let figures =
+        baselines::run_script(&python, &script, &script_args, BASELINE_TIMEOUT).and_then(|v| {
+            Ok((
+                baselines::number(&v, "python_client_builtin_jobs_per_s")?,
+                baselines::number(&v, "python_jobs_per_s")?,
+                baselines::number(&v, "python_apply_p50_us")?,
+            ))
+        });
+    match figures {
+        Ok((builtin, python_jobs, apply)) => {
+            report.python_client_builtin_jobs_per_s = Some(builtin);
+            report.python_jobs_per_s = Some(python_jobs);
+            report.python_apply_p50_us = Some(apply);
+        }
+        Err(e) => report
+            .notes
+            .push(format!("python client bench failed ({python}): {e:#}")),
+    }
 }
 
 fn baselines_dir(args: &Args) -> PathBuf {

@@ -18,6 +18,12 @@ pub(crate) struct Report {
     pub(crate) gmp_fib_1e6_ms: Option<f64>,
     pub(crate) gmp_fib_1e7_ms: Option<f64>,
     pub(crate) python_manager_jobs_per_s: Option<f64>,
+    /// The Python client (python/bench/bench_pool.py): tiny prime jobs of
+    /// the built-in kind through `Pool.map`, a Python function's, and one
+    /// `apply` of it at a time.
+    pub(crate) python_client_builtin_jobs_per_s: Option<f64>,
+    pub(crate) python_jobs_per_s: Option<f64>,
+    pub(crate) python_apply_p50_us: Option<f64>,
     pub(crate) durable_submit_jobs_per_s: Option<f64>,
     pub(crate) durable_tiny_jobs_per_s: Option<f64>,
     pub(crate) recovery_s_1m: Option<f64>,
@@ -82,6 +88,21 @@ const TARGETS: &[Target] = &[
     Target {
         key: "apply_p50_us",
         limit: 500.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "python_client_builtin_jobs_per_s",
+        limit: 100_000.0,
+        higher_is_better: true,
+    },
+    Target {
+        key: "python_jobs_per_s",
+        limit: 30_000.0,
+        higher_is_better: true,
+    },
+    Target {
+        key: "python_apply_p50_us",
+        limit: 1_000.0,
         higher_is_better: false,
     },
     Target {
@@ -159,6 +180,12 @@ impl Report {
             ("tiny_jobs_per_s", self.tiny_jobs_per_s),
             ("python_manager_jobs_per_s", self.python_manager_jobs_per_s),
             ("ratio_vs_python_manager", self.ratio_vs_python_manager()),
+            (
+                "python_client_builtin_jobs_per_s",
+                self.python_client_builtin_jobs_per_s,
+            ),
+            ("python_jobs_per_s", self.python_jobs_per_s),
+            ("python_apply_p50_us", self.python_apply_p50_us),
             ("apply_p50_us", self.apply_p50_us),
             ("apply_p99_us", self.apply_p99_us),
             ("fib_1e6_ms", self.fib_1e6_ms),

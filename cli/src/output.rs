@@ -185,3 +185,52 @@ fn capabilities(w: &pb::WorkerInfo) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_each_workers_capabilities_and_what_waits_for_one() {
+        let python = pb::WorkerInfo {
+            name: "py".into(),
+            kinds: vec![
+                pb::JobKind::Fib as i32,
+                pb::JobKind::Prime as i32,
+                pb::JobKind::Sleep as i32,
+                pb::JobKind::Python as i32,
+            ],
+            python_modules: vec!["app".into(), "lib.jobs".into()],
+            python_slots: 3,
+            ..Default::default()
+        };
+        let old = pb::WorkerInfo {
+            name: "old".into(),
+            ..Default::default()
+        };
+        let stats = pb::StatsResponse {
+            workers: vec![old, python],
+            waiting_for_capability: 2,
+            missing_modules: vec!["other".into()],
+            ..Default::default()
+        };
+        let text = stats_text(&stats);
+        assert!(
+            text.contains(
+                "    runs: fib, prime, sleep, python (3 processes; modules app,lib.jobs)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("    runs: fib, prime, sleep\n"), "{text}");
+        assert!(
+            text.contains(
+                "waiting for a capability no worker offers: 2 jobs (python modules: other)\n"
+            ),
+            "{text}"
+        );
+        let json = stats_json(&stats);
+        assert_eq!(json["waiting_for_capability"], 2);
+        assert_eq!(json["workers"][1]["kinds"][3], "python");
+        assert_eq!(json["workers"][1]["python_modules"][1], "lib.jobs");
+    }
+}

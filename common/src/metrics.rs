@@ -96,17 +96,22 @@ impl Histogram {
 }
 
 /// The kinds figures are written for, in the order their samples appear.
-pub const KINDS: [JobKind; 3] = [JobKind::Fib, JobKind::Prime, JobKind::Sleep];
+pub const KINDS: [JobKind; 4] = [
+    JobKind::Fib,
+    JobKind::Prime,
+    JobKind::Sleep,
+    JobKind::Python,
+];
 
 /// One figure per job kind, indexed by [`JobKind`]. A job of a kind this
 /// build does not know is counted under [`JobKind::Unspecified`], which is
 /// kept but never written out.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PerKind<T>([T; 4]);
+pub struct PerKind<T>([T; 5]);
 
 impl<T> PerKind<T> {
     fn slot(kind: JobKind) -> usize {
-        (kind as usize).min(3)
+        (kind as usize).min(4)
     }
 }
 
@@ -649,6 +654,7 @@ mod tests {
                  c_total{worker=\"w\",kind=\"fib\"} 0\n\
                  c_total{worker=\"w\",kind=\"prime\"} 2\n\
                  c_total{worker=\"w\",kind=\"sleep\"} 0\n\
+                 c_total{worker=\"w\",kind=\"python\"} 0\n\
                  # HELP r_seconds ran\n# TYPE r_seconds histogram\n"
             ),
             "{text}"
@@ -671,6 +677,7 @@ mod tests {
         m.finished(JobKind::Prime, JobState::Failed);
         m.finished(JobKind::Sleep, JobState::Cancelled);
         m.finished(JobKind::Sleep, JobState::Running);
+        m.finished(JobKind::Python, JobState::Failed);
         m.retried(JobKind::Prime);
         m.ran(JobKind::Fib, 1500);
         let id = Uuid::now_v7();
@@ -691,6 +698,8 @@ mod tests {
             "drover_jobs_retried_total{kind=\"prime\"} 1\n",
             "drover_jobs_cancelled_total{kind=\"sleep\"} 1\n",
             "drover_jobs_completed_total{kind=\"sleep\"} 0\n",
+            "drover_jobs_failed_total{kind=\"python\"} 1\n",
+            "drover_jobs_failed_total{kind=\"sleep\"} 0\n",
             "drover_job_run_seconds_count{kind=\"fib\"} 1\n",
             "drover_job_run_seconds_sum{kind=\"fib\"} 0.0015\n",
             "drover_job_queue_wait_seconds_count{kind=\"fib\"} 1\n",

@@ -14,7 +14,7 @@ Python side's encoding) is inside the timer, since that is what a user waits
 for. Every answer is checked against a sieve. Prints each run and the median.
 
 With ``--python`` the workers also get ``--python <this interpreter>
---python-modules bench_jobs`` (one interpreter process each, this directory
+--python-modules bench_jobs`` (as many interpreters as ``--processes``, this directory
 on PYTHONPATH), and two more figures are measured the same way with the
 Python function ``bench_jobs.is_prime`` instead of the built-in kind:
 python_jobs_per_s (``--jobs`` calls through ``Pool.map``) and
@@ -66,7 +66,7 @@ class Cluster:
         env.setdefault("RUST_LOG", "warn")
         python_flags = []
         if python:
-            python_flags = ["--python", sys.executable, "--python-modules", "bench_jobs", "--python-processes", "1"]
+            python_flags = ["--python", sys.executable, "--python-modules", "bench_jobs", "--python-processes", str(processes)]
             env["PYTHONPATH"] = str(HERE)
         log = open(Path(self.tmp.name) / "log", "wb")
         master = subprocess.Popen(
@@ -147,17 +147,7 @@ def main() -> int:
     apply_us = []
     try:
         with drover.Pool(master=cluster.url) as pool:
-            warm = pool.map(drover.is_prime, range(FIRST, FIRST + WARMUP_JOBS))
-            assert warm == expected[:WARMUP_JOBS], "wrong answers in the warm-up"
-            for run in range(args.runs):
-                started = time.perf_counter()
-                results = pool.map(drover.is_prime, range(FIRST, FIRST + args.jobs))
-                elapsed = time.perf_counter() - started
-                if results != expected:
-                    raise SystemExit(f"run {run + 1}: wrong answers")
-                samples.append(args.jobs / elapsed)
-                if not args.json:
-                    print(f"run {run + 1}: {args.jobs} jobs in {elapsed * 1000:.0f} ms, {samples[-1]:,.0f} jobs/s")
+            samples = timed_maps(pool, drover.is_prime, args, expected, "")
             if args.python:
                 py_samples, apply_us = measure_python(pool, args, expected)
     finally:
@@ -193,24 +183,30 @@ def main() -> int:
     return 0
 
 
+def timed_maps(pool, fn, args, expected, label):
+    """A warm-up, then ``--runs`` timed maps of ``fn``: jobs/s of each."""
+    warm = pool.map(fn, range(FIRST, FIRST + WARMUP_JOBS))
+    assert warm == expected[:WARMUP_JOBS], f"wrong answers in the {label}warm-up"
+    samples = []
+    for run in range(args.runs):
+        started = time.perf_counter()
+        results = pool.map(fn, range(FIRST, FIRST + args.jobs))
+        elapsed = time.perf_counter() - started
+        if results != expected:
+            raise SystemExit(f"{label}run {run + 1}: wrong answers")
+        samples.append(args.jobs / elapsed)
+        if not args.json:
+            print(f"{label}run {run + 1}: {args.jobs} jobs in {elapsed * 1000:.0f} ms, {samples[-1]:,.0f} jobs/s")
+    return samples
+
+
 def measure_python(pool, args, expected):
     """python_jobs_per_s samples and apply round trips (us) of the Python
     function bench_jobs.is_prime."""
     sys.path.insert(0, str(HERE))
     import bench_jobs
 
-    warm = pool.map(bench_jobs.is_prime, range(FIRST, FIRST + WARMUP_JOBS))
-    assert warm == expected[:WARMUP_JOBS], "wrong answers in the Python warm-up"
-    samples = []
-    for run in range(args.runs):
-        started = time.perf_counter()
-        results = pool.map(bench_jobs.is_prime, range(FIRST, FIRST + args.jobs))
-        elapsed = time.perf_counter() - started
-        if results != expected:
-            raise SystemExit(f"python run {run + 1}: wrong answers")
-        samples.append(args.jobs / elapsed)
-        if not args.json:
-            print(f"python run {run + 1}: {args.jobs} jobs in {elapsed * 1000:.0f} ms, {samples[-1]:,.0f} jobs/s")
+    samples = timed_maps(pool, bench_jobs.is_prime, args, expected, "python ")
     times = []
     for i in range(50 + args.applies):
         n = FIRST + i % args.jobs
