@@ -94,6 +94,25 @@ impl Store for MeteredStore {
     fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
         self.inner.scan_jobs(visit)
     }
+
+    fn scan_closed_jobs_newest(
+        &self,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        self.inner.scan_closed_jobs_newest(visit)
+    }
+
+    fn closed_batches_newest(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<(BatchId, pb::ClosedInfo)>, usize)> {
+        self.inner.closed_batches_newest(offset, limit)
+    }
+
+    fn coord(&self) -> Option<&dyn crate::coord::CoordStore> {
+        self.inner.coord()
+    }
 }
 
 /// Renders every metric of the master.

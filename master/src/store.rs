@@ -203,6 +203,24 @@ pub trait Store: Send + Sync + 'static {
     fn scan_jobs(&self, _visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Visits the records of the jobs whose batch is closed (out of
+    /// memory), newest first, until `visit` returns false: the dashboard's
+    /// pages of finished jobs.
+    fn scan_closed_jobs_newest(
+        &self,
+        _visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Closed batches, newest first: up to `limit` of them after skipping
+    /// `offset`, and how many there are in all.
+    fn closed_batches_newest(
+        &self,
+        _offset: usize,
+        _limit: usize,
+    ) -> anyhow::Result<(Vec<(BatchId, pb::ClosedInfo)>, usize)> {
+        Ok((Vec::new(), 0))
+    }
 
     // ---- the coordination service ----
 
@@ -637,6 +655,66 @@ impl Store for RedbStore {
             out.push(BatchId::from_uuid(Uuid::from_u128(key)));
         }
         Ok(out)
+    }
+
+    fn scan_closed_jobs_newest(
+        &self,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        let txn = self.db.begin_read()?;
+        let jobs = txn.open_table(JOBS)?;
+        let open = txn.open_table(OPEN)?;
+        // Whether each batch seen is open (its jobs are in memory).
+        let mut is_open: std::collections::HashMap<u128, bool> = Default::default();
+        for entry in jobs.iter()?.rev() {
+            let (key, value) = entry?;
+            let record = pb::JobRecord::decode(value.value()).map_err(|e| {
+                anyhow::anyhow!(
+                    "job record {} is corrupt: {e}",
+                    Uuid::from_u128(key.value())
+                )
+            })?;
+            let batch = Uuid::from_slice(&record.batch)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "job record {} names no batch: {e}",
+                        Uuid::from_u128(key.value())
+                    )
+                })?
+                .as_u128();
+            let open_now = match is_open.get(&batch) {
+                Some(o) => *o,
+                None => {
+                    let o = open.get(batch)?.is_some();
+                    is_open.insert(batch, o);
+                    o
+                }
+            };
+            if !open_now && !visit(record) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn closed_batches_newest(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<(BatchId, pb::ClosedInfo)>, usize)> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read()?;
+        let closed = txn.open_table(CLOSED)?;
+        let total = closed.len()? as usize;
+        let mut page = Vec::new();
+        for entry in closed.iter()?.rev().skip(offset).take(limit) {
+            let (key, value) = entry?;
+            let id = BatchId::from_uuid(Uuid::from_u128(key.value()));
+            let info = pb::ClosedInfo::decode(value.value())
+                .map_err(|e| anyhow::anyhow!("closed batch {id} is corrupt: {e}"))?;
+            page.push((id, info));
+        }
+        Ok((page, total))
     }
 
     fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {

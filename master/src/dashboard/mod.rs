@@ -338,8 +338,10 @@ async fn batches(Axum(dash): Shared, headers: HeaderMap, uri: Uri) -> Response {
         .master
         .read(|st| st.dashboard_batches(offset, PAGE_BATCHES))
         .await
+        .map(|read| read.finish())
     {
-        Ok(r) => r,
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return failed(e.into()),
         Err(e) => return failed(e),
     };
     let p = pages::batches(
@@ -379,7 +381,12 @@ async fn jobs(Axum(dash): Shared, headers: HeaderMap, uri: Uri) -> Response {
             Err(e) => return failed(e.into()),
         }
     }
-    let list = match dash.master.read(|st| st.dashboard_jobs(&filter)).await {
+    let list = match dash
+        .master
+        .read(|st| st.dashboard_jobs(&filter))
+        .await
+        .map(|read| read.and_then(|r| r.finish()))
+    {
         Ok(Ok(list)) => list,
         Ok(Err(e)) => return failed(e.into()),
         Err(e) => return failed(e),

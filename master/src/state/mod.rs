@@ -72,9 +72,9 @@ mod recovery;
 mod retention;
 mod sessions;
 
+pub use dashboard_queries::{BatchSummary, JobFilter, JobPage, MAX_PAGE};
 pub(crate) use job::{Batch, Job, JobExtra, JobTable, stored_info};
 use queues::Queues;
-pub use dashboard_queries::{BatchSummary, JobFilter, JobPage, MAX_PAGE};
 pub use recovery::RecoveryReport;
 
 /// What the master may send a worker's stream: each message with the

@@ -904,3 +904,49 @@ fn a_worker_without_the_python_kind_gets_no_python_job() {
     let _ = st.cancel(&[id]);
     assert_eq!(st.waiting_for_capability(), (0, vec![]));
 }
+
+#[test]
+fn closed_jobs_are_listed_newest_first_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    let (_, ids) = st
+        .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
+        .unwrap();
+    commit_to(&mut st, &store);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 2, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
+        .send(None);
+    commit_to(&mut st, &store);
+    assert_eq!(st.jobs.len(), 0, "committed: out of memory");
+    let mut seen = Vec::new();
+    store
+        .scan_closed_jobs_newest(&mut |r| {
+            seen.push((JobId::from_slice(&r.id).unwrap(), r.state));
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (ids[1], JobState::Failed as i32),
+            (ids[0], JobState::Succeeded as i32)
+        ]
+    );
+    let filter = super::dashboard_queries::JobFilter {
+        state: JobState::Failed,
+        limit: 50,
+        ..Default::default()
+    };
+    let page = st.dashboard_jobs(&filter).unwrap().finish().unwrap();
+    assert_eq!(page.matched, 1);
+    assert_eq!(page.jobs.len(), 1);
+    assert_eq!(page.jobs[0].job_id, ids[1].to_string());
+    let (batches, total) = st.dashboard_batches(0, 10).finish().unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(batches[0].total, 2);
+}
