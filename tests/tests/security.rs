@@ -419,8 +419,19 @@ fn limits_refuse_with_resource_exhausted_naming_their_flag() {
     refused(block_on(q.submit(jobs(5))), "--max-batch-jobs");
     let first = block_on(q.submit(jobs(4))).expect("4 jobs").into_inner();
     refused(block_on(q.submit(jobs(3))), "--max-queued");
-    block_on(q.submit(jobs(2))).expect("exactly up to the limit");
+    let mut named = jobs(2);
+    named.request_id = "fills-the-queue".into();
+    let filled = block_on(q.submit(named.clone()))
+        .expect("exactly up to the limit")
+        .into_inner();
     refused(block_on(q.submit(jobs(1))), "--max-queued");
+    // With the queue full, a batch too big is told it is too big, and a
+    // submit sent again gets its batch back rather than "queue full".
+    refused(block_on(q.submit(jobs(5))), "--max-batch-jobs");
+    let again = block_on(q.submit(named))
+        .expect("a repeated request is answered")
+        .into_inner();
+    assert_eq!(again.batch_id, filled.batch_id);
     let big = SubmitRequest {
         request_id: String::new(),
         jobs: vec![job(JobKind::Prime, "7".repeat(70_000))],

@@ -318,8 +318,9 @@ impl Queue for Master {
         let (batch, ids, out) = {
             let mut st = self.inner.state.lock();
             let queued = st.count(pb::JobState::Queued);
-            self.inner.guards.check_queue_room(queued, jobs.len())?;
-            let (batch, ids) = st.submit_request(&request_id, jobs)?;
+            let guards = &self.inner.guards;
+            let (batch, ids) =
+                st.submit_with_room(&request_id, jobs, |n| guards.check_queue_room(queued, n))?;
             (batch, ids, st.dispatch())
         };
         let ticket = out.ticket;

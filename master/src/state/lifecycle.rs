@@ -167,6 +167,20 @@ impl State {
         request_id: &str,
         specs: Vec<pb::JobSpec>,
     ) -> Result<(BatchId, Vec<JobId>), Error> {
+        self.submit_with_room(request_id, specs, |_| Ok(()))
+    }
+
+    /// Like [`State::submit_request`], asking `room` (the queue's
+    /// back-pressure) only once the request is known to be new and every
+    /// job valid: a repeated request gets its batch back whatever the
+    /// queue holds, and a batch over `--max-batch-jobs` or with a bad
+    /// argument is told so, not that the queue is full.
+    pub fn submit_with_room(
+        &mut self,
+        request_id: &str,
+        specs: Vec<pb::JobSpec>,
+        room: impl FnOnce(usize) -> Result<(), Error>,
+    ) -> Result<(BatchId, Vec<JobId>), Error> {
         if request_id.len() > MAX_KEY_BYTES / 8 {
             return Err(Error::invalid(format!(
                 "request_id: {} bytes is over the limit of {}",
@@ -215,6 +229,7 @@ impl State {
                 )));
             }
         }
+        room(specs.len())?;
         let batch_id = BatchId::new();
         let mut ids = Vec::with_capacity(specs.len());
         let mut finished = Vec::new();
