@@ -839,6 +839,6 @@ mod tests {
         let args = Args::parse_from(["drover-bench", "--only", "durable,recovery"]);
         assert_eq!(args.only, [Workload::Durable, Workload::Recovery]);
         assert_eq!(args.durable_concurrency, 8);
-        assert_eq!(Args::parse_from(["drover-bench"]).only.len(), 7);
+        assert_eq!(Args::parse_from(["drover-bench"]).only.len(), 9);
     }
 }
