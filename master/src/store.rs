@@ -523,6 +523,11 @@ impl Store for RedbStore {
             }
             for id in &changes.reopened {
                 let key = id.uuid().as_u128();
+                // Never an open batch without its record: recovery would
+                // refuse the store.
+                if batches.get(key)?.is_none() {
+                    continue;
+                }
                 unclose(&mut closed, &mut by_time, &mut counts, key)?;
                 open.insert(key, ())?;
             }

@@ -71,6 +71,7 @@ impl State {
     /// something changed them since (a retry), and the counts shown for
     /// what left are the store's.
     pub fn committed(&mut self, number: u64, closed: ClosedCounts) {
+        self.purging.clear();
         self.archived[JobState::Succeeded as usize] = closed[0];
         self.archived[JobState::Failed as usize] = closed[1];
         self.archived[JobState::Cancelled as usize] = closed[2];
@@ -173,6 +174,10 @@ impl State {
         if self.batches.contains_key(&id) {
             return Ok(true);
         }
+        // A purge being written takes its records: the batch has expired.
+        if self.purging.contains(&id) {
+            return Ok(false);
+        }
         let Some(store) = self.archive.clone() else {
             return Ok(false);
         };
@@ -231,7 +236,10 @@ impl State {
                 request_id,
             },
         );
-        // Counted open again at the next commit (see `retry_jobs`).
+        // Counted open again at the next commit (see `retry_jobs`). A
+        // retention purge of it not yet taken by the committer is called
+        // off: its records stay.
+        self.deleted_batches.retain(|b| *b != id);
         Ok(true)
     }
 

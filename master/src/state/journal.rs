@@ -29,6 +29,9 @@ impl State {
             }
             self.kicked = false;
         }
+        // Batches this commit purges: a retry may not bring them back
+        // while it is written (see `reopen`).
+        self.purging = self.deleted_batches.iter().copied().collect();
         let mut changes = Changes {
             deleted_jobs: std::mem::take(&mut self.deleted_jobs),
             deleted_batches: std::mem::take(&mut self.deleted_batches),
@@ -77,6 +80,12 @@ impl State {
             }
         }
         self.take_closing(number, &mut changes);
+        // A batch reopened (a retry) and closed again (a cancel) within
+        // this commit is closed: the store must not count it open.
+        if !changes.closed.is_empty() {
+            let closed: HashSet<BatchId> = changes.closed.iter().map(|(b, _)| *b).collect();
+            changes.reopened.retain(|b| !closed.contains(b));
+        }
         changes.next_seq = self.next_seq;
         self.pending_commit += 1;
         Some((number, changes))

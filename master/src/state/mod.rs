@@ -219,6 +219,8 @@ pub struct State {
     closed_in: Vec<(u64, BatchId)>,
     /// Batches to count open again in the store (a retry).
     reopened: Vec<BatchId>,
+    /// Batches the commit being written purges (retention).
+    purging: HashSet<BatchId>,
     /// The memory store's bound on finished jobs kept.
     keep_finished: u64,
     /// The newest creation time (unix ms) of a batch evicted from the
@@ -301,6 +303,7 @@ impl State {
             closing: VecDeque::new(),
             closed_in: Vec::new(),
             reopened: Vec::new(),
+            purging: HashSet::new(),
             keep_finished: u64::MAX,
             evicted_upto_ms: 0,
         }

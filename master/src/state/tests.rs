@@ -950,3 +950,107 @@ fn closed_jobs_are_listed_newest_first_from_the_store() {
     assert_eq!(total, 1);
     assert_eq!(batches[0].total, 2);
 }
+
+/// A state with one closed batch of two jobs (one failed) on a real
+/// store, out of memory.
+fn closed_batch_with_a_failed_job(
+    store: &Arc<crate::store::RedbStore>,
+) -> (State, BatchId, Vec<JobId>) {
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    let (batch, ids) = st
+        .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
+        .unwrap();
+    commit_to(&mut st, store);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 2, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
+        .send(None);
+    commit_to(&mut st, store);
+    assert!(st.batches.is_empty(), "closed and out of memory");
+    (st, batch, ids)
+}
+
+/// What a restart on the store reads back.
+fn reload(store: &crate::store::RedbStore) -> State {
+    let mut back = durable(1);
+    let mut report = RecoveryReport::default();
+    store
+        .load(&mut |item| back.recover_item(item, &mut report))
+        .expect("the store opens");
+    back.finish_recovery(&mut report);
+    back
+}
+
+#[test]
+fn a_retry_calls_off_a_pending_retention_purge_of_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
+    // The purge is decided, then a retry comes before the commit.
+    st.purge_closed(&[batch]);
+    let (n, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(n, 1);
+    commit_to(&mut st, &store);
+    let back = reload(&store);
+    assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
+    assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
+    assert_eq!(
+        store.read_job(&ids[0]).unwrap().unwrap().state,
+        JobState::Succeeded as i32
+    );
+}
+
+#[test]
+fn a_retry_behind_a_purge_being_written_leaves_a_store_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
+    // The purge's commit is taken (being written) when the retry reads
+    // the batch back; it lands before the retry's commit.
+    st.purge_closed(&[batch]);
+    let (n, purge) = st.take_changes().unwrap();
+    let (retried, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(retried, 0, "a batch being purged has expired");
+    store.write(purge).unwrap();
+    st.committed(n, store.closed_counts().unwrap());
+    commit_to(&mut st, &store);
+    let back = reload(&store);
+    assert!(back.job(&ids[1]).is_none() && back.job(&ids[0]).is_none());
+    assert!(store.read_job(&ids[1]).unwrap().is_none(), "purged");
+    // Once written, the batch is told expired or unknown, not half there.
+    assert!(st.retry_jobs(&[ids[1]]).0 == 0);
+}
+
+#[test]
+fn a_retry_and_a_cancel_in_one_commit_leave_the_batch_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
+    let (n, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(n, 1);
+    let (_, out) = st.cancel(&[ids[1]]).unwrap();
+    out.send(None);
+    commit_to(&mut st, &store);
+    assert!(st.batches.is_empty(), "closed again and out of memory");
+    assert_eq!(
+        (st.count(JobState::Succeeded), st.count(JobState::Cancelled)),
+        (1, 1),
+        "the batch's jobs are counted"
+    );
+    let back = reload(&store);
+    assert!(back.job(&ids[1]).is_none(), "a restart reads no open batch");
+    assert_eq!(
+        store.closed_counts().unwrap(),
+        [1, 0, 1],
+        "the store counts the closed batch's jobs"
+    );
+    let (batches, total) = st.dashboard_batches(0, 10).finish().unwrap();
+    assert_eq!((batches.len(), total), (1, 1));
+    assert_eq!(batches[0].id, batch);
+}
