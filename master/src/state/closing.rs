@@ -109,6 +109,17 @@ impl State {
             && let Some(id) = self.closing.pop_front()
         {
             if self.batches.get(&id).is_some_and(|b| self.all_done(b)) {
+                // What leaves is still counted, as the store's closed
+                // counts are with redb: Stats' totals never go down.
+                let own: Vec<JobState> = self.batches[&id]
+                    .jobs
+                    .iter()
+                    .filter_map(|j| self.jobs.get(j).filter(|j| j.batch == id))
+                    .map(|j| j.state)
+                    .collect();
+                for state in own {
+                    self.archived[state as usize] += 1;
+                }
                 evicted += self.evict(id);
                 if let Some(ms) = id.made_ms() {
                     self.evicted_upto_ms = self.evicted_upto_ms.max(ms);

@@ -1054,3 +1054,28 @@ fn a_retry_and_a_cancel_in_one_commit_leave_the_batch_closed_and_counted() {
     assert_eq!((batches.len(), total), (1, 1));
     assert_eq!(batches[0].id, batch);
 }
+
+#[test]
+fn the_memory_store_counts_what_it_evicted() {
+    let mut st = State::new(settings(1));
+    st.set_keep_finished(2);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    for round in 0..3 {
+        let (_, ids) = st
+            .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
+            .unwrap();
+        st.add_credit(s, 2, 0).send(None);
+        let a = assigned(&mut rx);
+        st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
+            .send(None);
+        st.evict_over_bound();
+        assert!(st.job(&ids[0]).is_some(), "the newest batch is kept");
+        assert_eq!(
+            (st.count(JobState::Succeeded), st.count(JobState::Failed)),
+            (round + 1, round + 1),
+            "evicted jobs still count"
+        );
+    }
+    assert!(st.jobs.len() <= 2);
+}
