@@ -208,6 +208,10 @@ fn the_memory_store_evicts_the_oldest_finished_batches_past_its_bound() {
         assert!(out.stderr.contains("not found"), "{out}");
         assert!(out.stderr.contains("evicted"), "{out}");
         assert!(out.stderr.contains("--keep-finished"), "{out}");
+        assert!(
+            out.stderr.contains(&format!("job or batch {batch}")),
+            "a batch id is not called a job's: {out}"
+        );
         let out = master.cli(&["get", job_id]);
         assert!(out.stderr.contains("evicted"), "{out}");
     }

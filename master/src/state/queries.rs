@@ -43,7 +43,8 @@ impl State {
                     out.extend_from_slice(&b.jobs);
                     continue;
                 }
-                return Err(self.job_not_found(id));
+                // Either kind of id may have been meant.
+                return Err(self.not_found("job or batch", &id, id.made_ms()));
             }
             out.push(id);
         }

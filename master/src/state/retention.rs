@@ -79,7 +79,12 @@ impl State {
 
     /// The error for an id not held: expired if it was made while this
     /// store existed and long enough ago to have been purged, else unknown.
-    fn not_found(&self, what: &str, id: &dyn std::fmt::Display, made_ms: Option<u64>) -> Error {
+    pub(super) fn not_found(
+        &self,
+        what: &str,
+        id: &dyn std::fmt::Display,
+        made_ms: Option<u64>,
+    ) -> Error {
         let now = (self.clock)();
         match made_ms {
             Some(ms) if ms >= self.created_at_ms && ms + self.retention_ms <= now => {
