@@ -272,6 +272,7 @@ class PythonFunction:
 
     def _dumps(self, value: Any) -> str:
         try:
+            _str_keys_only(value)
             return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError) as e:
             raise TypeError(
@@ -296,6 +297,24 @@ class PythonFunction:
         return json.loads(output.json)
 
     _decode = decode
+
+
+def _str_keys_only(value: Any) -> None:
+    """Raises TypeError for a dict key that is not a str anywhere in
+    ``value``: ``json.dumps`` would turn ``1`` into ``"1"`` without a word,
+    and the function on the worker would see another dict."""
+    if isinstance(value, (str, int, float)) or value is None:
+        return
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"a dict key {k!r} is of type {type(k).__name__}, not str")
+                stack.append(x)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
 
 
 def _python_function(fn: Any) -> PythonFunction:

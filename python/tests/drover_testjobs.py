@@ -3,6 +3,7 @@
 tests import the same module, so the client sends these functions by name."""
 
 import math
+from math import isqrt  # for a test: a function of another module, reached by this one's name
 import os
 import signal
 import time
@@ -80,3 +81,8 @@ class Shapes:
     @staticmethod
     def area(w, h):
         return w * h
+
+
+def int_keys(n):
+    """A dict with int keys: JSON would turn them into strings."""
+    return {i: i * i for i in range(n)}

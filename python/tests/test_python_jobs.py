@@ -115,6 +115,36 @@ def test_a_result_json_cannot_carry_is_a_clear_error(pool):
 def test_arguments_json_cannot_carry_are_refused_at_submit(pool):
     with pytest.raises(TypeError, match="arguments of drover_testjobs:echo must be JSON"):
         pool.apply(tj.echo, ({1, 2},))
+    # json.dumps would send {"1": "a"}: the function would see another dict.
+    with pytest.raises(TypeError, match="a dict key 1 is of type int, not str"):
+        pool.apply(tj.echo, ({1: "a"},))
+
+
+def test_a_result_with_int_keys_fails_rather_than_coming_back_changed(pool):
+    with pytest.raises(drover.JobFailed) as raised:
+        pool.apply(tj.int_keys, (3,))
+    assert raised.value.error == (
+        "the result of drover_testjobs:int_keys, of type dict, cannot be sent as JSON: "
+        "a dict key 0 is of type int, not str"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        # drover_testjobs imports os, math and time: none of them is allowed.
+        ("drover_testjobs:os.system", "reaches module os through drover_testjobs"),
+        ("drover_testjobs:math.sqrt", "reaches module math through drover_testjobs"),
+        ("drover_testjobs:isqrt", "is defined in module math, which is not allowed"),
+    ],
+)
+def test_a_name_cannot_reach_through_an_allowed_module_into_another(pool, name, reason):
+    # Sent as it is, as a client other than this package could.
+    fn = drover.PythonFunction(os.system, name)
+    with pytest.raises(drover.JobFailed) as raised:
+        pool.options(max_attempts=1).apply(fn, ("touch /tmp/drover-reached-through",))
+    assert reason in raised.value.error, raised.value.error
+    assert "--python-modules drover_testjobs" in raised.value.error
 
 
 def test_functions_that_are_not_importable_are_refused_at_submit(pool, executor):

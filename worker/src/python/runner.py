@@ -18,6 +18,7 @@ import struct
 import sys
 import time
 import traceback
+import types
 
 # A frame aims at this many bytes of results; results are also sent on when
 # a millisecond has passed since the last write, so the worker knows which
@@ -100,6 +101,23 @@ def failure(slot_id, reason, retryable, run_us):
     return varint_field(1, slot_id) + bytes_field(3, body) + varint_field(4, run_us)
 
 
+def str_keys_only(value):
+    """Raises TypeError for a dict key that is not a str anywhere in
+    ``value``: json.dumps would turn 1 into "1" without a word."""
+    if isinstance(value, (str, int, float)) or value is None:
+        return
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise TypeError("a dict key %r is of type %s, not str" % (k, type(k).__name__))
+                stack.append(x)
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+
+
 def allowed(prefixes, module):
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
@@ -158,7 +176,23 @@ class Runner:
             )
         obj = importlib.import_module(module)
         for part in qualname.split("."):
+            if part.startswith("__"):
+                raise Refused("%s names %s: a dunder attribute is not a function to run" % (name, part))
             obj = getattr(obj, part)
+            # The allow-list is of modules: a name must not reach through
+            # an allowed module into another one it imported
+            # (mytasks:os.system), nor run what such a module defines.
+            if isinstance(obj, types.ModuleType):
+                raise Refused(
+                    "%s reaches module %s through %s: only functions of the allowed modules run "
+                    "(--python-modules %s)" % (name, obj.__name__, module, ",".join(self.prefixes))
+                )
+        owner = getattr(obj, "__module__", None)
+        if not isinstance(owner, str) or not allowed(self.prefixes, owner):
+            raise Refused(
+                "%s is defined in module %s, which is not allowed on this worker (--python-modules %s)"
+                % (name, owner, ",".join(self.prefixes))
+            )
         if not callable(obj):
             raise Refused("%s is a %s, not a function" % (name, type(obj).__name__))
         self.functions[name] = obj
@@ -193,6 +227,7 @@ class Runner:
             return failure(slot_id, describe(e, 1), False, took())
         run_us = took()
         try:
+            str_keys_only(value)
             text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError, RecursionError) as e:
             return failure(
