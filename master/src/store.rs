@@ -561,14 +561,7 @@ impl Store for RedbStore {
     }
 
     fn read_job(&self, id: &JobId) -> anyhow::Result<Option<pb::JobRecord>> {
-        let txn = self.db.begin_read()?;
-        let jobs = txn.open_table(JOBS)?;
-        let Some(value) = jobs.get(id.uuid().as_u128())? else {
-            return Ok(None);
-        };
-        let record = pb::JobRecord::decode(value.value())
-            .map_err(|e| anyhow::anyhow!("job record {id} is corrupt: {e}"))?;
-        Ok(Some(record))
+        Ok(self.read_jobs(std::slice::from_ref(id))?.pop().flatten())
     }
 
     fn read_jobs(&self, ids: &[JobId]) -> anyhow::Result<Vec<Option<pb::JobRecord>>> {
@@ -673,12 +666,7 @@ impl Store for RedbStore {
         let mut is_open: std::collections::HashMap<u128, bool> = Default::default();
         for entry in jobs.iter()?.rev() {
             let (key, value) = entry?;
-            let record = pb::JobRecord::decode(value.value()).map_err(|e| {
-                anyhow::anyhow!(
-                    "job record {} is corrupt: {e}",
-                    Uuid::from_u128(key.value())
-                )
-            })?;
+            let record = decode_job(key.value(), value.value())?;
             let batch = Uuid::from_slice(&record.batch)
                 .map_err(|e| {
                     anyhow::anyhow!(
@@ -727,18 +715,19 @@ impl Store for RedbStore {
         let jobs = txn.open_table(JOBS)?;
         for entry in jobs.iter()? {
             let (key, value) = entry?;
-            let record = pb::JobRecord::decode(value.value()).map_err(|e| {
-                anyhow::anyhow!(
-                    "job record {} is corrupt: {e}",
-                    Uuid::from_u128(key.value())
-                )
-            })?;
+            let record = decode_job(key.value(), value.value())?;
             if !visit(record) {
                 break;
             }
         }
         Ok(())
     }
+}
+
+/// A job record read by a scan, keyed by its id.
+fn decode_job(key: u128, bytes: &[u8]) -> anyhow::Result<pb::JobRecord> {
+    pb::JobRecord::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("job record {} is corrupt: {e}", Uuid::from_u128(key)))
 }
 
 /// Takes a batch out of the closed ones, if it was: its close-time entry

@@ -909,19 +909,7 @@ fn a_worker_without_the_python_kind_gets_no_python_job() {
 fn closed_jobs_are_listed_newest_first_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
-    let mut st = durable(1);
-    st.set_archive(store.clone());
-    let (_, ids) = st
-        .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
-        .unwrap();
-    commit_to(&mut st, &store);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let s = st.add_session(&hello("w"), tx);
-    st.add_credit(s, 2, 0).send(None);
-    let a = assigned(&mut rx);
-    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
-        .send(None);
-    commit_to(&mut st, &store);
+    let (st, _, ids) = closed_batch_with_a_failed_job(&store);
     assert_eq!(st.jobs.len(), 0, "committed: out of memory");
     let mut seen = Vec::new();
     store
