@@ -371,7 +371,7 @@ fn run_fib(args: &Args, report: &mut Report) {
                 // GMP is only the yardstick: without it drover's own figures
                 // still stand, so this is a note, not a failure.
                 report.notes.push(format!(
-                    "gmp baseline unavailable, fib_1e7_vs_gmp is null: {e:#}"
+                    "gmp baseline unavailable, fib_1e6_vs_gmp and fib_1e7_vs_gmp are null: {e:#}"
                 ));
                 return;
             }

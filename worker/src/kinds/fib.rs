@@ -4,21 +4,29 @@
 //! about 0.1 s, and its conversion to 2 million decimal digits about 0.6 s:
 //! a tree of divisions by powers of ten, which a divide-and-conquer
 //! conversion of our own on dashu's division made only 10% faster. So the
-//! doubling runs on base-10^16 limbs instead. A product of two such numbers
-//! is one binary product on dashu (Kronecker substitution: the limbs are
-//! spread into bit fields wide enough that no column of the product
-//! overflows its field), about 2.3 times the size of the binary one, and
-//! then nothing is left to convert: F(10^7) takes a third of the time.
+//! doubling runs on base-10^16 limbs instead, and nothing is left to
+//! convert at the end.
+//!
+//! Products of 96 limbs and more go through a number-theoretic transform
+//! over two primes ([`ntt`]): F(10^7) then takes about 50 ms where GMP takes
+//! 180, nearly all of it in the last product and the last two squarings
+//! (bench/README.md, "where the time goes"). Smaller ones, and those too
+//! long for the two primes, are one binary product on dashu (Kronecker
+//! substitution: the limbs are spread into bit fields wide enough that no
+//! column of the product overflows its field).
 
 use dashu_int::UBig;
 
+mod ntt;
+
 /// Returns F(n) in decimal, with F(0) = 0 and F(1) = 1.
 ///
-/// F(10^7), 2,089,877 digits, takes about a quarter of a second in a release
-/// build; the master caps n, so the time and memory stay bounded.
+/// F(10^7), 2,089,877 digits, takes about 50 ms in a release build, and a
+/// process of 11 MiB at its peak; the master caps n, so the time and memory
+/// stay bounded.
 pub fn fib_decimal(n: u64) -> String {
     if n <= DECIMAL_MAX_N {
-        fib_limbs(n).to_string()
+        fib_limbs(n).to_digits()
     } else {
         fib_binary(n).to_string()
     }
@@ -42,31 +50,26 @@ fn fib_limbs(n: u64) -> Decimal {
     for bit in (0..half.ilog2()).rev() {
         let a2 = a.sqr();
         let b2 = b.sqr();
-        // F(2k+1) = 4F(k)^2 - F(k-1)^2 + 2(-1)^k, F(2k-1) = F(k)^2 + F(k-1)^2.
-        let f2k1 = if k_odd {
-            a2.mul_add_small(4, 0).sub(&b2).sub(&Decimal::from_small(2))
-        } else {
-            a2.mul_add_small(4, 2).sub(&b2)
-        };
-        let f2km1 = a2.add(&b2);
-        let f2k = f2k1.sub(&f2km1);
+        // F(2k+1) = 4F(k)^2 - F(k-1)^2 + 2(-1)^k, F(2k-1) = F(k)^2 + F(k-1)^2,
+        // and F(2k) is their difference; only two of the three are kept.
+        let c = if k_odd { -2 } else { 2 };
+        let f2k = a2.linear(3, &b2, -2, c);
         k_odd = (half >> bit) & 1 == 1;
-        (a, b) = if k_odd { (f2k1, f2k) } else { (f2k, f2km1) };
+        (a, b) = if k_odd {
+            (a2.linear(4, &b2, -1, c), f2k)
+        } else {
+            (f2k, a2.linear(1, &b2, 1, 0))
+        };
     }
     // The last step needs only one of the pair: one product instead of two
     // squarings.
     if n & 1 == 0 {
         // F(2k) = F(k) (F(k) + 2F(k-1))
-        a.mul(&a.add(&b.mul_add_small(2, 0)))
+        a.mul(&a.linear(1, &b, 2, 0))
     } else {
         // F(2k+1) = (2F(k) + F(k-1)) (2F(k) - F(k-1)) + 2(-1)^k
-        let a2 = a.mul_add_small(2, 0);
-        let p = a2.add(&b).mul(&a2.sub(&b));
-        if k_odd {
-            p.sub(&Decimal::from_small(2))
-        } else {
-            p.add(&Decimal::from_small(2))
-        }
+        let p = a.linear(2, &b, 1, 0).mul(&a.linear(2, &b, -1, 0));
+        p.linear(1, &Decimal(Vec::new()), 0, if k_odd { -2 } else { 2 })
     }
 }
 
@@ -128,108 +131,131 @@ impl Decimal {
 
     /// Returns `self * other`.
     fn mul(&self, other: &Self) -> Self {
-        if self.0.is_empty() || other.0.is_empty() {
-            return Self(Vec::new());
-        }
-        let bits = column_bits(self.0.len().min(other.0.len()));
-        let product = spread(&self.0, bits) * spread(&other.0, bits);
-        gather(&product, bits, self.0.len() + other.0.len() - 1)
+        Self::product(&self.0, Some(&other.0))
     }
 
     /// Returns `self * self`, cheaper than [`Decimal::mul`].
     fn sqr(&self) -> Self {
-        if self.0.is_empty() {
+        Self::product(&self.0, None)
+    }
+
+    /// Returns `a * b`, or `a * a` when `b` is `None`: by the transform when
+    /// it is the faster, else by dashu.
+    fn product(a: &[u64], b: Option<&[u64]>) -> Self {
+        let b_len = b.map_or(a.len(), <[u64]>::len);
+        if a.is_empty() || b_len == 0 {
             return Self(Vec::new());
         }
-        let bits = column_bits(self.0.len());
-        gather(&spread(&self.0, bits).sqr(), bits, 2 * self.0.len() - 1)
-    }
-
-    /// Returns `self * m + c`, for m <= 4 and c < [`BASE`].
-    fn mul_add_small(&self, m: u64, c: u64) -> Self {
-        debug_assert!(m <= 4 && c < BASE);
-        let mut out = Vec::with_capacity(self.0.len() + 1);
-        let mut carry = c;
-        for &limb in &self.0 {
-            // Below 5 * 10^16 + 10^16: no overflow.
-            let t = limb * m + carry;
-            out.push(t % BASE);
-            carry = t / BASE;
-        }
-        out.push(carry);
-        trim(&mut out);
-        Self(out)
-    }
-
-    /// Returns `self + other`.
-    fn add(&self, other: &Self) -> Self {
-        let (long, short) = if self.0.len() >= other.0.len() {
-            (&self.0, &other.0)
-        } else {
-            (&other.0, &self.0)
+        let shorter = a.len().min(b_len);
+        let use_ntt =
+            (NTT_MIN..=ntt::MAX_SHORTER).contains(&shorter) && a.len() + b_len <= ntt::MAX_LEN;
+        let mut limbs = match (use_ntt, b) {
+            (true, Some(b)) => ntt::mul(a, b),
+            (true, None) => ntt::sqr(a),
+            (false, _) => kronecker(a, b),
         };
-        let mut out = Vec::with_capacity(long.len() + 1);
-        let mut carry = 0;
-        for (i, &limb) in long.iter().enumerate() {
-            let mut t = limb + short.get(i).copied().unwrap_or(0) + carry;
-            carry = u64::from(t >= BASE);
-            t -= carry * BASE;
-            out.push(t);
-        }
-        out.push(carry);
-        trim(&mut out);
-        Self(out)
+        trim(&mut limbs);
+        Self(limbs)
     }
 
-    /// Returns `self - other`; `other` must not exceed `self`.
-    fn sub(&self, other: &Self) -> Self {
-        let mut out = Vec::with_capacity(self.0.len());
-        let mut borrow = 0;
-        for (i, &limb) in self.0.iter().enumerate() {
-            let take = other.0.get(i).copied().unwrap_or(0) + borrow;
-            borrow = u64::from(limb < take);
-            out.push(limb + borrow * BASE - take);
+    /// Returns `x self + y other + c`, which must not be negative, in one
+    /// pass; |x| and |y| at most 4, |c| below [`BASE`].
+    fn linear(&self, x: i64, other: &Self, y: i64, c: i64) -> Self {
+        const B: i64 = BASE as i64;
+        debug_assert!(x.abs() <= 4 && y.abs() <= 4 && c.abs() < B);
+        let len = self.0.len().max(other.0.len());
+        let limb = |d: &Self, i: usize| d.0.get(i).map_or(0, |&v| v as i64);
+        let mut out = Vec::with_capacity(len + 1);
+        let mut carry = c;
+        for i in 0..len {
+            // |t| < 9 B + B < 2^63.
+            let t = x * limb(self, i) + y * limb(other, i) + carry;
+            out.push(t.rem_euclid(B) as u64);
+            carry = t.div_euclid(B);
         }
-        // A negative difference is a bug in the doubling formulas, never
-        // an input error: stop rather than print a wrong number.
-        assert!(
-            borrow == 0 && other.0.len() <= self.0.len(),
-            "decimal subtraction went negative"
-        );
+        // The limbs are below B^len, so a negative result leaves a negative
+        // carry: a bug in the doubling formulas, never an input error, so
+        // stop rather than print a wrong number.
+        assert!(carry >= 0, "decimal combination went negative");
+        out.push(carry as u64);
         trim(&mut out);
         Self(out)
     }
 }
 
-impl std::fmt::Display for Decimal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Decimal {
+    /// Returns the number in decimal digits.
+    fn to_digits(&self) -> String {
         let Some((top, rest)) = self.0.split_last() else {
-            return f.write_str("0");
+            return "0".to_string();
         };
         // By hand rather than `{:016}` per limb: F(10^7) has 130,000 limbs.
         let mut digits = top.to_string().into_bytes();
         let start = digits.len();
         digits.resize(start + rest.len() * BASE_DIGITS, b'0');
         for (chunk, &limb) in digits[start..]
-            .chunks_mut(BASE_DIGITS)
+            .chunks_exact_mut(BASE_DIGITS)
             .zip(rest.iter().rev())
         {
-            let mut v = limb;
-            for d in chunk.iter_mut().rev() {
-                *d = b'0' + (v % 10) as u8;
-                v /= 10;
+            // Two digits at a time from a table, as itoa does: a fifth of
+            // the time of a division by 10 per digit.
+            let (high, low) = ((limb / 100_000_000) as u32, (limb % 100_000_000) as u32);
+            for (quad, v) in chunk.chunks_exact_mut(4).zip([
+                high / 10_000,
+                high % 10_000,
+                low / 10_000,
+                low % 10_000,
+            ]) {
+                let (a, b) = (2 * (v / 100) as usize, 2 * (v % 100) as usize);
+                quad.copy_from_slice(&[PAIRS[a], PAIRS[a + 1], PAIRS[b], PAIRS[b + 1]]);
             }
         }
         // Only ASCII digits were written.
-        f.write_str(std::str::from_utf8(&digits).expect("ASCII digits"))
+        String::from_utf8(digits).expect("ASCII digits")
     }
 }
+
+impl std::fmt::Display for Decimal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_digits())
+    }
+}
+
+/// "00", "01", ..., "99".
+const PAIRS: [u8; 200] = {
+    let mut pairs = [0; 200];
+    let mut i = 0;
+    while i < 100 {
+        pairs[2 * i] = b'0' + (i / 10) as u8;
+        pairs[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    pairs
+};
+
+/// The shorter factor's length from which the transform beats dashu's
+/// product.
+const NTT_MIN: usize = 96;
 
 /// Drops high zero limbs.
 fn trim(limbs: &mut Vec<u64>) {
     while limbs.last() == Some(&0) {
         limbs.pop();
     }
+}
+
+/// Returns `a * b`, or `a * a` when `b` is `None`, by one product on dashu
+/// (Kronecker substitution), with high zero limbs possibly left. Both must
+/// be non-empty.
+fn kronecker(a: &[u64], b: Option<&[u64]>) -> Vec<u64> {
+    let b_len = b.map_or(a.len(), <[u64]>::len);
+    let bits = column_bits(a.len().min(b_len));
+    let x = spread(a, bits);
+    let product = match b {
+        Some(b) => x * spread(b, bits),
+        None => x.sqr(),
+    };
+    gather(&product, bits, a.len() + b_len - 1)
 }
 
 /// Returns the width of the bit fields for a product whose shorter factor
@@ -269,7 +295,7 @@ fn spread(limbs: &[u64], bits: usize) -> UBig {
 
 /// Reads `columns` bit fields of `bits` bits from `product` and carries them
 /// into base-10^16 limbs.
-fn gather(product: &UBig, bits: usize, columns: usize) -> Decimal {
+fn gather(product: &UBig, bits: usize, columns: usize) -> Vec<u64> {
     let words = product.as_words();
     let mask = (1u128 << bits) - 1;
     let mut out = Vec::with_capacity(columns + 3);
@@ -297,16 +323,22 @@ fn gather(product: &UBig, bits: usize, columns: usize) -> Decimal {
         out.push((t % u128::from(BASE)) as u64);
         carry = t / u128::from(BASE);
     }
+    push_carry(&mut out, carry);
+    out
+}
+
+/// Appends what is left of a carry out of the top column, as limbs.
+fn push_carry(out: &mut Vec<u64>, mut carry: u128) {
     while carry > 0 {
         out.push((carry % u128::from(BASE)) as u64);
         carry /= u128::from(BASE);
     }
-    trim(&mut out);
-    Decimal(out)
 }
 
 #[cfg(test)]
 mod tests {
+    use dashu_int::IBig;
+
     use super::*;
 
     /// F(0), F(1), ... in decimal by schoolbook addition in base 10^9,
@@ -368,10 +400,11 @@ mod tests {
         }
     }
 
-    /// Parses decimal digits into limbs, 16 digits at a time from the right.
-    fn decimal(digits: &str) -> Decimal {
-        let bytes = digits.as_bytes();
-        let mut limbs: Vec<u64> = bytes
+    /// Parses decimal digits into limbs, 16 digits at a time from the
+    /// right, keeping high zero limbs.
+    fn parse_limbs(digits: &str) -> Vec<u64> {
+        digits
+            .as_bytes()
             .rchunks(BASE_DIGITS)
             .map(|c| {
                 std::str::from_utf8(c)
@@ -379,7 +412,12 @@ mod tests {
                     .parse()
                     .expect("digits")
             })
-            .collect();
+            .collect()
+    }
+
+    /// Parses decimal digits into a [`Decimal`].
+    fn decimal(digits: &str) -> Decimal {
+        let mut limbs = parse_limbs(digits);
         trim(&mut limbs);
         Decimal(limbs)
     }
@@ -437,9 +475,91 @@ mod tests {
             .collect();
         let mut rng = Rng(11);
         ns.extend((0..20).map(|_| 1_000 + rng.below(150_000)));
+        // Where the last products' factors cross NTT_MIN limbs (F(k) has
+        // about 0.209 k digits), and larger ones, all through the transform.
+        let crossing = (2 * NTT_MIN * BASE_DIGITS) as f64 / 0.209;
+        ns.extend((0..20).map(|i| (crossing * (0.8 + 0.02 * i as f64)) as u64));
+        ns.extend((0..10).map(|_| 150_000 + rng.below(1_000_000)));
         for n in ns {
             assert_eq!(fib_decimal(n), fib_binary(n).to_string(), "F({n})");
         }
+    }
+
+    #[test]
+    fn small_values_match_u128() {
+        // F(0) to F(186), the last that fits in a u128.
+        let mut f = vec![0u128, 1];
+        while let Some(next) = f[f.len() - 1].checked_add(f[f.len() - 2]) {
+            f.push(next);
+        }
+        assert_eq!(f.len(), 187);
+        for (n, want) in f.iter().enumerate() {
+            assert_eq!(fib_decimal(n as u64), want.to_string(), "F({n})");
+        }
+    }
+
+    #[test]
+    fn f_1e7_matches_binary() {
+        // About 2 s at the tests' opt-level, most of it dashu's conversion.
+        let f = fib_decimal(10_000_000);
+        assert_eq!(f.len(), 2_089_877);
+        assert!(
+            f.ends_with("86998673686380546875"),
+            "{}",
+            &f[f.len() - 20..]
+        );
+        assert!(f == fib_binary(10_000_000).to_string(), "F(10^7) differs");
+    }
+
+    /// Returns `len` limbs (the high ones possibly zero) of digits in runs.
+    fn limbs(rng: &mut Rng, len: usize) -> Vec<u64> {
+        let limbs = parse_limbs(&rng.digits(len * BASE_DIGITS));
+        assert_eq!(limbs.len(), len);
+        limbs
+    }
+
+    fn trimmed(mut limbs: Vec<u64>) -> Vec<u64> {
+        trim(&mut limbs);
+        limbs
+    }
+
+    #[test]
+    fn transform_products_match_kronecker() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        // Products of a + b - 1 columns on both sides of each transform
+        // length, balanced and lopsided, then random sizes.
+        let mut sizes = Vec::new();
+        for k in 1..=15 {
+            for columns in [(1usize << k) - 1, 1 << k, (1 << k) + 1] {
+                let lopsided = 1 + rng.below(columns as u64) as usize;
+                let balanced = columns.div_ceil(2);
+                sizes.push((lopsided, columns + 1 - lopsided));
+                sizes.push((balanced, columns + 1 - balanced));
+            }
+        }
+        sizes.extend(
+            (0..100).map(|_| (1 + rng.below(5_000) as usize, 1 + rng.below(5_000) as usize)),
+        );
+        for (la, lb) in sizes {
+            let (a, b) = (limbs(&mut rng, la), limbs(&mut rng, lb));
+            assert_eq!(
+                trimmed(ntt::mul(&a, &b)),
+                trimmed(kronecker(&a, Some(&b))),
+                "{la} by {lb} limbs"
+            );
+            assert_eq!(
+                trimmed(ntt::sqr(&a)),
+                trimmed(kronecker(&a, None)),
+                "square of {la} limbs"
+            );
+        }
+        // Zeros below a single one: the product is the other factor shifted.
+        let mut one = vec![0; 700];
+        one.push(1);
+        let b = limbs(&mut rng, 900);
+        let mut shifted = vec![0; 700];
+        shifted.extend_from_slice(&b);
+        assert_eq!(trimmed(ntt::mul(&one, &b)), trimmed(shifted));
     }
 
     #[test]
@@ -453,20 +573,26 @@ mod tests {
             assert_eq!(a.to_string(), x.to_string(), "display");
             assert_eq!(a.mul(&b).to_string(), (&x * &y).to_string(), "mul");
             assert_eq!(a.sqr().to_string(), x.sqr().to_string(), "sqr");
-            assert_eq!(a.add(&b).to_string(), (&x + &y).to_string(), "add");
-            let (hi, lo, diff) = if x >= y {
-                (&a, &b, &x - &y)
-            } else {
-                (&b, &a, &y - &x)
-            };
-            assert_eq!(hi.sub(lo).to_string(), diff.to_string(), "sub");
-            let (m, c) = (rng.below(5), rng.below(BASE));
-            assert_eq!(
-                a.mul_add_small(m, c).to_string(),
-                (&x * m + c).to_string(),
-                "mul_add_small"
-            );
+            for _ in 0..4 {
+                let (m, k) = (rng.below(9) as i64 - 4, rng.below(9) as i64 - 4);
+                let c = rng.below(2 * BASE - 1) as i64 - (BASE as i64 - 1);
+                let want = IBig::from(x.clone()) * m + IBig::from(y.clone()) * k + c;
+                if want >= IBig::ZERO {
+                    assert_eq!(
+                        a.linear(m, &b, k, c).to_string(),
+                        want.to_string(),
+                        "{m} a + {k} b + {c}"
+                    );
+                }
+            }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "decimal combination went negative")]
+    fn negative_combination_stops() {
+        let (a, b) = (decimal("10000000000000000000000"), decimal("1"));
+        let _ = b.linear(1, &a, -1, 0);
     }
 
     #[test]
@@ -494,7 +620,8 @@ mod tests {
             let p = decimal(&format!("1{}", "0".repeat(k)));
             assert_eq!(p.to_string(), format!("1{}", "0".repeat(k)));
             assert_eq!(p.sqr().to_string(), format!("1{}", "0".repeat(2 * k)));
-            assert_eq!(p.sub(&p).to_string(), "0");
+            assert_eq!(p.linear(1, &p, -1, 0).to_string(), "0");
+            assert_eq!(p.linear(-1, &p, 1, 1).to_string(), "1");
         }
         let zero = Decimal::from_small(0);
         assert_eq!(zero.to_string(), "0");
