@@ -39,7 +39,8 @@ const _: () = assert!(
         < PRIMES[0] as u128 * PRIMES[1] as u128
 );
 
-/// The longest transform: 2^20 values, 8 MiB per prime and factor.
+/// The longest transform: 2^20 values, 8 MiB per prime and factor; a
+/// product holds three such buffers at once (24 MiB at this length).
 pub(super) const MAX_LEN: usize = 1 << 20;
 
 /// Returns `a * b` in base-10^16 limbs, with high zero limbs possibly left.
@@ -224,8 +225,9 @@ struct Tables {
 
 /// The largest tables built so far. The entries for a shorter transform are
 /// a prefix of a longer one's, so one set serves every length up to its
-/// own, and a longer one extends it. At most 2^19 entries of 16 bytes each
-/// (a transform of [`MAX_LEN`]), 4 MiB for F(10^7).
+/// own, and a longer one extends it. Four tables (forward and inverse, for
+/// each prime) of at most 2^19 entries of 16 bytes (a transform of
+/// [`MAX_LEN`]): 32 MiB at most, 4 MiB for F(10^7).
 static TABLES: Mutex<Option<Arc<Tables>>> = Mutex::new(None);
 
 /// Returns tables for transforms of `len` values.
