@@ -672,6 +672,14 @@ impl Queue for Master {
         Ok(Response::new(self.inner.state.lock().stats()))
     }
 
+    async fn limits(
+        &self,
+        request: Request<pb::LimitsRequest>,
+    ) -> Result<Response<pb::LimitsResponse>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(self.inner.state.lock().limits_report(&name)))
+    }
+
     async fn list_jobs(
         &self,
         request: Request<pb::ListJobsRequest>,
