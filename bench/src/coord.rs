@@ -108,6 +108,7 @@ async fn lock_round_trips(cluster: &Cluster) -> Result<f64> {
         c.release(pb::ReleaseRequest {
             name: "bench".into(),
             fencing_token: token,
+            session,
         })
         .await?;
         if token <= last {

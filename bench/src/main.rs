@@ -150,6 +150,8 @@ enum Workload {
     Finished,
     /// dashboard_overhead_pct.
     Dashboard,
+    /// limit_overhead_pct.
+    Limits,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -217,6 +219,7 @@ fn run(args: &Args) -> Report {
         Workload::Coord,
         Workload::Finished,
         Workload::Dashboard,
+        Workload::Limits,
     ];
     if clusters.into_iter().any(selected) {
         // A current-thread client: one job's round trip has no thread
@@ -262,6 +265,9 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     }
     if selected(Workload::Finished) {
         outcomes.push(run_finished(args, &bins, report).await.context("finished"));
+    }
+    if selected(Workload::Limits) {
+        outcomes.push(run_limits(args, &bins, report).await.context("limits"));
     }
     if selected(Workload::Dashboard) {
         outcomes.push(
@@ -328,6 +334,48 @@ async fn run_dashboard(args: &Args, bins: &Binaries, report: &mut Report) -> Res
     cluster.check_alive()?;
     report.dashboard_overhead_pct = stats::median(&samples);
     report.samples.insert("dashboard_overhead_pct", samples);
+    Ok(())
+}
+
+/// limit_overhead_pct: tiny jobs holding a limit that never binds
+/// (1,000,000 permits) against the same jobs without, run by run side by
+/// side on one memory-store cluster; the median of the throughput lost,
+/// in percent.
+async fn run_limits(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let config = cluster_config(args, StoreKind::Memory, args.workers as usize);
+    let mut cluster = Cluster::start(bins, config)
+        .await
+        .context("starting the limits cluster")?;
+    report.notes.push(format!(
+        "limits: {}; per run, {} tiny jobs without a limit, then holding bench=1000000",
+        describe(&cluster, args, args.workers as usize),
+        args.jobs
+    ));
+    let mut client = cluster.client().await?;
+    let loose = [drover_common::pb::JobLimit {
+        name: "bench".into(),
+        permits: 1_000_000,
+    }];
+    let warmup = tiny::run_limited(&mut client, WARMUP_JOBS.min(args.jobs) as usize, &loose);
+    measure(&mut cluster, || "limits warm-up".into(), warmup).await?;
+    let mut samples = Vec::new();
+    for run in 1..=args.runs {
+        let mut rate = [0.0; 2];
+        for (i, limits) in [&[][..], &loose[..]].into_iter().enumerate() {
+            rate[i] = measure(
+                &mut cluster,
+                || format!("limits, {} limit(s), run {run}", limits.len()),
+                tiny::run_limited(&mut client, args.jobs as usize, limits),
+            )
+            .await?;
+        }
+        if rate[1] > 0.0 {
+            samples.push((rate[0] / rate[1] - 1.0) * 100.0);
+        }
+    }
+    cluster.check_alive()?;
+    report.limit_overhead_pct = stats::median(&samples);
+    report.samples.insert("limit_overhead_pct", samples);
     Ok(())
 }
 

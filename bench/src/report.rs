@@ -36,6 +36,9 @@ pub(crate) struct Report {
     pub(crate) recovery_s_5m_finished: Option<f64>,
     /// Extra master CPU per tiny job with five dashboards open, in percent.
     pub(crate) dashboard_overhead_pct: Option<f64>,
+    /// How much slower tiny jobs holding a loose concurrency limit run than
+    /// the same jobs without, in percent.
+    pub(crate) limit_overhead_pct: Option<f64>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -217,6 +220,7 @@ impl Report {
             ("master_rss_mb_5m_finished", self.master_rss_mb_5m_finished),
             ("recovery_s_5m_finished", self.recovery_s_5m_finished),
             ("dashboard_overhead_pct", self.dashboard_overhead_pct),
+            ("limit_overhead_pct", self.limit_overhead_pct),
         ]
     }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use drover_common::pb::queue_client::QueueClient;
-use drover_common::pb::{JobInfo, WatchRequest};
+use drover_common::pb::{JobInfo, JobLimit, WatchRequest};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
@@ -19,9 +19,24 @@ use crate::jobs::{FIRST_PRIME_ARG, MAX_SUBMIT_JOBS, check_prime_job, prime_submi
 
 /// Runs the workload once and returns jobs per second.
 pub(crate) async fn run_once(client: &mut QueueClient<Channel>, jobs: usize) -> Result<f64> {
+    run_limited(client, jobs, &[]).await
+}
+
+/// Runs the workload once with every job holding `limits`, and returns
+/// jobs per second.
+pub(crate) async fn run_limited(
+    client: &mut QueueClient<Channel>,
+    jobs: usize,
+    limits: &[JobLimit],
+) -> Result<f64> {
     // Building the requests is the client's business, not drover's: it stays
     // outside the timer.
-    let requests = prime_submits(FIRST_PRIME_ARG, jobs, MAX_SUBMIT_JOBS);
+    let mut requests = prime_submits(FIRST_PRIME_ARG, jobs, MAX_SUBMIT_JOBS);
+    if !limits.is_empty() {
+        for spec in requests.iter_mut().flat_map(|(_, r)| r.jobs.iter_mut()) {
+            spec.limits = limits.to_vec();
+        }
+    }
 
     let start = Instant::now();
     let mut watches = JoinSet::new();

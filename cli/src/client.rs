@@ -77,6 +77,7 @@ pub(crate) struct JobOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_attempts: u32,
     pub(crate) idempotency_key: Option<String>,
+    pub(crate) limits: Vec<pb::JobLimit>,
 }
 
 /// Turns a gRPC status into a one-line error for a person.
@@ -136,6 +137,7 @@ impl Client {
                     .idempotency_key
                     .as_deref()
                     .map_or_else(String::new, |k| job_key(k, first + i)),
+                limits: opts.limits.clone(),
             })
             .collect();
         // Named, so that a submit sent again after a broken connection or a
@@ -317,6 +319,19 @@ impl Client {
                 limit,
                 batch_id: batch.unwrap_or_default(),
             })
+            .await
+            .map_err(status_error)?;
+        Ok(resp.into_inner())
+    }
+}
+
+impl Client {
+    /// The concurrency limits held or waited for (or only `name`).
+    pub(crate) async fn limits(&self, name: String) -> anyhow::Result<pb::LimitsResponse> {
+        let resp = self
+            .queue
+            .clone()
+            .limits(pb::LimitsRequest { name })
             .await
             .map_err(status_error)?;
         Ok(resp.into_inner())

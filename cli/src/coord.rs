@@ -470,6 +470,7 @@ async fn hold(
         .release(pb::ReleaseRequest {
             name: cmd.name.clone(),
             fencing_token: token,
+            session,
         })
         .await;
     let Some(status) = status else {

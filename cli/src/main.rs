@@ -111,6 +111,12 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Shows the jobs' concurrency limits (--limit): each one's holders
+    /// (job and worker) and how many jobs wait for it.
+    Limits {
+        /// Only this limit.
+        name: Option<String>,
+    },
     /// Exits 0 when the master's health service says it is serving.
     Health {
         /// Give up after this long.
@@ -178,6 +184,24 @@ struct JobCommand {
     /// A second submit with the same key returns the first job's id.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// A concurrency limit NAME=N: each job runs only while fewer than N
+    /// jobs holding NAME run, across all workers. Repeatable.
+    #[arg(long = "limit", value_name = "NAME=N", value_parser = parse_limit)]
+    limits: Vec<drover_common::pb::JobLimit>,
+}
+
+/// Parses `--limit NAME=N`.
+fn parse_limit(s: &str) -> Result<drover_common::pb::JobLimit, String> {
+    let (name, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=N, e.g. db=4"))?;
+    let permits = n
+        .parse::<u32>()
+        .map_err(|e| format!("{s:?}: the permits {n:?} are not a number: {e}"))?;
+    Ok(drover_common::pb::JobLimit {
+        name: name.to_string(),
+        permits,
+    })
 }
 
 impl JobCommand {
@@ -187,6 +211,7 @@ impl JobCommand {
             timeout: self.timeout,
             max_attempts: self.max_attempts,
             idempotency_key: self.idempotency_key.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -386,6 +411,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     "drover: more jobs matched; showing the first {}",
                     resp.jobs.len()
                 );
+            }
+            Ok(0)
+        }
+        Command::Limits { name } => {
+            let resp = client.limits(name.unwrap_or_default()).await?;
+            match format {
+                Format::Json => println!("{}", output::limits_json(&resp)),
+                Format::Text => print!("{}", output::limits_text(&resp)),
             }
             Ok(0)
         }

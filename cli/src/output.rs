@@ -65,11 +65,60 @@ pub(crate) fn job_json(job: &pb::JobInfo) -> Value {
         "result": result,
         "error": if job.error.is_empty() { Value::Null } else { json!(job.error) },
         "attempt_errors": job.attempt_errors,
+        "started_at_ms": job.started_at_ms,
+        "finished_at_ms": job.finished_at_ms,
     });
     if let Some(c) = certainty {
         v["certainty"] = json!(c);
     }
+    if !job.limits.is_empty() {
+        v["limits"] = job
+            .limits
+            .iter()
+            .map(|l| (l.name.clone(), json!(l.permits)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     v
+}
+
+/// `Limits` as JSON: each limit's holders and waiters.
+pub(crate) fn limits_json(r: &pb::LimitsResponse) -> Value {
+    json!({
+        "limits": r.limits.iter().map(|l| json!({
+            "name": l.name,
+            "holders": l.holders.iter().map(|h| json!({
+                "job_id": h.job_id,
+                "worker": h.worker,
+            })).collect::<Vec<_>>(),
+            "waiters": l.waiters,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `Limits` for people: a line per limit, then its holders.
+pub(crate) fn limits_text(r: &pb::LimitsResponse) -> String {
+    if r.limits.is_empty() {
+        return "no limit is held or waited for\n".into();
+    }
+    let mut out = String::new();
+    for l in &r.limits {
+        out.push_str(&format!(
+            "{}: {} holding, {} waiting\n",
+            l.name,
+            l.holders.len(),
+            l.waiters
+        ));
+        for h in &l.holders {
+            let worker = if h.worker.is_empty() {
+                "(queued)"
+            } else {
+                &h.worker
+            };
+            out.push_str(&format!("  {}\t{}\n", h.job_id, worker));
+        }
+    }
+    out
 }
 
 /// Prints one job.

@@ -1,11 +1,14 @@
-"""Job options: priority, timeout, attempts and idempotency key, as one
-immutable value that Pool, Executor and their ``options()`` views share."""
+"""Job options: priority, timeout, attempts, idempotency key and
+concurrency limits, as one immutable value that Pool, Executor and their
+``options()`` views share."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .v1 import drover_pb2 as pb
 
 # The master's own bounds (its --max-attempts is checked against 1..=100).
 _MAX_ATTEMPTS = 100
@@ -27,8 +30,21 @@ class JobOptions:
     #: A second submit with the same key returns the first job instead of
     #: running another. A map gives its element i the key ``KEY#i``.
     idempotency_key: Optional[str] = None
+    #: Concurrency limits, e.g. ``{"db": 4}``: each job runs only while
+    #: fewer than 4 jobs holding ``db`` run, across all workers. Kept as
+    #: sorted (name, permits) pairs.
+    limits: Optional[Mapping[str, int]] = None
 
     def __post_init__(self) -> None:
+        if self.limits is not None:
+            items = self.limits.items() if isinstance(self.limits, Mapping) else self.limits
+            pairs: Tuple[Tuple[str, int], ...] = tuple(sorted((n, p) for n, p in items))
+            for name, permits in pairs:
+                if not isinstance(name, str) or not name:
+                    raise TypeError(f"limits: a limit name must be a non-empty str, got {name!r}")
+                if isinstance(permits, bool) or not isinstance(permits, int):
+                    raise TypeError(f"limits[{name!r}] must be an int, got {permits!r}")
+            object.__setattr__(self, "limits", pairs or None)
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise TypeError(f"priority must be an int, got {self.priority!r}")
         if not _INT32[0] <= self.priority <= _INT32[1]:
@@ -50,11 +66,11 @@ class JobOptions:
     def merge(self, **changes: Any) -> "JobOptions":
         """Returns these options with ``changes`` applied (unknown names are a
         TypeError naming them)."""
-        unknown = set(changes) - {"priority", "timeout", "max_attempts", "idempotency_key"}
+        unknown = set(changes) - {"priority", "timeout", "max_attempts", "idempotency_key", "limits"}
         if unknown:
             raise TypeError(
                 f"unknown job option(s) {', '.join(sorted(unknown))}; the options are "
-                "priority, timeout, max_attempts and idempotency_key"
+                "priority, timeout, max_attempts, idempotency_key and limits"
             )
         return replace(self, **changes)
 
@@ -68,4 +84,6 @@ class JobOptions:
             fields["timeout_ms"] = max(1, math.ceil(self.timeout * 1000))
         if self.max_attempts is not None:
             fields["max_attempts"] = self.max_attempts
+        if self.limits:
+            fields["limits"] = [pb.JobLimit(name=n, permits=p) for n, p in self.limits]
         return fields

@@ -21,24 +21,60 @@ store it survives a restart of the master.
 
 Each object works through a :class:`drover.Client` (``client=``), by default
 one shared client built from ``DROVER_MASTER`` and the token variables.
+
+A master that restarts is reached again, with backoff, for up to
+``RECONNECT_PATIENCE_S``: a call that could not reach it is sent again, and
+so is a call cut off in flight if sending it twice does no harm (reads,
+sets, puts, events); an add, acquire, release or delete cut off in flight
+raises :class:`drover.MasterUnavailable`, since it may have been applied.
+The session, and the locks it holds, survive the restart. Sessions are
+closed at exit (their locks released at once), or with :func:`close`.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
+import re
 import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any, Dict as _Dict, Iterator, List, Optional, Tuple
 
 import grpc
 
 from . import _errors
-from ._client import Client
+from ._client import RECONNECT_PATIENCE_S, Client
 from .v1 import drover_pb2 as pb
 from .v1 import drover_pb2_grpc as pb_grpc
 
-__all__ = ["Barrier", "Dict", "Event", "Lock", "Semaphore", "Value"]
+__all__ = ["Barrier", "Dict", "Event", "Lock", "Semaphore", "Value", "close"]
+
+#: Calls whose second delivery changes nothing: sent again when a restart
+#: of the master cut them off.
+_RESENDABLE = frozenset(
+    {
+        "OpenSession",
+        "KeepAlive",
+        "CloseSession",
+        "KvGet",
+        "KvPut",
+        "KvList",
+        "CounterGet",
+        "CounterSet",
+        "EventSet",
+        "EventClear",
+        "EventWait",
+        "Inspect",
+    }
+)
+
+
+def _never_sent(err: grpc.RpcError) -> bool:
+    """Whether an UNAVAILABLE call failed to reach the master at all."""
+    details = (err.details() or "").lower()
+    return any(s in details for s in ("failed to connect", "connection refused", "connections to all backends failing"))
 
 #: The lease of this process's session, in seconds (``DROVER_LEASE_S``).
 DEFAULT_LEASE_S = 10.0
@@ -59,8 +95,10 @@ def _client(client: Optional[Client]) -> Client:
         return _default_client
 
 
-def _call(client: Client, method: str, req: Any, timeout: Optional[float] = None) -> Any:
-    """Calls ``Coord.method`` on the client's channel; errors become
+def _call(client: Client, method: str, req: Any, timeout: Optional[float] = None, resend: bool = True) -> Any:
+    """Calls ``Coord.method`` on the client's channel, sending it again
+    across a restart of the master when that is safe (see the module
+    docs; ``resend=False``: never); errors become
     :class:`drover.DroverError` subclasses naming what went wrong."""
     client._queue()  # connects, in this process
     channel = client._channel
@@ -69,13 +107,28 @@ def _call(client: Client, method: str, req: Any, timeout: Optional[float] = None
         if cached is None or cached[0] is not channel:
             cached = (channel, pb_grpc.CoordStub(channel))
             _stubs[id(client)] = cached
-    try:
-        return getattr(cached[1], method)(req, metadata=client._metadata, timeout=timeout)
-    except grpc.RpcError as err:
-        code = err.code() if hasattr(err, "code") else None
-        if code == grpc.StatusCode.ABORTED:
-            raise threading.BrokenBarrierError(err.details()) from None
-        raise client._error(err) from None
+    patience_until: Optional[float] = None
+    delay = 0.05
+    while True:
+        try:
+            return getattr(cached[1], method)(req, metadata=client._metadata, timeout=timeout)
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            if code == grpc.StatusCode.ABORTED:
+                raise threading.BrokenBarrierError(err.details()) from None
+            if (
+                not resend
+                or code != grpc.StatusCode.UNAVAILABLE
+                or not (method in _RESENDABLE or _never_sent(err))
+            ):
+                raise client._error(err) from None
+            now = time.monotonic()
+            if patience_until is None:
+                patience_until = now + RECONNECT_PATIENCE_S
+            if now >= patience_until:
+                raise client._error(err) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 class _Session:
@@ -104,6 +157,16 @@ class _Session:
                     self.lost = str(e)
                     return
 
+    def close(self) -> None:
+        """Ends the session: the master releases its grants at once."""
+        self._stop.set()
+        if self.lost is None:
+            self.lost = "closed"
+            try:
+                _call(self.client, "CloseSession", pb.CloseSessionRequest(session=self.id), timeout=2.0, resend=False)
+            except Exception:  # the master may be gone; the lease ends it then
+                pass
+
     @staticmethod
     def of(client: Client) -> "_Session":
         key = (id(client), os.getpid())
@@ -115,6 +178,21 @@ class _Session:
             with _guard:
                 _sessions[key] = session
         return session
+
+
+def close() -> None:
+    """Closes this process's sessions (run at exit): the locks and
+    semaphore permits they hold are released at once rather than when
+    their lease runs out."""
+    pid = os.getpid()
+    with _guard:
+        mine = [k for k in _sessions if k[1] == pid]
+        sessions = [_sessions.pop(k) for k in mine]
+    for s in sessions:
+        s.close()
+
+
+atexit.register(close)
 
 
 def _timeout_ms(timeout: Optional[float]) -> Optional[int]:
@@ -137,12 +215,13 @@ class Semaphore:
         self.name = name
         self.permits = value
         self._client = _client(client)
-        self._tokens: List[int] = []
+        # (fencing token, session) of each permit held.
+        self._tokens: List[Tuple[int, int]] = []
 
     @property
     def fencing_token(self) -> Optional[int]:
         """The fencing token of the last permit acquired and still held."""
-        return self._tokens[-1] if self._tokens else None
+        return self._tokens[-1][0] if self._tokens else None
 
     def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
         if not blocking:
@@ -158,14 +237,14 @@ class Semaphore:
             if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return False
             raise
-        self._tokens.append(resp.fencing_token)
+        self._tokens.append((resp.fencing_token, session.id))
         return True
 
     def release(self) -> None:
         if not self._tokens:
             raise ValueError(f"{type(self).__name__} {self.name!r} released too many times")
-        token = self._tokens.pop()
-        _call(self._client, "Release", pb.ReleaseRequest(name=self.name, fencing_token=token))
+        token, session = self._tokens.pop()
+        _call(self._client, "Release", pb.ReleaseRequest(name=self.name, fencing_token=token, session=session))
 
     def __enter__(self) -> "Semaphore":
         self.acquire()
@@ -210,21 +289,34 @@ class Value:
         return Lock(f"{self.name}.lock", self._client)
 
 
+def _escape(part: str) -> str:
+    """``part`` with no ``/``: ``%`` and ``/`` become ``%25`` and ``%2F``."""
+    return part.replace("%", "%25").replace("/", "%2F")
+
+
+def _unescape(part: str) -> str:
+    return re.sub("%(25|2F)", lambda m: "%" if m.group(1) == "25" else "/", part)
+
+
 class Dict(MutableMapping):
     """A shared dict, like ``multiprocessing.Manager().dict()``: string
     keys, values pickled, kept as the keys ``NAME/KEY`` of the master's
-    key-value store. Each operation is one atomic call; guard
-    read-modify-write sequences with a :class:`Lock`."""
+    key-value store, with ``%`` and ``/`` in NAME and KEY written ``%25``
+    and ``%2F`` (so ``Dict("a")["x/y"]`` and ``Dict("a/x")["y"]`` are two
+    entries). Each operation is one atomic call; guard read-modify-write
+    sequences with a :class:`Lock`."""
 
     def __init__(self, name: str, client: Optional[Client] = None):
+        if not isinstance(name, str):
+            raise TypeError(f"drover.Dict names are str, not {type(name).__name__}")
         self.name = name
-        self._prefix = name + "/"
+        self._prefix = _escape(name) + "/"
         self._client = _client(client)
 
     def _key(self, key: Any) -> str:
         if not isinstance(key, str):
             raise TypeError(f"drover.Dict keys are str, not {type(key).__name__}")
-        return self._prefix + key
+        return self._prefix + _escape(key)
 
     def __getitem__(self, key: str) -> Any:
         resp = _call(self._client, "KvGet", pb.KvGetRequest(key=self._key(key)))
@@ -249,12 +341,21 @@ class Dict(MutableMapping):
                 return
             start_after = page.entries[-1].key
 
-    def __iter__(self) -> Iterator[str]:
+    def _own(self) -> Iterator[str]:
+        """The keys of this dict's entries, as stored; entries written
+        under the prefix by other means (``drover kv put a/x/y``) with a
+        ``/`` of their own are not its."""
         for e in self._entries():
-            yield e.key[len(self._prefix):]
+            rest = e.key[len(self._prefix):]
+            if "/" not in rest:
+                yield rest
+
+    def __iter__(self) -> Iterator[str]:
+        for k in self._own():
+            yield _unescape(k)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._entries())
+        return sum(1 for _ in self._own())
 
     def __repr__(self) -> str:
         return f"<drover.Dict {self.name!r}>"

@@ -18,7 +18,7 @@ import concurrent.futures as cf
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Iterator, Optional, Set
+from typing import Any, Iterable, Iterator, Mapping, Optional, Set
 
 from ._client import Client, PathOrPem, client_for
 from ._kinds import job_kind
@@ -47,7 +47,7 @@ class Executor(cf.Executor):
 
     Connection arguments and job options are as for :class:`drover.Pool`:
     ``master``/``token``/``ca`` (or ``client=``), and ``priority``,
-    ``timeout`` (seconds a job may run on a worker), ``max_attempts``;
+    ``timeout`` (seconds a job may run on a worker), ``max_attempts``, ``limits`` (e.g. ``{"db": 4}``);
     ``executor.options(...)`` gives a view with other options (also
     ``idempotency_key``) that shares the executor's connection and shutdown.
     """
@@ -62,12 +62,15 @@ class Executor(cf.Executor):
         priority: int = 0,
         timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
+        limits: Optional[Mapping[str, int]] = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         tls_cert: Optional[PathOrPem] = None,
         tls_key: Optional[PathOrPem] = None,
     ):
         client, owns = client_for(client, master, token, ca, tls_cert, tls_key)
-        options = JobOptions(priority=priority, timeout=timeout, max_attempts=max_attempts)
+        options = JobOptions(
+            priority=priority, timeout=timeout, max_attempts=max_attempts, limits=limits
+        )
         self._state = _ExecutorState(client, owns, max_in_flight)
         self._options = options
 

@@ -21,7 +21,7 @@ import multiprocessing
 import threading
 import weakref
 from concurrent.futures import CancelledError, Future
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from ._client import Client, PathOrPem, client_for
 from ._kinds import job_kind
@@ -121,8 +121,9 @@ class Pool:
     ``master``, ``token`` and ``ca`` (and ``tls_cert``/``tls_key``) are as for
     :class:`drover.Client`, defaulting to ``DROVER_MASTER`` and the other
     variables the CLI reads; or pass ``client=`` to share a connection.
-    ``priority``, ``timeout`` (seconds a job may run on a worker) and
-    ``max_attempts`` apply to every job; ``pool.options(...)`` gives a view
+    ``priority``, ``timeout`` (seconds a job may run on a worker),
+    ``max_attempts`` and ``limits`` (e.g. ``{"db": 4}``, see
+    :class:`JobOptions`) apply to every job; ``pool.options(...)`` gives a view
     with other options (also ``idempotency_key``). ``max_in_flight`` bounds
     the jobs a map keeps submitted and unread (memory and queue use).
     """
@@ -137,12 +138,15 @@ class Pool:
         priority: int = 0,
         timeout: Optional[float] = None,
         max_attempts: Optional[int] = None,
+        limits: Optional[Mapping[str, int]] = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         tls_cert: Optional[PathOrPem] = None,
         tls_key: Optional[PathOrPem] = None,
     ):
         client, owns = client_for(client, master, token, ca, tls_cert, tls_key)
-        options = JobOptions(priority=priority, timeout=timeout, max_attempts=max_attempts)
+        options = JobOptions(
+            priority=priority, timeout=timeout, max_attempts=max_attempts, limits=limits
+        )
         self._state = _PoolState(client, owns, max_in_flight)
         self._options = options
 

@@ -10,6 +10,8 @@ import uuid
 import pytest
 
 import drover
+from drover.v1 import drover_pb2 as pb
+from drover.v1 import drover_pb2_grpc as pb_grpc
 
 
 def fresh(prefix: str) -> str:
@@ -134,3 +136,74 @@ def test_a_barrier_gives_each_party_an_index_and_breaks_on_a_timeout(client):
 def test_bad_names_are_refused_naming_the_field_and_the_limit(client):
     with pytest.raises(drover.InvalidArgument, match="key: 300 bytes is over the limit of 256"):
         drover.Dict("d", client=client)["k" * 298] = 1
+
+
+def test_dict_namespaces_do_not_overlap(client):
+    base = fresh("ns")
+    outer = drover.Dict(base, client=client)
+    inner = drover.Dict(base + "/x", client=client)
+    outer["x/y"] = "outer"
+    inner["y"] = "inner"
+    outer["50%"] = "percent"
+    assert outer["x/y"] == "outer" and inner["y"] == "inner"
+    assert sorted(outer) == ["50%", "x/y"]
+    assert list(inner) == ["y"]
+    del outer["x/y"]
+    assert inner["y"] == "inner"
+
+
+def test_closing_the_session_releases_its_locks_at_once(client):
+    name = fresh("closed")
+    lock = drover.Lock(name, client=client)
+    assert lock.acquire(timeout=5)
+    stub = pb_grpc.CoordStub(client._channel_here())
+
+    def inspect():
+        return stub.Inspect(pb.InspectRequest(name=name), metadata=client._metadata)
+
+    assert list(inspect().lock_tokens) == [lock.fencing_token]
+    drover.coord.close()
+    assert list(inspect().lock_tokens) == []
+    # The next use opens a new session.
+    other = drover.Lock(name, client=client)
+    assert other.acquire(timeout=5)
+    other.release()
+
+
+def test_coord_objects_carry_on_across_a_master_restart(new_cluster, tmp_path):
+    cluster = new_cluster("--store", "redb", "--data-dir", str(tmp_path / "data"), workers=0)
+    c = drover.Client(cluster.url)
+    try:
+        total = drover.Value(fresh("total"), client=c)
+        d = drover.Dict(fresh("d"), client=c)
+        lock = drover.Lock(fresh("held"), client=c)
+        total.value = 5
+        d["k"] = [1]
+        assert lock.acquire(timeout=5)
+        token = lock.fencing_token
+        cluster.restart_master()
+        # Reads, sets and adds reach the new master; the lock held before
+        # the restart is still this session's to release.
+        assert total.add(2) == 7
+        assert d["k"] == [1]
+        d["k"] = [2]
+        lock.release()
+        again = drover.Lock(lock.name, client=c)
+        assert again.acquire(timeout=5)
+        assert again.fencing_token > token
+        again.release()
+    finally:
+        c.close()
+
+
+def test_jobs_carry_their_limits(client):
+    with drover.Executor(client=client, limits={"pydb": 1}) as ex:
+        futs = [ex.submit(drover.sleep, 0.05) for _ in range(3)]
+        assert [f.result(timeout=60) for f in futs] == [None] * 3
+    infos = [client.job(f.job_id) for f in futs]
+    assert all([(l.name, l.permits) for l in i.limits] == [("pydb", 1)] for i in infos)
+    spans = sorted((i.started_at_ms, i.finished_at_ms) for i in infos)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    with drover.Executor(client=client, limits={"pydb": 0}) as ex:
+        with pytest.raises(drover.InvalidArgument, match=r"limits\[0\]\.permits"):
+            ex.submit(drover.sleep, 0).result(timeout=60)

@@ -173,6 +173,7 @@ fn a_semaphore_never_has_more_holders_than_permits_while_holders_are_killed() {
                     c.release(pb::ReleaseRequest {
                         name: "sem".into(),
                         fencing_token: token,
+                        session,
                     })
                     .await
                     .unwrap();
@@ -312,9 +313,24 @@ fn a_holder_stopped_past_its_lease_finds_its_token_rejected() {
     let stale = block_on(c.release(pb::ReleaseRequest {
         name: "L".into(),
         fencing_token: first,
+        session,
     }))
     .unwrap_err();
     assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+    // Another session holding the token may not release the grant.
+    let other = block_on(open_session(&mut c, 10_000));
+    let theirs = block_on(c.release(pb::ReleaseRequest {
+        name: "L".into(),
+        fencing_token: second,
+        session: other,
+    }))
+    .unwrap_err();
+    assert_eq!(theirs.code(), tonic::Code::FailedPrecondition, "{theirs:?}");
+    assert!(
+        theirs.message().contains("only the holder's session"),
+        "{theirs:?}"
+    );
+    assert_eq!(inspect(&url, "L").lock_tokens, vec![second]);
 }
 
 #[test]

@@ -600,7 +600,7 @@ fn metrics_rise_as_jobs_run_and_parse_as_prometheus_text() {
 }
 
 /// The methods a raw request may name, with a valid message for each.
-const PATHS: [&str; 10] = [
+const PATHS: [&str; 11] = [
     "/drover.v1.Queue/Submit",
     "/drover.v1.Queue/Get",
     "/drover.v1.Queue/Watch",
@@ -608,6 +608,7 @@ const PATHS: [&str; 10] = [
     "/drover.v1.Queue/Stats",
     "/drover.v1.Queue/ListJobs",
     "/drover.v1.Queue/Retry",
+    "/drover.v1.Queue/Limits",
     "/drover.v1.Workers/Connect",
     "/drover.v1.Queue/NoSuchMethod",
     "/no.such.Service/Call",
@@ -651,6 +652,14 @@ fn valid_message(rng: &mut Rng, path: &str) -> Vec<u8> {
                     timeout_ms: rng.below(1000),
                     max_attempts: rng.below(200) as u32,
                     idempotency_key: String::new(),
+                    limits: if rng.percent(20) {
+                        vec![pb::JobLimit {
+                            name: random_arg(rng),
+                            permits: rng.below(3) as u32,
+                        }]
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect(),
         }
@@ -693,6 +702,10 @@ fn valid_message(rng: &mut Rng, path: &str) -> Vec<u8> {
             job_ids: vec![id(rng)],
             batch_id: String::new(),
             all_failed: false,
+        }
+        .encode_to_vec(),
+        "/drover.v1.Queue/Limits" => pb::LimitsRequest {
+            name: random_arg(rng),
         }
         .encode_to_vec(),
         "/drover.v1.Workers/Connect" => {

@@ -231,7 +231,7 @@ impl Drop for LockWait {
                 .map(|g| g.0)
         });
         if let Some(token) = token {
-            let _ = st.release(&self.name, token);
+            let _ = st.release(&self.name, token, None);
         }
     }
 }
@@ -509,8 +509,13 @@ impl Coord for CoordService {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let req = request.into_inner();
-        self.change(|st| Ok(((), st.release(&req.name, req.fencing_token)?)))
-            .await?;
+        self.change(|st| {
+            Ok((
+                (),
+                st.release(&req.name, req.fencing_token, Some(req.session))?,
+            ))
+        })
+        .await?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 

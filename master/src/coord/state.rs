@@ -752,10 +752,24 @@ impl CoordState {
     }
 
     /// Gives a permit back, checking it is held under that name.
-    pub(crate) fn release(&mut self, name: &str, token: u64) -> Result<Option<u64>, Status> {
+    pub(crate) fn release(
+        &mut self,
+        name: &str,
+        token: u64,
+        session: Option<u64>,
+    ) -> Result<Option<u64>, Status> {
         check_name("name", name, &self.limits)?;
         match self.grants.get(&token) {
-            Some(g) if g.name == name => {}
+            Some(g) if g.name == name => {
+                if let Some(s) = session
+                    && s != g.session
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "session: fencing token {token} of lock {name} is held by session {}, not session {s}; only the holder's session may release it",
+                        g.session
+                    )));
+                }
+            }
             _ => {
                 return Err(Status::failed_precondition(format!(
                     "fencing token {token} of lock {name} is not held: it was released, or its session's lease expired and the lock may have been granted again"
@@ -999,10 +1013,20 @@ mod tests {
         assert_eq!(st.lock_state("db"), (2, 1));
         let mismatch = st.acquire("db".into(), 3, a).err().unwrap();
         assert_eq!(mismatch.code(), tonic::Code::FailedPrecondition);
-        st.release("db", t1).unwrap();
+        // Only the holder's session releases a grant.
+        let theirs = st.release("db", t1, Some(b)).unwrap_err();
+        assert_eq!(theirs.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            theirs
+                .message()
+                .contains(&format!("held by session {a}, not session {b}")),
+            "{theirs:?}"
+        );
+        assert_eq!(st.lock_state("db"), (2, 1));
+        st.release("db", t1, Some(a)).unwrap();
         let (t3, _) = rx.try_recv().unwrap();
         assert!(t3 > t2);
-        let stale = st.release("db", t1).unwrap_err();
+        let stale = st.release("db", t1, Some(a)).unwrap_err();
         assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
         assert!(stale.message().contains("fencing token"), "{stale:?}");
     }
@@ -1033,7 +1057,7 @@ mod tests {
             tonic::Code::NotFound
         );
         assert_eq!(
-            st.release("l", t1).unwrap_err().code(),
+            st.release("l", t1, Some(a)).unwrap_err().code(),
             tonic::Code::FailedPrecondition
         );
     }

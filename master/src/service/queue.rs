@@ -81,7 +81,7 @@ fn take_slot(st: &State, id: JobId, at: usize, slots: &mut Vec<Slot>, bytes: &mu
         Some(j) => {
             let info = j.info_at(at);
             *bytes += prost::Message::encoded_len(&info);
-            slots.push(Slot::Hit(info));
+            slots.push(Slot::Hit(Box::new(info)));
         }
         None if !slots.is_empty() => return false,
         None => slots.push(Slot::Miss(id, Some(at))),
@@ -95,7 +95,7 @@ const MISSES_PER_PAGE: usize = 4096;
 /// One job of a reply: rendered from memory under the lock, or to read
 /// from the store after it (a finished job whose batch closed).
 enum Slot {
-    Hit(pb::JobInfo),
+    Hit(Box<pb::JobInfo>),
     /// The job, and its place in the batch read (if read by batch).
     Miss(JobId, Option<usize>),
 }
@@ -123,7 +123,7 @@ fn fill_page(
         };
         let first = match slot {
             Slot::Hit(info) => {
-                page.push(Some(info));
+                page.push(Some(*info));
                 used += 1;
                 continue;
             }
@@ -389,7 +389,7 @@ impl Queue for Master {
                     Some(j) => {
                         let info = if by_batch { j.info_at(at) } else { j.info() };
                         bytes += prost::Message::encoded_len(&info);
-                        slots.push(Slot::Hit(info));
+                        slots.push(Slot::Hit(Box::new(info)));
                     }
                     None => {
                         misses += 1;
@@ -670,6 +670,14 @@ impl Queue for Master {
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(self.inner.state.lock().stats()))
+    }
+
+    async fn limits(
+        &self,
+        request: Request<pb::LimitsRequest>,
+    ) -> Result<Response<pb::LimitsResponse>, Status> {
+        let name = request.into_inner().name;
+        Ok(Response::new(self.inner.state.lock().limits_report(&name)))
     }
 
     async fn list_jobs(

@@ -118,6 +118,10 @@ pub(crate) struct JobExtra {
     /// When it finished (unix ms), for retention.
     pub(crate) finished_at_ms: u64,
     pub(crate) idempotency_key: Option<Box<str>>,
+    /// Its concurrency limits (name, permits).
+    pub(crate) limits: super::limits::JobLimits,
+    /// When the master last handed it to a worker (unix ms).
+    pub(crate) started_at_ms: u64,
 }
 
 static NO_EXTRA: JobExtra = JobExtra {
@@ -128,6 +132,8 @@ static NO_EXTRA: JobExtra = JobExtra {
     run_us: 0,
     finished_at_ms: 0,
     idempotency_key: None,
+    limits: Vec::new(),
+    started_at_ms: 0,
 };
 
 impl Job {
@@ -182,6 +188,8 @@ impl Job {
                 .unwrap_or_default()
                 .to_string(),
             running: self.state == JobState::Running,
+            limits: super::limits::to_pb(&self.x().limits),
+            started_at_ms: self.x().started_at_ms,
         }
     }
 
@@ -203,13 +211,17 @@ impl Job {
             finished_at_ms: r.finished_at_ms,
             idempotency_key: (!r.idempotency_key.is_empty())
                 .then(|| r.idempotency_key.into_boxed_str()),
+            limits: super::limits::from_pb(r.limits),
+            started_at_ms: r.started_at_ms,
         };
         let bare = extra.worker.is_none()
             && extra.output.is_none()
             && extra.error.is_none()
             && extra.attempt_errors.is_empty()
             && extra.idempotency_key.is_none()
-            && extra.finished_at_ms == 0;
+            && extra.finished_at_ms == 0
+            && extra.limits.is_empty()
+            && extra.started_at_ms == 0;
         Ok(Job {
             id,
             batch,
@@ -260,6 +272,9 @@ impl Job {
             worker: self.x().worker.as_deref().unwrap_or_default().to_string(),
             attempt_errors: self.x().attempt_errors.clone(),
             run_us: self.x().run_us,
+            limits: super::limits::to_pb(&self.x().limits),
+            started_at_ms: self.x().started_at_ms,
+            finished_at_ms: self.x().finished_at_ms,
         }
     }
 }

@@ -34,7 +34,7 @@ impl State {
         } else {
             job.not_before_ms = 0;
             let key = (Reverse(job.priority), job.seq);
-            self.queues.insert(job.class(), &job.arg, key, id);
+            self.queue_ready(id, key);
         }
     }
 
@@ -222,6 +222,7 @@ impl State {
                     spec.idempotency_key.len()
                 )));
             }
+            limits::check(i, &spec.limits)?;
             if spec.max_attempts > 100 {
                 return Err(Error::invalid(format!(
                     "jobs[{i}].max_attempts: {} is over the limit of 100",
@@ -263,6 +264,7 @@ impl State {
             let id = JobId::new();
             let idempotency_key =
                 (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.into_boxed_str());
+            let job_limits = limits::from_pb(spec.limits);
             if let Some(key) = &idempotency_key {
                 self.idempotency.insert(key.clone(), id);
             }
@@ -290,19 +292,20 @@ impl State {
                 seq,
                 session: None,
                 not_before_ms: 0,
-                extra: idempotency_key.map(|key| {
+                extra: (idempotency_key.is_some() || !job_limits.is_empty()).then(|| {
                     Box::new(JobExtra {
-                        idempotency_key: Some(key),
+                        idempotency_key,
+                        limits: job_limits,
                         ..JobExtra::default()
                     })
                 }),
                 dirty: false,
             };
-            self.queues
-                .insert(job.class(), &job.arg, (Reverse(job.priority), seq), id);
+            let key = (Reverse(job.priority), seq);
             self.counts[JobState::Queued as usize] += 1;
             self.counters.jobs.submitted(kind);
             self.jobs.insert(id, job);
+            self.queue_ready(id, key);
             self.mark(id);
             ids.push(id);
         }
@@ -403,7 +406,8 @@ impl State {
                 }
             }
         }
-        let mut out = if requeued {
+        let admitted = self.concurrency.take_admitted();
+        let mut out = if requeued || admitted {
             self.dispatch()
         } else {
             self.outgoing(Vec::new())
@@ -426,6 +430,7 @@ impl State {
     /// counted attempts are below its allowance, else it is FAILED.
     /// Returns whether it was queued again.
     pub(super) fn fail_attempt(&mut self, id: JobId, reason: String, retryable: bool) -> bool {
+        self.release_limits(id);
         let Some(job) = self.jobs.get_mut(&id) else {
             return false;
         };
@@ -460,6 +465,7 @@ impl State {
     /// a draining worker, a master restart) and queues the job again at
     /// once. The attempt stays in its history.
     pub(super) fn end_uncounted(&mut self, id: JobId, reason: &str) {
+        self.release_limits(id);
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
@@ -475,6 +481,7 @@ impl State {
 
     /// Moves a job to a finished state, and tells its batches.
     pub(super) fn finish(&mut self, id: JobId, to: JobState, error: Option<String>) {
+        self.release_limits(id);
         self.set_state(id, to);
         let now = self.now_ms();
         let Some(job) = self.jobs.get_mut(&id) else {
@@ -591,6 +598,10 @@ impl State {
                 ));
             }
         }
-        Ok((resp, self.outgoing(messages)))
+        let mut out = self.outgoing(messages);
+        if self.concurrency.take_admitted() {
+            out.merge(self.dispatch());
+        }
+        Ok((resp, out))
     }
 }

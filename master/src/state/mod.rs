@@ -34,6 +34,8 @@
 //! - `sessions`: worker sessions, their credit, dispatch, session ends.
 //! - `queues`: the ready queues, Python jobs by module.
 //! - `lifecycle`: submit, results, failures, retries, returns, cancels.
+//! - `limits`: concurrency limits on jobs (`--limit db=4`): permits taken
+//!   on entering the ready queue, given back when the attempt ends.
 //! - `journal`: what changed since the last commit, and commit tickets.
 //! - `recovery`: the queue rebuilt from what the store committed.
 //! - `retention`: finished batches purged, expired ids told apart.
@@ -64,6 +66,7 @@ mod dashboard_queries;
 mod job;
 mod journal;
 mod lifecycle;
+mod limits;
 #[cfg(test)]
 use lifecycle::MAX_KEY_BYTES;
 mod queries;
@@ -165,6 +168,8 @@ pub struct State {
     /// Queued jobs per class (Python jobs per module), highest priority
     /// first, then oldest first.
     queues: Queues,
+    /// Concurrency limits held and waited for.
+    concurrency: limits::Concurrency,
     idempotency: HashMap<Box<str>, JobId>,
     /// Batches by their submit's request id.
     requests: HashMap<Box<str>, BatchId>,
@@ -274,6 +279,7 @@ impl State {
             jobs: JobTable::default(),
             batches: HashMap::new(),
             queues: Queues::default(),
+            concurrency: limits::Concurrency::default(),
             idempotency: HashMap::new(),
             requests: HashMap::new(),
             adopted: HashMap::new(),

@@ -165,7 +165,9 @@ impl State {
                 // An attempt starts: a fact recorded once, never undone.
                 job.attempts += 1;
                 job.session = Some(sid);
-                job.xm().worker = Some(session.name.clone());
+                let x = job.xm();
+                x.worker = Some(session.name.clone());
+                x.started_at_ms = now_ms;
                 if job.attempts == 1 {
                     self.counters.jobs.waited(job.kind, &id.uuid(), now_ms);
                 }

@@ -1067,3 +1067,6 @@ fn the_memory_store_counts_what_it_evicted() {
     }
     assert!(st.jobs.len() <= 2);
 }
+
+#[path = "limits_tests.rs"]
+mod limits;

@@ -45,20 +45,30 @@ CERTAINTY_PROVEN: Certainty
 CERTAINTY_PROBABLE: Certainty
 
 class JobSpec(_message.Message):
-    __slots__ = ("kind", "arg", "priority", "timeout_ms", "max_attempts", "idempotency_key")
+    __slots__ = ("kind", "arg", "priority", "timeout_ms", "max_attempts", "idempotency_key", "limits")
     KIND_FIELD_NUMBER: _ClassVar[int]
     ARG_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     kind: JobKind
     arg: str
     priority: int
     timeout_ms: int
     max_attempts: int
     idempotency_key: str
-    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    limits: _containers.RepeatedCompositeFieldContainer[JobLimit]
+    def __init__(self, kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., limits: _Optional[_Iterable[_Union[JobLimit, _Mapping]]] = ...) -> None: ...
+
+class JobLimit(_message.Message):
+    __slots__ = ("name", "permits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PERMITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    permits: int
+    def __init__(self, name: _Optional[str] = ..., permits: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("jobs", "request_id")
@@ -97,7 +107,7 @@ class PrimeOutput(_message.Message):
     def __init__(self, is_prime: _Optional[bool] = ..., certainty: _Optional[_Union[Certainty, str]] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "batch_id", "index", "kind", "arg", "state", "priority", "attempts", "max_attempts", "output", "error", "worker", "attempt_errors", "run_us", "counted_attempts")
+    __slots__ = ("job_id", "batch_id", "index", "kind", "arg", "state", "priority", "attempts", "max_attempts", "output", "error", "worker", "attempt_errors", "run_us", "counted_attempts", "limits", "started_at_ms", "finished_at_ms")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +123,9 @@ class JobInfo(_message.Message):
     ATTEMPT_ERRORS_FIELD_NUMBER: _ClassVar[int]
     RUN_US_FIELD_NUMBER: _ClassVar[int]
     COUNTED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     batch_id: str
     index: int
@@ -128,7 +141,10 @@ class JobInfo(_message.Message):
     attempt_errors: _containers.RepeatedScalarFieldContainer[str]
     run_us: int
     counted_attempts: int
-    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., attempt_errors: _Optional[_Iterable[str]] = ..., run_us: _Optional[int] = ..., counted_attempts: _Optional[int] = ...) -> None: ...
+    limits: _containers.RepeatedCompositeFieldContainer[JobLimit]
+    started_at_ms: int
+    finished_at_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., batch_id: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ..., attempt_errors: _Optional[_Iterable[str]] = ..., run_us: _Optional[int] = ..., counted_attempts: _Optional[int] = ..., limits: _Optional[_Iterable[_Union[JobLimit, _Mapping]]] = ..., started_at_ms: _Optional[int] = ..., finished_at_ms: _Optional[int] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("job_ids", "batch_id", "wait", "timeout_ms", "page_token")
@@ -295,6 +311,36 @@ class RetryResponse(_message.Message):
     RETRIED_FIELD_NUMBER: _ClassVar[int]
     retried: int
     def __init__(self, retried: _Optional[int] = ...) -> None: ...
+
+class LimitsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LimitHolder(_message.Message):
+    __slots__ = ("job_id", "worker")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker: str
+    def __init__(self, job_id: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
+
+class LimitInfo(_message.Message):
+    __slots__ = ("name", "holders", "waiters")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    WAITERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    holders: _containers.RepeatedCompositeFieldContainer[LimitHolder]
+    waiters: int
+    def __init__(self, name: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[LimitHolder, _Mapping]]] = ..., waiters: _Optional[int] = ...) -> None: ...
+
+class LimitsResponse(_message.Message):
+    __slots__ = ("limits",)
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[LimitInfo]
+    def __init__(self, limits: _Optional[_Iterable[_Union[LimitInfo, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("job_id", "kind", "arg", "timeout_ms", "attempt", "priority")
@@ -673,12 +719,14 @@ class AcquireResponse(_message.Message):
     def __init__(self, fencing_token: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
-    __slots__ = ("name", "fencing_token")
+    __slots__ = ("name", "fencing_token", "session")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     fencing_token: int
-    def __init__(self, name: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, name: _Optional[str] = ..., fencing_token: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class ReleaseResponse(_message.Message):
     __slots__ = ()

@@ -70,6 +70,11 @@ class QueueStub:
                 request_serializer=drover_dot_v1_dot_drover__pb2.RetryRequest.SerializeToString,
                 response_deserializer=drover_dot_v1_dot_drover__pb2.RetryResponse.FromString,
                 _registered_method=True)
+        self.Limits = channel.unary_unary(
+                '/drover.v1.Queue/Limits',
+                request_serializer=drover_dot_v1_dot_drover__pb2.LimitsRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.LimitsResponse.FromString,
+                _registered_method=True)
 
 
 class QueueServicer:
@@ -125,6 +130,13 @@ class QueueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Limits(self, request, context):
+        """The jobs' concurrency limits: holders and waiters of each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +174,11 @@ def add_QueueServicer_to_server(servicer, server):
                     servicer.Retry,
                     request_deserializer=drover_dot_v1_dot_drover__pb2.RetryRequest.FromString,
                     response_serializer=drover_dot_v1_dot_drover__pb2.RetryResponse.SerializeToString,
+            ),
+            'Limits': grpc.unary_unary_rpc_method_handler(
+                    servicer.Limits,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.LimitsRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.LimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +371,33 @@ class Queue:
             '/drover.v1.Queue/Retry',
             drover_dot_v1_dot_drover__pb2.RetryRequest.SerializeToString,
             drover_dot_v1_dot_drover__pb2.RetryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Limits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drover.v1.Queue/Limits',
+            drover_dot_v1_dot_drover__pb2.LimitsRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.LimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -629,7 +673,7 @@ class CoordServicer:
 
     def Release(self, request, context):
         """Gives a permit back; FAILED_PRECONDITION if the token is not held
-        (released, or its session expired).
+        (released, or its session expired) or is held by another session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
