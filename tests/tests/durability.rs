@@ -428,7 +428,6 @@ fn a_bad_byte_budget_is_refused_naming_the_flag() {
         ("lots", "bad size"),
         ("0", "at least 1 byte"),
         ("12parsecs", "unit"),
-        ("-5MB", "--retention-bytes"),
     ] {
         let err = refused_start(&["--data-dir", dir, "--retention-bytes", value]);
         assert!(

@@ -116,10 +116,10 @@ fn a_result_over_the_byte_limit_fails_naming_the_flag() {
         .cli(&["submit", "fib", "10000", "--max-attempts", "1"])
         .success()
         .one();
-    let got = master
-        .cli(&["get", &big.batch_id, "--wait"])
-        .success()
-        .jobs();
+    // `get` exits non-zero when a job failed.
+    let out = master.cli(&["get", &big.batch_id, "--wait"]);
+    assert!(!out.status.success(), "{out}");
+    let got = out.jobs();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].state, "failed", "{got:?}");
     assert!(
