@@ -591,7 +591,7 @@ impl Store for RedbStore {
                 unclose(&mut closed, &mut by_time, &mut counts, key)?;
                 match closing.get(id) {
                     Some(info) => {
-                        let mut info = (*info).clone();
+                        let mut info = **info;
                         info.bytes = bytes.len() as u64
                             + own_bytes(&jobs, &written, id, &job_ids_of(bytes)?)?;
                         open.remove(key)?;
