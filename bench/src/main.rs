@@ -25,6 +25,7 @@
 
 mod apply;
 mod baselines;
+mod bigget;
 mod cluster;
 mod coord;
 mod dashboard;
@@ -148,6 +149,8 @@ enum Workload {
     Coord,
     /// master_rss_mb_5m_finished and recovery_s_5m_finished.
     Finished,
+    /// get_big_batch_mb_per_s and loopback_copy_mb_per_s.
+    Bigget,
     /// dashboard_overhead_pct.
     Dashboard,
     /// limit_overhead_pct.
@@ -218,6 +221,7 @@ fn run(args: &Args) -> Report {
         Workload::Recovery,
         Workload::Coord,
         Workload::Finished,
+        Workload::Bigget,
         Workload::Dashboard,
         Workload::Limits,
     ];
@@ -268,6 +272,9 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     }
     if selected(Workload::Limits) {
         outcomes.push(run_limits(args, &bins, report).await.context("limits"));
+    }
+    if selected(Workload::Bigget) {
+        outcomes.push(run_bigget(args, &bins, report).await.context("big get"));
     }
     if selected(Workload::Dashboard) {
         outcomes.push(
@@ -828,6 +835,48 @@ async fn run_finished(args: &Args, bins: &Binaries, report: &mut Report) -> Resu
     report.master_rss_mb_5m_finished = stats::median(&rss);
     report.samples.insert("recovery_s_5m_finished", times);
     report.samples.insert("master_rss_mb_5m_finished", rss);
+    Ok(())
+}
+
+/// get_big_batch_mb_per_s and loopback_copy_mb_per_s: one durable master
+/// computes the batch once; each run reads it whole through Get, then
+/// copies as many bytes through loopback TCP.
+async fn run_bigget(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let workers = args.workers as usize;
+    let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, workers)).await?;
+    cluster.wait_for_workers(workers).await?;
+    report.notes.push(format!(
+        "big get: {} jobs of fib {} ({} digits each) computed once on {}, then read \
+         whole through Get (following page tokens, a closed batch read from the store) each \
+         run; loopback copy: as many bytes through one loopback TCP connection in writes of \
+         2 MiB, right after, on the same current-thread runtime",
+        bigget::JOBS,
+        bigget::N,
+        drover_tests::reference::fib_digits(bigget::N),
+        describe(&cluster, args, workers)
+    ));
+    let mut client = cluster.client().await?;
+    let batch = tokio::time::timeout(Duration::from_secs(1800), bigget::prepare(&mut client))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("not computed within 30 minutes")))
+        .map_err(|e| with_logs(e.context("computing the big batch"), &mut cluster))?;
+    let (mut get, mut copy) = (Vec::new(), Vec::new());
+    for run in 1..=args.runs {
+        let (bytes, secs) = measure(
+            &mut cluster,
+            || format!("big get, run {run}"),
+            bigget::read_once(&mut client, &batch),
+        )
+        .await?;
+        get.push(bytes as f64 / 1e6 / secs);
+        let secs = bigget::loopback_copy(bytes).await?;
+        copy.push(bytes as f64 / 1e6 / secs);
+    }
+    cluster.check_alive()?;
+    report.get_big_batch_mb_per_s = stats::median(&get);
+    report.loopback_copy_mb_per_s = stats::median(&copy);
+    report.samples.insert("get_big_batch_mb_per_s", get);
+    report.samples.insert("loopback_copy_mb_per_s", copy);
     Ok(())
 }
 

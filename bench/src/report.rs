@@ -34,6 +34,10 @@ pub(crate) struct Report {
     pub(crate) kv_puts_per_s: Option<f64>,
     pub(crate) master_rss_mb_5m_finished: Option<f64>,
     pub(crate) recovery_s_5m_finished: Option<f64>,
+    /// Reading a closed batch of 100 results of F(10^7) through Get, and
+    /// copying the same bytes through loopback TCP in the same runs.
+    pub(crate) get_big_batch_mb_per_s: Option<f64>,
+    pub(crate) loopback_copy_mb_per_s: Option<f64>,
     /// Extra master CPU per tiny job with five dashboards open, in percent.
     pub(crate) dashboard_overhead_pct: Option<f64>,
     /// How much slower tiny jobs holding a loose concurrency limit run than
@@ -219,6 +223,8 @@ impl Report {
             ("kv_puts_per_s", self.kv_puts_per_s),
             ("master_rss_mb_5m_finished", self.master_rss_mb_5m_finished),
             ("recovery_s_5m_finished", self.recovery_s_5m_finished),
+            ("get_big_batch_mb_per_s", self.get_big_batch_mb_per_s),
+            ("loopback_copy_mb_per_s", self.loopback_copy_mb_per_s),
             ("dashboard_overhead_pct", self.dashboard_overhead_pct),
             ("limit_overhead_pct", self.limit_overhead_pct),
         ]

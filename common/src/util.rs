@@ -32,6 +32,43 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a size in bytes such as `500MB`, `2GiB`, `64k` or `1000000`.
+/// Decimal units are powers of 1000 (`k`, `KB`, `M`, `MB`, `G`, `GB`,
+/// `T`, `TB`), binary ones powers of 1024 (`KiB`, `MiB`, `GiB`, `TiB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&t[..i], t[i..].trim()),
+        None => (t, ""),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected e.g. 500MB, 2GiB or 1000000"))?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "bad size unit {unit:?} in {s:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || !(1.0..=1e18).contains(&bytes) {
+        return Err(format!(
+            "size {s:?} is out of range: at least 1 byte, at most 10^18"
+        ));
+    }
+    Ok(bytes as u64)
+}
+
 /// Expands job arguments: `A..B` (exclusive, like Python's range), `A..=B`,
 /// or a single value kept as it is. At most `max` values come out.
 pub fn expand_args(args: &[String], max: usize) -> Result<Vec<String>, String> {
@@ -129,6 +166,17 @@ pub fn init_tracing(json: bool, default_level: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_say_why() {
+        assert_eq!(parse_bytes("1000000"), Ok(1_000_000));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5k"), Ok(1500));
+        assert!(parse_bytes("0").unwrap_err().contains("at least 1 byte"));
+        assert!(parse_bytes("12 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_bytes("lots").unwrap_err().contains("bad size"));
+    }
 
     #[test]
     fn durations() {

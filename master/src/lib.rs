@@ -105,6 +105,12 @@ pub struct MasterArgs {
     /// --retention, and only unfinished work in memory.
     #[arg(long, env = "DROVER_KEEP_FINISHED", default_value_t = Config::default().keep_finished)]
     pub keep_finished: u64,
+    /// A byte budget for finished work beside --retention (e.g. 20GB,
+    /// 512MiB): past it, the oldest finished batches are purged first
+    /// (asking for one then says "purged"). With the memory store they are
+    /// evicted, as past --keep-finished. Unset: no budget.
+    #[arg(long, env = "DROVER_RETENTION_BYTES", value_parser = drover_common::util::parse_bytes)]
+    pub retention_bytes: Option<u64>,
     /// A retried job waits this long after its first failure, doubling
     /// with each further one (with jitter).
     #[arg(long, env = "DROVER_RETRY_BASE", default_value = "200ms", value_parser = drover_common::util::parse_duration)]
@@ -268,6 +274,7 @@ impl MasterArgs {
             },
             retention: self.retention,
             keep_finished: self.keep_finished,
+            retention_bytes: self.retention_bytes,
             retry: state::RetryPolicy {
                 base_ms: self.retry_base.as_millis() as u64,
                 max_ms: self.retry_max.as_millis().max(self.retry_base.as_millis()) as u64,
@@ -308,6 +315,8 @@ pub struct Config {
     pub retention: Duration,
     /// With the memory store: the most finished jobs kept in memory.
     pub keep_finished: u64,
+    /// The most bytes of finished work kept, if bounded.
+    pub retention_bytes: Option<u64>,
     /// Backoff between attempts.
     pub retry: state::RetryPolicy,
     /// The most jobs queued at once.
@@ -407,6 +416,7 @@ impl Default for Config {
             store: StoreConfig::Memory,
             retention: Duration::from_secs(24 * 3600),
             keep_finished: 1_000_000,
+            retention_bytes: None,
             retry: state::RetryPolicy {
                 base_ms: 200,
                 max_ms: 30_000,

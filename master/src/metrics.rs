@@ -91,8 +91,28 @@ impl Store for MeteredStore {
         self.inner.closed_before(cutoff_ms, limit)
     }
 
+    fn closed_bytes(&self) -> anyhow::Result<u64> {
+        self.inner.closed_bytes()
+    }
+
+    fn oldest_closed(&self, bytes: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        self.inner.oldest_closed(bytes, limit)
+    }
+
+    fn budget_purged_upto_ms(&self) -> anyhow::Result<u64> {
+        self.inner.budget_purged_upto_ms()
+    }
+
     fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
         self.inner.scan_jobs(visit)
+    }
+
+    fn scan_jobs_in_state(
+        &self,
+        state: pb::JobState,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        self.inner.scan_jobs_in_state(state, visit)
     }
 
     fn scan_closed_jobs_newest(

@@ -48,10 +48,28 @@ const CLOSED_BY_TIME: TableDefinition<'_, (u64, u128), ()> = TableDefinition::ne
 const KEYS: TableDefinition<'_, &str, u128> = TableDefinition::new("idempotency_keys");
 /// Request ids: the batch each submit made.
 const REQUESTS: TableDefinition<'_, &str, u128> = TableDefinition::new("request_ids");
+/// Jobs whose last record is FAILED or CANCELLED, by state (its wire value)
+/// and id: `retry --failed` and listings of those states read these
+/// instead of every record.
+const BY_STATE: TableDefinition<'_, (i32, u128), ()> = TableDefinition::new("jobs_by_state");
+
+/// Whether a state is indexed in [`BY_STATE`].
+fn indexed(state: i32) -> bool {
+    state == pb::JobState::Failed as i32 || state == pb::JobState::Cancelled as i32
+}
 
 /// The version of the data directory's format this build writes. 2: open
-/// batches, closed batches and the key and request indexes.
-pub const FORMAT_VERSION: u64 = 2;
+/// batches, closed batches and the key and request indexes. 3: closed
+/// batches carry their bytes, and `meta` their sum (`--retention-bytes`);
+/// failed and cancelled jobs are indexed by state.
+pub const FORMAT_VERSION: u64 = 3;
+
+/// The META key of the bytes of the closed batches' records and their own
+/// jobs' records.
+const CLOSED_BYTES: &str = "closed_bytes";
+/// The META key of the newest creation time (unix ms) of a batch purged
+/// over the byte budget: tells a purged id from one never seen.
+const PURGED_UPTO: &str = "budget_purged_upto_ms";
 
 /// The META keys of the counts of closed jobs, by state.
 const CLOSED_COUNTS: [&str; 3] = ["closed_succeeded", "closed_failed", "closed_cancelled"];
@@ -92,6 +110,12 @@ pub struct Changes {
     /// Batches open again (a retry queued one of their jobs): counted
     /// open, their record kept as it is.
     pub reopened: Vec<BatchId>,
+    /// The newest creation time (unix ms) of a batch in `deleted_batches`
+    /// purged over the byte budget (0: none).
+    pub budget_purged_upto_ms: u64,
+    /// Jobs FAILED before and queued again (a retry): out of the state
+    /// index, unless their record in this commit is FAILED again.
+    pub unfailed: Vec<JobId>,
 }
 
 impl Changes {
@@ -198,9 +222,34 @@ pub trait Store: Send + Sync + 'static {
     fn closed_before(&self, _cutoff_ms: u64, _limit: usize) -> anyhow::Result<Vec<BatchId>> {
         Ok(Vec::new())
     }
+    /// The bytes the closed batches hold (their records and their own
+    /// jobs'), as of the last commit.
+    fn closed_bytes(&self) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+    /// The oldest closed batches (by close time) that together hold at
+    /// least `bytes`, at most `limit` of them (the byte budget).
+    fn oldest_closed(&self, _bytes: u64, _limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        Ok(Vec::new())
+    }
+    /// The newest creation time (unix ms) of a batch purged over the byte
+    /// budget, or 0.
+    fn budget_purged_upto_ms(&self) -> anyhow::Result<u64> {
+        Ok(0)
+    }
     /// Visits job records in id order (about submission order) until
     /// `visit` returns false.
     fn scan_jobs(&self, _visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Visits the records of the jobs in `state`, in id order, until `visit`
+    /// returns false: FAILED and CANCELLED from an index, other states by a
+    /// scan of every record.
+    fn scan_jobs_in_state(
+        &self,
+        _state: pb::JobState,
+        _visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
     /// Visits the records of the jobs whose batch is closed (out of
@@ -324,6 +373,7 @@ impl RedbStore {
             txn.open_table(CLOSED_BY_TIME)?;
             txn.open_table(KEYS)?;
             txn.open_table(REQUESTS)?;
+            txn.open_table(BY_STATE)?;
         }
         txn.commit()?;
         Ok(RedbStore {
@@ -451,11 +501,13 @@ impl Store for RedbStore {
             let mut by_time = txn.open_table(CLOSED_BY_TIME)?;
             let mut keys = txn.open_table(KEYS)?;
             let mut requests = txn.open_table(REQUESTS)?;
+            let mut by_state = txn.open_table(BY_STATE)?;
             let mut meta = txn.open_table(META)?;
-            let mut counts = [0u64; 3];
+            let mut counts = Closed::default();
             for (i, name) in CLOSED_COUNTS.iter().enumerate() {
-                counts[i] = meta.get(*name)?.map_or(0, |v| v.value());
+                counts.jobs[i] = meta.get(*name)?.map_or(0, |v| v.value());
             }
+            counts.bytes = meta.get(CLOSED_BYTES)?.map_or(0, |v| v.value());
             // Deletions first: a batch purged and brought back in the same
             // commit is written again after.
             for id in &changes.deleted_batches {
@@ -487,6 +539,9 @@ impl Store for RedbStore {
                         continue;
                     }
                     jobs.remove(job)?;
+                    if indexed(job_header.state) {
+                        by_state.remove((job_header.state, job))?;
+                    }
                     let k = job_header.idempotency_key.as_str();
                     if !k.is_empty() && keys.get(k)?.is_some_and(|v| v.value() == job) {
                         keys.remove(k)?;
@@ -494,13 +549,40 @@ impl Store for RedbStore {
                 }
             }
             for id in &changes.deleted_jobs {
-                jobs.remove(id.uuid().as_u128())?;
+                let key = id.uuid().as_u128();
+                if let Some(old) = jobs.remove(key)? {
+                    let state = job_header(key, old.value())?.state;
+                    drop(old);
+                    if indexed(state) {
+                        by_state.remove((state, key))?;
+                    }
+                }
             }
+            let mut indexed_now = std::collections::HashSet::new();
             for (id, bytes) in &changes.jobs {
-                jobs.insert(id.uuid().as_u128(), bytes.as_slice())?;
+                let key = id.uuid().as_u128();
+                jobs.insert(key, bytes.as_slice())?;
+                let state = job_header(key, bytes)?.state;
+                if indexed(state) {
+                    by_state.insert((state, key), ())?;
+                    indexed_now.insert(key);
+                }
+            }
+            for id in &changes.unfailed {
+                let key = id.uuid().as_u128();
+                if !indexed_now.contains(&key) {
+                    by_state.remove((pb::JobState::Failed as i32, key))?;
+                }
             }
             let closing: std::collections::HashMap<BatchId, &pb::ClosedInfo> =
                 changes.closed.iter().map(|(b, i)| (*b, i)).collect();
+            // This commit's job records, for the bytes of the batches it
+            // closes.
+            let written: std::collections::HashMap<u128, &[u8]> = changes
+                .jobs
+                .iter()
+                .map(|(id, b)| (id.uuid().as_u128(), b.as_slice()))
+                .collect();
             for (id, bytes) in &changes.batches {
                 let key = id.uuid().as_u128();
                 batches.insert(key, bytes.as_slice())?;
@@ -509,12 +591,16 @@ impl Store for RedbStore {
                 unclose(&mut closed, &mut by_time, &mut counts, key)?;
                 match closing.get(id) {
                     Some(info) => {
+                        let mut info = **info;
+                        info.bytes = bytes.len() as u64
+                            + own_bytes(&jobs, &written, id, &job_ids_of(bytes)?)?;
                         open.remove(key)?;
                         closed.insert(key, info.encode_to_vec().as_slice())?;
                         by_time.insert((info.closed_at_ms, key), ())?;
-                        counts[0] += info.succeeded;
-                        counts[1] += info.failed;
-                        counts[2] += info.cancelled;
+                        counts.jobs[0] += info.succeeded;
+                        counts.jobs[1] += info.failed;
+                        counts.jobs[2] += info.cancelled;
+                        counts.bytes += info.bytes;
                     }
                     None => {
                         open.insert(key, ())?;
@@ -538,7 +624,12 @@ impl Store for RedbStore {
                 requests.insert(request_id.as_str(), batch.uuid().as_u128())?;
             }
             for (i, name) in CLOSED_COUNTS.iter().enumerate() {
-                meta.insert(*name, counts[i])?;
+                meta.insert(*name, counts.jobs[i])?;
+            }
+            meta.insert(CLOSED_BYTES, counts.bytes)?;
+            if changes.budget_purged_upto_ms > 0 {
+                let was = meta.get(PURGED_UPTO)?.map_or(0, |v| v.value());
+                meta.insert(PURGED_UPTO, was.max(changes.budget_purged_upto_ms))?;
             }
             if changes.next_seq > 0 {
                 meta.insert("next_seq", changes.next_seq)?;
@@ -640,6 +731,38 @@ impl Store for RedbStore {
         Ok(meta.get("next_seq")?.map_or(0, |v| v.value()))
     }
 
+    fn closed_bytes(&self) -> anyhow::Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(CLOSED_BYTES)?.map_or(0, |v| v.value()))
+    }
+
+    fn budget_purged_upto_ms(&self) -> anyhow::Result<u64> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(PURGED_UPTO)?.map_or(0, |v| v.value()))
+    }
+
+    fn oldest_closed(&self, bytes: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        let txn = self.db.begin_read()?;
+        let by_time = txn.open_table(CLOSED_BY_TIME)?;
+        let closed = txn.open_table(CLOSED)?;
+        let (mut out, mut sum) = (Vec::new(), 0u64);
+        for entry in by_time.iter()? {
+            if sum >= bytes || out.len() >= limit {
+                break;
+            }
+            let (_, key) = entry?.0.value();
+            if let Some(value) = closed.get(key)? {
+                let info = pb::ClosedInfo::decode(value.value())
+                    .map_err(|e| anyhow::anyhow!("closed batch {key:x} is corrupt: {e}"))?;
+                sum += info.bytes;
+            }
+            out.push(BatchId::from_uuid(Uuid::from_u128(key)));
+        }
+        Ok(out)
+    }
+
     fn closed_before(&self, cutoff_ms: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
         let txn = self.db.begin_read()?;
         let by_time = txn.open_table(CLOSED_BY_TIME)?;
@@ -710,6 +833,33 @@ impl Store for RedbStore {
         Ok((page, total))
     }
 
+    fn scan_jobs_in_state(
+        &self,
+        state: pb::JobState,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        let state = state as i32;
+        if !indexed(state) {
+            return self.scan_jobs(&mut |r| r.state != state || visit(r));
+        }
+        let txn = self.db.begin_read()?;
+        let jobs = txn.open_table(JOBS)?;
+        let by_state = txn.open_table(BY_STATE)?;
+        for entry in by_state.range((state, 0)..=(state, u128::MAX))? {
+            let (_, key) = entry?.0.value();
+            let Some(value) = jobs.get(key)? else {
+                anyhow::bail!(
+                    "job {} is indexed by state but has no record: the store is corrupt",
+                    Uuid::from_u128(key)
+                );
+            };
+            if !visit(decode_job(key, value.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
         let txn = self.db.begin_read()?;
         let jobs = txn.open_table(JOBS)?;
@@ -724,18 +874,73 @@ impl Store for RedbStore {
     }
 }
 
+/// The batch, key and state of a job record.
+fn job_header(key: u128, bytes: &[u8]) -> anyhow::Result<pb::JobHeader> {
+    pb::JobHeader::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("job record {} is corrupt: {e}", Uuid::from_u128(key)))
+}
+
 /// A job record read by a scan, keyed by its id.
 fn decode_job(key: u128, bytes: &[u8]) -> anyhow::Result<pb::JobRecord> {
     pb::JobRecord::decode(bytes)
         .map_err(|e| anyhow::anyhow!("job record {} is corrupt: {e}", Uuid::from_u128(key)))
 }
 
+/// What the closed batches hold, kept in `meta`: their own jobs by final
+/// state, and their bytes.
+#[derive(Debug, Default)]
+struct Closed {
+    jobs: ClosedCounts,
+    bytes: u64,
+}
+
+/// The job list of an encoded batch record.
+fn job_ids_of(record: &[u8]) -> anyhow::Result<Vec<u128>> {
+    let header = pb::BatchHeader::decode(record)
+        .map_err(|e| anyhow::anyhow!("batch record is corrupt: {e}"))?;
+    Ok(header
+        .job_ids
+        .chunks_exact(16)
+        .map(|c| u128::from_be_bytes(c.try_into().expect("16 bytes")))
+        .collect())
+}
+
+/// The bytes of the records of a batch's own jobs: from this commit's
+/// writes, else from the table.
+fn own_bytes(
+    jobs: &redb::Table<'_, u128, &[u8]>,
+    written: &std::collections::HashMap<u128, &[u8]>,
+    batch: &BatchId,
+    ids: &[u128],
+) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for job in ids {
+        let stored;
+        let bytes: &[u8] = match written.get(job) {
+            Some(b) => b,
+            None => match jobs.get(*job)? {
+                Some(v) => {
+                    stored = v;
+                    stored.value()
+                }
+                None => continue,
+            },
+        };
+        let header = pb::JobHeader::decode(bytes)
+            .map_err(|e| anyhow::anyhow!("job record {job:x} is corrupt: {e}"))?;
+        if header.batch == batch.as_bytes() {
+            sum += bytes.len() as u64;
+        }
+    }
+    Ok(sum)
+}
+
 /// Takes a batch out of the closed ones, if it was: its close-time entry
-/// and its jobs' counts go.
+/// and its jobs' counts and bytes go.
 fn unclose(
     closed: &mut redb::Table<'_, u128, &[u8]>,
     by_time: &mut redb::Table<'_, (u64, u128), ()>,
-    counts: &mut ClosedCounts,
+    counts: &mut Closed,
     key: u128,
 ) -> anyhow::Result<()> {
     let Some(old) = closed.remove(key)? else {
@@ -745,9 +950,10 @@ fn unclose(
         .map_err(|e| anyhow::anyhow!("closed batch {key:x} is corrupt: {e}"))?;
     drop(old);
     by_time.remove((info.closed_at_ms, key))?;
-    counts[0] = counts[0].saturating_sub(info.succeeded);
-    counts[1] = counts[1].saturating_sub(info.failed);
-    counts[2] = counts[2].saturating_sub(info.cancelled);
+    counts.jobs[0] = counts.jobs[0].saturating_sub(info.succeeded);
+    counts.jobs[1] = counts.jobs[1].saturating_sub(info.failed);
+    counts.jobs[2] = counts.jobs[2].saturating_sub(info.cancelled);
+    counts.bytes = counts.bytes.saturating_sub(info.bytes);
     Ok(())
 }
 

@@ -421,6 +421,23 @@ fn a_locked_corrupt_or_newer_data_directory_is_refused() {
 }
 
 #[test]
+fn a_bad_byte_budget_is_refused_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    for (value, says) in [
+        ("lots", "bad size"),
+        ("0", "at least 1 byte"),
+        ("12parsecs", "unit"),
+    ] {
+        let err = refused_start(&["--data-dir", dir, "--retention-bytes", value]);
+        assert!(
+            err.contains("--retention-bytes") && err.contains(says),
+            "--retention-bytes {value}: {err}"
+        );
+    }
+}
+
+#[test]
 fn a_map_rides_through_a_master_restart_printing_every_result_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let master = master_on(dir.path(), 0, &[]);

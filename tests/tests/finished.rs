@@ -226,6 +226,85 @@ fn the_memory_store_evicts_the_oldest_finished_batches_past_its_bound() {
     assert!(out.stderr.contains("not known"), "{out}");
 }
 
+/// Whether `get ID` fails saying the batch was purged over the byte budget.
+fn purged(master: &Master, id: &str) -> Option<String> {
+    let out = master.cli(&["get", id]);
+    (!out.status.success()
+        && out.stderr.contains("not found")
+        && out.stderr.contains("was purged")
+        && out.stderr.contains("--retention-bytes"))
+    .then(|| out.stderr.clone())
+}
+
+/// Maps ten `fib` jobs of about 2,100 digits each (about 21 KB of
+/// results); returns the batch id.
+fn map_big_fibs(master: &Master) -> String {
+    let jobs = master.cli(&["map", "fib", "10000..10010"]).success().jobs();
+    assert_eq!(jobs.len(), 10, "{jobs:?}");
+    jobs[0].batch_id.clone()
+}
+
+#[test]
+fn finished_batches_over_the_byte_budget_are_purged_oldest_first_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room for two batches of about 22 KB, not three.
+    let budget = ["--retention-bytes", "50KB"];
+    let master = master_on(dir.path(), &budget);
+    let port = master.addr().port();
+    let worker = Worker::start(&master.url(), &["--processes", "2"]);
+    let batches: Vec<String> = (0..5).map(|_| map_big_fibs(&master)).collect();
+    for old in &batches[..3] {
+        let said = wait_for(MINUTE, "an old batch to be purged over the budget", || {
+            purged(&master, old)
+        });
+        assert!(said.contains(old.as_str()), "{said}");
+    }
+    let kept = |master: &Master, batch: &str, when: &str| {
+        let jobs = master.cli(&["get", batch]).success().jobs();
+        assert_eq!(jobs.len(), 10, "{when}: {jobs:?}");
+        assert!(
+            jobs.iter().all(
+                |j| j.state == "succeeded" && j.result.as_str().is_some_and(|r| r.len() > 2000)
+            ),
+            "{when}: {jobs:?}"
+        );
+    };
+    kept(
+        &master,
+        &batches[3],
+        "the newest but one, before the restart",
+    );
+    kept(&master, &batches[4], "the newest, before the restart");
+
+    // After a kill -9 the store still knows what it holds and what it
+    // purged: the old batches still say purged, and new work pushes the
+    // older of the kept ones out.
+    master.kill9();
+    drop(master);
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", listen.as_str()];
+    args.extend_from_slice(&budget);
+    let master = master_on(dir.path(), &args);
+    assert!(
+        purged(&master, &batches[0]).is_some(),
+        "purged before the restart"
+    );
+    kept(&master, &batches[4], "the newest, after the restart");
+    drop(worker);
+    let _worker = Worker::start(&master.url(), &["--processes", "2"]);
+    let newer: Vec<String> = (0..2).map(|_| map_big_fibs(&master)).collect();
+    for old in &batches[3..] {
+        wait_for(
+            MINUTE,
+            "a batch kept before the restart to be purged",
+            || purged(&master, old),
+        );
+    }
+    for b in &newer {
+        kept(&master, b, "new after the restart");
+    }
+}
+
 /// VmRSS of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

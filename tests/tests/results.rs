@@ -60,6 +60,76 @@ fn results_larger_than_one_message_are_read_whole_through_pages() {
     check(&mapped);
 }
 
+/// The case with the default limits: 100 results of F(n) for n
+/// just under 10^7 (2,089,877 digits each, 209 MB in all, three times the
+/// 64 MiB message limit) read whole through `get --wait`, `watch` and
+/// `map`, every digit count (and the last 18 digits) right. The batch
+/// closes, so `get` and `watch` read it from the redb store. About a
+/// minute with the test profile, whose worker is built at opt-level 2.
+#[test]
+fn a_batch_of_200_mb_of_results_is_read_whole_by_get_watch_and_map() {
+    const BIG: u64 = 9_999_900;
+    const JOBS: u64 = 100;
+    let master = Master::start(&[]);
+    let _worker = Worker::start(&master.url(), &["--processes", "2"]);
+    let range = format!("{BIG}..{}", BIG + JOBS);
+    let check = |what: &str, mut jobs: Vec<drover_tests::model::JobLine>| {
+        assert_eq!(jobs.len() as u64, JOBS, "{what}: every job, once");
+        jobs.sort_by_key(|j| j.index);
+        let mut bytes = 0;
+        for (j, n) in jobs.iter().zip(BIG..) {
+            assert_fib(j, n);
+            bytes += j.result.as_str().map_or(0, str::len);
+        }
+        assert!(bytes > 200_000_000, "{what}: {bytes} bytes of digits");
+    };
+    let submitted: Submitted = master.cli(&["submit", "fib", &range]).success().one();
+    check(
+        "get --wait",
+        master
+            .cli(&["get", &submitted.batch_id, "--wait"])
+            .success()
+            .jobs(),
+    );
+    check(
+        "watch",
+        master.cli(&["watch", &submitted.batch_id]).success().jobs(),
+    );
+    check(
+        "map",
+        master
+            .cli_spawn(&["map", "fib", &range])
+            .wait(Duration::from_secs(600))
+            .success()
+            .jobs(),
+    );
+}
+
+/// A result over the worker's `--max-result-bytes` fails the job with a
+/// reason naming the flag; the worker goes on with the next job.
+#[test]
+fn a_result_over_the_byte_limit_fails_naming_the_flag() {
+    let master = Master::start(&[]);
+    let _worker = Worker::start(&master.url(), &["--max-result-bytes", "1024"]);
+    // F(10,000) has 2,090 digits; F(1,000) has 209.
+    let big: Submitted = master
+        .cli(&["submit", "fib", "10000", "--max-attempts", "1"])
+        .success()
+        .one();
+    // `get` exits non-zero when a job failed.
+    let out = master.cli(&["get", &big.batch_id, "--wait"]);
+    assert!(!out.status.success(), "{out}");
+    let got = out.jobs();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].state, "failed", "{got:?}");
+    assert!(
+        got[0].error().contains("--max-result-bytes"),
+        "the reason names the flag: {got:?}"
+    );
+    let small = master.cli(&["map", "fib", "1000"]).success().jobs();
+    assert_fib(&small[0], 1000);
+}
+
 #[test]
 fn a_malformed_page_token_names_the_field() {
     let master = Master::start(&[]);

@@ -74,6 +74,9 @@ impl Master {
         } else {
             state.set_keep_finished(config.keep_finished);
         }
+        if let Some(bytes) = config.retention_bytes {
+            state.set_retention_bytes(bytes, store.budget_purged_upto_ms()?);
+        }
         let started = std::time::Instant::now();
         let mut report = crate::state::RecoveryReport::default();
         let created_at = store.load(&mut |item| state.recover_item(item, &mut report))?;
@@ -208,6 +211,8 @@ impl Master {
         let mut last_reap = Instant::now();
         let mut last_purge = Instant::now();
         let archive = self.inner.state.lock().archive().cloned();
+        let budget = self.inner.config.retention_bytes;
+        let mut last_budget = Instant::now();
         // The commit that deletes the closed batches last purged: the store
         // is not asked again before it is written.
         let mut purging: Option<u64> = None;
@@ -235,17 +240,50 @@ impl Master {
                 }
                 _ => Vec::new(),
             };
+            // Over the byte budget: the oldest closed batches, enough to
+            // bring it under, once a second.
+            let over_budget = match (&archive, budget) {
+                (Some(store), Some(budget))
+                    if expired.is_empty()
+                        && last_budget.elapsed() >= Duration::from_secs(1)
+                        && purging.is_none_or(|t| committed >= t) =>
+                {
+                    last_budget = Instant::now();
+                    let over = |store: &Arc<dyn crate::store::Store>| {
+                        let held = store.closed_bytes()?;
+                        if held <= budget {
+                            return Ok(Vec::new());
+                        }
+                        store.oldest_closed(held - budget, 10_000)
+                    };
+                    over(store).unwrap_or_else(|e: anyhow::Error| {
+                        tracing::warn!(error = %format!("{e:#}"), "reading the closed batches over --retention-bytes failed");
+                        Vec::new()
+                    })
+                }
+                _ => Vec::new(),
+            };
             let mut st = self.inner.state.lock();
             if !expired.is_empty() {
-                purging = st.purge_closed(&expired);
+                purging = st.purge_closed(&expired, false);
                 tracing::info!(
                     batches = expired.len(),
                     "purging closed batches past the retention period"
                 );
             }
+            if !over_budget.is_empty() {
+                purging = st.purge_closed(&over_budget, true);
+                tracing::info!(
+                    batches = over_budget.len(),
+                    "purging the oldest closed batches over --retention-bytes"
+                );
+            }
             let evicted = st.evict_over_bound();
             if evicted > 0 {
-                tracing::debug!(jobs = evicted, "evicted finished jobs over --keep-finished");
+                tracing::debug!(
+                    jobs = evicted,
+                    "evicted finished jobs over --keep-finished or --retention-bytes"
+                );
             }
             let out = st.promote_due();
             if last_reap.elapsed() >= (lease / 4).max(Duration::from_millis(50)) {

@@ -202,14 +202,20 @@ fn merge_stored(
                 }
             }
         }
-        None => store
-            .scan_jobs(&mut |r| {
+        None => {
+            let mut visit = |r: pb::JobRecord| {
                 if wanted(&r) {
                     stored.push(r);
                 }
                 stored.len() <= limit
-            })
-            .map_err(failed)?,
+            };
+            // Failed and cancelled jobs from the store's index of them.
+            match pb::JobState::try_from(req.state) {
+                Ok(state) if req.state != 0 => store.scan_jobs_in_state(state, &mut visit),
+                _ => store.scan_jobs(&mut visit),
+            }
+            .map_err(failed)?
+        }
     }
     if stored.is_empty() {
         return Ok(memory);
@@ -631,17 +637,15 @@ impl Queue for Master {
     ) -> Result<Response<pb::RetryResponse>, Status> {
         let req = request.into_inner();
         // Failed jobs whose batch closed are in the store (read before the
-        // lock: this reads every stored job).
+        // lock, from its index of failed jobs).
         let archive = self.inner.state.lock().archive().cloned();
         let mut stored_failed = Vec::new();
         if req.all_failed
             && let Some(store) = &archive
         {
             store
-                .scan_jobs(&mut |r| {
-                    if r.state == pb::JobState::Failed as i32
-                        && let Some(id) = JobId::from_slice(&r.id)
-                    {
+                .scan_jobs_in_state(pb::JobState::Failed, &mut |r| {
+                    if let Some(id) = JobId::from_slice(&r.id) {
                         stored_failed.push(id);
                     }
                     true

@@ -95,20 +95,57 @@ impl State {
         }
     }
 
+    /// With the memory store: counts the bytes of the batches that
+    /// finished since the last call, against the byte budget.
+    fn count_closing_bytes(&mut self) {
+        if self.durable || self.retention_bytes == u64::MAX {
+            return;
+        }
+        let start = self.closing_counted.min(self.closing.len());
+        for i in start..self.closing.len() {
+            let id = self.closing[i];
+            let Some(b) = self.batches.get(&id).filter(|b| self.all_done(b)) else {
+                continue;
+            };
+            let bytes: u64 = b
+                .jobs
+                .iter()
+                .filter_map(|j| self.jobs.get(j).filter(|j| j.batch == id))
+                .map(Job::stored_bytes)
+                .sum::<u64>()
+                + 16 * b.jobs.len() as u64;
+            let was = self.closing_bytes.insert(id, bytes).unwrap_or(0);
+            self.finished_bytes = self.finished_bytes - was + bytes;
+        }
+        self.closing_counted = self.closing.len();
+    }
+
+    /// Forgets the bytes counted for a batch that left or is open again.
+    pub(super) fn uncount_bytes(&mut self, id: &BatchId) {
+        if let Some(n) = self.closing_bytes.remove(id) {
+            self.finished_bytes -= n;
+        }
+    }
+
     /// With the memory store: evicts the batches that finished first while
-    /// more finished jobs are kept than the bound. Returns how many jobs
-    /// went.
+    /// more finished jobs are kept than the bound, or more bytes of them
+    /// than the byte budget. Returns how many jobs went.
     pub fn evict_over_bound(&mut self) -> usize {
         let finished = |st: &State| {
             st.counts[JobState::Succeeded as usize]
                 + st.counts[JobState::Failed as usize]
                 + st.counts[JobState::Cancelled as usize]
         };
+        self.count_closing_bytes();
         let mut evicted = 0;
-        while finished(self) > self.keep_finished
+        while (finished(self) > self.keep_finished || self.finished_bytes > self.retention_bytes)
             && let Some(id) = self.closing.pop_front()
         {
-            if self.batches.get(&id).is_some_and(|b| self.all_done(b)) {
+            self.closing_counted = self.closing_counted.saturating_sub(1);
+            if !self.batches.get(&id).is_some_and(|b| self.all_done(b)) {
+                // Open again (a retry): counted again when it finishes.
+                self.uncount_bytes(&id);
+            } else {
                 // What leaves is still counted, as the store's closed
                 // counts are with redb: Stats' totals never go down.
                 let own: Vec<JobState> = self.batches[&id]
@@ -144,6 +181,7 @@ impl State {
         let Some(batch) = self.batches.remove(&id) else {
             return Vec::new();
         };
+        self.uncount_bytes(&id);
         if let Some(r) = &batch.request_id
             && self.requests.get(r) == Some(&id)
         {

@@ -138,6 +138,18 @@ static NO_EXTRA: JobExtra = JobExtra {
 
 impl Job {
     /// The job's extra fields (empty ones if it has none yet).
+    /// About the bytes of the job's stored record: its argument, output
+    /// and errors, and a constant for the rest (the memory store's byte
+    /// budget).
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        let x = self.x();
+        let text = self.arg.len()
+            + x.output.as_ref().map_or(0, prost::Message::encoded_len)
+            + x.error.as_ref().map_or(0, String::len)
+            + x.attempt_errors.iter().map(String::len).sum::<usize>();
+        text as u64 + 96
+    }
+
     pub(crate) fn x(&self) -> &JobExtra {
         self.extra.as_deref().unwrap_or(&NO_EXTRA)
     }

@@ -37,6 +37,8 @@ impl State {
             deleted_batches: std::mem::take(&mut self.deleted_batches),
             assignments: std::mem::take(&mut self.assign_log),
             reopened: std::mem::take(&mut self.reopened),
+            unfailed: std::mem::take(&mut self.unfailed),
+            budget_purged_upto_ms: std::mem::take(&mut self.pending_budget_upto_ms),
             number,
             truncate_log,
             ..Changes::default()

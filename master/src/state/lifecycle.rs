@@ -114,6 +114,9 @@ impl State {
             if self.durable && self.archive.is_some() {
                 self.reopened.push(job.batch);
             }
+            if self.durable {
+                self.unfailed.push(id);
+            }
             if let Some(adopters) = self.adopted.get(&id) {
                 touched.extend(adopters.iter().map(|(b, _)| *b));
             }

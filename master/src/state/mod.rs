@@ -224,6 +224,9 @@ pub struct State {
     closed_in: Vec<(u64, BatchId)>,
     /// Batches to count open again in the store (a retry).
     reopened: Vec<BatchId>,
+    /// Jobs failed and retried since the last commit (the store's state
+    /// index).
+    unfailed: Vec<JobId>,
     /// Batches the commit being written purges (retention).
     purging: HashSet<BatchId>,
     /// The memory store's bound on finished jobs kept.
@@ -231,6 +234,21 @@ pub struct State {
     /// The newest creation time (unix ms) of a batch evicted from the
     /// memory store: tells an evicted id from one never seen.
     evicted_upto_ms: u64,
+    /// The byte budget of finished work (`--retention-bytes`); `u64::MAX`
+    /// for none.
+    retention_bytes: u64,
+    /// The newest creation time (unix ms) of a batch purged from the store
+    /// over the byte budget (as of the purges asked for).
+    budget_purged_upto_ms: u64,
+    /// The same, for the pending commit to save.
+    pending_budget_upto_ms: u64,
+    /// Memory store: the bytes of each finished batch in `closing`, and
+    /// their sum, against the byte budget.
+    closing_bytes: HashMap<BatchId, u64>,
+    finished_bytes: u64,
+    /// How many entries of `closing`, from the front, are counted in
+    /// `closing_bytes`.
+    closing_counted: usize,
 }
 
 /// How the state is set up.
@@ -309,9 +327,16 @@ impl State {
             closing: VecDeque::new(),
             closed_in: Vec::new(),
             reopened: Vec::new(),
+            unfailed: Vec::new(),
             purging: HashSet::new(),
             keep_finished: u64::MAX,
             evicted_upto_ms: 0,
+            retention_bytes: u64::MAX,
+            budget_purged_upto_ms: 0,
+            pending_budget_upto_ms: 0,
+            closing_bytes: HashMap::new(),
+            finished_bytes: 0,
+            closing_counted: 0,
         }
     }
 
@@ -326,6 +351,16 @@ impl State {
     /// batches that finished first are evicted ([`State::evict_over_bound`]).
     pub fn set_keep_finished(&mut self, keep: u64) {
         self.keep_finished = keep;
+    }
+
+    /// Bounds the bytes of finished work kept (`--retention-bytes`): the
+    /// durable store's closed batches are purged oldest first past it
+    /// ([`State::purge_closed`]), the memory store's finished batches
+    /// evicted ([`State::evict_over_bound`]). `newest_purged_ms` is the
+    /// store's record of what was purged so before.
+    pub fn set_retention_bytes(&mut self, bytes: u64, newest_purged_ms: u64) {
+        self.retention_bytes = bytes;
+        self.budget_purged_upto_ms = newest_purged_ms;
     }
 
     /// Wakes the committer if changes are waiting (after recovery).

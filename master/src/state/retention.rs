@@ -46,18 +46,23 @@ impl State {
         purged
     }
 
-    /// Purges closed batches the store holds past the retention period
-    /// (`ids`, read from its index by close time): their records, their
-    /// jobs' and their index entries go in the next commit. A batch back
-    /// in memory (a retry reopened it) is kept. Returns the ticket of the
-    /// commit that does it, if any.
-    pub fn purge_closed(&mut self, ids: &[BatchId]) -> Option<u64> {
+    /// Purges closed batches the store holds past the retention period,
+    /// or the oldest over the byte budget if `over_budget` (`ids`, read
+    /// from its index by close time): their records, their jobs' and their
+    /// index entries go in the next commit. A batch back in memory (a retry
+    /// reopened it) is kept. Returns the ticket of the commit that does it,
+    /// if any.
+    pub fn purge_closed(&mut self, ids: &[BatchId], over_budget: bool) -> Option<u64> {
         let mut any = false;
         for id in ids {
             if self.batches.contains_key(id) || !self.durable {
                 continue;
             }
             self.deleted_batches.push(*id);
+            if over_budget && let Some(ms) = id.made_ms() {
+                self.budget_purged_upto_ms = self.budget_purged_upto_ms.max(ms);
+                self.pending_budget_upto_ms = self.pending_budget_upto_ms.max(ms);
+            }
             any = true;
         }
         if !any {
@@ -93,9 +98,23 @@ impl State {
                     self.retention_ms / 1000
                 ))
             }
-            Some(ms) if ms >= self.created_at_ms && ms <= self.evicted_upto_ms => {
+            Some(ms) if ms >= self.created_at_ms && ms <= self.budget_purged_upto_ms => {
                 Error::NotFound(format!(
-                    "{what} {id} was evicted: the memory store keeps the last {} finished jobs (master flag --keep-finished)",
+                    "{what} {id} was purged: finished work is kept up to {} bytes, oldest purged first (master flag --retention-bytes)",
+                    self.retention_bytes
+                ))
+            }
+            Some(ms) if ms >= self.created_at_ms && ms <= self.evicted_upto_ms => {
+                let bytes = if self.retention_bytes < u64::MAX {
+                    format!(
+                        " and up to {} bytes of them (--retention-bytes)",
+                        self.retention_bytes
+                    )
+                } else {
+                    String::new()
+                };
+                Error::NotFound(format!(
+                    "{what} {id} was evicted: the memory store keeps the last {} finished jobs (master flag --keep-finished){bytes}",
                     self.keep_finished
                 ))
             }

@@ -965,9 +965,10 @@ fn closed_batch_with_a_failed_job(
 fn reload(store: &crate::store::RedbStore) -> State {
     let mut back = durable(1);
     let mut report = RecoveryReport::default();
-    store
+    let created = store
         .load(&mut |item| back.recover_item(item, &mut report))
         .expect("the store opens");
+    back.set_created_at(created);
     back.finish_recovery(&mut report);
     back
 }
@@ -978,7 +979,7 @@ fn a_retry_calls_off_a_pending_retention_purge_of_its_batch() {
     let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
     let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
     // The purge is decided, then a retry comes before the commit.
-    st.purge_closed(&[batch]);
+    st.purge_closed(&[batch], false);
     let (n, out) = st.retry_jobs(&[ids[1]]);
     out.send(None);
     assert_eq!(n, 1);
@@ -999,7 +1000,7 @@ fn a_retry_behind_a_purge_being_written_leaves_a_store_that_opens() {
     let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
     // The purge's commit is taken (being written) when the retry reads
     // the batch back; it lands before the retry's commit.
-    st.purge_closed(&[batch]);
+    st.purge_closed(&[batch], false);
     let (n, purge) = st.take_changes().unwrap();
     let (retried, out) = st.retry_jobs(&[ids[1]]);
     out.send(None);
@@ -1066,6 +1067,166 @@ fn the_memory_store_counts_what_it_evicted() {
         );
     }
     assert!(st.jobs.len() <= 2);
+}
+
+/// Submits one job, runs it to success and commits: its batch closes.
+fn close_one(
+    st: &mut State,
+    store: &crate::store::RedbStore,
+    rx: &mut mpsc::UnboundedReceiver<(Option<u64>, pb::MasterMessage)>,
+    s: SessionId,
+) -> (BatchId, JobId) {
+    let (batch, ids) = st.submit(vec![spec(JobKind::Fib, "7", 0)]).unwrap();
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(rx);
+    st.record_results(s, 0, vec![ok(&a[0])]).send(None);
+    commit_to(st, store);
+    (batch, ids[0])
+}
+
+#[test]
+fn closed_batches_over_the_byte_budget_are_purged_oldest_first_and_said_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    let (old, old_job) = close_one(&mut st, &store, &mut rx, s);
+    let one = store.closed_bytes().unwrap();
+    assert!(one > 0, "a closed batch's bytes are counted");
+    let (new, new_job) = close_one(&mut st, &store, &mut rx, s);
+    let both = store.closed_bytes().unwrap();
+    assert!(both > one);
+    assert!(st.batches.is_empty(), "both closed and out of memory");
+    // A budget one byte short: the oldest batch alone brings it under.
+    let budget = both - 1;
+    st.set_retention_bytes(budget, 0);
+    let over = store.oldest_closed(both - budget, 10_000).unwrap();
+    assert_eq!(over, vec![old]);
+    st.purge_closed(&over, true);
+    commit_to(&mut st, &store);
+    assert!(store.read_job(&old_job).unwrap().is_none(), "purged");
+    assert!(
+        store.read_job(&new_job).unwrap().is_some(),
+        "the newest kept"
+    );
+    assert_eq!(store.closed_bytes().unwrap(), both - one);
+    let said = |st: &State| st.batch_not_found(old).to_string();
+    for st in [&st, &{
+        // After a restart, from what the store saved.
+        let mut back = reload(&store);
+        back.set_retention_bytes(budget, store.budget_purged_upto_ms().unwrap());
+        back
+    }] {
+        let msg = said(st);
+        assert!(
+            msg.contains("was purged") && msg.contains("--retention-bytes"),
+            "{msg}"
+        );
+    }
+    assert!(store.read_batch(&new).unwrap().is_some());
+}
+
+#[test]
+fn a_retry_calls_off_a_pending_budget_purge_and_the_store_stops_counting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
+    let held = store.closed_bytes().unwrap();
+    assert!(held > 0);
+    st.set_retention_bytes(1, 0);
+    st.purge_closed(&store.oldest_closed(held - 1, 10).unwrap(), true);
+    let (n, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(n, 1);
+    commit_to(&mut st, &store);
+    assert!(
+        store.read_batch(&batch).unwrap().is_some(),
+        "kept: open again"
+    );
+    assert_eq!(
+        store.closed_bytes().unwrap(),
+        0,
+        "an open batch is not counted"
+    );
+    assert!(store.oldest_closed(1, 10).unwrap().is_empty());
+}
+
+#[test]
+fn the_memory_store_evicts_over_the_byte_budget_oldest_first() {
+    let mut st = State::new(settings(1));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    let mut batches = Vec::new();
+    for _ in 0..4 {
+        let (batch, _) = st.submit(vec![spec(JobKind::Fib, "5", 0)]).unwrap();
+        st.add_credit(s, 1, 0).send(None);
+        let a = assigned(&mut rx);
+        st.record_results(s, 0, vec![ok(&a[0])]).send(None);
+        batches.push(batch);
+    }
+    // One finished batch is about 100 bytes here: a budget for two.
+    let one = st.jobs.values().next().unwrap().stored_bytes() + 16;
+    st.set_retention_bytes(2 * one, 0);
+    st.evict_over_bound();
+    assert!(st.batches.contains_key(&batches[3]) && st.batches.contains_key(&batches[2]));
+    assert!(!st.batches.contains_key(&batches[1]) && !st.batches.contains_key(&batches[0]));
+    let msg = st.batch_not_found(batches[0]).to_string();
+    assert!(
+        msg.contains("was evicted") && msg.contains("--retention-bytes"),
+        "{msg}"
+    );
+    assert_eq!(st.count(JobState::Succeeded), 4, "evicted jobs still count");
+}
+
+/// The ids the store's state index lists for `state`.
+fn indexed_ids(store: &crate::store::RedbStore, state: JobState) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    store
+        .scan_jobs_in_state(state, &mut |r| {
+            ids.push(JobId::from_slice(&r.id).unwrap());
+            true
+        })
+        .unwrap();
+    ids
+}
+
+#[test]
+fn the_store_indexes_failed_and_cancelled_jobs_through_retries_and_purges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
+    assert_eq!(indexed_ids(&store, JobState::Failed), vec![ids[1]]);
+    assert!(indexed_ids(&store, JobState::Cancelled).is_empty());
+    // Other states are found by a scan.
+    assert_eq!(indexed_ids(&store, JobState::Succeeded), vec![ids[0]]);
+
+    // Retried: out of the index; cancelled while queued: in the other.
+    let (n, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(n, 1);
+    commit_to(&mut st, &store);
+    assert!(indexed_ids(&store, JobState::Failed).is_empty());
+    let (_, out) = st.cancel(&[ids[1]]).unwrap();
+    out.send(None);
+    commit_to(&mut st, &store);
+    assert_eq!(indexed_ids(&store, JobState::Cancelled), vec![ids[1]]);
+    assert!(st.batches.is_empty(), "closed again");
+
+    // A second batch fails a job; the first is purged: only the second's
+    // stays indexed.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w2"), tx);
+    let (_, more) = st.submit(vec![spec(JobKind::Fib, "8", 0)]).unwrap();
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![fail(&a[0])]).send(None);
+    commit_to(&mut st, &store);
+    st.purge_closed(&[batch], false);
+    commit_to(&mut st, &store);
+    assert_eq!(indexed_ids(&store, JobState::Failed), more);
+    assert!(indexed_ids(&store, JobState::Cancelled).is_empty());
 }
 
 #[path = "limits_tests.rs"]
