@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     pub(crate) tiny_jobs_per_s: Option<f64>,
+    /// The same workload with 20,000 jobs (the figure before the default
+    /// became 200,000).
+    pub(crate) tiny_20k_jobs_per_s: Option<f64>,
     pub(crate) apply_p50_us: Option<f64>,
     pub(crate) apply_p99_us: Option<f64>,
     pub(crate) fib_1e6_ms: Option<f64>,
@@ -190,6 +193,7 @@ impl Report {
     fn figures(&self) -> Vec<(&'static str, Option<f64>)> {
         vec![
             ("tiny_jobs_per_s", self.tiny_jobs_per_s),
+            ("tiny_20k_jobs_per_s", self.tiny_20k_jobs_per_s),
             ("python_manager_jobs_per_s", self.python_manager_jobs_per_s),
             ("ratio_vs_python_manager", self.ratio_vs_python_manager()),
             (

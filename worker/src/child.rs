@@ -15,6 +15,7 @@
 //! no frame is ever over [`MAX_FRAME`].
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use drover_common::pb::{self, child_result::Outcome};
@@ -48,7 +49,20 @@ pub fn run_if_child() {
             .next()
             .and_then(|a| a.to_str()?.parse().ok())
             .unwrap_or(crate::DEFAULT_MAX_RESULT_BYTES);
-        let code = match serve_with(io::stdin().lock(), io::stdout().lock(), max_result_bytes) {
+        // Frames go to a plain file on fd 1, not through `Stdout`: its
+        // line buffering wrote a frame in as many pieces as it held
+        // newline bytes, a system call each.
+        let output = match io::stdout().as_fd().try_clone_to_owned() {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(e) => {
+                eprintln!(
+                    "drover child {}: cannot use stdout: {e}",
+                    std::process::id()
+                );
+                std::process::exit(2);
+            }
+        };
+        let code = match serve_with(io::stdin().lock(), output, max_result_bytes) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("drover child {}: {e}", std::process::id());

@@ -61,7 +61,6 @@ struct LocalJob {
     /// Cancelled while in a child's batch behind another job: its result
     /// is dropped when it comes.
     cancelled: bool,
-    span: tracing::Span,
 }
 
 /// A finished sleep job.
@@ -213,6 +212,10 @@ impl Engine {
         Ok(())
     }
 
+    fn span(&self, job: &LocalJob) -> tracing::Span {
+        job_span(&self.cfg.name, &job.job_id, job.kind, job.attempt)
+    }
+
     fn send(&mut self, msg: worker_message::Msg) {
         if let Some(outbox) = &self.outbox
             && outbox.send(pb::WorkerMessage { msg: Some(msg) }).is_err()
@@ -276,11 +279,10 @@ impl Engine {
             let key = self.next_key;
             self.next_key += 1;
             self.held[c] += 1;
-            let span = tracing::info_span!(
-                "job", id = %a.job_id, kind = drover_common::job::kind_name(a.kind),
-                attempt = a.attempt, worker = %self.cfg.name
-            );
-            span.in_scope(|| tracing::debug!(arg = %a.arg, "assigned"));
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                job_span(&self.cfg.name, &a.job_id, a.kind, a.attempt)
+                    .in_scope(|| tracing::debug!(arg = %a.arg, "assigned"));
+            }
             let mut job = LocalJob {
                 job_id: a.job_id,
                 attempt: a.attempt,
@@ -291,7 +293,6 @@ impl Engine {
                 class,
                 place: Place::Queued,
                 cancelled: false,
-                span,
             };
             if class == JobClass::Python {
                 let modules = self.cfg.python.as_ref().map(|p| p.modules.as_slice());
@@ -327,7 +328,7 @@ impl Engine {
                 run_us,
             });
         };
-        tokio::spawn(task.instrument(job.span.clone())).abort_handle()
+        tokio::spawn(task.instrument(self.span(job))).abort_handle()
     }
 
     fn on_sleep_done(&mut self, done: SleepDone) {
@@ -347,12 +348,17 @@ impl Engine {
         if job.cancelled {
             return;
         }
-        job.span.in_scope(|| match &outcome {
-            job_result::Outcome::Output(_) => tracing::debug!(run_us, "succeeded"),
-            job_result::Outcome::Failure(f) => {
-                tracing::info!(reason = %f.reason, retryable = f.retryable, "failed")
+        match &outcome {
+            job_result::Outcome::Output(_) => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    self.span(&job)
+                        .in_scope(|| tracing::debug!(run_us, "succeeded"));
+                }
             }
-        });
+            job_result::Outcome::Failure(f) => self
+                .span(&job)
+                .in_scope(|| tracing::info!(reason = %f.reason, retryable = f.retryable, "failed")),
+        }
         self.completed += 1;
         self.results.push(pb::JobResult {
             job_id: job.job_id,
@@ -374,7 +380,8 @@ impl Engine {
                 continue;
             };
             job.cancelled = true;
-            job.span.in_scope(|| tracing::info!("cancelled"));
+            job_span(&self.cfg.name, &job.job_id, job.kind, job.attempt)
+                .in_scope(|| tracing::info!("cancelled"));
             match &job.place {
                 Place::Queued => {
                     let k = (Reverse(job.priority), key);
@@ -535,7 +542,7 @@ impl Engine {
             if self.timeout_at(slot).is_some_and(|at| now >= at) {
                 let child = &self.pool.children[slot];
                 let head = &self.jobs[&child.in_flight[0]];
-                head.span.in_scope(|| {
+                self.span(head).in_scope(|| {
                     tracing::info!(
                         timeout_ms = head.timeout_ms,
                         pid = child.pid,
@@ -785,6 +792,17 @@ impl Engine {
             python: grant[JobClass::Python.index()] as u32,
         }));
     }
+}
+
+/// A job's span, with the same fields as the master's (trace.rs), so that
+/// `grep <job id>` follows a job across both logs. Made where an event is
+/// logged, not per job: a span kept for every job cost an allocation and a
+/// formatting of its fields on the hot path.
+fn job_span(worker: &str, job_id: &str, kind: i32, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "job", id = %job_id, kind = drover_common::job::kind_name(kind),
+        attempt, worker = %worker
+    )
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

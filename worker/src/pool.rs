@@ -371,11 +371,14 @@ async fn write_frames(mut stdin: ChildStdin, mut frames: mpsc::UnboundedReceiver
 
 async fn read_frames(
     mut child: Child,
-    mut stdout: tokio::process::ChildStdout,
+    stdout: tokio::process::ChildStdout,
     slot: usize,
     generation: u64,
     events: mpsc::UnboundedSender<PoolEvent>,
 ) {
+    // Buffered: a frame's length and body (and often the next frame) in
+    // one read, not one system call each.
+    let mut stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
     let mut buf = Vec::new();
     let problem = loop {
         let mut len = [0u8; 4];
