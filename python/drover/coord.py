@@ -24,9 +24,11 @@ one shared client built from ``DROVER_MASTER`` and the token variables.
 
 A master that restarts is reached again, with backoff, for up to
 ``RECONNECT_PATIENCE_S``: a call that could not reach it is sent again, and
-so is a call cut off in flight if sending it twice does no harm (reads,
-sets, puts, events); an add, acquire, release or delete cut off in flight
-raises :class:`drover.MasterUnavailable`, since it may have been applied.
+so is a read cut off in flight (and an event wait, which waits anew); a
+write cut off in flight (an add, put, set, delete, acquire, release, or an
+event's set or clear) raises :class:`drover.MasterUnavailable`, since it
+may have been applied, and sent again after another client's write it
+would undo that one.
 The session, and the locks it holds, survive the restart. Sessions are
 closed at exit (their locks released at once), or with :func:`close`.
 """
@@ -51,20 +53,18 @@ from .v1 import drover_pb2_grpc as pb_grpc
 
 __all__ = ["Barrier", "Dict", "Event", "Lock", "Semaphore", "Value", "close"]
 
-#: Calls whose second delivery changes nothing: sent again when a restart
-#: of the master cut them off.
+#: Calls whose second delivery changes nothing, even with other clients
+#: writing in between: sent again when a restart of the master cut them
+#: off. Writes (a put, a set, an event's set or clear) are not among them:
+#: sent again after another client's write, they would undo it.
 _RESENDABLE = frozenset(
     {
         "OpenSession",
         "KeepAlive",
         "CloseSession",
         "KvGet",
-        "KvPut",
         "KvList",
         "CounterGet",
-        "CounterSet",
-        "EventSet",
-        "EventClear",
         "EventWait",
         "Inspect",
     }

@@ -201,7 +201,10 @@ fn a_semaphore_never_has_more_holders_than_permits_while_holders_are_killed() {
             "echo \"$DROVER_FENCING_TOKEN $$ $(date +%s%N)\" > {}; exec sleep 600",
             file.display()
         );
-        let run = lock_cli(&url, "sem", PERMITS, "500ms", &script);
+        // A lease long enough that the holder's own keep-alives keep it
+        // while twelve clients contend on a loaded machine (with 500ms, a
+        // CI run lost the session before the grant came).
+        let run = lock_cli(&url, "sem", PERMITS, "2s", &script);
         let line = wait_for(MINUTE, "the killed holder to hold a permit", || {
             read_line(&file)
         });
@@ -342,9 +345,11 @@ fn counter_adds_survive_a_kill_9_of_the_master() {
     let port = master.addr().port();
     let url = master.url();
 
-    // A lock held across the crash, and the fencing token before it.
+    // A lock held across the crash, and the fencing token before it. The
+    // session is not kept alive: its lease (a fresh one from the restart)
+    // must outlast the rest of the test on a loaded machine.
     let mut c = coord_client(&url);
-    let session = block_on(open_session(&mut c, 3_000));
+    let session = block_on(open_session(&mut c, 60_000));
     let held = block_on(c.acquire(acquire_req("L", 1, session, None)))
         .unwrap()
         .into_inner()

@@ -14,15 +14,21 @@
 //! job without limits costs one check of its record on each of these
 //! steps, and nothing while no limited job is queued or running.
 //!
-//! Within one limit, waiters are admitted in order and the first that does
-//! not fit stops the walk (jobs that disagree on a limit's permits are
-//! served as a semaphore would); a waiter held back by another of its
-//! limits is passed over, and looked at again when that one frees.
+//! A waiter waits in the queue of one limit only: the first of its limits
+//! with no room (its blocker). When that limit frees, its waiters are
+//! admitted in order and the first that does not fit it stops the walk
+//! (jobs that disagree on a limit's permits are served as a semaphore
+//! would); a waiter that fits it but is held back by another of its limits
+//! moves to that limit's queue. So a release looks only at waiters it can
+//! help, however many wait behind other limits.
+//!
+//! A permit is taken when the job enters its ready queue, not when a
+//! worker starts it: a queued job that no worker can take yet (no free
+//! slot of its class, no worker allowing its Python module) holds its
+//! permits meanwhile, and a later job of higher priority waits behind it.
 //!
 //! The permits are not stored: they follow from the jobs, stored with
 //! their limits, when recovery queues them again.
-
-use std::ops::Bound;
 
 use super::queues::QueueKey;
 use super::*;
@@ -63,8 +69,23 @@ impl Concurrency {
         self.limits.get(name).map_or(0, |l| l.holders.len())
     }
 
-    fn fits(&self, limits: &[(Arc<str>, u32)]) -> bool {
-        limits.iter().all(|(n, p)| self.held(n) < *p as usize)
+    /// The first of `limits` with no room, if any.
+    fn blocker<'a>(&self, limits: &'a [(Arc<str>, u32)]) -> Option<&'a Arc<str>> {
+        limits
+            .iter()
+            .find(|(n, p)| self.held(n) >= *p as usize)
+            .map(|(n, _)| n)
+    }
+
+    /// Drops a limit's entry once nothing holds or waits for it.
+    fn tidy(&mut self, name: &str) {
+        if self
+            .limits
+            .get(name)
+            .is_some_and(|l| l.holders.is_empty() && l.waiters.is_empty())
+        {
+            self.limits.remove(name);
+        }
     }
 }
 
@@ -87,6 +108,12 @@ pub(super) fn check(i: usize, limits: &[pb::JobLimit]) -> Result<(), Error> {
         if l.name.contains(['=', ',']) || l.name.chars().any(char::is_control) {
             return Err(Error::invalid(format!(
                 "{field}.name: {:?} holds '=', ',' or a control character",
+                l.name
+            )));
+        }
+        if l.name.trim() != l.name {
+            return Err(Error::invalid(format!(
+                "{field}.name: {:?} starts or ends with white space",
                 l.name
             )));
         }
@@ -136,17 +163,13 @@ impl State {
         let limits = &job.x().limits;
         if !limits.is_empty() {
             let c = &mut self.concurrency;
-            let fits = c.fits(limits);
-            for (name, _) in limits.iter() {
-                let l = c.limits.entry(name.clone()).or_default();
-                if fits {
-                    l.holders.insert(id);
-                } else {
-                    l.waiters.insert(key, id);
-                }
-            }
-            if !fits {
+            if let Some(blocker) = c.blocker(limits) {
+                let blocker = blocker.clone();
+                c.limits.entry(blocker).or_default().waiters.insert(key, id);
                 return;
+            }
+            for (name, _) in limits.iter() {
+                c.limits.entry(name.clone()).or_default().holders.insert(id);
             }
         }
         self.queues.insert(job.class(), &job.arg, key, id);
@@ -175,10 +198,8 @@ impl State {
                     freed.push(name.clone());
                 }
                 l.waiters.remove(&key);
-                if l.holders.is_empty() && l.waiters.is_empty() {
-                    self.concurrency.limits.remove(&name);
-                }
             }
+            self.concurrency.tidy(&name);
         }
         for name in freed {
             self.admit_waiters(&name);
@@ -186,18 +207,17 @@ impl State {
     }
 
     /// Moves the waiters of limit `name` that fit to the ready queue, in
-    /// order, until one does not fit this limit.
+    /// order, until one does not fit this limit; one held back by another
+    /// of its limits moves to that limit's queue.
     fn admit_waiters(&mut self, name: &str) {
-        let mut after: Option<QueueKey> = None;
         loop {
             let Some(l) = self.concurrency.limits.get(name) else {
                 return;
             };
-            let lower = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
-            let Some((&key, &id)) = l.waiters.range((lower, Bound::Unbounded)).next() else {
+            let Some((&key, &id)) = l.waiters.first_key_value() else {
+                self.concurrency.tidy(name);
                 return;
             };
-            after = Some(key);
             let Some(job) = self.jobs.get(&id) else {
                 // Cannot happen: a job leaves the table finished, and a
                 // finish releases it. Dropped rather than spun on.
@@ -211,16 +231,23 @@ impl State {
             if l.holders.len() >= own as usize {
                 return;
             }
-            if !self.concurrency.fits(limits) {
+            let c = &mut self.concurrency;
+            if let Some(l) = c.limits.get_mut(name) {
+                l.waiters.remove(&key);
+            }
+            if let Some(other) = c.blocker(limits) {
+                c.limits
+                    .entry(other.clone())
+                    .or_default()
+                    .waiters
+                    .insert(key, id);
                 continue;
             }
             for (n, _) in limits.iter() {
-                let l = self.concurrency.limits.entry(n.clone()).or_default();
-                l.waiters.remove(&key);
-                l.holders.insert(id);
+                c.limits.entry(n.clone()).or_default().holders.insert(id);
             }
             self.queues.insert(job.class(), &job.arg, key, id);
-            self.concurrency.admitted = true;
+            c.admitted = true;
         }
     }
 
