@@ -17,6 +17,9 @@
 //! open batches (all that recovery reads), idempotency keys, request ids,
 //! closed batches by close time (retention), and the counts of closed
 //! jobs by state.
+//!
+//! A data directory of the previous format (2) is upgraded in place when
+//! opened ([`RedbStore::open`]); older ones are refused.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -61,7 +64,8 @@ fn indexed(state: i32) -> bool {
 /// The version of the data directory's format this build writes. 2: open
 /// batches, closed batches and the key and request indexes. 3: closed
 /// batches carry their bytes, and `meta` their sum (`--retention-bytes`);
-/// failed and cancelled jobs are indexed by state.
+/// failed and cancelled jobs are indexed by state. Format 2 is upgraded
+/// at open (`upgrade_from_2`).
 pub const FORMAT_VERSION: u64 = 3;
 
 /// The META key of the bytes of the closed batches' records and their own
@@ -319,9 +323,10 @@ impl RedbStore {
         &self.db
     }
 
-    /// Opens (or creates) the store in `dir`. Refuses, with a message that
-    /// says what to do, a directory locked by another master, one written
-    /// by a newer drover, or one that is corrupt.
+    /// Opens (or creates) the store in `dir`, upgrading one of format 2 in
+    /// place. Refuses, with a message that says what to do, a directory
+    /// locked by another master, one written by a newer drover or in
+    /// format 1, or one that is corrupt.
     pub fn open(dir: &Path) -> anyhow::Result<RedbStore> {
         std::fs::create_dir_all(dir).map_err(|e| {
             anyhow::anyhow!("cannot create the data directory {}: {e}", dir.display())
@@ -350,6 +355,7 @@ impl RedbStore {
                     "the data directory {} was written by a newer drover (format {v}; this build reads up to {FORMAT_VERSION}); run that version, or start with another directory",
                     dir.display()
                 ),
+                Some(2) => upgrade_from_2(&txn, &mut meta, dir)?,
                 Some(v) if v < FORMAT_VERSION => anyhow::bail!(
                     "the data directory {} was written by an older drover (format {v}; this build reads format {FORMAT_VERSION}); finish or drain its jobs with that version and start this one on an empty directory",
                     dir.display()
@@ -592,8 +598,7 @@ impl Store for RedbStore {
                 match closing.get(id) {
                     Some(info) => {
                         let mut info = **info;
-                        info.bytes = bytes.len() as u64
-                            + own_bytes(&jobs, &written, id, &job_ids_of(bytes)?)?;
+                        info.bytes = closed_batch_bytes(&jobs, &written, id, bytes)?;
                         open.remove(key)?;
                         closed.insert(key, info.encode_to_vec().as_slice())?;
                         by_time.insert((info.closed_at_ms, key), ())?;
@@ -905,6 +910,74 @@ fn job_ids_of(record: &[u8]) -> anyhow::Result<Vec<u128>> {
         .collect())
 }
 
+/// The bytes a closed batch holds: its record and its own jobs' records
+/// (from `written`, else from the table).
+fn closed_batch_bytes(
+    jobs: &redb::Table<'_, u128, &[u8]>,
+    written: &std::collections::HashMap<u128, &[u8]>,
+    batch: &BatchId,
+    record: &[u8],
+) -> anyhow::Result<u64> {
+    Ok(record.len() as u64 + own_bytes(jobs, written, batch, &job_ids_of(record)?)?)
+}
+
+/// Upgrades a format-2 data directory to format 3 in the opening
+/// transaction: each closed batch gets its bytes (as its close would have
+/// counted them) and `meta` their sum; failed and cancelled jobs are
+/// indexed by state from their records. Format 2 wrote no byte-budget
+/// purges, so that marker stays absent (0), and its job records lack
+/// `limits` and `started_at_ms`, whose empty defaults are right: it had no
+/// limits, and a start time is only shown.
+fn upgrade_from_2(
+    txn: &redb::WriteTransaction,
+    meta: &mut redb::Table<'_, &str, u64>,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let jobs = txn.open_table(JOBS)?;
+    let batches = txn.open_table(BATCHES)?;
+    let mut closed = txn.open_table(CLOSED)?;
+    let mut by_state = txn.open_table(BY_STATE)?;
+    let mut infos = Vec::new();
+    for entry in closed.iter()? {
+        let (key, value) = entry?;
+        let key = key.value();
+        let info = pb::ClosedInfo::decode(value.value())
+            .map_err(|e| anyhow::anyhow!("closed batch {key:x} is corrupt: {e}"))?;
+        infos.push((key, info));
+    }
+    let none = std::collections::HashMap::new();
+    let mut total = 0u64;
+    for (key, mut info) in infos.iter().copied() {
+        let batch = BatchId::from_uuid(Uuid::from_u128(key));
+        let Some(record) = batches.get(key)? else {
+            anyhow::bail!("closed batch {batch} has no record: the store is corrupt");
+        };
+        info.bytes = closed_batch_bytes(&jobs, &none, &batch, record.value())?;
+        drop(record);
+        total += info.bytes;
+        closed.insert(key, info.encode_to_vec().as_slice())?;
+    }
+    let (mut read, mut indexed_jobs) = (0u64, 0u64);
+    for entry in jobs.iter()? {
+        let (key, value) = entry?;
+        let key = key.value();
+        let state = job_header(key, value.value())?.state;
+        read += 1;
+        if indexed(state) {
+            by_state.insert((state, key), ())?;
+            indexed_jobs += 1;
+        }
+    }
+    meta.insert(CLOSED_BYTES, total)?;
+    meta.insert("format_version", FORMAT_VERSION)?;
+    tracing::info!(
+        "upgraded the data directory {} from format 2 to {FORMAT_VERSION}: read {} closed batches ({total} bytes) and {read} job records ({indexed_jobs} failed or cancelled)",
+        dir.display(),
+        infos.len()
+    );
+    Ok(())
+}
+
 /// The bytes of the records of a batch's own jobs: from this commit's
 /// writes, else from the table.
 fn own_bytes(
@@ -1157,6 +1230,222 @@ mod tests {
         assert_eq!(store.batch_by_request("req-closed").unwrap(), None);
         assert_eq!(store.closed_counts().unwrap(), [0, 0, 0]);
         assert_eq!(store.closed_before(u64::MAX, 10).unwrap(), vec![]);
+    }
+
+    /// What format 2 left on disk for `changes`. Formats 2 and 3 encode
+    /// every record alike (3's new fields are proto3 defaults here: closed
+    /// batches' `bytes`, jobs' `limits` and `started_at_ms`), so this writes
+    /// with the format-3 writer, then takes away what only format 3 writes:
+    /// the bytes of each closed batch, their sum and the budget-purge
+    /// marker in `meta`, and the `jobs_by_state` table; and marks it 2.
+    fn write_format_2(dir: &Path, changes: Changes) {
+        RedbStore::open(dir).unwrap().write(changes).unwrap();
+        let db = Database::create(dir.join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut closed = txn.open_table(CLOSED).unwrap();
+            let mut infos = Vec::new();
+            for entry in closed.iter().unwrap() {
+                let (k, v) = entry.unwrap();
+                infos.push((k.value(), pb::ClosedInfo::decode(v.value()).unwrap()));
+            }
+            for (key, info) in infos {
+                let info = pb::ClosedInfo { bytes: 0, ..info };
+                closed.insert(key, info.encode_to_vec().as_slice()).unwrap();
+            }
+            let mut meta = txn.open_table(META).unwrap();
+            meta.remove(CLOSED_BYTES).unwrap();
+            meta.remove(PURGED_UPTO).unwrap();
+            meta.insert("format_version", 2).unwrap();
+        }
+        assert!(txn.delete_table(BY_STATE).unwrap());
+        txn.commit().unwrap();
+    }
+
+    /// The entries of the closed batches (id, encoded info) and of the
+    /// state index.
+    type Indexes = (Vec<(u128, Vec<u8>)>, Vec<(i32, u128)>);
+
+    /// Every entry of the closed batches and the state index.
+    fn closed_and_by_state(store: &RedbStore) -> Indexes {
+        let txn = store.database().begin_read().unwrap();
+        let closed = txn.open_table(CLOSED).unwrap();
+        let by_state = txn.open_table(BY_STATE).unwrap();
+        let closed = closed
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value(), v.value().to_vec())
+            })
+            .collect();
+        let by_state = by_state
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value())
+            .collect();
+        (closed, by_state)
+    }
+
+    #[test]
+    fn a_format_2_directory_is_upgraded_in_place_once() {
+        let (open_batch, closed_a, closed_b) = (BatchId::new(), BatchId::new(), BatchId::new());
+        let [queued, failed_open, done, failed, cancelled, cancelled_b] =
+            std::array::from_fn(|_| JobId::new());
+        let record = |id: JobId, batch: BatchId, state: pb::JobState| pb::JobRecord {
+            id: id.as_bytes().to_vec(),
+            batch: batch.as_bytes().to_vec(),
+            state: state as i32,
+            arg: format!("arg of {id}"),
+            error: if state == pb::JobState::Failed {
+                "it broke".repeat(20)
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        };
+        use pb::JobState::*;
+        let changes = || Changes {
+            jobs: [
+                (failed_open, open_batch, Failed),
+                (done, closed_a, Succeeded),
+                (failed, closed_a, Failed),
+                (cancelled, closed_a, Cancelled),
+                (cancelled_b, closed_b, Cancelled),
+            ]
+            .into_iter()
+            .map(|(id, b, st)| (id, record(id, b, st).encode_to_vec()))
+            .collect(),
+            batches: vec![
+                (
+                    open_batch,
+                    encode_batch(
+                        &[queued, failed_open],
+                        vec![
+                            record(queued, open_batch, Queued),
+                            record(failed_open, open_batch, Queued),
+                        ],
+                        "req-open",
+                    ),
+                ),
+                (
+                    closed_a,
+                    encode_closed_batch(&[done, failed, cancelled], &[0, 1, 2], "req-a", 1000),
+                ),
+                (
+                    closed_b,
+                    encode_closed_batch(&[cancelled_b], &[0], "", 2000),
+                ),
+            ],
+            closed: vec![
+                (
+                    closed_a,
+                    pb::ClosedInfo {
+                        closed_at_ms: 1000,
+                        succeeded: 1,
+                        failed: 1,
+                        cancelled: 1,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    closed_b,
+                    pb::ClosedInfo {
+                        closed_at_ms: 2000,
+                        cancelled: 1,
+                        ..Default::default()
+                    },
+                ),
+            ],
+            requests: vec![("req-open".into(), open_batch), ("req-a".into(), closed_a)],
+            next_seq: 9,
+            ..Changes::default()
+        };
+        // The same content written by this build, for what the upgrade
+        // must arrive at.
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = RedbStore::open(fresh_dir.path()).unwrap();
+        fresh.write(changes()).unwrap();
+        let want_bytes = fresh.closed_bytes().unwrap();
+        assert!(want_bytes > 0);
+
+        let dir = tempfile::tempdir().unwrap();
+        write_format_2(dir.path(), changes());
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.closed_bytes().unwrap(), want_bytes);
+        assert_eq!(closed_and_by_state(&store), closed_and_by_state(&fresh));
+        let in_state = |state| {
+            let mut ids = Vec::new();
+            store
+                .scan_jobs_in_state(state, &mut |r| {
+                    ids.push(JobId::from_slice(&r.id).unwrap());
+                    true
+                })
+                .unwrap();
+            ids.sort_by_key(|id| id.uuid().as_u128());
+            ids
+        };
+        let mut want_failed = vec![failed_open, failed];
+        want_failed.sort_by_key(|id| id.uuid().as_u128());
+        let mut want_cancelled = vec![cancelled, cancelled_b];
+        want_cancelled.sort_by_key(|id| id.uuid().as_u128());
+        assert_eq!(in_state(Failed), want_failed);
+        assert_eq!(in_state(Cancelled), want_cancelled);
+        assert_eq!(store.budget_purged_upto_ms().unwrap(), 0);
+        assert_eq!(store.closed_counts().unwrap(), [1, 1, 2]);
+        assert_eq!(store.next_seq().unwrap(), 9);
+        assert_eq!(store.batch_by_request("req-a").unwrap(), Some(closed_a));
+        let loaded = |store: &RedbStore| {
+            let mut items = Vec::new();
+            store
+                .load(&mut |item| {
+                    items.push(format!("{item:?}"));
+                    Ok(())
+                })
+                .unwrap();
+            items
+        };
+        let recovered = loaded(&store);
+        assert!(
+            recovered
+                .iter()
+                .any(|l| l.contains(&format!("{open_batch:?}"))),
+            "{recovered:?}"
+        );
+        assert_eq!(recovered, loaded(&fresh));
+        drop(store);
+
+        // A second open finds format 3 and changes nothing: a stand-in sum
+        // put in `meta` survives it (an upgrade run again would recompute).
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 3);
+                meta.insert(CLOSED_BYTES, 12345).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.closed_bytes().unwrap(), 12345);
+        assert_eq!(closed_and_by_state(&store), closed_and_by_state(&fresh));
+    }
+
+    #[test]
+    fn format_1_is_still_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("format_version", 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("older drover (format 1"), "{err}");
     }
 
     #[test]
