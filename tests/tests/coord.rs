@@ -416,10 +416,16 @@ fn counter_adds_survive_a_kill_9_of_the_master() {
         "the counter is {value}: {total} adds were acknowledged and {unknown} failed in flight"
     );
 
-    // The grant survived with its session (which gets a fresh lease), and
-    // fencing tokens go on from where they were.
+    // The grant survived with its session (which gets a fresh lease), its
+    // holder can release it, and fencing tokens go on from where they were.
     assert_eq!(inspect(&master.url(), "L").lock_tokens, vec![held]);
-    let other = block_on(open_session(&mut c, 3_000));
+    block_on(c.release(pb::ReleaseRequest {
+        name: "L".into(),
+        fencing_token: held,
+        session,
+    }))
+    .unwrap();
+    let other = block_on(open_session(&mut c, 60_000));
     let next = block_on(c.acquire(acquire_req("L", 1, other, Some(30_000))))
         .unwrap()
         .into_inner()
