@@ -356,7 +356,10 @@ step "4: disconnect a worker from the network past the lease ($DROVER_LEASE), re
 status
 succeeded_before="$(sq 's["succeeded"]')"
 late_before="$(sq 's["late_results_dropped"]')"
-args4="$(repeat 36 1000)"
+# Jobs of 3 s: a victim seen running jobs still holds them when the
+# disconnect takes effect (with 1 s jobs a loaded run saw them all finish
+# first, and nothing was left to lose).
+args4="$(repeat 36 3000)"
 # shellcheck disable=SC2086
 cli part map sleep $args4 & pid=$!
 victim=""
