@@ -81,6 +81,23 @@ pub fn assert_fib(job: &crate::model::JobLine, n: u64) {
     );
 }
 
+/// The most `[start, end]` spans open at once. One that ends at the
+/// instant another starts does not overlap it: at one instant, ends are
+/// counted before starts.
+pub fn max_overlap(spans: impl IntoIterator<Item = (u128, u128)>) -> usize {
+    let mut edges: Vec<(u128, i32)> = spans
+        .into_iter()
+        .flat_map(|(s, e)| [(s, 1), (e, -1)])
+        .collect();
+    edges.sort();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        most = most.max(open);
+    }
+    most as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

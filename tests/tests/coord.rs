@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drover_common::pb::{self, coord_client::CoordClient};
 use drover_tests::grpc::{block_on, coord_client, spawn};
-use drover_tests::{CliRun, Master, sys, wait_for, wait_until};
+use drover_tests::{CliRun, Master, reference, sys, wait_for, wait_until};
 use tonic::transport::Channel;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -110,19 +110,7 @@ fn hold_in_cli(url: &str, lease: &str) -> (CliRun, u64, u32) {
 
 /// The most intervals open at once.
 fn max_overlap(intervals: &[(u64, u128, u128)]) -> usize {
-    let mut edges: Vec<(u128, i32)> = Vec::new();
-    for &(_, start, end) in intervals {
-        edges.push((start, 1));
-        edges.push((end, -1));
-    }
-    // An end at the same instant as a start is counted first.
-    edges.sort();
-    let (mut open, mut most) = (0i32, 0i32);
-    for (_, d) in edges {
-        open += d;
-        most = most.max(open);
-    }
-    most as usize
+    reference::max_overlap(intervals.iter().map(|&(_, s, e)| (s, e)))
 }
 
 #[test]

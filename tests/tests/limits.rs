@@ -5,24 +5,15 @@
 
 use std::time::Duration;
 
-use drover_tests::{Master, Submitted, Worker, wait_for};
+use drover_tests::{Master, Submitted, Worker, reference, wait_for};
 use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// The most spans open at once. Spans are `[start, end]` in ms; one that
-/// ends at the instant another starts does not overlap it (the master
-/// gives the permit back before it hands the next job out).
+/// The most spans open at once, in ms (the master gives the permit back
+/// before it hands the next job out, so touching spans do not overlap).
 fn max_overlap(spans: &[(u64, u64)]) -> usize {
-    let mut events: Vec<(u64, i32)> = spans.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
-    // At one instant, ends before starts.
-    events.sort();
-    let (mut open, mut most) = (0i32, 0i32);
-    for (_, d) in events {
-        open += d;
-        most = most.max(open);
-    }
-    most as usize
+    reference::max_overlap(spans.iter().map(|&(s, e)| (s as u128, e as u128)))
 }
 
 #[test]
