@@ -21,6 +21,7 @@
 //!   started process dies unexpectedly. No test sleeps for a fixed time.
 //! - [`model`]: the CLI's JSON lines as typed values.
 //! - [`reference`]: answers computed independently of drover's code.
+//! - [`slow`]: jobs slow enough to catch in their child process.
 //! - [`sys`]: signals and process lookups (Linux `/proc`).
 //! - [`security`]: certificates, token and TLS clients, raw gRPC calls,
 //!   a hand-fed child process and a strict Prometheus text check.
@@ -38,6 +39,7 @@ pub mod model;
 pub mod process;
 pub mod reference;
 pub mod security;
+pub mod slow;
 pub mod sys;
 pub mod wait;
 pub mod webdriver;

@@ -9,15 +9,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_tests::fake_worker::{FakeWorker, failure};
-use drover_tests::reference::{assert_fib, is_prime};
+use drover_tests::reference::is_prime;
+use drover_tests::slow::{SLOW_PRIME, busy_child};
 use drover_tests::{JobLine, Master, Submitted, Worker, sys, wait_for, wait_until};
 use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// A CPU job long enough to catch running in its child process: F(10^7)
-/// takes seconds to compute and print in decimal.
-const LONG_FIB: u64 = 10_000_000;
 
 /// Starts a master with a redb store in `dir`, which a master started again
 /// on the same directory finds.
@@ -28,24 +25,11 @@ fn master_on(dir: &Path, extra: &[&str]) -> Master {
     Master::start(&args)
 }
 
-/// Waits until job `id` is running in the child process of `worker` (which
-/// has one process), and returns the child's pid. The child must be busy
-/// (state R), not merely alive, or killing it would not hit the job.
-fn busy_child(master: &Master, worker: &Worker, id: &str) -> u32 {
-    wait_for(MINUTE, "the job's child to be computing", || {
-        if master.job(id).state != "running" {
-            return None;
-        }
-        let status = master.status();
-        let pids = &status.worker(worker.name())?.child_pids;
-        (pids.len() == 1 && sys::proc_state(pids[0]) == Some('R')).then_some(pids[0])
-    })
-}
-
-/// Asserts that `job` holds the right F(LONG_FIB).
+/// Asserts that `job` found [`SLOW_PRIME`] prime.
 #[track_caller]
-fn assert_long_fib(job: &JobLine) {
-    assert_fib(job, LONG_FIB);
+fn assert_slow_prime(job: &JobLine) {
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(job.result, Value::Bool(true), "{job:?}");
 }
 
 /// `map` with an idempotency key splits a long list over several submits;
@@ -123,9 +107,8 @@ fn a_retried_dead_letter_survives_a_master_restart_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let master = master_on(dir.path(), &[]);
     let worker = Worker::start(&master.url(), &["--processes", "1", "--name", "w"]);
-    let n = LONG_FIB.to_string();
     let submitted: Submitted = master
-        .cli(&["submit", "fib", &n, "--max-attempts", "1"])
+        .cli(&["submit", "prime", SLOW_PRIME, "--max-attempts", "1"])
         .success()
         .one();
     let id = &submitted.job_ids[0];
@@ -169,7 +152,7 @@ fn a_retried_dead_letter_survives_a_master_restart_and_runs() {
         .success()
         .jobs()
         .remove(0);
-    assert_long_fib(&done);
+    assert_slow_prime(&done);
     assert_eq!(
         done.attempt_errors, queued.attempt_errors,
         "only the first run failed"
@@ -188,9 +171,8 @@ fn jobs_a_draining_worker_returned_survive_a_master_restart() {
         &master.url(),
         &["--processes", "1", "--grace", "170s", "--name", "draining"],
     );
-    let n = LONG_FIB.to_string();
-    let mut args = vec!["submit", "fib"];
-    args.extend([n.as_str(); 6]);
+    let mut args = vec!["submit", "prime"];
+    args.extend([SLOW_PRIME; 6]);
     args.extend(["--max-attempts", "1"]);
     let submitted: Submitted = master.cli(&args).success().one();
 
@@ -232,7 +214,7 @@ fn jobs_a_draining_worker_returned_survive_a_master_restart() {
         .jobs();
     assert_eq!(done.len(), 6);
     for j in &done {
-        assert_long_fib(j);
+        assert_slow_prime(j);
     }
 }
 

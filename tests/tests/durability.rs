@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use drover_common::pb::{self, JobKind};
 use drover_tests::bins::bin;
 use drover_tests::grpc::{block_on, job};
+use drover_tests::slow::{MEDIUM_PRIME, SLOW_PRIME, busy_child};
 use drover_tests::sys;
 use drover_tests::{JobLine, Master, Submitted, Worker, wait_for, wait_until};
 
@@ -208,26 +209,13 @@ fn kill_9_of_the_master_while_submitting_keeps_every_acknowledged_job() {
     }
 }
 
-/// Waits until the job's child process is computing it, and returns the pid.
-fn busy_child(master: &Master, worker: &Worker, id: &str) -> u32 {
-    wait_for(MINUTE, "the job's child to be computing", || {
-        let job = master.job(id);
-        if job.state != "running" {
-            return None;
-        }
-        let status = master.status();
-        let pids = &status.worker(worker.name())?.child_pids;
-        (pids.len() == 1 && sys::proc_state(pids[0]) == Some('R')).then_some(pids[0])
-    })
-}
-
 #[test]
 fn a_job_that_keeps_crashing_backs_off_then_fails_and_retry_revives_it() {
     let dir = tempfile::tempdir().unwrap();
     let master = master_on(dir.path(), 0, &["--retry-base", "1s", "--retry-max", "1s"]);
     let worker = Worker::start(&master.url(), &["--processes", "1", "--name", "w"]);
     let submitted: Submitted = master
-        .cli(&["submit", "fib", "10000000", "--max-attempts", "2"])
+        .cli(&["submit", "prime", SLOW_PRIME, "--max-attempts", "2"])
         .success()
         .one();
     let id = &submitted.job_ids[0];
@@ -270,8 +258,7 @@ fn a_job_that_keeps_crashing_backs_off_then_fails_and_retry_revives_it() {
         .jobs()
         .remove(0);
     assert_eq!(done.state, "succeeded");
-    let digits = done.result.as_str().expect("F(n) as a string").len() as u64;
-    assert_eq!(digits, drover_tests::reference::fib_digits(10_000_000));
+    assert_eq!(done.result, serde_json::Value::Bool(true), "{done:?}");
 }
 
 #[test]
@@ -444,7 +431,9 @@ fn a_map_rides_through_a_master_restart_printing_every_result_once_in_order() {
     let port = master.addr().port();
     let _worker = Worker::start(&master.url(), &["--processes", "2"]);
     // 40 jobs of a few hundred milliseconds each.
-    let map = master.cli_spawn(&["map", "fib", "1000000..1000040"]);
+    let mut args = vec!["map", "prime"];
+    args.extend([MEDIUM_PRIME; 40]);
+    let map = master.cli_spawn(&args);
     wait_until(MINUTE, "the map to print its first results", || {
         map.stdout_so_far().lines().count() >= 3
     });
@@ -454,12 +443,11 @@ fn a_map_rides_through_a_master_restart_printing_every_result_once_in_order() {
     let got = map.wait(Duration::from_secs(300)).success();
     let jobs = got.jobs();
     assert_eq!(jobs.len(), 40, "every result once");
-    for (i, (j, n)) in jobs.iter().zip(1_000_000u64..).enumerate() {
+    for (i, j) in jobs.iter().enumerate() {
         assert_eq!(j.index as usize, i, "in order: {j:?}");
-        assert_eq!(j.arg, n.to_string());
+        assert_eq!(j.arg, MEDIUM_PRIME);
         assert_eq!(j.state, "succeeded", "{j:?}");
-        let digits = j.result.as_str().expect("fib's result is a string");
-        assert_eq!(digits.len() as u64, drover_tests::reference::fib_digits(n));
+        assert_eq!(j.result, serde_json::Value::Bool(true), "{j:?}");
     }
     // It said where its results live, so a user could have resumed.
     assert!(got.stderr.contains("drover watch"), "{}", got.stderr);
