@@ -25,7 +25,9 @@
 # every wait polls with a deadline, and the whole run is under `timeout`.
 #
 # Environment:
-#   DROVER_TEST_TIMEOUT  overall limit in seconds (default 600)
+#   DROVER_TEST_TIMEOUT  overall limit in seconds (default 1800: it includes
+#                        building the static binaries, 10 min from scratch on a
+#                        busy 2-core machine)
 #   DROVER_IMAGE         use/build this image tag instead of a throwaway one
 #                        (then it is not removed afterwards)
 #   DROVER_TEST_SKIP_BUILD=1  use DROVER_IMAGE as it is; do not build
@@ -38,7 +40,7 @@ if [[ -z "${_DROVER_E2E_INNER:-}" ]]; then
   export _DROVER_E2E_INNER=1
   # The whole run is bounded. On expiry the script gets SIGTERM (and tears
   # down); SIGKILL follows if tearing down hangs.
-  exec timeout --kill-after=90 "${DROVER_TEST_TIMEOUT:-600}" bash "$0" "$@"
+  exec timeout --kill-after=90 "${DROVER_TEST_TIMEOUT:-1800}" bash "$0" "$@"
 fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -51,7 +53,7 @@ started=$SECONDS
 user_image="${DROVER_IMAGE:-}"
 skip_build="${DROVER_TEST_SKIP_BUILD:-0}"
 keep="${DROVER_TEST_KEEP:-0}"
-limit="${DROVER_TEST_TIMEOUT:-600}"
+limit="${DROVER_TEST_TIMEOUT:-1800}"
 for v in $(compgen -e | grep '^DROVER_' || true); do unset "$v"; done
 
 suffix="$$-$RANDOM"
