@@ -20,6 +20,17 @@ impl State {
         }
     }
 
+    /// The jobs in memory a batch made, each once: a batch may list its
+    /// own job twice (two of its specs with the same new key), and lists
+    /// jobs of other batches named again by key.
+    fn own_jobs<'a>(&'a self, id: BatchId, b: &'a Batch) -> impl Iterator<Item = &'a Job> {
+        b.jobs.iter().enumerate().filter_map(move |(i, j)| {
+            self.jobs
+                .get(j)
+                .filter(|j| j.batch == id && j.index as usize == i)
+        })
+    }
+
     /// Whether every job a batch lists is finished (a job not in memory
     /// left with its own closed batch, so it is finished).
     fn all_done(&self, b: &Batch) -> bool {
@@ -45,15 +56,11 @@ impl State {
                 closed_at_ms: now,
                 ..Default::default()
             };
-            for job_id in &b.jobs {
-                if let Some(j) = self.jobs.get(job_id)
-                    && j.batch == id
-                {
-                    match j.state {
-                        JobState::Succeeded => info.succeeded += 1,
-                        JobState::Failed => info.failed += 1,
-                        _ => info.cancelled += 1,
-                    }
+            for j in self.own_jobs(id, b) {
+                match j.state {
+                    JobState::Succeeded => info.succeeded += 1,
+                    JobState::Failed => info.failed += 1,
+                    _ => info.cancelled += 1,
                 }
             }
             let request_id = b.request_id.as_deref().unwrap_or_default();
@@ -107,13 +114,8 @@ impl State {
             let Some(b) = self.batches.get(&id).filter(|b| self.all_done(b)) else {
                 continue;
             };
-            let bytes: u64 = b
-                .jobs
-                .iter()
-                .filter_map(|j| self.jobs.get(j).filter(|j| j.batch == id))
-                .map(Job::stored_bytes)
-                .sum::<u64>()
-                + 16 * b.jobs.len() as u64;
+            let bytes: u64 =
+                self.own_jobs(id, b).map(Job::stored_bytes).sum::<u64>() + 16 * b.jobs.len() as u64;
             let was = self.closing_bytes.insert(id, bytes).unwrap_or(0);
             self.finished_bytes = self.finished_bytes - was + bytes;
         }
@@ -148,10 +150,8 @@ impl State {
             } else {
                 // What leaves is still counted, as the store's closed
                 // counts are with redb: Stats' totals never go down.
-                let own: Vec<JobState> = self.batches[&id]
-                    .jobs
-                    .iter()
-                    .filter_map(|j| self.jobs.get(j).filter(|j| j.batch == id))
+                let own: Vec<JobState> = self
+                    .own_jobs(id, &self.batches[&id])
                     .map(|j| j.state)
                     .collect();
                 for state in own {

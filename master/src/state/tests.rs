@@ -1231,3 +1231,37 @@ fn the_store_indexes_failed_and_cancelled_jobs_through_retries_and_purges() {
 
 #[path = "limits_tests.rs"]
 mod limits;
+
+#[test]
+fn a_batch_naming_its_own_new_job_twice_counts_it_once() {
+    let keyed = pb::JobSpec {
+        idempotency_key: "k".into(),
+        ..spec(JobKind::Sleep, "1", 0)
+    };
+    let run = |st: &mut State| {
+        let (_, ids) = st.submit(vec![keyed.clone(), keyed.clone()]).unwrap();
+        assert_eq!(ids[0], ids[1], "the key names the job just made");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("w"), tx);
+        st.add_credit(s, 0, 2).send(None);
+        let a = assigned(&mut rx);
+        assert_eq!(a.len(), 1);
+        st.record_results(s, 0, vec![ok(&a[0])]).send(None);
+    };
+    // The memory store, evicting it.
+    let mut st = State::new(settings(1));
+    st.set_keep_finished(0);
+    run(&mut st);
+    assert_eq!(st.evict_over_bound(), 1);
+    assert_eq!(st.count(JobState::Succeeded), 1);
+    // The store, closing it.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    run(&mut st);
+    commit_to(&mut st, &store);
+    assert!(st.batches.is_empty(), "closed and out of memory");
+    assert_eq!(store.closed_counts().unwrap(), [1, 0, 0]);
+    assert_eq!(st.count(JobState::Succeeded), 1);
+}
