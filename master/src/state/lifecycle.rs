@@ -234,6 +234,11 @@ impl State {
             }
         }
         room(specs.len())?;
+        // The jobs' ids are made before the batch's: a batch's id is never
+        // older than its own jobs', so what is kept of the batches evicted
+        // or purged (the newest one's id time) tells of their jobs too
+        // (see `State::not_found`).
+        let fresh: Vec<JobId> = specs.iter().map(|_| JobId::new()).collect();
         let batch_id = BatchId::new();
         let mut ids = Vec::with_capacity(specs.len());
         let mut finished = Vec::new();
@@ -264,7 +269,7 @@ impl State {
                     .push((batch_id, index));
                 continue;
             }
-            let id = JobId::new();
+            let id = fresh[i];
             let idempotency_key =
                 (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.into_boxed_str());
             let job_limits = limits::from_pb(spec.limits);

@@ -1265,3 +1265,27 @@ fn a_batch_naming_its_own_new_job_twice_counts_it_once() {
     assert_eq!(store.closed_counts().unwrap(), [1, 0, 0]);
     assert_eq!(st.count(JobState::Succeeded), 1);
 }
+
+#[test]
+fn an_evicted_job_is_told_evicted_however_long_its_submit_took() {
+    let mut st = State::new(settings(1));
+    st.set_keep_finished(0);
+    // Enough jobs that making their ids spans milliseconds: each id must
+    // be covered by what is kept of the evicted batches (their batch id's
+    // time), or the job is told "not known".
+    let (batch, ids) = st
+        .submit((0..3000).map(|_| spec(JobKind::Sleep, "1", 0)).collect())
+        .unwrap();
+    let newest = ids.iter().filter_map(|id| id.made_ms()).max().unwrap();
+    assert!(newest <= batch.made_ms().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 0, 3000).send(None);
+    let results = assigned(&mut rx).iter().map(ok).collect();
+    st.record_results(s, 0, results).send(None);
+    assert_eq!(st.evict_over_bound(), 3000);
+    for id in [ids[0], ids[2999]] {
+        let e = st.resolve(&[id.to_string()], "").unwrap_err().to_string();
+        assert!(e.contains("was evicted"), "{e}");
+    }
+}
