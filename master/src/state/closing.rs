@@ -68,8 +68,9 @@ impl State {
                 id,
                 encode_closed_batch(&b.jobs, &b.finished, request_id, now),
             ));
+            self.closed_in
+                .push((number, id, [info.succeeded, info.failed, info.cancelled]));
             changes.closed.push((id, info));
-            self.closed_in.push((number, id));
         }
     }
 
@@ -79,27 +80,42 @@ impl State {
     /// what left are the store's.
     pub fn committed(&mut self, number: u64, closed: ClosedCounts) {
         self.purging.clear();
-        self.archived[JobState::Succeeded as usize] = closed[0];
-        self.archived[JobState::Failed as usize] = closed[1];
-        self.archived[JobState::Cancelled as usize] = closed[2];
-        if self.archive.is_none() || self.closed_in.is_empty() {
-            return;
+        // Opened again or purged by now: the store no longer counts them.
+        let (unclosed, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unclosed_in)
+            .into_iter()
+            .partition(|(n, _)| *n <= number);
+        self.unclosed_in = later;
+        for (_, id) in unclosed {
+            self.closed_kept.remove(&id);
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed_in)
             .into_iter()
-            .partition(|(n, _)| *n <= number);
+            .partition(|(n, _, _)| *n <= number);
         self.closed_in = later;
-        for (_, id) in due {
+        for (_, id, counts) in due {
+            self.closed_kept.remove(&id);
             let clean = self.batches.get(&id).is_some_and(|b| {
                 self.all_done(b)
                     && b.jobs
                         .iter()
                         .all(|j| self.jobs.get(j).is_none_or(|j| !j.dirty))
             }) && !self.dirty_batches.contains(&id);
-            if clean {
+            if clean && self.archive.is_some() {
                 self.evict(id);
+            } else if self.batches.contains_key(&id) {
+                // Changed since (a retry): it stays, and memory counts it.
+                self.closed_kept.insert(id, counts);
             }
         }
+        let mut kept = [0u64; 3];
+        for counts in self.closed_kept.values() {
+            for (k, c) in kept.iter_mut().zip(counts) {
+                *k += c;
+            }
+        }
+        self.archived[JobState::Succeeded as usize] = closed[0].saturating_sub(kept[0]);
+        self.archived[JobState::Failed as usize] = closed[1].saturating_sub(kept[1]);
+        self.archived[JobState::Cancelled as usize] = closed[2].saturating_sub(kept[2]);
     }
 
     /// With the memory store: counts the bytes of the batches that
@@ -233,6 +249,9 @@ impl State {
         let Some(stored) = store.read_batch(&id).map_err(store_error)? else {
             return Ok(false);
         };
+        // The store counts it closed until the commit opening it again is
+        // written (see `committed`).
+        let mut kept = [0u64; 3];
         for job_id in &stored.jobs {
             if self.jobs.contains_key(job_id) {
                 continue;
@@ -244,6 +263,11 @@ impl State {
                 continue;
             }
             let job = Job::from_record(record).map_err(Error::Internal)?;
+            match job.state {
+                JobState::Succeeded => kept[0] += 1,
+                JobState::Failed => kept[1] += 1,
+                _ => kept[2] += 1,
+            }
             self.counts[job.state as usize] += 1;
             let a = &mut self.archived[job.state as usize];
             *a = a.saturating_sub(1);
@@ -274,6 +298,7 @@ impl State {
         if let Some(r) = &request_id {
             self.requests.insert(r.clone(), id);
         }
+        self.closed_kept.insert(id, kept);
         let (tx, _) = watch::channel(0);
         self.batches.insert(
             id,

@@ -119,6 +119,11 @@ impl State {
             }
             if let Some(adopters) = self.adopted.get(&id) {
                 touched.extend(adopters.iter().map(|(b, _)| *b));
+                // A batch naming it again may be closed in the store too
+                // (in the commit being written): it is open again as well.
+                if self.durable && self.archive.is_some() {
+                    self.reopened.extend(adopters.iter().map(|(b, _)| *b));
+                }
             }
             self.set_state(id, JobState::Queued);
             self.enqueue(id, 0);

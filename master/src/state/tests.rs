@@ -1289,3 +1289,55 @@ fn an_evicted_job_is_told_evicted_however_long_its_submit_took() {
         assert!(e.contains("was evicted"), "{e}");
     }
 }
+
+#[test]
+fn a_retry_while_the_commit_closing_its_batches_is_written_counts_each_job_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    let keyed = pb::JobSpec {
+        idempotency_key: "k".into(),
+        ..spec(JobKind::Fib, "5", 0)
+    };
+    // Batch A makes J, which fails; batch B names J again and makes K,
+    // which succeeds: both batches are finished.
+    let (_, first) = st.submit(vec![keyed.clone()]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![fail(&a[0])]).send(None);
+    let (_, second) = st.submit(vec![keyed, spec(JobKind::Fib, "6", 0)]).unwrap();
+    assert_eq!(second[0], first[0]);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0])]).send(None);
+    // The committer takes the commit closing both, and a retry of J comes
+    // while it is written.
+    let (n, changes) = st.take_changes().unwrap();
+    let (retried, out) = st.retry_jobs(&first);
+    out.send(None);
+    assert_eq!(retried, 1);
+    store.write(changes).unwrap();
+    st.committed(n, store.closed_counts().unwrap());
+    let counts = |st: &State| {
+        (
+            st.count(JobState::Queued),
+            st.count(JobState::Succeeded),
+            st.count(JobState::Failed),
+        )
+    };
+    assert_eq!(counts(&st), (1, 1, 0), "the store counts both closed");
+    commit_to(&mut st, &store);
+    assert_eq!(counts(&st), (1, 1, 0));
+    assert_eq!(
+        store.closed_counts().unwrap(),
+        [0, 0, 0],
+        "both batches are open again in the store"
+    );
+    let back = reload(&store);
+    assert_eq!(back.job(&first[0]).unwrap().state, JobState::Queued);
+    assert_eq!(back.job(&second[1]).unwrap().state, JobState::Succeeded);
+    assert_eq!(counts(&back), (1, 1, 0));
+}
