@@ -1341,3 +1341,6 @@ fn a_retry_while_the_commit_closing_its_batches_is_written_counts_each_job_once(
     assert_eq!(back.job(&second[1]).unwrap().state, JobState::Succeeded);
     assert_eq!(counts(&back), (1, 1, 0));
 }
+
+#[path = "model_tests.rs"]
+mod model;
