@@ -77,7 +77,8 @@ impl State {
     /// Called once commit `number` is written, with the store's counts of
     /// closed jobs as of it: the batches it closed leave memory, unless
     /// something changed them since (a retry), and the counts shown for
-    /// what left are the store's.
+    /// what left are the store's, less those of batches it counts closed
+    /// that are kept in memory (`closed_kept`), which memory counts.
     pub fn committed(&mut self, number: u64, closed: ClosedCounts) {
         self.purging.clear();
         // Opened again or purged by now: the store no longer counts them.
