@@ -20,6 +20,17 @@ impl State {
         }
     }
 
+    /// The jobs in memory a batch made, each once: a batch may list its
+    /// own job twice (two of its specs with the same new key), and lists
+    /// jobs of other batches named again by key.
+    fn own_jobs<'a>(&'a self, id: BatchId, b: &'a Batch) -> impl Iterator<Item = &'a Job> {
+        b.jobs.iter().enumerate().filter_map(move |(i, j)| {
+            self.jobs
+                .get(j)
+                .filter(|j| j.batch == id && j.index as usize == i)
+        })
+    }
+
     /// Whether every job a batch lists is finished (a job not in memory
     /// left with its own closed batch, so it is finished).
     fn all_done(&self, b: &Batch) -> bool {
@@ -45,15 +56,11 @@ impl State {
                 closed_at_ms: now,
                 ..Default::default()
             };
-            for job_id in &b.jobs {
-                if let Some(j) = self.jobs.get(job_id)
-                    && j.batch == id
-                {
-                    match j.state {
-                        JobState::Succeeded => info.succeeded += 1,
-                        JobState::Failed => info.failed += 1,
-                        _ => info.cancelled += 1,
-                    }
+            for j in self.own_jobs(id, b) {
+                match j.state {
+                    JobState::Succeeded => info.succeeded += 1,
+                    JobState::Failed => info.failed += 1,
+                    _ => info.cancelled += 1,
                 }
             }
             let request_id = b.request_id.as_deref().unwrap_or_default();
@@ -61,38 +68,55 @@ impl State {
                 id,
                 encode_closed_batch(&b.jobs, &b.finished, request_id, now),
             ));
+            self.closed_in
+                .push((number, id, [info.succeeded, info.failed, info.cancelled]));
             changes.closed.push((id, info));
-            self.closed_in.push((number, id));
         }
     }
 
     /// Called once commit `number` is written, with the store's counts of
     /// closed jobs as of it: the batches it closed leave memory, unless
     /// something changed them since (a retry), and the counts shown for
-    /// what left are the store's.
+    /// what left are the store's, less those of batches it counts closed
+    /// that are kept in memory (`closed_kept`), which memory counts.
     pub fn committed(&mut self, number: u64, closed: ClosedCounts) {
         self.purging.clear();
-        self.archived[JobState::Succeeded as usize] = closed[0];
-        self.archived[JobState::Failed as usize] = closed[1];
-        self.archived[JobState::Cancelled as usize] = closed[2];
-        if self.archive.is_none() || self.closed_in.is_empty() {
-            return;
+        // Opened again or purged by now: the store no longer counts them.
+        let (unclosed, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unclosed_in)
+            .into_iter()
+            .partition(|(n, _)| *n <= number);
+        self.unclosed_in = later;
+        for (_, id) in unclosed {
+            self.closed_kept.remove(&id);
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed_in)
             .into_iter()
-            .partition(|(n, _)| *n <= number);
+            .partition(|(n, _, _)| *n <= number);
         self.closed_in = later;
-        for (_, id) in due {
+        for (_, id, counts) in due {
+            self.closed_kept.remove(&id);
             let clean = self.batches.get(&id).is_some_and(|b| {
                 self.all_done(b)
                     && b.jobs
                         .iter()
                         .all(|j| self.jobs.get(j).is_none_or(|j| !j.dirty))
             }) && !self.dirty_batches.contains(&id);
-            if clean {
+            if clean && self.archive.is_some() {
                 self.evict(id);
+            } else if self.batches.contains_key(&id) {
+                // Changed since (a retry): it stays, and memory counts it.
+                self.closed_kept.insert(id, counts);
             }
         }
+        let mut kept = [0u64; 3];
+        for counts in self.closed_kept.values() {
+            for (k, c) in kept.iter_mut().zip(counts) {
+                *k += c;
+            }
+        }
+        self.archived[JobState::Succeeded as usize] = closed[0].saturating_sub(kept[0]);
+        self.archived[JobState::Failed as usize] = closed[1].saturating_sub(kept[1]);
+        self.archived[JobState::Cancelled as usize] = closed[2].saturating_sub(kept[2]);
     }
 
     /// With the memory store: counts the bytes of the batches that
@@ -107,13 +131,8 @@ impl State {
             let Some(b) = self.batches.get(&id).filter(|b| self.all_done(b)) else {
                 continue;
             };
-            let bytes: u64 = b
-                .jobs
-                .iter()
-                .filter_map(|j| self.jobs.get(j).filter(|j| j.batch == id))
-                .map(Job::stored_bytes)
-                .sum::<u64>()
-                + 16 * b.jobs.len() as u64;
+            let bytes: u64 =
+                self.own_jobs(id, b).map(Job::stored_bytes).sum::<u64>() + 16 * b.jobs.len() as u64;
             let was = self.closing_bytes.insert(id, bytes).unwrap_or(0);
             self.finished_bytes = self.finished_bytes - was + bytes;
         }
@@ -148,10 +167,8 @@ impl State {
             } else {
                 // What leaves is still counted, as the store's closed
                 // counts are with redb: Stats' totals never go down.
-                let own: Vec<JobState> = self.batches[&id]
-                    .jobs
-                    .iter()
-                    .filter_map(|j| self.jobs.get(j).filter(|j| j.batch == id))
+                let own: Vec<JobState> = self
+                    .own_jobs(id, &self.batches[&id])
                     .map(|j| j.state)
                     .collect();
                 for state in own {
@@ -233,6 +250,9 @@ impl State {
         let Some(stored) = store.read_batch(&id).map_err(store_error)? else {
             return Ok(false);
         };
+        // The store counts it closed until the commit opening it again is
+        // written (see `committed`).
+        let mut kept = [0u64; 3];
         for job_id in &stored.jobs {
             if self.jobs.contains_key(job_id) {
                 continue;
@@ -244,6 +264,11 @@ impl State {
                 continue;
             }
             let job = Job::from_record(record).map_err(Error::Internal)?;
+            match job.state {
+                JobState::Succeeded => kept[0] += 1,
+                JobState::Failed => kept[1] += 1,
+                _ => kept[2] += 1,
+            }
             self.counts[job.state as usize] += 1;
             let a = &mut self.archived[job.state as usize];
             *a = a.saturating_sub(1);
@@ -274,6 +299,7 @@ impl State {
         if let Some(r) = &request_id {
             self.requests.insert(r.clone(), id);
         }
+        self.closed_kept.insert(id, kept);
         let (tx, _) = watch::channel(0);
         self.batches.insert(
             id,

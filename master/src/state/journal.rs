@@ -88,6 +88,10 @@ impl State {
             let closed: HashSet<BatchId> = changes.closed.iter().map(|(b, _)| *b).collect();
             changes.reopened.retain(|b| !closed.contains(b));
         }
+        // Once written, the store no longer counts these closed.
+        for b in changes.reopened.iter().chain(&changes.deleted_batches) {
+            self.unclosed_in.push((number, *b));
+        }
         changes.next_seq = self.next_seq;
         self.pending_commit += 1;
         Some((number, changes))

@@ -119,6 +119,11 @@ impl State {
             }
             if let Some(adopters) = self.adopted.get(&id) {
                 touched.extend(adopters.iter().map(|(b, _)| *b));
+                // A batch naming it again may be closed in the store too
+                // (in the commit being written): it is open again as well.
+                if self.durable && self.archive.is_some() {
+                    self.reopened.extend(adopters.iter().map(|(b, _)| *b));
+                }
             }
             self.set_state(id, JobState::Queued);
             self.enqueue(id, 0);
@@ -234,6 +239,11 @@ impl State {
             }
         }
         room(specs.len())?;
+        // The jobs' ids are made before the batch's: a batch's id is never
+        // older than its own jobs', so what is kept of the batches evicted
+        // or purged (the newest one's id time) tells of their jobs too
+        // (see `State::not_found`).
+        let fresh: Vec<JobId> = specs.iter().map(|_| JobId::new()).collect();
         let batch_id = BatchId::new();
         let mut ids = Vec::with_capacity(specs.len());
         let mut finished = Vec::new();
@@ -264,7 +274,7 @@ impl State {
                     .push((batch_id, index));
                 continue;
             }
-            let id = JobId::new();
+            let id = fresh[i];
             let idempotency_key =
                 (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.into_boxed_str());
             let job_limits = limits::from_pb(spec.limits);

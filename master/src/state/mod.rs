@@ -221,7 +221,16 @@ pub struct State {
     closing: VecDeque<BatchId>,
     /// Batches written closed, with the commit that holds that: they
     /// leave memory once it is written.
-    closed_in: Vec<(u64, BatchId)>,
+    closed_in: Vec<(u64, BatchId, [u64; 3])>,
+    /// Batches in memory that the store counts closed as of the last
+    /// commit written (closed in a commit and opened again by a retry
+    /// before or after it was written), with the (succeeded, failed,
+    /// cancelled) it counts for them: memory counts their jobs, so the
+    /// counts of what left memory leave them out.
+    closed_kept: HashMap<BatchId, [u64; 3]>,
+    /// Batches opened again or purged, with the commit that writes it:
+    /// the store stops counting them closed once it is written.
+    unclosed_in: Vec<(u64, BatchId)>,
     /// Batches to count open again in the store (a retry).
     reopened: Vec<BatchId>,
     /// Jobs failed and retried since the last commit (the store's state
@@ -326,6 +335,8 @@ impl State {
             archived: [0; 6],
             closing: VecDeque::new(),
             closed_in: Vec::new(),
+            closed_kept: HashMap::new(),
+            unclosed_in: Vec::new(),
             reopened: Vec::new(),
             unfailed: Vec::new(),
             purging: HashSet::new(),

@@ -1231,3 +1231,116 @@ fn the_store_indexes_failed_and_cancelled_jobs_through_retries_and_purges() {
 
 #[path = "limits_tests.rs"]
 mod limits;
+
+#[test]
+fn a_batch_naming_its_own_new_job_twice_counts_it_once() {
+    let keyed = pb::JobSpec {
+        idempotency_key: "k".into(),
+        ..spec(JobKind::Sleep, "1", 0)
+    };
+    let run = |st: &mut State| {
+        let (_, ids) = st.submit(vec![keyed.clone(), keyed.clone()]).unwrap();
+        assert_eq!(ids[0], ids[1], "the key names the job just made");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("w"), tx);
+        st.add_credit(s, 0, 2).send(None);
+        let a = assigned(&mut rx);
+        assert_eq!(a.len(), 1);
+        st.record_results(s, 0, vec![ok(&a[0])]).send(None);
+    };
+    // The memory store, evicting it.
+    let mut st = State::new(settings(1));
+    st.set_keep_finished(0);
+    run(&mut st);
+    assert_eq!(st.evict_over_bound(), 1);
+    assert_eq!(st.count(JobState::Succeeded), 1);
+    // The store, closing it.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    run(&mut st);
+    commit_to(&mut st, &store);
+    assert!(st.batches.is_empty(), "closed and out of memory");
+    assert_eq!(store.closed_counts().unwrap(), [1, 0, 0]);
+    assert_eq!(st.count(JobState::Succeeded), 1);
+}
+
+#[test]
+fn an_evicted_job_is_told_evicted_however_long_its_submit_took() {
+    let mut st = State::new(settings(1));
+    st.set_keep_finished(0);
+    // Enough jobs that making their ids spans milliseconds: each id must
+    // be covered by what is kept of the evicted batches (their batch id's
+    // time), or the job is told "not known".
+    let (batch, ids) = st
+        .submit((0..3000).map(|_| spec(JobKind::Sleep, "1", 0)).collect())
+        .unwrap();
+    let newest = ids.iter().filter_map(|id| id.made_ms()).max().unwrap();
+    assert!(newest <= batch.made_ms().unwrap());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 0, 3000).send(None);
+    let results = assigned(&mut rx).iter().map(ok).collect();
+    st.record_results(s, 0, results).send(None);
+    assert_eq!(st.evict_over_bound(), 3000);
+    for id in [ids[0], ids[2999]] {
+        let e = st.resolve(&[id.to_string()], "").unwrap_err().to_string();
+        assert!(e.contains("was evicted"), "{e}");
+    }
+}
+
+#[test]
+fn a_retry_while_the_commit_closing_its_batches_is_written_counts_each_job_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    let keyed = pb::JobSpec {
+        idempotency_key: "k".into(),
+        ..spec(JobKind::Fib, "5", 0)
+    };
+    // Batch A makes J, which fails; batch B names J again and makes K,
+    // which succeeds: both batches are finished.
+    let (_, first) = st.submit(vec![keyed.clone()]).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![fail(&a[0])]).send(None);
+    let (_, second) = st.submit(vec![keyed, spec(JobKind::Fib, "6", 0)]).unwrap();
+    assert_eq!(second[0], first[0]);
+    st.add_credit(s, 1, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0])]).send(None);
+    // The committer takes the commit closing both, and a retry of J comes
+    // while it is written.
+    let (n, changes) = st.take_changes().unwrap();
+    let (retried, out) = st.retry_jobs(&first);
+    out.send(None);
+    assert_eq!(retried, 1);
+    store.write(changes).unwrap();
+    st.committed(n, store.closed_counts().unwrap());
+    let counts = |st: &State| {
+        (
+            st.count(JobState::Queued),
+            st.count(JobState::Succeeded),
+            st.count(JobState::Failed),
+        )
+    };
+    assert_eq!(counts(&st), (1, 1, 0), "the store counts both closed");
+    commit_to(&mut st, &store);
+    assert_eq!(counts(&st), (1, 1, 0));
+    assert_eq!(
+        store.closed_counts().unwrap(),
+        [0, 0, 0],
+        "both batches are open again in the store"
+    );
+    let back = reload(&store);
+    assert_eq!(back.job(&first[0]).unwrap().state, JobState::Queued);
+    assert_eq!(back.job(&second[1]).unwrap().state, JobState::Succeeded);
+    assert_eq!(counts(&back), (1, 1, 0));
+}
+
+#[path = "model_tests.rs"]
+mod model;
