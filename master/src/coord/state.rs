@@ -165,8 +165,6 @@ pub(crate) struct CoordState {
     dirty: Dirty,
     /// The number of the commit being filled.
     commit: u64,
-    /// Wakes the committer when the state turns dirty.
-    kick: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Checks a name (`field` says which) against the limits.
@@ -230,18 +228,12 @@ impl CoordState {
             next_waiter: 1,
             dirty: Dirty::default(),
             commit: 1,
-            kick: None,
         }
     }
 
     /// The limits in force.
     pub(crate) fn limits(&self) -> &CoordLimits {
         &self.limits
-    }
-
-    /// Sets the channel that wakes the committer.
-    pub(crate) fn set_kick(&mut self, kick: std::sync::mpsc::Sender<()>) {
-        self.kick = Some(kick);
     }
 
     // ---- recovery and commits ----
@@ -335,17 +327,16 @@ impl CoordState {
         )
     }
 
-    /// Records a durable change and returns its ticket.
+    /// Records a durable change (its ticket is [`CoordState::ticket`]).
     fn put_record(&mut self, key: String, value: Option<Vec<u8>>) {
-        if !self.durable {
-            return;
+        if self.durable {
+            self.dirty.records.insert(key, value);
         }
-        if self.dirty.records.is_empty()
-            && let Some(kick) = &self.kick
-        {
-            let _ = kick.send(());
-        }
-        self.dirty.records.insert(key, value);
+    }
+
+    /// Whether changes wait to be taken by a commit.
+    pub(crate) fn has_changes(&self) -> bool {
+        !self.dirty.records.is_empty()
     }
 
     /// The ticket of every change made so far.
