@@ -3,8 +3,8 @@
 //! with leases and fencing tokens, events and barriers.
 //!
 //! - `state`: the state itself, pure (no I/O, no await), unit-tested.
-//! - `persist`: its records in the store, and the thread that
-//!   group-commits them.
+//! - `persist`: its records in the store, and the [`Writer`] that
+//!   group-commits them (the waiting calls write the commits themselves).
 //!
 //! Each handler locks the state, changes it, releases the lock, and replies
 //! once the change is durable (many requests share one transaction). A
