@@ -3,8 +3,8 @@
 //! with leases and fencing tokens, events and barriers.
 //!
 //! - `state`: the state itself, pure (no I/O, no await), unit-tested.
-//! - `persist`: its records in the store, and the [`Writer`] that
-//!   group-commits them (the waiting calls write the commits themselves).
+//! - `persist`: its records in the store, and the thread that
+//!   group-commits them.
 //!
 //! Each handler locks the state, changes it, releases the lock, and replies
 //! once the change is durable (many requests share one transaction). A
@@ -25,16 +25,16 @@ use drover_common::pb::coord_server::Coord;
 use drover_common::pb::{self};
 use futures::Stream;
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use persist::Writer;
 pub use persist::{CoordStore, Record};
 pub use state::CoordLimits;
 use state::{Acquired, BarrierOutcome, CoordState, Granted, check_name, check_timeout};
 
+use crate::committer::{self, CommitState};
 use crate::limits::Guards;
 use crate::store::Store;
 
@@ -51,8 +51,9 @@ pub struct CoordService {
 
 struct Inner {
     state: Arc<Mutex<CoordState>>,
-    /// Writes the changes; `None` with a store that keeps nothing.
-    writer: Option<Arc<Writer>>,
+    /// What the committer has written; `None` with a store that keeps
+    /// nothing.
+    committed: Option<watch::Receiver<CommitState>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Committed key-value changes, for watchers.
     events: broadcast::Sender<Arc<pb::KvEvent>>,
@@ -89,19 +90,27 @@ impl CoordService {
             }
         }
         let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let (kick_tx, kick_rx) = std::sync::mpsc::channel();
+        st.set_kick(kick_tx);
         let state = Arc::new(Mutex::new(st));
-        let (writer, committer) = if durable {
-            let (writer, kicks) =
-                Writer::new(state.clone(), store, events.clone(), shutdown.clone());
-            let handle = persist::start_committer(writer.clone(), kicks);
-            (Some(writer), Some(handle))
+        let (committed, committer) = if durable {
+            let (tx, rx) = watch::channel(CommitState::default());
+            let handle = persist::start_committer(
+                state.clone(),
+                store,
+                kick_rx,
+                tx,
+                events.clone(),
+                shutdown.clone(),
+            );
+            (Some(rx), Some(handle))
         } else {
             (None, None)
         };
         Ok(CoordService {
             inner: Arc::new(Inner {
                 state,
-                writer,
+                committed,
                 committer: Mutex::new(committer),
                 events,
                 shutdown,
@@ -130,57 +139,24 @@ impl CoordService {
                 tracing::warn!(session, owner = %owner, "coordination session expired; its grants are released");
             }
             self.announce(&mut st);
-            let orphans = st.has_changes();
-            drop(st);
-            if orphans {
-                self.kick();
-            }
-        }
-    }
-
-    /// Has the committer thread write changes no request waits for.
-    fn kick(&self) {
-        if let Some(w) = &self.inner.writer {
-            w.kick();
         }
     }
 
     /// With a store that keeps nothing, sends key-value changes to the
     /// watchers at once (the committer does it otherwise, after the write).
     fn announce(&self, st: &mut CoordState) {
-        if self.inner.writer.is_none() {
+        if self.inner.committed.is_none() {
             for e in st.take_events() {
                 let _ = self.inner.events.send(Arc::new(e));
             }
         }
     }
 
-    /// Waits until the commit numbered `ticket` is durable, writing it
-    /// here if no write is under way (see [`Writer`]). A call that ends
-    /// before has the committer thread write its change.
+    /// Waits until a change is durable.
     async fn settle(&self, ticket: Option<u64>) -> Result<(), Status> {
-        let (Some(ticket), Some(writer)) = (ticket, &self.inner.writer) else {
-            return Ok(());
-        };
-        let mut rx = writer.subscribe();
-        let mut pending = KickOnDrop(Some(writer));
-        loop {
-            {
-                let done = rx.borrow_and_update();
-                if done.committed >= ticket {
-                    pending.0 = None;
-                    return Ok(());
-                }
-                if let Some(failed) = &done.failed {
-                    pending.0 = None;
-                    return Err(Status::internal(format!(
-                        "the store failed, so the change was not saved: {failed}"
-                    )));
-                }
-            }
-            if !writer.try_write() && rx.changed().await.is_err() {
-                return Err(Status::unavailable("the master is shutting down"));
-            }
+        match (ticket, &self.inner.committed) {
+            (Some(t), Some(rx)) => Ok(committer::wait_for(&mut rx.clone(), t).await?),
+            _ => Ok(()),
         }
     }
 
@@ -225,18 +201,6 @@ impl CoordService {
     }
 }
 
-/// Kicks the committer thread if dropped holding a writer: the call that
-/// waited for a change ended before the change was written.
-struct KickOnDrop<'a>(Option<&'a Arc<Writer>>);
-
-impl Drop for KickOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(w) = self.0 {
-            w.kick();
-        }
-    }
-}
-
 /// A caller waiting for a lock. Dropped before it is done (the call was
 /// cancelled, its client died, or the wait failed) it leaves the queue
 /// and gives back a grant that reached it, so nothing is held for a caller
@@ -268,11 +232,6 @@ impl Drop for LockWait {
         });
         if let Some(token) = token {
             let _ = st.release(&self.name, token, None);
-        }
-        let orphans = st.has_changes();
-        drop(st);
-        if orphans {
-            self.service.kick();
         }
     }
 }
@@ -653,17 +612,18 @@ mod tests {
     use super::*;
     use crate::store::RedbStore;
 
-    fn service(dir: &std::path::Path) -> (CoordService, CancellationToken) {
+    /// A service on a redb store in `dir`, with the store to read back.
+    fn service(dir: &std::path::Path) -> (CoordService, Arc<dyn Store>, CancellationToken) {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir).unwrap());
         let shutdown = CancellationToken::new();
         let service = CoordService::open(
-            store,
+            store.clone(),
             CoordLimits::default(),
             Arc::new(Guards::new(1, 1)),
             shutdown.clone(),
         )
         .unwrap();
-        (service, shutdown)
+        (service, store, shutdown)
     }
 
     fn stop(service: CoordService, shutdown: CancellationToken) {
@@ -671,13 +631,23 @@ mod tests {
         service.join_committer();
     }
 
-    /// Many callers at once: each answer comes after its own commit (the
-    /// caller that finds no write under way writes it), so every
-    /// acknowledged add is in the store when it is opened again.
+    fn stored(store: &Arc<dyn Store>) -> Vec<Record> {
+        let mut found = Vec::new();
+        store
+            .coord()
+            .unwrap()
+            .load_coord(&mut |r| found.push(r))
+            .unwrap();
+        found
+    }
+
+    /// Many callers at once share commits, and each answer comes after the
+    /// commit holding its change: every acknowledged add is in the store,
+    /// read while the master still runs (no last write at shutdown).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_adds_are_durable_once_answered() {
         let dir = tempfile::tempdir().unwrap();
-        let (svc, shutdown) = service(dir.path());
+        let (svc, store, shutdown) = service(dir.path());
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..16 {
             let svc = svc.clone();
@@ -698,32 +668,20 @@ mod tests {
             most = most.max(r.unwrap());
         }
         assert_eq!(most, 800);
-        // What was answered is durable without the committer's last write:
-        // read it from the store while this master still runs.
-        let mut found = None;
-        svc.inner
-            .writer
-            .as_ref()
-            .unwrap()
-            .store()
-            .coord()
-            .unwrap()
-            .load_coord(&mut |r| {
-                if let Record::Counter { value, .. } = r {
-                    found = Some(value);
-                }
-            })
-            .unwrap();
-        assert_eq!(found, Some(800));
+        let value = stored(&store).into_iter().find_map(|r| match r {
+            Record::Counter { value, .. } => Some(value),
+            _ => None,
+        });
+        assert_eq!(value, Some(800));
         stop(svc, shutdown);
     }
 
     /// A grant given back by a call that ended (nobody waits for that
-    /// commit) is written by the committer thread.
+    /// commit) is written all the same.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_change_nobody_waits_for_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let (svc, shutdown) = service(dir.path());
+        let (svc, store, shutdown) = service(dir.path());
         let session = svc
             .open_session(Request::new(pb::OpenSessionRequest {
                 lease_ms: 60_000,
@@ -744,18 +702,13 @@ mod tests {
             .unwrap()
             .into_inner()
             .fencing_token;
-        let grants = |svc: &CoordService| {
-            let mut n = 0;
-            let writer = svc.inner.writer.as_ref().unwrap();
-            writer
-                .store()
-                .coord()
-                .unwrap()
-                .load_coord(&mut |r| n += matches!(r, Record::Grant { .. }) as usize)
-                .unwrap();
-            n
+        let grants = || {
+            stored(&store)
+                .iter()
+                .filter(|r| matches!(r, Record::Grant { .. }))
+                .count()
         };
-        assert_eq!(grants(&svc), 1);
+        assert_eq!(grants(), 1);
         // Given back the way a call that ended gives it back: no reply
         // waits for the commit.
         drop(LockWait {
@@ -767,7 +720,7 @@ mod tests {
             done: false,
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while grants(&svc) != 0 {
+        while grants() != 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the release was not written"

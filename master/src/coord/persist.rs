@@ -1,7 +1,7 @@
 //! How the coordination state is kept: one record per key, counter, set
 //! event, session and grant, plus one meta record (the last version, the
 //! last fencing token, the next session id), in a redb table of the
-//! master's own database; and the [`Writer`] that group-commits them.
+//! master's own database; and the thread that group-commits them.
 //!
 //! Record keys start with a letter naming their kind (`k` key, `c`
 //! counter, `e` event, `s` session, `g` grant, `m` meta); values are small
@@ -234,163 +234,48 @@ impl CoordStore for crate::store::RedbStore {
     }
 }
 
-/// Writes the coordination changes, in order, one commit at a time.
-///
-/// A request whose change is not yet durable and finds no write under way
-/// writes the commit itself, on its own thread ([`Writer::try_write`]):
-/// everything changed so far, its own change and every other, in one
-/// transaction. Requests that find a write under way wait for it to be
-/// announced, then the first of them to find the writer free writes what
-/// gathered meanwhile, so the group commit needs no thread between a
-/// request and its commit, and an uncontended call pays for no wake-ups of
-/// other threads. Changes no request waits for (a lease that ran out, a
-/// grant given back by a call that ended) are written by the committer
-/// thread ([`start_committer`]) when kicked, and within
-/// [`ORPHANS_WRITTEN_WITHIN`] whatever happens.
-pub(crate) struct Writer {
+/// Starts the thread that writes the coordination changes, many requests
+/// to one transaction, then announces the commit and its key-value events.
+/// A failed write stops the master, as the job committer does.
+pub(crate) fn start_committer(
     state: Arc<Mutex<CoordState>>,
     store: Arc<dyn Store>,
-    /// Held while one commit is taken from the state and written, so
-    /// commits are written in the order of their numbers.
-    writing: Mutex<()>,
+    kicks: Receiver<()>,
     done: watch::Sender<CommitState>,
     events: broadcast::Sender<Arc<pb::KvEvent>>,
-    kicks: std::sync::mpsc::Sender<()>,
     shutdown: CancellationToken,
-}
-
-/// The longest a change no request waits for stays unwritten.
-pub(crate) const ORPHANS_WRITTEN_WITHIN: Duration = Duration::from_millis(100);
-
-impl Writer {
-    /// A writer of `state`'s changes to `store`, which must keep
-    /// coordination records; with the receiver of its kicks, for
-    /// [`start_committer`].
-    pub(crate) fn new(
-        state: Arc<Mutex<CoordState>>,
-        store: Arc<dyn Store>,
-        events: broadcast::Sender<Arc<pb::KvEvent>>,
-        shutdown: CancellationToken,
-    ) -> (Arc<Writer>, Receiver<()>) {
-        assert!(
-            store.coord().is_some(),
-            "a durable store keeps coordination records"
-        );
-        let (kicks, rx) = std::sync::mpsc::channel();
-        let (done, _) = watch::channel(CommitState::default());
-        let writer = Writer {
-            state,
-            store,
-            writing: Mutex::new(()),
-            done,
-            events,
-            kicks,
-            shutdown,
-        };
-        (Arc::new(writer), rx)
-    }
-
-    /// The store written to.
-    #[cfg(test)]
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// What has been written, to wait on.
-    pub(crate) fn subscribe(&self) -> watch::Receiver<CommitState> {
-        self.done.subscribe()
-    }
-
-    /// Asks the committer thread to write changes no request waits for.
-    pub(crate) fn kick(&self) {
-        let _ = self.kicks.send(());
-    }
-
-    /// Writes everything changed so far here, unless a write is under way
-    /// (then returns false, and the caller waits for its announcement).
-    /// On a multi-threaded runtime the worker's other tasks move to
-    /// another thread for the write.
-    pub(crate) fn try_write(&self) -> bool {
-        let Some(guard) = self.writing.try_lock() else {
-            return false;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.write(guard))
-            }
-            _ => self.write(guard),
-        }
-        true
-    }
-
-    /// Writes everything changed so far, after any write under way.
-    fn write_waiting(&self) {
-        self.write(self.writing.lock());
-    }
-
-    /// Takes the changes and writes them, holding `guard` of `writing`.
-    /// The commit is announced after the guard is dropped, so a request
-    /// that found the writer busy and waits for this announcement finds it
-    /// free when it wakes. A failed write stops the master (as the job
-    /// committer does): nothing after it is written or acknowledged.
-    fn write(&self, guard: parking_lot::MutexGuard<'_, ()>) {
-        if self.done.borrow().failed.is_some() {
-            return;
-        }
-        let taken = self.state.lock().take_changes();
-        let mut number = None;
-        if let Some((n, dirty)) = taken {
-            let coord = self.store.coord().expect("checked in Writer::new");
-            match coord.write_coord(dirty.records) {
-                Ok(()) => {
-                    // In commit order: the next write waits for the guard.
-                    for e in dirty.events {
-                        let _ = self.events.send(Arc::new(e));
-                    }
-                    number = Some(n);
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "coordination store write failed; stopping the master");
-                    self.done
-                        .send_modify(|s| s.failed = Some(Arc::from(format!("{e:#}"))));
-                    self.shutdown.cancel();
-                    return;
-                }
-            }
-        }
-        drop(guard);
-        // Announced even when nothing was taken (another write took this
-        // caller's change): a waiter may be waiting for the writer to be free.
-        // A later commit may be announced first; the number never goes back.
-        self.done.send_modify(|s| {
-            if let Some(n) = number {
-                s.committed = s.committed.max(n);
-            }
-        });
-    }
-}
-
-/// Starts the thread that writes the changes no request waits for: when
-/// kicked, and every [`ORPHANS_WRITTEN_WITHIN`] if any are left; at
-/// shutdown it writes what is left and returns.
-pub(crate) fn start_committer(
-    writer: Arc<Writer>,
-    kicks: Receiver<()>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("drover-coord-committer".into())
         .spawn(move || {
+            let coord = store
+                .coord()
+                .expect("a durable store keeps coordination records");
             loop {
-                let stopping = match kicks.recv_timeout(ORPHANS_WRITTEN_WITHIN) {
+                let stopping = match kicks.recv_timeout(Duration::from_millis(100)) {
                     Ok(()) => false,
-                    Err(RecvTimeoutError::Timeout) => writer.shutdown.is_cancelled(),
+                    Err(RecvTimeoutError::Timeout) => shutdown.is_cancelled(),
                     Err(RecvTimeoutError::Disconnected) => true,
                 };
                 while kicks.try_recv().is_ok() {}
-                if writer.state.lock().has_changes() {
-                    writer.write_waiting();
+                let taken = state.lock().take_changes();
+                if let Some((number, dirty)) = taken {
+                    match coord.write_coord(dirty.records) {
+                        Ok(()) => {
+                            done.send_modify(|s| s.committed = number);
+                            for e in dirty.events {
+                                let _ = events.send(Arc::new(e));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "coordination store write failed; stopping the master");
+                            done.send_modify(|s| s.failed = Some(Arc::from(format!("{e:#}"))));
+                            shutdown.cancel();
+                            return;
+                        }
+                    }
                 }
-                if stopping || writer.done.borrow().failed.is_some() {
+                if stopping {
                     return;
                 }
             }

@@ -165,6 +165,8 @@ pub(crate) struct CoordState {
     dirty: Dirty,
     /// The number of the commit being filled.
     commit: u64,
+    /// Wakes the committer when the state turns dirty.
+    kick: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// Checks a name (`field` says which) against the limits.
@@ -228,12 +230,18 @@ impl CoordState {
             next_waiter: 1,
             dirty: Dirty::default(),
             commit: 1,
+            kick: None,
         }
     }
 
     /// The limits in force.
     pub(crate) fn limits(&self) -> &CoordLimits {
         &self.limits
+    }
+
+    /// Sets the channel that wakes the committer.
+    pub(crate) fn set_kick(&mut self, kick: std::sync::mpsc::Sender<()>) {
+        self.kick = Some(kick);
     }
 
     // ---- recovery and commits ----
@@ -327,16 +335,17 @@ impl CoordState {
         )
     }
 
-    /// Records a durable change (its ticket is [`CoordState::ticket`]).
+    /// Records a durable change and returns its ticket.
     fn put_record(&mut self, key: String, value: Option<Vec<u8>>) {
-        if self.durable {
-            self.dirty.records.insert(key, value);
+        if !self.durable {
+            return;
         }
-    }
-
-    /// Whether changes wait to be taken by a commit.
-    pub(crate) fn has_changes(&self) -> bool {
-        !self.dirty.records.is_empty()
+        if self.dirty.records.is_empty()
+            && let Some(kick) = &self.kick
+        {
+            let _ = kick.send(());
+        }
+        self.dirty.records.insert(key, value);
     }
 
     /// The ticket of every change made so far.
