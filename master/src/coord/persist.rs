@@ -211,6 +211,13 @@ impl CoordStore for crate::store::RedbStore {
         Ok(())
     }
 
+    /// One redb transaction with the default durability: a 1-phase commit,
+    /// one fdatasync (the job store's commits set quick repair, which
+    /// makes them 2-phase: two). That fdatasync is most of a coordination
+    /// call's latency (bench/README.md, "Where the time goes: coord").
+    /// Without quick repair the commit drops the allocator snapshot the
+    /// job commits save, so a master killed right after a coordination
+    /// commit repairs the whole file when it opens again.
     fn write_coord(&self, records: HashMap<String, Option<Vec<u8>>>) -> anyhow::Result<()> {
         let txn = self.database().begin_write()?;
         {
