@@ -305,6 +305,55 @@ fn finished_batches_over_the_byte_budget_are_purged_oldest_first_across_a_restar
     }
 }
 
+/// A batch that named another batch's job again by idempotency key, kept
+/// while that other batch was purged over the byte budget (and the job's
+/// record with it), says so when read. `get` printed nothing and exited 0,
+/// and `watch` reconnected for ever, waiting for a job that was gone.
+#[test]
+fn a_batch_naming_a_purged_job_by_key_says_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = master_on(dir.path(), &["--retention-bytes", "50KB"]);
+    let _worker = Worker::start(&master.url(), &["--processes", "2"]);
+    let keyed = ["submit", "fib", "10000", "--idempotency-key", "K"];
+    let first: Submitted = master.cli(&keyed).success().one();
+    master.cli(&["get", &first.batch_id, "--wait"]).success();
+    let big = map_big_fibs(&master);
+    // The same key again: a new batch naming the finished job.
+    let again: Submitted = master.cli(&keyed).success().one();
+    assert_ne!(again.batch_id, first.batch_id);
+    assert_eq!(again.job_ids, first.job_ids, "the key names the same job");
+    let before = master.cli(&["get", &again.batch_id]).success().jobs();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(
+        before[0].result.as_str().is_some_and(|r| r.len() > 2000),
+        "{before:?}"
+    );
+    // Two more big batches: the oldest two (the keyed job's own batch and
+    // the first big one) go over the budget; the second keyed batch is
+    // newer and stays.
+    map_big_fibs(&master);
+    map_big_fibs(&master);
+    for old in [&first.batch_id, &big] {
+        wait_for(MINUTE, "an old batch to be purged over the budget", || {
+            purged(&master, old)
+        });
+    }
+    let out = master.cli(&["get", &again.batch_id]);
+    assert!(
+        !out.status.success(),
+        "a short listing given as whole: {out}"
+    );
+    assert!(
+        out.stderr.contains("no longer kept")
+            && out.stderr.contains("was purged")
+            && out.stderr.contains(&first.job_ids[0]),
+        "{out}"
+    );
+    let out = master.cli_spawn(&["watch", &again.batch_id]).wait(MINUTE);
+    assert!(!out.status.success(), "{out}");
+    assert!(out.stderr.contains("no longer kept"), "{out}");
+}
+
 /// VmRSS of a process, in MiB.
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

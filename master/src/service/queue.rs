@@ -108,11 +108,16 @@ const MAX_READ_RUN: usize = 1024;
 /// transaction each: a run starts at one job and doubles while what it read
 /// is small next to the page's budget, so small records cost few reads and
 /// large ones are not read past the page. A job in neither memory nor the
-/// store (purged meanwhile) is skipped. What the store holds is committed.
+/// store is an error, `gone(id)`: its record was purged or evicted with its
+/// own batch while a batch that named it again by key was kept (or the
+/// listing's own batch went meanwhile). Skipping it answered a short
+/// listing as if complete, and a `watch` waiting for the rest reconnected
+/// for ever. What the store holds is committed.
 fn fill_page(
     page: &mut Page,
     slots: Vec<Slot>,
     archive: Option<&dyn Store>,
+    gone: &dyn Fn(JobId) -> Status,
 ) -> Result<usize, Status> {
     let mut used = 0;
     let mut run = 1;
@@ -137,23 +142,23 @@ fn fill_page(
             slots.next();
         }
         let Some(store) = archive else {
-            used += misses.len();
-            continue;
+            return Err(gone(first.0));
         };
         let ids: Vec<JobId> = misses.iter().map(|(id, _)| *id).collect();
         let records = store
             .read_jobs(&ids)
             .map_err(|e| Status::internal(format!("reading jobs from the store failed: {e:#}")))?;
         let before = page.bytes;
-        for (record, (_, at)) in records.into_iter().zip(misses) {
+        for (record, (id, at)) in records.into_iter().zip(misses) {
             // A run read past a full page is dropped: the next page reads
             // those jobs again.
             if page.full() {
                 break;
             }
             used += 1;
-            if let Some(record) = record {
-                page.push(Some(stored_info(record, at)?));
+            match record {
+                Some(record) => page.push(Some(stored_info(record, at)?)),
+                None => return Err(gone(id)),
             }
         }
         if (page.bytes - before) * 8 < page.budget {
@@ -260,13 +265,14 @@ fn bit(bitmap: &[u8], i: usize) -> bool {
 /// holds is committed.
 async fn stream_closed(
     tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
-    archive: Option<&dyn Store>,
+    master: &Master,
     closed: StoredBatch,
     ordered: bool,
     cursor: usize,
     sent: Vec<u8>,
     budget: usize,
 ) {
+    let archive = master.inner.state.lock().archive().cloned();
     let total = closed.jobs.len();
     let places: Vec<usize> = if ordered {
         (cursor..total).collect()
@@ -286,7 +292,9 @@ async fn stream_closed(
             .map(|&at| Slot::Miss(closed.jobs[at], Some(at)))
             .collect();
         let mut page = Page::new(budget, WATCH_CHUNK);
-        match fill_page(&mut page, slots, archive) {
+        match fill_page(&mut page, slots, archive.as_deref(), &|id| {
+            master.job_gone(id)
+        }) {
             // What the page did not use is read for the next one.
             Ok(used) => from += used.max(1),
             Err(status) => {
@@ -411,7 +419,10 @@ impl Queue for Master {
             )
         };
         let mut page = Page::new(budget, usize::MAX);
-        let next = start + fill_page(&mut page, slots, archive.as_deref())?;
+        let next = start
+            + fill_page(&mut page, slots, archive.as_deref(), &|id| {
+                self.job_gone(id)
+            })?;
         let jobs = page.jobs;
         let next_page_token = if next < ids.len() {
             next.to_string()
@@ -481,8 +492,7 @@ impl Queue for Master {
             let mut notify = match (notify, closed) {
                 (Some(n), _) => n,
                 (None, Some(closed)) => {
-                    let archive = master.inner.state.lock().archive().cloned();
-                    stream_closed(&tx, archive.as_deref(), closed, req.ordered, cursor, sent, budget).await;
+                    stream_closed(&tx, &master, closed, req.ordered, cursor, sent, budget).await;
                     return;
                 }
                 (None, None) => return,
@@ -555,7 +565,7 @@ impl Queue for Master {
                         };
                         match stored {
                             Some(closed) => {
-                                stream_closed(&tx, archive.as_deref(), closed, req.ordered, cursor, sent, budget).await;
+                                stream_closed(&tx, &master, closed, req.ordered, cursor, sent, budget).await;
                             }
                             None => {
                                 let _ = tx.try_send(Err(gone));
@@ -573,7 +583,7 @@ impl Queue for Master {
                 // Everything taken under the lock is sent (the cursor has
                 // moved past it).
                 let mut page = Page::new(usize::MAX, usize::MAX);
-                if let Err(status) = fill_page(&mut page, slots, archive.as_deref()) {
+                if let Err(status) = fill_page(&mut page, slots, archive.as_deref(), &|id| master.job_gone(id)) {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
