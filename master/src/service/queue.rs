@@ -182,6 +182,16 @@ fn merge_stored(
     } else {
         req.limit as usize
     };
+    // The store holds finished jobs only (a closed batch's): a listing of
+    // queued or running ones is memory's whole, with no read of the
+    // store (which, with no index of those states, was a scan of every
+    // record ever kept).
+    if matches!(
+        pb::JobState::try_from(req.state),
+        Ok(pb::JobState::Queued | pb::JobState::Running)
+    ) {
+        return Ok(memory);
+    }
     let failed = |e: anyhow::Error| Status::internal(format!("reading the store failed: {e:#}"));
     let wanted = |r: &pb::JobRecord| {
         (req.state == 0 || r.state == req.state)
@@ -722,5 +732,59 @@ impl Queue for Master {
             list = merge_stored(&*store, &req, list, closed.flatten())?;
         }
         Ok(Response::new(list))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Changes, Loaded};
+
+    /// A store that fails any read: what a listing must not touch.
+    struct Untouchable;
+
+    impl Store for Untouchable {
+        fn is_durable(&self) -> bool {
+            true
+        }
+        fn load(&self, _: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {
+            Ok(0)
+        }
+        fn write(&self, _: Changes) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn scan_jobs(&self, _: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+            anyhow::bail!("scanned every job")
+        }
+        fn scan_jobs_in_state(
+            &self,
+            _: pb::JobState,
+            _: &mut dyn FnMut(pb::JobRecord) -> bool,
+        ) -> anyhow::Result<()> {
+            anyhow::bail!("scanned jobs by state")
+        }
+        fn read_batch(&self, _: &BatchId) -> anyhow::Result<Option<StoredBatch>> {
+            anyhow::bail!("read a batch")
+        }
+    }
+
+    #[test]
+    fn unfinished_jobs_are_listed_from_memory_without_reading_the_store() {
+        for state in [pb::JobState::Queued, pb::JobState::Running] {
+            let req = pb::ListJobsRequest {
+                state: state as i32,
+                ..Default::default()
+            };
+            let memory = pb::ListJobsResponse::default();
+            let listed = merge_stored(&Untouchable, &req, memory.clone(), None);
+            assert_eq!(listed.ok(), Some(memory), "{state:?}");
+        }
+        // Finished ones do read it (the fake says so by failing).
+        let req = pb::ListJobsRequest {
+            state: pb::JobState::Succeeded as i32,
+            ..Default::default()
+        };
+        let err = merge_stored(&Untouchable, &req, Default::default(), None).unwrap_err();
+        assert!(err.message().contains("scanned"), "{err:?}");
     }
 }
