@@ -313,12 +313,13 @@ impl Master {
     /// The error for job `id` named by a listing (a batch's jobs) but held
     /// neither in memory nor in the store: its record went with its own
     /// batch (purged, expired or evicted) while the batch listed kept it
-    /// (it named the job again by idempotency key). NOT_FOUND, saying why
+    /// (it named the job again by idempotency key), or the listing's own
+    /// batch went while it was being read. NOT_FOUND, saying why
     /// the job is gone, so a reader is not handed a short listing as whole.
     fn job_gone(&self, id: JobId) -> Status {
         let why = Status::from(self.inner.state.lock().job_not_found(id));
         Status::not_found(format!(
-            "a job of this listing is no longer kept (its own batch is gone; this one named it again by idempotency key): {}",
+            "a job of this listing is no longer kept (its own batch went: one that named it again by idempotency key outlived it, or it went while being read): {}",
             why.message()
         ))
     }
