@@ -44,7 +44,7 @@ pub(crate) struct Job {
 #[derive(Debug, Default)]
 pub(crate) struct JobTable {
     slots: Vec<Option<Job>>,
-    index: HashMap<JobId, u32>,
+    index: IdMap<JobId, u32>,
     free: Vec<u32>,
 }
 

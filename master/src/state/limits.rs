@@ -55,7 +55,7 @@ pub(crate) struct Concurrency {
 
 #[derive(Debug, Default)]
 struct Limit {
-    holders: HashSet<JobId>,
+    holders: IdSet<JobId>,
     waiters: BTreeMap<QueueKey, JobId>,
 }
 

@@ -59,6 +59,14 @@ use tokio::sync::{mpsc, watch};
 use drover_common::JobClass;
 use drover_common::ids::{BatchId, JobId, SessionId};
 
+/// A map keyed by ids the master made itself (job, batch and session ids,
+/// not a client's strings): foldhash instead of SipHash, which the job
+/// lookups on every dispatch, result and commit spent most of their time
+/// in. The seed is still random per process.
+pub(crate) type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A set of ids the master made; see [`IdMap`].
+pub(crate) type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
+
 use crate::store::{Changes, Loaded, Recovered, Store, encode_batch};
 
 mod closing;
@@ -136,7 +144,7 @@ pub(crate) struct Session {
     /// Jobs it may still be sent, per class.
     pub(crate) credit: [u64; JobClass::COUNT],
     /// Jobs assigned to it and not yet reported.
-    pub(crate) held: HashSet<JobId>,
+    pub(crate) held: IdSet<JobId>,
     pub(crate) outbox: Outbox,
     /// When it was last heard from (the state's clock, unix ms).
     pub(crate) last_seen_ms: u64,
@@ -164,7 +172,7 @@ pub struct State {
     limits: Limits,
     default_max_attempts: u32,
     pub(crate) jobs: JobTable,
-    pub(crate) batches: HashMap<BatchId, Batch>,
+    pub(crate) batches: IdMap<BatchId, Batch>,
     /// Queued jobs per class (Python jobs per module), highest priority
     /// first, then oldest first.
     queues: Queues,
@@ -178,10 +186,10 @@ pub struct State {
     /// batches hear of it like of their own jobs, and a retry takes it off
     /// their finished lists as off its own batch's. Kept while the job
     /// and those batches are.
-    adopted: HashMap<JobId, Vec<(BatchId, u32)>>,
+    adopted: IdMap<JobId, Vec<(BatchId, u32)>>,
     /// Retried jobs waiting out their backoff, by due time (unix ms).
     delayed: BTreeMap<(u64, u64), JobId>,
-    pub(crate) sessions: HashMap<SessionId, Session>,
+    pub(crate) sessions: IdMap<SessionId, Session>,
     next_session: u64,
     next_seq: u64,
     /// Jobs in each state, indexed by the state's wire value.
@@ -304,14 +312,14 @@ impl State {
             limits: settings.limits,
             default_max_attempts: settings.default_max_attempts.max(1),
             jobs: JobTable::default(),
-            batches: HashMap::new(),
+            batches: IdMap::default(),
             queues: Queues::default(),
             concurrency: limits::Concurrency::default(),
             idempotency: HashMap::new(),
             requests: HashMap::new(),
-            adopted: HashMap::new(),
+            adopted: IdMap::default(),
             delayed: BTreeMap::new(),
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             next_session: 1,
             next_seq: 0,
             counts: [0; 6],

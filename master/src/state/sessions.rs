@@ -32,7 +32,7 @@ impl State {
                     Vec::new()
                 },
                 credit: [0; JobClass::COUNT],
-                held: HashSet::new(),
+                held: IdSet::default(),
                 outbox,
                 last_seen_ms: now,
                 connected_at_ms: now,
