@@ -95,11 +95,11 @@ impl State {
         self.closed_in = later;
         for (_, id, counts) in due {
             self.closed_kept.remove(&id);
+            // Every job finished and written: one pass over the batch.
             let clean = self.batches.get(&id).is_some_and(|b| {
-                self.all_done(b)
-                    && b.jobs
-                        .iter()
-                        .all(|j| self.jobs.get(j).is_none_or(|j| !j.dirty))
+                b.jobs
+                    .iter()
+                    .all(|j| self.jobs.get(j).is_none_or(|j| j.is_finished() && !j.dirty))
             }) && !self.dirty_batches.contains(&id);
             if clean && self.archive.is_some() {
                 self.evict(id);
