@@ -59,15 +59,16 @@ use tokio::sync::{mpsc, watch};
 use drover_common::JobClass;
 use drover_common::ids::{BatchId, JobId, SessionId};
 
+use crate::store::{Changes, Loaded, Recovered, Store, encode_batch};
+
 /// A map keyed by ids the master made itself (job, batch and session ids,
-/// not a client's strings): foldhash instead of SipHash, which the job
-/// lookups on every dispatch, result and commit spent most of their time
-/// in. The seed is still random per process.
+/// never a client's strings, so nobody can choose colliding keys):
+/// foldhash instead of SipHash, whose hashing was part of the cost of the
+/// job lookups on every dispatch, result and commit (bench/README.md). The
+/// seed is still random per process.
 pub(crate) type IdMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// A set of ids the master made; see [`IdMap`].
 pub(crate) type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
-
-use crate::store::{Changes, Loaded, Recovered, Store, encode_batch};
 
 mod closing;
 mod dashboard_queries;
