@@ -1,6 +1,8 @@
 //! Who may call what. A client token opens the `Queue` service (submit,
-//! get, watch, cancel, retry, stats, list) and the `Coord` service; a worker token opens the
-//! `Workers` service (Connect). Health and reflection stay open.
+//! get, watch, cancel, retry, stats, list) and the `Coord` service; a
+//! worker token opens the `Workers` service (Connect), and `Coord` too,
+//! since a worker forwards its jobs' coordination calls (their locks,
+//! counters and keys) there. Health and reflection stay open.
 //!
 //! [`Gate`] is a tonic interceptor, one per service: it runs before the
 //! request is decoded, so a caller without the right token costs the
@@ -36,6 +38,8 @@ pub enum Role {
     Client,
     /// Workers: the `Workers` service.
     Worker,
+    /// Clients, and workers on behalf of their jobs: the `Coord` service.
+    Coord,
 }
 
 impl fmt::Display for Role {
@@ -43,6 +47,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Client => "client",
             Role::Worker => "worker",
+            Role::Coord => "client or worker",
         })
     }
 }
@@ -80,69 +85,99 @@ impl Gate {
         }
     }
 
-    fn check(&self, request: &Request<()>) -> Result<(), Status> {
-        if self.role == Role::Worker && self.worker_cert_required {
-            let shown = request.peer_certs().is_some_and(|c| !c.is_empty());
-            if !shown {
-                self.guards.refused(Refusal::Unauthenticated);
-                return Err(Status::unauthenticated(
-                    "workers must connect over TLS with a client certificate signed by the \
-                     master's --client-ca (worker flags --tls-cert and --tls-key)",
-                ));
-            }
+    /// A worker's client certificate, when the master asks for one.
+    fn worker_cert(&self, request: &Request<()>) -> Result<(), Status> {
+        if self.worker_cert_required && request.peer_certs().is_none_or(|c| c.is_empty()) {
+            self.guards.refused(Refusal::Unauthenticated);
+            return Err(Status::unauthenticated(
+                "workers must connect over TLS with a client certificate signed by the \
+                 master's --client-ca (worker flags --tls-cert and --tls-key)",
+            ));
         }
-        let (mine, other) = match self.role {
-            Role::Client => (&self.tokens.client, &self.tokens.worker),
-            Role::Worker => (&self.tokens.worker, &self.tokens.client),
-        };
-        let Some(mine) = mine else {
-            return Ok(());
-        };
+        Ok(())
+    }
+
+    fn check(&self, request: &Request<()>) -> Result<(), Status> {
+        let client = self.tokens.client.as_ref();
+        let worker = self.tokens.worker.as_ref();
+        let presented = presented(request.metadata());
+        // A role without a token is open (a worker still shows its
+        // certificate when the master asks for one).
+        match self.role {
+            Role::Worker => {
+                self.worker_cert(request)?;
+                if worker.is_none() {
+                    return Ok(());
+                }
+            }
+            Role::Client | Role::Coord if client.is_none() => return Ok(()),
+            // A worker on behalf of its jobs, proven by its certificate
+            // alone (--client-ca and no worker token).
+            Role::Coord
+                if worker.is_none()
+                    && self.worker_cert_required
+                    && matches!(presented, Presented::Missing)
+                    && request.peer_certs().is_some_and(|c| !c.is_empty()) =>
+            {
+                return Ok(());
+            }
+            Role::Client | Role::Coord => {}
+        }
         let refuse = |why: Refusal, status: Status| {
             self.guards.refused(why);
             Err(status)
         };
-        match presented(request.metadata()) {
-            Presented::Missing => refuse(
+        let token = match presented {
+            Presented::Bearer(token) => token,
+            Presented::Missing => {
+                return refuse(
+                    Refusal::Unauthenticated,
+                    Status::unauthenticated(format!(
+                        "no token: this master needs a {} token, sent as `authorization: Bearer \
+                         <token>` (flags --token or --token-file, or DROVER_TOKEN)",
+                        self.role
+                    )),
+                );
+            }
+            Presented::Malformed => {
+                return refuse(
+                    Refusal::Unauthenticated,
+                    Status::unauthenticated("the authorization metadata is not `Bearer <token>`"),
+                );
+            }
+        };
+        // Both compared every time: the answer's timing tells nothing
+        // about which comparison failed.
+        let is_client = client.is_some_and(|c| c.matches(token));
+        let is_worker = worker.is_some_and(|w| w.matches(token));
+        let (mine, other) = match self.role {
+            Role::Client => (is_client, is_worker),
+            Role::Worker => (is_worker, is_client),
+            // A worker forwards its jobs' calls with its own token.
+            Role::Coord if is_worker => return self.worker_cert(request),
+            Role::Coord => (is_client, false),
+        };
+        if mine {
+            Ok(())
+        } else if other {
+            let (service, needed) = match self.role {
+                Role::Client | Role::Coord => ("the Queue service", "client"),
+                Role::Worker => ("Workers.Connect", "worker"),
+            };
+            refuse(
+                Refusal::PermissionDenied,
+                Status::permission_denied(format!(
+                    "this token's role may not call {service}: it needs a {needed} token"
+                )),
+            )
+        } else {
+            refuse(
                 Refusal::Unauthenticated,
                 Status::unauthenticated(format!(
-                    "no token: this master needs a {} token, sent as `authorization: Bearer \
-                     <token>` (flags --token or --token-file, or DROVER_TOKEN)",
+                    "wrong token: it is not this master's {} token",
                     self.role
                 )),
-            ),
-            Presented::Malformed => refuse(
-                Refusal::Unauthenticated,
-                Status::unauthenticated("the authorization metadata is not `Bearer <token>`"),
-            ),
-            Presented::Bearer(token) => {
-                // Both compared every time: the answer's timing tells
-                // nothing about which comparison failed.
-                let is_mine = mine.matches(token);
-                let is_other = other.as_ref().is_some_and(|o| o.matches(token));
-                if is_mine {
-                    Ok(())
-                } else if is_other {
-                    let (service, needed) = match self.role {
-                        Role::Client => ("the Queue and Coord services", "client"),
-                        Role::Worker => ("Workers.Connect", "worker"),
-                    };
-                    refuse(
-                        Refusal::PermissionDenied,
-                        Status::permission_denied(format!(
-                            "this token's role may not call {service}: it needs a {needed} token"
-                        )),
-                    )
-                } else {
-                    refuse(
-                        Refusal::Unauthenticated,
-                        Status::unauthenticated(format!(
-                            "wrong token: it is not this master's {} token",
-                            self.role
-                        )),
-                    )
-                }
-            }
+            )
         }
     }
 }
@@ -223,5 +258,30 @@ mod tests {
             Arc::new(Guards::new(1, 1)),
         );
         assert_eq!(call(&mut workers, None), Err(Code::Unauthenticated));
+    }
+
+    #[test]
+    fn coord_takes_the_client_token_or_a_workers_on_behalf_of_its_jobs() {
+        let mut coord = gate(Role::Coord);
+        assert_eq!(call(&mut coord, Some("client-secret")), Ok(()));
+        assert_eq!(call(&mut coord, Some("worker-secret")), Ok(()));
+        assert_eq!(call(&mut coord, None), Err(Code::Unauthenticated));
+        assert_eq!(call(&mut coord, Some("nope")), Err(Code::Unauthenticated));
+    }
+
+    #[test]
+    fn an_open_worker_role_does_not_open_coord() {
+        let tokens = Arc::new(Tokens {
+            client: Some(Token::new("c", "t").unwrap()),
+            worker: None,
+        });
+        let guards = Arc::new(Guards::new(1, 1));
+        let mut coord = Gate::new(Role::Coord, tokens.clone(), false, guards.clone());
+        assert_eq!(call(&mut coord, None), Err(Code::Unauthenticated));
+        assert_eq!(call(&mut coord, Some("c")), Ok(()));
+        // With --client-ca, a worker's certificate is its proof; a caller
+        // without one is refused.
+        let mut coord = Gate::new(Role::Coord, tokens, true, guards);
+        assert_eq!(call(&mut coord, None), Err(Code::Unauthenticated));
     }
 }

@@ -570,7 +570,7 @@ async fn serve(
         CoordServer::new(coord.clone())
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
-        gate(auth::Role::Client),
+        gate(auth::Role::Coord),
     );
     let workers = InterceptedService::new(
         WorkersServer::new(master.clone())

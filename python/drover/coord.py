@@ -21,6 +21,11 @@ store it survives a restart of the master.
 
 Each object works through a :class:`drover.Client` (``client=``), by default
 one shared client built from ``DROVER_MASTER`` and the token variables.
+Inside a Python job the default client reaches the master through the
+job's worker (``DROVER_COORD``, set by the worker), and the job's session
+belongs to its attempt: when the attempt ends (it returns, raises, times
+out or is cancelled), the worker closes the session and the master
+releases the locks it still holds at once.
 
 A master that restarts is reached again, with backoff, for up to
 ``RECONNECT_PATIENCE_S``: a call that could not reach it is sent again, and
@@ -81,7 +86,7 @@ DEFAULT_LEASE_S = 10.0
 
 _default_client: Optional[Client] = None
 _stubs: _Dict[int, Tuple[Any, Any]] = {}
-_sessions: _Dict[Tuple[int, int], "_Session"] = {}
+_sessions: _Dict[Tuple[int, int, Optional[str]], "_Session"] = {}
 _guard = threading.Lock()
 
 
@@ -91,11 +96,25 @@ def _client(client: Optional[Client]) -> Client:
         return client
     with _guard:
         if _default_client is None:
-            _default_client = Client()
+            proxy = os.environ.get("DROVER_COORD")
+            if proxy:
+                # In a Python job: through the worker, with its secret; the
+                # job needs no address or token of the master's.
+                token = os.environ.get("DROVER_COORD_TOKEN", "")
+                _default_client = Client(proxy, token, "", tls_cert="", tls_key="")
+            else:
+                _default_client = Client()
         return _default_client
 
 
-def _call(client: Client, method: str, req: Any, timeout: Optional[float] = None, resend: bool = True) -> Any:
+def _call(
+    client: Client,
+    method: str,
+    req: Any,
+    timeout: Optional[float] = None,
+    resend: bool = True,
+    metadata: Tuple[Tuple[str, str], ...] = (),
+) -> Any:
     """Calls ``Coord.method`` on the client's channel, sending it again
     across a restart of the master when that is safe (see the module
     docs; ``resend=False``: never); errors become
@@ -111,7 +130,7 @@ def _call(client: Client, method: str, req: Any, timeout: Optional[float] = None
     delay = 0.05
     while True:
         try:
-            return getattr(cached[1], method)(req, metadata=client._metadata, timeout=timeout)
+            return getattr(cached[1], method)(req, metadata=client._metadata + metadata, timeout=timeout)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
             if code == grpc.StatusCode.ABORTED:
@@ -135,12 +154,14 @@ class _Session:
     """This process's session with the master: opened on first use, renewed
     by a daemon thread, closed (releasing what it holds) at exit."""
 
-    def __init__(self, client: Client, lease_s: float):
+    def __init__(self, client: Client, lease_s: float, job_slot: Optional[str]):
         self.client = client
         resp = _call(
             client,
             "OpenSession",
             pb.OpenSessionRequest(lease_ms=int(lease_s * 1000), owner=f"{os.uname().nodename}:{os.getpid()}"),
+            # The worker ties the session to the job running in this slot.
+            metadata=(("drover-job-slot", job_slot),) if job_slot is not None else (),
         )
         self.id = resp.session
         self.lease_s = resp.lease_ms / 1000
@@ -169,15 +190,29 @@ class _Session:
 
     @staticmethod
     def of(client: Client) -> "_Session":
-        key = (id(client), os.getpid())
+        # In a Python job, one session per attempt (the runner sets the
+        # job's slot while it runs); elsewhere one per process.
+        job_slot = os.environ.get("DROVER_JOB_SLOT")
+        key = (id(client), os.getpid(), job_slot)
         with _guard:
             session = _sessions.get(key)
         if session is None or session.lost is not None:
             lease = float(os.environ.get("DROVER_LEASE_S", DEFAULT_LEASE_S))
-            session = _Session(client, lease)
+            session = _Session(client, lease, job_slot)
             with _guard:
                 _sessions[key] = session
         return session
+
+
+def _job_ended(job_slot: str) -> None:
+    """Called by the worker's runner when the job in ``job_slot`` has
+    ended: the worker closes its session, so it is no longer renewed."""
+    with _guard:
+        mine = [k for k in _sessions if k[2] == job_slot]
+        sessions = [_sessions.pop(k) for k in mine]
+    for s in sessions:
+        s._stop.set()
+        s.lost = "the job that opened this session has ended"
 
 
 def close() -> None:

@@ -294,7 +294,8 @@ def new_cluster():
 
 @pytest.fixture
 def client(cluster):
-    c = drover.Client(cluster.url)
+    """A client of the cluster (with its token and CA, if it has them)."""
+    c = cluster.client()
     yield c
     c.close()
 

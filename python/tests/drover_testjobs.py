@@ -86,3 +86,61 @@ class Shapes:
 def int_keys(n):
     """A dict with int keys: JSON would turn them into strings."""
     return {i: i * i for i in range(n)}
+
+
+# Shared state inside jobs: drover.coord reaches the master through the
+# job's worker (DROVER_COORD), with nothing of the master's in the job.
+
+
+def locked_increment(lock_name, counter_name, log_path, hold_s=0.0):
+    """The seed's shared counter: read, add one and write back under a
+    lock; appends (fencing token, start, end) of the hold to log_path."""
+    import drover
+
+    lock = drover.Lock(lock_name)
+    total = drover.Value(counter_name)
+    with lock:
+        start = time.time()
+        total.value = total.value + 1
+        time.sleep(hold_s)
+        end = time.time()
+        token = lock.fencing_token
+    with open(log_path, "a") as f:
+        f.write("%d %r %r\n" % (token, start, end))
+    return token
+
+
+def record_square(dict_name, lock_name, key):
+    """The seed's dict guarded by a lock: d[key] = key**2, and a count of
+    the writes, read-modify-write under the lock."""
+    import drover
+
+    d = drover.Dict(dict_name)
+    with drover.Lock(lock_name):
+        d[str(key)] = key * key
+        d["writes"] = d.get("writes", 0) + 1
+    return key
+
+
+def grab(lock_name):
+    """Takes a lock and returns without releasing it."""
+    import drover
+
+    lock = drover.Lock(lock_name)
+    lock.acquire()
+    return lock.fencing_token
+
+
+def grab_and_wait(lock_name, event_name, then=None):
+    """Takes a lock, sets event_name + '.held', then waits for event_name
+    (up to a minute) before returning; with then="crash", exits its
+    process instead of returning."""
+    import drover
+
+    lock = drover.Lock(lock_name)
+    lock.acquire()
+    drover.Event(event_name + ".held").set()
+    drover.Event(event_name).wait(60)
+    if then == "crash":
+        os._exit(3)
+    return lock.fencing_token

@@ -295,6 +295,9 @@ impl Engine {
                 cancelled: false,
             };
             if class == JobClass::Python {
+                if let Some(coord) = &self.cfg.coord {
+                    coord.started(key, &job.job_id, job.attempt);
+                }
                 let modules = self.cfg.python.as_ref().map(|p| p.modules.as_slice());
                 if let Some(f) = crate::python::refusal(modules, &job.arg) {
                     // Never imported: the job fails here, not retried.
@@ -341,6 +344,12 @@ impl Engine {
     fn take_job(&mut self, key: u64) -> Option<LocalJob> {
         let job = self.jobs.remove(&key)?;
         self.held[job.class.index()] -= 1;
+        if job.class == JobClass::Python
+            && let Some(coord) = &self.cfg.coord
+        {
+            // Its attempt is over here: so are its coordination sessions.
+            coord.ended(key);
+        }
         Some(job)
     }
 

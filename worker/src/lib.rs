@@ -16,6 +16,8 @@
 //! - [`kinds`]: the CPU job kinds (fib, prime).
 //! - [`python`]: Python functions as jobs: the runner script the pool's
 //!   interpreter processes run, and the module allow-list.
+//! - [`coord_proxy`]: the `Coord` service for the worker's Python jobs,
+//!   forwarded to the master; a job's sessions end with its attempt.
 //! - [`sleep`]: the IO job kind (sleep), on tokio timers in the worker.
 //! - [`metrics`]: the worker's Prometheus metrics, read off its session.
 //!
@@ -25,6 +27,7 @@
 //! `Results` message and grants the credit back.
 
 pub mod child;
+pub mod coord_proxy;
 pub(crate) mod drain;
 pub(crate) mod engine;
 pub mod kinds;
@@ -158,6 +161,7 @@ impl WorkerArgs {
         Ok(Config {
             client,
             metrics: MetricsListen::from_flag(self.metrics_listen.as_deref(), DEFAULT_METRICS_ADDR),
+            coord: None,
             master: self.master.clone(),
             processes,
             io_slots: self.io_slots,
@@ -248,6 +252,9 @@ pub struct Config {
     pub client: ClientOptions,
     /// Where the metrics are served.
     pub metrics: MetricsListen,
+    /// The sessions the Python jobs open through the worker's Coord
+    /// proxy; set by [`run`] when the worker runs Python jobs.
+    pub coord: Option<coord_proxy::JobSessions>,
 }
 
 /// The machine's host name, or "unknown".
@@ -323,15 +330,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         python_modules = ?config.python.as_ref().map(|p| &p.modules),
         "worker starting"
     );
+    // Served through the drain too: running jobs may still need it.
+    let stop_proxy = CancellationToken::new();
+    let mut config = config;
+    let mut coord_env = None;
+    if config.python.is_some() {
+        let proxy = coord_proxy::start(
+            &config.master,
+            &config.client,
+            &config.name,
+            stop_proxy.clone(),
+        )
+        .await?;
+        config.coord = Some(proxy.jobs);
+        coord_env = Some((proxy.url, proxy.token));
+    }
     let launcher = pool::Processes {
         max_result_bytes: config.max_result_bytes,
         cpu_slots: config.processes,
         python: config.python.clone(),
+        coord: coord_env,
     };
     let result =
         engine::Engine::run(config, Box::new(launcher), session_rx, closing, shutdown).await;
     stop_session.cancel();
     let _ = session.await;
     stop_metrics.cancel();
+    stop_proxy.cancel();
     result
 }

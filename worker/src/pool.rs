@@ -94,6 +94,9 @@ pub struct Processes {
     pub cpu_slots: usize,
     /// The interpreter and allowed modules of the Python slots.
     pub python: Option<crate::PythonConfig>,
+    /// The URL and secret of the worker's Coord proxy, given to the
+    /// Python processes as `DROVER_COORD` and `DROVER_COORD_TOKEN`.
+    pub coord: Option<(String, String)>,
 }
 
 impl Default for Processes {
@@ -102,6 +105,7 @@ impl Default for Processes {
             max_result_bytes: crate::DEFAULT_MAX_RESULT_BYTES,
             cpu_slots: usize::MAX,
             python: None,
+            coord: None,
         }
     }
 }
@@ -116,6 +120,10 @@ impl Processes {
                     .arg(crate::python::RUNNER)
                     .arg(self.max_result_bytes.to_string())
                     .arg(python.modules.join(","));
+                if let Some((url, token)) = &self.coord {
+                    cmd.env("DROVER_COORD", url)
+                        .env("DROVER_COORD_TOKEN", token);
+                }
                 Ok(cmd)
             }
             _ => {

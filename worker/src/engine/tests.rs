@@ -210,6 +210,7 @@ fn config(processes: usize, prefetch: u64, grace: Duration) -> Config {
         python: None,
         client: ClientOptions::default(),
         metrics: MetricsListen::Off,
+        coord: None,
     }
 }
 

@@ -122,6 +122,18 @@ def allowed(prefixes, module):
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
+def job_ended(slot_id):
+    """The job in ``slot_id`` has returned: drover.coord, if the job used
+    it, stops renewing the session the worker is closing."""
+    slot = os.environ.pop("DROVER_JOB_SLOT", None) or str(slot_id)
+    coord = sys.modules.get("drover.coord")
+    if coord is not None:
+        try:
+            coord._job_ended(slot)
+        except Exception:  # an older client without it: its lease ends it
+            pass
+
+
 class Refused(Exception):
     """A job the runner will not run, with the reason it says."""
 
@@ -219,12 +231,17 @@ class Runner:
             kwargs = call.get("kwargs", {})
         except ValueError as e:
             return failure(slot_id, "the arguments are not valid JSON: %s" % e, False, took())
+        # drover.coord ties the sessions a job opens to its attempt by
+        # this slot; the worker closes them when the job ends.
+        os.environ["DROVER_JOB_SLOT"] = str(slot_id)
         try:
             value = fn(*args, **kwargs)
         except BaseException as e:
             # The user's exception: not retried (another attempt would
             # raise it again); the client shows it with its traceback.
             return failure(slot_id, describe(e, 1), False, took())
+        finally:
+            job_ended(slot_id)
         run_us = took()
         try:
             str_keys_only(value)

@@ -1,0 +1,186 @@
+"""Shared state inside Python jobs: ``drover.Lock``, ``Value`` and ``Dict``
+called in a job reach the master through the job's worker, which needs
+nothing of the master's in the job (no address, no token), and a job's
+session ends with its attempt.
+
+The master has a client token and a worker token; the workers know only
+theirs. Their Python processes renew sessions with a lease of 60 s, so a
+lock that comes back within seconds came back because its job ended, not
+because its lease ran out."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import drover
+import drover_testjobs as tj
+from drover.v1 import drover_pb2 as pb
+
+from conftest import Cluster
+
+HERE = Path(__file__).resolve().parent
+CLIENT_TOKEN = "client-" + uuid.uuid4().hex
+WORKER_TOKEN = "worker-" + uuid.uuid4().hex
+#: The lease the jobs' sessions get (DROVER_LEASE_S in the workers' env).
+LEASE_S = 60
+#: Well under the lease: how long a released lock may take to come back.
+RELEASED_WITHIN_S = 10
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two workers, each with two Python processes, on a master with both
+    tokens."""
+    c = Cluster()
+    try:
+        c.start_master("--worker-token", WORKER_TOKEN, token=CLIENT_TOKEN)
+        for _ in range(2):
+            c.start_worker(
+                1,
+                "--token",
+                WORKER_TOKEN,
+                "--python",
+                sys.executable,
+                "--python-modules",
+                "drover_testjobs",
+                "--python-processes",
+                "2",
+                env={"PYTHONPATH": str(HERE), "DROVER_LEASE_S": str(LEASE_S)},
+            )
+        yield c
+    finally:
+        c.stop()
+
+
+def holders(client, name: str) -> list:
+    return list(drover.coord._call(client, "Inspect", pb.InspectRequest(name=name)).lock_tokens)
+
+
+def test_the_seeds_shared_counter_runs_as_jobs_across_workers(pool, client, tmp_path):
+    lock, counter, log = fresh("lock"), fresh("total"), tmp_path / "holds.log"
+    n = 40
+    tokens = pool.starmap(tj.locked_increment, [(lock, counter, str(log), 0.005)] * n)
+    # Every read-modify-write under the lock counted: none lost to a race.
+    assert drover.Value(counter, client=client).value == n
+    assert len(set(tokens)) == n
+    # The holds, in fencing-token order, never overlap.
+    holds = sorted(tuple(float(x) for x in line.split()) for line in log.read_text().splitlines())
+    assert [int(h[0]) for h in holds] == sorted(tokens)
+    for (_, _, end), (_, start, _) in zip(holds, holds[1:]):
+        assert end <= start, holds
+    # Both workers ran some of them.
+    workers = {w.name: w.completed for w in client.stats().workers}
+    assert len(workers) == 2 and all(done > 0 for done in workers.values()), workers
+    # Each job closed its session on return: nothing is left held.
+    assert holders(client, lock) == []
+
+
+def test_the_seeds_dict_with_a_lock_runs_as_jobs(pool, client):
+    name, lock = fresh("squares"), fresh("dict-lock")
+    keys = list(range(30))
+    assert sorted(pool.starmap(tj.record_square, [(name, lock, k) for k in keys])) == keys
+    d = drover.Dict(name, client=client)
+    assert d["writes"] == len(keys)
+    assert {k: d[k] for k in d if k != "writes"} == {str(k): k * k for k in keys}
+
+
+def test_a_lock_a_job_returns_with_is_released_when_it_ends(pool, client):
+    name = fresh("kept")
+    token = pool.apply(tj.grab, (name,))
+    assert token > 0
+    # Its session ended with the job, so another holder gets the lock now,
+    # a lease (60 s) early.
+    mine = drover.Lock(name, client=client)
+    started = time.monotonic()
+    assert mine.acquire(timeout=RELEASED_WITHIN_S)
+    assert time.monotonic() - started < RELEASED_WITHIN_S
+    assert mine.fencing_token > token
+    mine.release()
+
+
+@pytest.mark.parametrize("end", ["cancel", "crash", "return"])
+def test_a_running_jobs_lock_is_released_when_its_attempt_ends(cluster, client, end):
+    name, event = fresh("held"), fresh("go")
+    with drover.Executor(client=client) as ex:
+        f = ex.submit(tj.grab_and_wait, name, event, "crash" if end == "crash" else None)
+        drover.Event(event + ".held", client=client).wait(60)
+        held = holders(client, name)
+        assert len(held) == 1, held
+        lock = drover.Lock(name, client=client)
+        # Held by the running job: not free.
+        assert not lock.acquire(timeout=0.2)
+        if end == "cancel":
+            cluster.wait_for("the job to be running", lambda: f.job_id is not None)
+            assert f.cancel()
+            with pytest.raises(cf.CancelledError):
+                f.result(timeout=30)
+        else:
+            drover.Event(event, client=client).set()
+            if end == "crash":
+                # Retried after the crash, the next attempt finds the event
+                # set, takes the lock and crashes again; a single attempt
+                # is what this test is about.
+                with pytest.raises(drover.JobFailed):
+                    f.result(timeout=60)
+            else:
+                assert f.result(timeout=60) == held[0]
+        started = time.monotonic()
+        assert lock.acquire(timeout=RELEASED_WITHIN_S), f"the lock is still held by {holders(client, name)}"
+        assert time.monotonic() - started < RELEASED_WITHIN_S
+        assert lock.fencing_token > held[0]
+        lock.release()
+
+
+def test_a_job_without_a_running_slot_cannot_open_a_tied_session(cluster):
+    """The proxy only names sessions after jobs that run on it: a caller
+    claiming a slot that is not running is refused, and without the
+    worker's secret nothing gets through at all."""
+    stats = cluster.client().stats()
+    assert all(pb.JOB_KIND_PYTHON in w.kinds for w in stats.workers)
+    # The proxies listen on loopback ports of their own; the Python
+    # processes know them from their environment only. Read one from
+    # /proc, as a process of the same user could.
+    pids = [pid for w in stats.workers for pid in w.child_pids]
+    env = None
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        entries = dict(e.split(b"=", 1) for e in raw.split(b"\0") if b"=" in e)
+        if b"DROVER_COORD" in entries:
+            env = {k.decode(): v.decode() for k, v in entries.items() if k.startswith(b"DROVER_COORD")}
+            break
+    assert env is not None, "no Python process has DROVER_COORD in its environment"
+    proxy = drover.Client(env["DROVER_COORD"], env["DROVER_COORD_TOKEN"], "", tls_cert="", tls_key="")
+    try:
+        with pytest.raises(drover.DroverError) as refused:
+            drover.coord._call(
+                proxy,
+                "OpenSession",
+                pb.OpenSessionRequest(lease_ms=1000, owner="test"),
+                metadata=(("drover-job-slot", "999999999"),),
+            )
+        assert "not running on worker" in str(refused.value)
+        # Calls that need no session pass through to the master.
+        v = drover.Value(fresh("via-proxy"), client=proxy)
+        assert v.add(5) == 5
+    finally:
+        proxy.close()
+    wrong = drover.Client(env["DROVER_COORD"], "not-the-secret", "", tls_cert="", tls_key="")
+    try:
+        with pytest.raises(drover.DroverError) as refused:
+            drover.Value(fresh("nope"), client=wrong).add(1)
+        assert "DROVER_COORD_TOKEN" in str(refused.value)
+    finally:
+        wrong.close()
