@@ -144,3 +144,34 @@ def grab_and_wait(lock_name, event_name, then=None):
     if then == "crash":
         os._exit(3)
     return lock.fencing_token
+
+
+def semaphore_rounds(name, permits, log_path, rounds):
+    """Takes a permit of a semaphore `rounds` times; appends (fencing token,
+    start, end) of each hold to log_path."""
+    import drover
+
+    sem = drover.Semaphore(name, permits)
+    lines = []
+    for _ in range(rounds):
+        with sem:
+            start = time.time()
+            time.sleep(0.001)
+            end = time.time()
+            lines.append("%d %r %r\n" % (sem.fencing_token, start, end))
+    with open(log_path, "a") as f:
+        f.writelines(lines)
+    return len(lines)
+
+
+def hold_until_killed(name, permits, path):
+    """Takes a permit, writes "token pid start" to path, and sleeps until
+    its process is killed."""
+    import drover
+
+    sem = drover.Semaphore(name, permits)
+    sem.acquire()
+    with open(path + ".tmp", "w") as f:
+        f.write("%d %d %r\n" % (sem.fencing_token, os.getpid(), time.time()))
+    os.rename(path + ".tmp", path)
+    time.sleep(600)

@@ -11,7 +11,10 @@ because its lease ran out."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -184,3 +187,60 @@ def test_a_job_without_a_running_slot_cannot_open_a_tied_session(cluster):
         assert "DROVER_COORD_TOKEN" in str(refused.value)
     finally:
         wrong.close()
+
+
+def test_a_semaphore_shared_by_clients_and_jobs_never_has_more_holders_than_permits(cluster, client, tmp_path):
+    """Client threads and jobs on both workers contend for one semaphore
+    while jobs holding a permit are killed with SIGKILL; every hold is
+    logged as (fencing token, start, end) and checked for overlap."""
+    name, permits = fresh("sem"), 2
+    log = tmp_path / "holds.log"
+    intervals = []
+    guard = threading.Lock()
+
+    def contend():
+        sem = drover.Semaphore(name, permits, client=client)
+        mine = []
+        for _ in range(40):
+            with sem:
+                start = time.time()
+                time.sleep(0.001)
+                mine.append((sem.fencing_token, start, time.time()))
+        with guard:
+            intervals.extend(mine)
+
+    threads = [threading.Thread(target=contend) for _ in range(3)]
+    with drover.Pool(client=client) as pool:
+        rounds = pool.starmap_async(tj.semaphore_rounds, [(name, permits, str(log), 20)] * 12)
+        for t in threads:
+            t.start()
+        for i in range(3):
+            path = str(tmp_path / f"held{i}")
+            killed = pool.options(max_attempts=1).apply_async(tj.hold_until_killed, (name, permits, path))
+            line = cluster.wait_for("a job to hold a permit", lambda: Path(path).exists() and Path(path).read_text())
+            token, pid, start = line.split()
+            # Its hold ends when SIGKILL is sent: the permit is released
+            # only after the worker saw the process die, so a grant to
+            # anyone before this moment would be a second holder.
+            intervals.append((int(token), float(start), time.time()))
+            os.kill(int(pid), signal.SIGKILL)
+            with pytest.raises(drover.JobFailed):
+                killed.get(timeout=60)
+        for t in threads:
+            t.join()
+        assert rounds.get(timeout=120) == [20] * 12
+    for line in log.read_text().splitlines():
+        token, start, end = line.split()
+        intervals.append((int(token), float(start), float(end)))
+    assert len(intervals) == 3 * 40 + 12 * 20 + 3
+    tokens = [i[0] for i in intervals]
+    assert len(set(tokens)) == len(tokens), "a fencing token was granted twice"
+    # The most holders at once: sweep the starts and ends in time order.
+    events = sorted([(s, 1) for _, s, _ in intervals] + [(e, -1) for _, _, e in intervals])
+    most = now = 0
+    for _, d in events:
+        now += d
+        most = max(most, now)
+    assert most <= permits, f"{most} holders at once of a semaphore of {permits}"
+    # The killed jobs' permits came back with their attempts, a lease early.
+    cluster.wait_for("every permit to come back", lambda: holders(client, name) == [], timeout=RELEASED_WITHIN_S)
