@@ -146,7 +146,8 @@ enum Workload {
     Durable,
     /// recovery_s_1m, master_rss_mb_1m and master_rss_mb_1m_recovered.
     Recovery,
-    /// lock_acquire_release_p50_us, counter_adds_per_s and kv_puts_per_s.
+    /// lock_acquire_release_p50_us, counter_adds_per_s,
+    /// counter_unary_adds_per_s and kv_puts_per_s.
     Coord,
     /// master_rss_mb_5m_finished and recovery_s_5m_finished.
     Finished,
@@ -743,17 +744,20 @@ async fn run_durable_submit(args: &Args, bins: &Binaries, report: &mut Report) -
 /// The Coord figures: each run on a fresh master with the redb store and
 /// no workers.
 async fn run_coord(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
-    let (mut lock, mut adds, mut puts) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut lock, mut adds, mut unary, mut puts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=args.runs {
         let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, 0)).await?;
         if run == 1 {
             report.notes.push(format!(
-                "coord: {} uncontended lock round trips; {} counter adds and {} puts from {} \
-                 clients with {} calls in flight each, on {}; a fresh master each run",
+                "coord: {} uncontended lock round trips; {} counter adds from {} clients on one \
+                 stream each with {} adds in flight; the same adds, then {} puts, as unary calls \
+                 with {} in flight per client; on {}; a fresh master each run",
                 coord::LOCK_ROUND_TRIPS,
                 coord::ADDS,
-                coord::PUTS,
                 coord::CLIENTS,
+                coord::WINDOW,
+                coord::PUTS,
                 coord::IN_FLIGHT,
                 describe(&cluster, args, 0)
             ));
@@ -764,13 +768,16 @@ async fn run_coord(args: &Args, bins: &Binaries, report: &mut Report) -> Result<
             .map_err(|e| with_logs(e, &mut cluster))?;
         lock.push(f.lock_p50_us);
         adds.push(f.counter_adds_per_s);
+        unary.push(f.counter_unary_adds_per_s);
         puts.push(f.kv_puts_per_s);
     }
     report.lock_acquire_release_p50_us = stats::median(&lock);
     report.counter_adds_per_s = stats::median(&adds);
+    report.counter_unary_adds_per_s = stats::median(&unary);
     report.kv_puts_per_s = stats::median(&puts);
     report.samples.insert("lock_acquire_release_p50_us", lock);
     report.samples.insert("counter_adds_per_s", adds);
+    report.samples.insert("counter_unary_adds_per_s", unary);
     report.samples.insert("kv_puts_per_s", puts);
     Ok(())
 }

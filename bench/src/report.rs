@@ -33,7 +33,10 @@ pub(crate) struct Report {
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
     pub(crate) lock_acquire_release_p50_us: Option<f64>,
+    /// Streamed counter adds (`CounterAddStream`), and the same adds as
+    /// unary calls.
     pub(crate) counter_adds_per_s: Option<f64>,
+    pub(crate) counter_unary_adds_per_s: Option<f64>,
     pub(crate) kv_puts_per_s: Option<f64>,
     pub(crate) master_rss_mb_5m_finished: Option<f64>,
     pub(crate) recovery_s_5m_finished: Option<f64>,
@@ -224,6 +227,7 @@ impl Report {
                 self.lock_acquire_release_p50_us,
             ),
             ("counter_adds_per_s", self.counter_adds_per_s),
+            ("counter_unary_adds_per_s", self.counter_unary_adds_per_s),
             ("kv_puts_per_s", self.kv_puts_per_s),
             ("master_rss_mb_5m_finished", self.master_rss_mb_5m_finished),
             ("recovery_s_5m_finished", self.recovery_s_5m_finished),

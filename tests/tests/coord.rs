@@ -2,9 +2,10 @@
 //! holders than permits while holders are killed; a killed holder's lock
 //! is granted again within two lease periods; a holder stopped past its
 //! lease finds its fencing token rejected; counters lose no acknowledged
-//! add across a `kill -9` of the master; a barrier breaks for every waiter
-//! when one party dies; bad names and values are refused naming the field
-//! and the limit.
+//! add across a `kill -9` of the master, unary or streamed; a barrier
+//! breaks for every waiter when one party dies; bad names and values are
+//! refused naming the field and the limit, and a bad add ends its stream
+//! after the adds before it.
 //!
 //! `DROVER_COORD_ACQUIRES` sets how many contended acquires the semaphore
 //! test makes (default 2,000, for debug builds on a shared machine; the
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use drover_common::pb::{self, coord_client::CoordClient};
 use drover_tests::grpc::{block_on, coord_client, spawn};
 use drover_tests::{CliRun, Master, reference, sys, wait_for, wait_until};
+use futures::StreamExt;
 use tonic::transport::Channel;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -325,13 +327,37 @@ fn a_holder_stopped_past_its_lease_finds_its_token_rejected() {
     assert_eq!(inspect(&url, "L").lock_tokens, vec![second]);
 }
 
+/// Kills `master` with kill -9 once a third of `total` adds are
+/// acknowledged, and starts it again on `dir` and the same port.
+fn kill_9_at_a_third(master: Master, dir: &Path, acked: &AtomicU64, total: u64) -> Master {
+    wait_until(MINUTE, "a third of the adds to be acknowledged", || {
+        acked.load(Ordering::SeqCst) >= total / 3
+    });
+    let port = master.addr().port();
+    master.kill9();
+    drop(master);
+    master_on(dir, port)
+}
+
+/// Checks counter `n` after a restart: it holds every acknowledged add,
+/// and at most the `unknown` adds whose call failed in flight besides.
+fn assert_no_acknowledged_add_lost(c: &mut CoordClient<Channel>, acked: u64, unknown: u64) {
+    let value = block_on(c.counter_get(pb::CounterGetRequest { name: "n".into() }))
+        .unwrap()
+        .into_inner()
+        .value as u64;
+    assert!(
+        value >= acked && value <= acked + unknown,
+        "the counter is {value}: {acked} adds were acknowledged and {unknown} failed in flight"
+    );
+}
+
 #[test]
 fn counter_adds_survive_a_kill_9_of_the_master() {
     const CLIENTS: usize = 8;
     const PER_CLIENT: u64 = 300;
     let dir = tempfile::tempdir().unwrap();
     let master = master_on(dir.path(), 0);
-    let port = master.addr().port();
     let url = master.url();
 
     // A lock held across the crash, and the fencing token before it. The
@@ -385,25 +411,13 @@ fn counter_adds_survive_a_kill_9_of_the_master() {
             })
         })
         .collect();
-    wait_until(MINUTE, "a third of the adds to be acknowledged", || {
-        acked.load(Ordering::SeqCst) >= (CLIENTS as u64 * PER_CLIENT) / 3
-    });
-    master.kill9();
-    drop(master);
-    let master = master_on(dir.path(), port);
+    let master = kill_9_at_a_third(master, dir.path(), &acked, CLIENTS as u64 * PER_CLIENT);
     let unknown: u64 = clients.into_iter().map(|c| block_on(c).unwrap()).sum();
     let total = acked.load(Ordering::SeqCst);
     assert_eq!(total, CLIENTS as u64 * PER_CLIENT);
 
     let mut c = coord_client(&master.url());
-    let value = block_on(c.counter_get(pb::CounterGetRequest { name: "n".into() }))
-        .unwrap()
-        .into_inner()
-        .value as u64;
-    assert!(
-        value >= total && value <= total + unknown,
-        "the counter is {value}: {total} adds were acknowledged and {unknown} failed in flight"
-    );
+    assert_no_acknowledged_add_lost(&mut c, total, unknown);
 
     // The grant survived with its session (which gets a fresh lease), its
     // holder can release it, and fencing tokens go on from where they were.
@@ -420,6 +434,129 @@ fn counter_adds_survive_a_kill_9_of_the_master() {
         .into_inner()
         .fencing_token;
     assert!(next > held, "token {next} after {held} across the restart");
+}
+
+/// What became of the adds of one `CounterAddStream`.
+struct Streamed {
+    /// Adds answered.
+    acked: u64,
+    /// Adds handed to the stream: those not answered may or may not have
+    /// been applied.
+    sent: u64,
+    /// The call failed (the master died under it).
+    cut: bool,
+}
+
+/// Adds 1 to counter `n` `adds` times on one stream of `c`, at most
+/// `window` unanswered, counting each answer in `acked` as it comes;
+/// checks that the answers rise.
+async fn stream_adds(
+    mut c: CoordClient<Channel>,
+    adds: u64,
+    window: usize,
+    acked: &AtomicU64,
+) -> Streamed {
+    let room = Arc::new(tokio::sync::Semaphore::new(window));
+    let sent = Arc::new(AtomicU64::new(0));
+    let requests = futures::stream::unfold(0, {
+        let (room, sent) = (room.clone(), sent.clone());
+        move |i| {
+            let (room, sent) = (room.clone(), sent.clone());
+            async move {
+                if i == adds {
+                    return None;
+                }
+                room.acquire().await.ok()?.forget();
+                sent.fetch_add(1, Ordering::SeqCst);
+                let req = pb::CounterAddRequest {
+                    name: "n".into(),
+                    delta: 1,
+                };
+                Some((req, i + 1))
+            }
+        }
+    });
+    let (mut answered, mut last, mut cut) = (0, 0, false);
+    match c.counter_add_stream(requests).await {
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            loop {
+                match answers.next().await {
+                    Some(Ok(a)) => {
+                        assert!(a.value > last, "answer {} after {last}", a.value);
+                        (answered, last) = (answered + 1, a.value);
+                        acked.fetch_add(1, Ordering::SeqCst);
+                        room.add_permits(1);
+                    }
+                    Some(Err(_)) => {
+                        cut = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Err(_) => cut = true,
+    }
+    let sent = sent.load(Ordering::SeqCst);
+    if !cut {
+        assert_eq!((answered, sent), (adds, adds), "a stream ended early");
+    }
+    Streamed {
+        acked: answered,
+        sent,
+        cut,
+    }
+}
+
+/// The streamed form of the test above: each client keeps a window of
+/// adds in flight on one stream, and starts a new stream on a new
+/// connection when the master dies under it.
+#[test]
+fn streamed_counter_adds_survive_a_kill_9_of_the_master() {
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: u64 = 3_000;
+    const WINDOW: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let master = master_on(dir.path(), 0);
+    let url = master.url();
+
+    // Each client adds 1 until PER_CLIENT adds were acknowledged; the adds
+    // of a stream that failed which were sent but not answered may or may
+    // not have been applied, and are counted apart.
+    let acked = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let url = url.clone();
+            let acked = acked.clone();
+            spawn(async move {
+                let (mut ok, mut unknown, mut cut) = (0u64, 0u64, 0u32);
+                while ok < PER_CLIENT {
+                    let Ok(channel) = drover_common::net::connect(&url).await else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let c = CoordClient::new(channel);
+                    let s = stream_adds(c, PER_CLIENT - ok, WINDOW, &acked).await;
+                    ok += s.acked;
+                    unknown += s.sent - s.acked;
+                    cut += u32::from(s.cut);
+                }
+                (unknown, cut)
+            })
+        })
+        .collect();
+    let master = kill_9_at_a_third(master, dir.path(), &acked, CLIENTS as u64 * PER_CLIENT);
+    let (mut unknown, mut cut) = (0, 0);
+    for c in clients {
+        let (u, n) = block_on(c).unwrap();
+        (unknown, cut) = (unknown + u, cut + n);
+    }
+    let total = acked.load(Ordering::SeqCst);
+    assert_eq!(total, CLIENTS as u64 * PER_CLIENT);
+    assert!(cut > 0, "no stream was in flight at the kill");
+
+    assert_no_acknowledged_add_lost(&mut coord_client(&master.url()), total, unknown);
 }
 
 #[test]
@@ -526,6 +663,46 @@ fn bad_names_and_values_are_refused_naming_the_field_and_the_limit() {
     // Nothing was written by the refused calls.
     let listed = master.cli(&["kv", "list"]).success();
     assert!(listed.stdout.is_empty(), "{listed}");
+}
+
+/// A bad add ends its stream with INVALID_ARGUMENT naming the field, the
+/// limit and the add's index, after the answers of the adds before it,
+/// which stay applied; the adds after it are not.
+#[test]
+fn a_bad_add_ends_its_stream_after_the_adds_before_it() {
+    let master = Master::start(&["--listen", "127.0.0.1:0", "--store", "memory"]);
+    let mut c = coord_client(&master.url());
+    let long = "s".repeat(300);
+    let names = ["s", "s", "s", long.as_str(), "s", "s"];
+    let requests: Vec<_> = names
+        .iter()
+        .map(|name| pb::CounterAddRequest {
+            name: name.to_string(),
+            delta: 1,
+        })
+        .collect();
+    let got: Vec<Result<i64, tonic::Status>> = block_on(async {
+        let answers = c
+            .counter_add_stream(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        answers.map(|r| r.map(|a| a.value)).collect().await
+    });
+    assert_eq!(got.len(), 4, "{got:?}");
+    let values: Vec<i64> = got[..3].iter().map(|r| r.clone().unwrap()).collect();
+    assert_eq!(values, [1, 2, 3]);
+    let err = got[3].as_ref().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "add 3: name: 300 bytes is over the limit of 256"
+    );
+    let value = block_on(c.counter_get(pb::CounterGetRequest { name: "s".into() }))
+        .unwrap()
+        .into_inner()
+        .value;
+    assert_eq!(value, 3);
 }
 
 #[test]

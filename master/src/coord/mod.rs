@@ -13,22 +13,28 @@
 //! timer ends a session not heard from within its lease, which releases
 //! its grants. Fencing tokens come from one counter, stored with each
 //! grant, so they never go back across a restart.
+//!
+//! `CounterAddStream` carries many adds on one call: each is applied as
+//! it is read, like a `CounterAdd`, and answered in order once its commit
+//! is written, so a stream's adds share commits with each other and with
+//! every other call.
 
 mod persist;
 mod state;
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use drover_common::pb::coord_server::Coord;
 use drover_common::pb::{self};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 pub use persist::{CoordStore, Record};
 pub use state::CoordLimits;
@@ -42,6 +48,11 @@ use crate::store::Store;
 const REAP_EVERY: Duration = Duration::from_millis(25);
 /// Changes buffered per watcher before it is told it fell behind.
 const WATCH_BUFFER: usize = 4096;
+/// Answers of one `CounterAddStream` applied but not yet sent (waiting for
+/// their commit, or for the client to take them) at which it stops
+/// reading adds, so a client that does not read cannot grow the master's
+/// memory.
+const MAX_UNSENT_ADDS: usize = 4096;
 
 /// The `Coord` service over one [`CoordState`].
 #[derive(Clone)]
@@ -166,19 +177,63 @@ impl CoordService {
         self.settle(ticket).await
     }
 
+    /// The last commit written: every ticket up to it is durable. With a
+    /// store that keeps nothing there are no tickets to wait for.
+    fn durable_through(&self) -> u64 {
+        self.inner
+            .committed
+            .as_ref()
+            .map_or(u64::MAX, |rx| rx.borrow().committed)
+    }
+
+    /// Runs `f` on the locked state; returns its value and the ticket to
+    /// wait for before it is told.
+    fn apply<T>(
+        &self,
+        f: impl FnOnce(&mut CoordState) -> Result<(T, Option<u64>), Status>,
+    ) -> Result<(T, Option<u64>), Status> {
+        let mut st = self.inner.state.lock();
+        let out = f(&mut st);
+        self.announce(&mut st);
+        out
+    }
+
     /// Runs `f` on the locked state, then waits for its change's commit.
     async fn change<T>(
         &self,
         f: impl FnOnce(&mut CoordState) -> Result<(T, Option<u64>), Status>,
     ) -> Result<T, Status> {
-        let (value, ticket) = {
-            let mut st = self.inner.state.lock();
-            let out = f(&mut st);
-            self.announce(&mut st);
-            out?
-        };
+        let (value, ticket) = self.apply(f)?;
         self.settle(ticket).await?;
         Ok(value)
+    }
+
+    /// Answers a stream of counter adds (`CounterAddStream`): each add is
+    /// applied as it is read and answered, in order, once its commit is
+    /// written.
+    fn counter_adds<S>(
+        &self,
+        incoming: S,
+    ) -> impl Stream<Item = Result<pb::CounterResponse, Status>> + Send + 'static
+    where
+        S: Stream<Item = Result<pb::CounterAddRequest, Status>> + Send + Unpin + 'static,
+    {
+        let adds = AddStream {
+            service: self.clone(),
+            incoming,
+            read: 0,
+            durable: 0,
+            unsent: VecDeque::new(),
+            done: false,
+            end: None,
+        };
+        futures::stream::unfold(Some(adds), |adds| async move {
+            let mut adds = adds?;
+            match adds.next_answer().await? {
+                Ok(value) => Some((Ok(pb::CounterResponse { value }), Some(adds))),
+                Err(status) => Some((Err(status), None)),
+            }
+        })
     }
 
     /// Waits for `rx` up to `timeout` (or forever), or until shutdown.
@@ -233,6 +288,95 @@ impl Drop for LockWait {
         if let Some(token) = token {
             let _ = st.release(&self.name, token, None);
         }
+    }
+}
+
+/// One `CounterAddStream` call. It reads adds while fewer than
+/// [`MAX_UNSENT_ADDS`] answers are unsent, and sends the oldest answers
+/// whose commit is written; a bad add, the end of the client's stream, or
+/// shutdown ends the reading, and the stream ends once every answer before
+/// it is sent. Dropped (the client went away), it stops: its applied adds
+/// are committed all the same.
+struct AddStream<S> {
+    service: CoordService,
+    incoming: S,
+    /// Adds read so far: the index of the next one, for a bad add's message.
+    read: u64,
+    /// The last commit known to be written, so most answers are sent
+    /// without looking at the committer's channel.
+    durable: u64,
+    /// Applied adds not answered yet, oldest first: their ticket and value.
+    unsent: VecDeque<(Option<u64>, i64)>,
+    /// Set once nothing more is read.
+    done: bool,
+    /// How the stream ends after the last answer (a bad add's status); a
+    /// client's stream that ended ends it without one.
+    end: Option<Status>,
+}
+
+impl<S> AddStream<S>
+where
+    S: Stream<Item = Result<pb::CounterAddRequest, Status>> + Unpin,
+{
+    /// Returns the next answer, or the status that ends the stream, or
+    /// `None` once the client's stream ended and everything is answered.
+    async fn next_answer(&mut self) -> Option<Result<i64, Status>> {
+        loop {
+            if let Some(&(ticket, value)) = self.unsent.front() {
+                let ticket = ticket.unwrap_or(0);
+                if ticket > self.durable {
+                    self.durable = self.service.durable_through();
+                }
+                if ticket <= self.durable {
+                    self.unsent.pop_front();
+                    return Some(Ok(value));
+                }
+            } else if self.done {
+                return self.end.take().map(Err);
+            }
+            let oldest = self.unsent.front().and_then(|a| a.0);
+            let reading = !self.done && self.unsent.len() < MAX_UNSENT_ADDS;
+            // Reading first: adds that arrived while a commit was written
+            // join the next one.
+            tokio::select! {
+                biased;
+                next = self.incoming.next(), if reading => match next {
+                    Some(Ok(req)) => self.add(req),
+                    Some(Err(status)) => self.stop(Some(status)),
+                    None => self.stop(None),
+                },
+                settled = self.service.settle(oldest), if oldest.is_some() => {
+                    if let Err(status) = settled {
+                        return Some(Err(status));
+                    }
+                }
+                _ = self.service.inner.shutdown.cancelled(), if !self.done => {
+                    self.stop(Some(Status::unavailable(format!(
+                        "the master is shutting down; adds after the first {} were not read",
+                        self.read
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Applies one add, as the unary `CounterAdd` does.
+    fn add(&mut self, req: pb::CounterAddRequest) {
+        let index = self.read;
+        self.read += 1;
+        match self.service.apply(|st| st.counter_add(req.name, req.delta)) {
+            Ok((value, ticket)) => self.unsent.push_back((ticket, value)),
+            Err(s) => self.stop(Some(Status::new(
+                s.code(),
+                format!("add {index}: {}", s.message()),
+            ))),
+        }
+    }
+
+    /// Stops reading; `end` ends the stream once the answers before it are sent.
+    fn stop(&mut self, end: Option<Status>) {
+        self.done = true;
+        self.end = end;
     }
 }
 
@@ -419,6 +563,16 @@ impl Coord for CoordService {
             .change(|st| st.counter_add(req.name, req.delta))
             .await?;
         Ok(Response::new(pb::CounterResponse { value }))
+    }
+
+    type CounterAddStreamStream = BoxStream<pb::CounterResponse>;
+
+    async fn counter_add_stream(
+        &self,
+        request: Request<Streaming<pb::CounterAddRequest>>,
+    ) -> Result<Response<Self::CounterAddStreamStream>, Status> {
+        let incoming = request.into_inner();
+        Ok(Response::new(Box::pin(self.counter_adds(incoming))))
     }
 
     async fn counter_get(
@@ -609,6 +763,8 @@ impl Coord for CoordService {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
     use crate::store::RedbStore;
 
@@ -641,6 +797,26 @@ mod tests {
         found
     }
 
+    /// Joins callers that each return the last value they were answered;
+    /// checks that the largest is `total`, and that the store holds it
+    /// already.
+    async fn assert_answered_and_stored(
+        mut tasks: tokio::task::JoinSet<i64>,
+        store: &Arc<dyn Store>,
+        total: i64,
+    ) {
+        let mut most = 0;
+        while let Some(r) = tasks.join_next().await {
+            most = most.max(r.unwrap());
+        }
+        assert_eq!(most, total);
+        let value = stored(store).into_iter().find_map(|r| match r {
+            Record::Counter { value, .. } => Some(value),
+            _ => None,
+        });
+        assert_eq!(value, Some(total));
+    }
+
     /// Many callers at once share commits, and each answer comes after the
     /// commit holding its change: every acknowledged add is in the store,
     /// read while the master still runs (no last write at shutdown).
@@ -663,17 +839,122 @@ mod tests {
                 last
             });
         }
-        let mut most = 0;
-        while let Some(r) = tasks.join_next().await {
-            most = most.max(r.unwrap());
-        }
-        assert_eq!(most, 800);
-        let value = stored(&store).into_iter().find_map(|r| match r {
-            Record::Counter { value, .. } => Some(value),
-            _ => None,
-        });
-        assert_eq!(value, Some(800));
+        assert_answered_and_stored(tasks, &store, 800).await;
         stop(svc, shutdown);
+    }
+
+    /// A service on a durable state with no committer: nothing is durable
+    /// until the test sends a commit number on the returned channel.
+    fn held_service() -> (CoordService, watch::Sender<CommitState>) {
+        let (commits, committed) = watch::channel(CommitState::default());
+        let (events, _) = broadcast::channel(WATCH_BUFFER);
+        let svc = CoordService {
+            inner: Arc::new(Inner {
+                state: Arc::new(Mutex::new(CoordState::new(CoordLimits::default(), true))),
+                committed: Some(committed),
+                committer: Mutex::new(None),
+                events,
+                shutdown: CancellationToken::new(),
+                guards: Arc::new(Guards::new(1, 1)),
+            }),
+        };
+        (svc, commits)
+    }
+
+    fn add(name: &str) -> Result<pb::CounterAddRequest, Status> {
+        Ok(pb::CounterAddRequest {
+            name: name.into(),
+            delta: 1,
+        })
+    }
+
+    /// An add of 1 to each of `names`, all ready at once, and a count of
+    /// those the stream has read.
+    fn adds(
+        names: Vec<&'static str>,
+    ) -> (
+        impl Stream<Item = Result<pb::CounterAddRequest, Status>> + Send + Unpin + 'static,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = read.clone();
+        let stream = futures::stream::iter(names.into_iter().map(add)).inspect(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        (stream, read)
+    }
+
+    /// Streams share commits, each stream is answered in order, and each
+    /// answer comes after the commit holding its add: when the last answer
+    /// is in hand the store holds every add, read while the master runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streamed_adds_are_answered_in_order_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, store, shutdown) = service(dir.path());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let svc = svc.clone();
+            tasks.spawn(async move {
+                let (incoming, _) = adds(vec!["n"; 500]);
+                let answers: Vec<i64> = svc
+                    .counter_adds(incoming)
+                    .map(|r| r.unwrap().value)
+                    .collect()
+                    .await;
+                assert_eq!(answers.len(), 500);
+                assert!(answers.windows(2).all(|w| w[0] < w[1]), "{answers:?}");
+                answers[499]
+            });
+        }
+        assert_answered_and_stored(tasks, &store, 4000).await;
+        stop(svc, shutdown);
+    }
+
+    /// With its answers waiting for a commit, a stream reads no more than
+    /// its bound of adds; once they are written it answers them and reads
+    /// on.
+    #[tokio::test]
+    async fn a_stream_stops_reading_while_its_answers_are_unsent() {
+        let (svc, commits) = held_service();
+        let (incoming, read) = adds(vec!["n"; 10_000]);
+        let mut answers = Box::pin(svc.counter_adds(incoming));
+        assert!(answers.next().now_or_never().is_none());
+        assert_eq!(
+            read.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_UNSENT_ADDS
+        );
+        assert_eq!(
+            svc.inner.state.lock().counter_get("n").unwrap(),
+            MAX_UNSENT_ADDS as i64
+        );
+        // Every add so far is in the state's first commit.
+        commits.send_modify(|s| s.committed = 1);
+        let values: Vec<i64> = answers.map(|r| r.unwrap().value).collect().await;
+        assert_eq!(values, (1..=10_000).collect::<Vec<i64>>());
+    }
+
+    /// A bad add ends the stream with its status and index, after the
+    /// answers of the adds before it, which stay applied; the adds after
+    /// it are not read.
+    #[tokio::test]
+    async fn a_bad_add_ends_the_stream_after_the_answers_before_it() {
+        let (svc, commits) = held_service();
+        let (incoming, read) = adds(vec!["n", "n", "n", "", "n", "n"]);
+        let mut answers = Box::pin(svc.counter_adds(incoming));
+        // The refusal waits behind the answers, which wait for the commit.
+        assert!(answers.next().now_or_never().is_none());
+        assert_eq!(read.load(std::sync::atomic::Ordering::SeqCst), 4);
+        commits.send_modify(|s| s.committed = 1);
+        let got: Vec<Result<i64, Status>> = answers.map(|r| r.map(|a| a.value)).collect().await;
+        assert_eq!(got.len(), 4, "{got:?}");
+        for (i, r) in got[..3].iter().enumerate() {
+            assert_eq!(r.as_ref().unwrap(), &(i as i64 + 1));
+        }
+        let err = got[3].as_ref().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), "add 3: name: must not be empty");
+        assert_eq!(svc.inner.state.lock().counter_get("n").unwrap(), 3);
+        assert_eq!(read.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 
     /// A grant given back by a call that ended (nobody waits for that
