@@ -26,6 +26,7 @@ use drover_common::net::{self, AuthChannel, ClientOptions};
 use drover_common::pb::coord_client::CoordClient;
 use drover_common::pb::coord_server::{Coord, CoordServer};
 use drover_common::pb::{self};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -211,6 +212,18 @@ macro_rules! forward_all {
                     self.master.clone().$method(request.into_inner()).await
                 }
             )*
+
+            type CounterAddStreamStream = tonic::Streaming<pb::CounterResponse>;
+
+            async fn counter_add_stream(
+                &self,
+                request: Request<tonic::Streaming<pb::CounterAddRequest>>,
+            ) -> Result<Response<Self::CounterAddStreamStream>, Status> {
+                // A job's stream that breaks ends the master's stream
+                // there: what was sent before it stays added.
+                let adds = request.into_inner().map_while(Result::ok);
+                self.master.clone().counter_add_stream(adds).await
+            }
 
             type KvWatchStream = tonic::Streaming<pb::KvEvent>;
 
