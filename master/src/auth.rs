@@ -47,7 +47,9 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Client => "client",
             Role::Worker => "worker",
-            Role::Coord => "client or worker",
+            // Clients are told of their own token; workers forward their
+            // jobs' calls with theirs.
+            Role::Coord => "client",
         })
     }
 }

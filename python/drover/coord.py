@@ -206,13 +206,19 @@ class _Session:
 
 def _job_ended(job_slot: str) -> None:
     """Called by the worker's runner when the job in ``job_slot`` has
-    ended: the worker closes its session, so it is no longer renewed."""
+    ended. The worker closes the sessions opened through it, so they are
+    only no longer renewed here; one the job opened with a client of its
+    own (straight to a master) is closed here, like at exit."""
     with _guard:
         mine = [k for k in _sessions if k[2] == job_slot]
         sessions = [_sessions.pop(k) for k in mine]
+        via_worker = _default_client if os.environ.get("DROVER_COORD") else None
     for s in sessions:
-        s._stop.set()
-        s.lost = "the job that opened this session has ended"
+        if via_worker is not None and s.client is via_worker:
+            s._stop.set()
+            s.lost = "the job that opened this session has ended"
+        else:
+            s.close()
 
 
 def close() -> None:

@@ -175,3 +175,46 @@ def hold_until_killed(name, permits, path):
         f.write("%d %d %r\n" % (sem.fencing_token, os.getpid(), time.time()))
     os.rename(path + ".tmp", path)
     time.sleep(600)
+
+
+def wait_for_event(event_name):
+    """Sets event_name + '.waiting', then waits (up to a minute) for
+    event_name; returns whether it was set, and the counter event_name
+    read afterwards."""
+    import drover
+
+    drover.Event(event_name + ".waiting").set()
+    was_set = drover.Event(event_name).wait(60)
+    return [was_set, drover.Value(event_name).value]
+
+
+def wait_in_threads(event_name, n):
+    """n threads each count themselves in (the counter event_name + '.n')
+    and wait (up to a minute) for event_name; returns how many saw it set."""
+    import threading
+
+    import drover
+
+    seen = []
+
+    def wait():
+        drover.Value(event_name + ".n").add(1)
+        seen.append(drover.Event(event_name).wait(60))
+
+    threads = [threading.Thread(target=wait) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(seen)
+
+
+def add_many(counter_name, n):
+    """Adds 1 to a counter n times, one call at a time; returns the last value."""
+    import drover
+
+    v = drover.Value(counter_name)
+    last = 0
+    for _ in range(n):
+        last = v.add(1)
+    return last

@@ -40,14 +40,14 @@ def fresh(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """Two workers, each with two Python processes, on a master with both
-    tokens."""
+def start_cluster(*master_flags: str, workers: int = 1, python_processes: int = 2) -> Cluster:
+    """A master with both tokens (and ``master_flags``) and ``workers``
+    workers that know only the worker token, each with one CPU child and
+    ``python_processes`` Python processes."""
     c = Cluster()
     try:
-        c.start_master("--worker-token", WORKER_TOKEN, token=CLIENT_TOKEN)
-        for _ in range(2):
+        c.start_master("--worker-token", WORKER_TOKEN, *master_flags, token=CLIENT_TOKEN)
+        for _ in range(workers):
             c.start_worker(
                 1,
                 "--token",
@@ -57,9 +57,20 @@ def cluster():
                 "--python-modules",
                 "drover_testjobs",
                 "--python-processes",
-                "2",
+                str(python_processes),
                 env={"PYTHONPATH": str(HERE), "DROVER_LEASE_S": str(LEASE_S)},
             )
+    except BaseException:
+        c.stop()
+        raise
+    return c
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two workers, each with two Python processes."""
+    c = start_cluster(workers=2)
+    try:
         yield c
     finally:
         c.stop()
@@ -144,11 +155,12 @@ def test_a_running_jobs_lock_is_released_when_its_attempt_ends(cluster, client, 
         lock.release()
 
 
-def test_a_job_without_a_running_slot_cannot_open_a_tied_session(cluster):
-    """The proxy only names sessions after jobs that run on it: a caller
-    claiming a slot that is not running is refused, and without the
-    worker's secret nothing gets through at all."""
-    stats = cluster.client().stats()
+def test_the_proxy_needs_its_secret_and_ties_only_running_jobs(cluster, client):
+    """The proxy names sessions after jobs that run on it only: a caller
+    claiming a slot that is not running (a process a job left behind)
+    gets an ordinary session, renewed and ended like any other; and
+    without the worker's secret nothing gets through at all."""
+    stats = client.stats()
     assert all(pb.JOB_KIND_PYTHON in w.kinds for w in stats.workers)
     # The proxies listen on loopback ports of their own; the Python
     # processes know them from their environment only. Read one from
@@ -167,14 +179,23 @@ def test_a_job_without_a_running_slot_cannot_open_a_tied_session(cluster):
     assert env is not None, "no Python process has DROVER_COORD in its environment"
     proxy = drover.Client(env["DROVER_COORD"], env["DROVER_COORD_TOKEN"], "", tls_cert="", tls_key="")
     try:
-        with pytest.raises(drover.DroverError) as refused:
-            drover.coord._call(
-                proxy,
-                "OpenSession",
-                pb.OpenSessionRequest(lease_ms=1000, owner="test"),
-                metadata=(("drover-job-slot", "999999999"),),
-            )
-        assert "not running on worker" in str(refused.value)
+        opened = drover.coord._call(
+            proxy,
+            "OpenSession",
+            pb.OpenSessionRequest(lease_ms=60_000, owner="left-behind"),
+            metadata=(("drover-job-slot", "999999999"),),
+        )
+        name = fresh("untied")
+        token = drover.coord._call(
+            proxy, "Acquire", pb.AcquireRequest(name=name, permits=1, session=opened.session)
+        ).fencing_token
+        # Jobs come and go on the workers; the untied session stays.
+        with drover.Pool(client=client) as jobs:
+            assert jobs.map(tj.square, range(8)) == [x * x for x in range(8)]
+        drover.coord._call(proxy, "KeepAlive", pb.KeepAliveRequest(session=opened.session))
+        assert holders(client, name) == [token]
+        drover.coord._call(proxy, "CloseSession", pb.CloseSessionRequest(session=opened.session))
+        assert holders(client, name) == []
         # Calls that need no session pass through to the master.
         v = drover.Value(fresh("via-proxy"), client=proxy)
         assert v.add(5) == 5
@@ -244,3 +265,47 @@ def test_a_semaphore_shared_by_clients_and_jobs_never_has_more_holders_than_perm
     assert most <= permits, f"{most} holders at once of a semaphore of {permits}"
     # The killed jobs' permits came back with their attempts, a lease early.
     cluster.wait_for("every permit to come back", lambda: holders(client, name) == [], timeout=RELEASED_WITHIN_S)
+
+
+def test_a_job_rides_out_a_restart_of_the_master(tmp_path):
+    """A job waiting on an event when the durable master is killed and
+    started again waits anew through its worker, as a client does."""
+    c = start_cluster("--store", "redb", "--data-dir", str(tmp_path / "data"), python_processes=1)
+    try:
+        name = fresh("restart")
+        client = c.client()
+        try:
+            with drover.Pool(client=client) as pool:
+                waiting = pool.apply_async(tj.wait_for_event, (name,))
+                drover.Event(name + ".waiting", client=client).wait(60)
+                c.restart_master()
+                drover.Value(name, client=client).value = 7
+                drover.Event(name, client=client).set()
+                assert waiting.get(timeout=120) == [True, 7]
+        finally:
+            client.close()
+    finally:
+        c.stop()
+
+
+def test_jobs_waiting_in_many_threads_do_not_hold_up_other_jobs_calls(tmp_path):
+    """Waits hold a stream each for as long as they wait; on a master that
+    allows 4 streams per connection, a job with 6 threads waiting must not
+    stall another job's quick calls through the same worker."""
+    c = start_cluster("--max-concurrent-streams", "4")
+    try:
+        name = fresh("waits")
+        client = c.client()
+        try:
+            with drover.Pool(client=client) as pool:
+                waiting = pool.apply_async(tj.wait_in_threads, (name, 6))
+                c.wait_for("the six threads to wait", lambda: drover.Value(name + ".n", client=client).value == 6)
+                # The waits are still waiting while the adds go through.
+                assert pool.apply(tj.add_many, (name + ".adds", 50)) == 50
+                assert not waiting.ready()
+                drover.Event(name, client=client).set()
+                assert waiting.get(timeout=60) == 6
+        finally:
+            client.close()
+    finally:
+        c.stop()

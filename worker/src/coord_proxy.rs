@@ -18,8 +18,10 @@
 //! nobody renews its session any more.
 
 use std::collections::HashMap;
+use std::error::Error;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use drover_common::auth::{Presented, Token, presented};
 use drover_common::net::{self, AuthChannel, ClientOptions};
@@ -28,8 +30,9 @@ use drover_common::pb::coord_server::{Coord, CoordServer};
 use drover_common::pb::{self};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// The metadata key that carries a job's slot number with `OpenSession`.
 pub const JOB_SLOT_HEADER: &str = "drover-job-slot";
@@ -39,6 +42,8 @@ pub const JOB_SLOT_HEADER: &str = "drover-job-slot";
 pub struct JobSessions {
     inner: Arc<Mutex<HashMap<u64, Held>>>,
     master: CoordClient<AuthChannel>,
+    /// The closes under way, waited for (briefly) when the worker stops.
+    closing: TaskTracker,
 }
 
 impl std::fmt::Debug for JobSessions {
@@ -87,7 +92,7 @@ impl JobSessions {
     fn close(&self, session: u64, owner: &str) {
         let mut master = self.master.clone();
         let owner = owner.to_string();
-        tokio::spawn(async move {
+        self.closing.spawn(async move {
             let req = pb::CloseSessionRequest { session };
             match master.close_session(req).await {
                 Ok(r) => tracing::debug!(
@@ -102,6 +107,21 @@ impl JobSessions {
                 ),
             }
         });
+    }
+
+    /// Waits up to `patience` for the sessions of ended jobs to be closed,
+    /// so a worker that stops does not leave them to their leases.
+    pub async fn flush(&self, patience: Duration) {
+        self.closing.close();
+        if tokio::time::timeout(patience, self.closing.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.closing.len(),
+                "stopped before closing every ended job's session; their leases end them"
+            );
+        }
     }
 
     /// The owner to name a session after, if `slot` is a job running here.
@@ -140,13 +160,17 @@ pub async fn start(
     worker_name: &str,
     stop: CancellationToken,
 ) -> anyhow::Result<Proxy> {
-    let channel = net::connect_lazy_with(master_url, options).map_err(anyhow::Error::msg)?;
-    let master = CoordClient::new(channel)
-        .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
+    let client = || -> anyhow::Result<CoordClient<AuthChannel>> {
+        let channel = net::connect_lazy_with(master_url, options).map_err(anyhow::Error::msg)?;
+        Ok(CoordClient::new(channel)
+            .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(net::MAX_MESSAGE_BYTES))
+    };
+    let master = client()?;
     let jobs = JobSessions {
         inner: Arc::default(),
         master: master.clone(),
+        closing: TaskTracker::new(),
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
@@ -159,8 +183,14 @@ pub async fn start(
     let token = Token::new(&secret, "the Coord proxy's token").map_err(anyhow::Error::msg)?;
     let service = CoordServer::new(ProxyService {
         master,
+        // Calls that wait (an acquire, an event wait, a barrier, a watch)
+        // on a connection of their own: however many jobs wait, each
+        // holding a stream, keep-alives and quick calls never queue
+        // behind them for the master's --max-concurrent-streams.
+        waits: client()?,
         jobs: jobs.clone(),
         worker: worker_name.to_string(),
+        master_url: master_url.to_string(),
     })
     .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
@@ -190,14 +220,114 @@ pub async fn start(
 
 struct ProxyService {
     master: CoordClient<AuthChannel>,
+    waits: CoordClient<AuthChannel>,
     jobs: JobSessions,
     worker: String,
+    master_url: String,
+}
+
+/// The longest owner the proxy names a session with (the master takes 256
+/// bytes); a longer one, made long by the worker's name, is cut.
+const MAX_OWNER_BYTES: usize = 200;
+
+fn owner_within(mut owner: String) -> String {
+    if owner.len() > MAX_OWNER_BYTES {
+        let mut end = MAX_OWNER_BYTES;
+        while !owner.is_char_boundary(end) {
+            end -= 1;
+        }
+        owner.truncate(end);
+        owner.push_str("...");
+    }
+    owner
+}
+
+/// How often a call the master refused unprocessed is made before its
+/// refusal is passed on.
+const REFUSED_TRIES: usize = 10;
+/// How h2 words a stream refused before any processing (REFUSED_STREAM).
+const REFUSED_STREAM: &str = "refused stream before processing";
+
+/// Whether `status` was made by this side's transport (the master never
+/// answered), rather than sent by the master.
+fn is_local(status: &Status) -> bool {
+    status.source().is_some()
+}
+
+/// The text of `status` and the errors under it.
+fn chain(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = status.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+impl ProxyService {
+    /// What the job is told when the master did not answer: UNAVAILABLE
+    /// as from the master itself, saying whether the call was never sent
+    /// (it can be sent again as it is) or cut off in flight; and what to
+    /// do when the master refuses the worker's credentials.
+    fn explain(&self, status: Status) -> Status {
+        let (worker, url) = (&self.worker, &self.master_url);
+        if is_local(&status) {
+            let text = chain(&status);
+            let unsent = text.contains(REFUSED_STREAM)
+                || (status.code() == Code::Unavailable
+                    && text.to_ascii_lowercase().contains("connect"));
+            if unsent {
+                return Status::unavailable(format!(
+                    "worker {worker} failed to connect to the master at {url}: {text}"
+                ));
+            }
+            return Status::unavailable(format!(
+                "worker {worker} lost its connection to the master at {url} during the call: {text}"
+            ));
+        }
+        if status.code() == Code::Unauthenticated || status.code() == Code::PermissionDenied {
+            return Status::new(
+                status.code(),
+                format!(
+                    "{} (the master refused worker {worker}'s call for its job: jobs reach Coord \
+                     with their worker's credentials, so give the master --worker-token and the \
+                     worker --token, or use --client-ca with worker certificates)",
+                    status.message()
+                ),
+            );
+        }
+        status
+    }
+
+    /// Makes a call to the master, made again (with a short backoff) while
+    /// the master refuses its stream before processing it: a connection
+    /// just opened does not know the master's stream limit yet, and a
+    /// refused stream is sure not to have been applied.
+    async fn relay<T, Call, Fut>(&self, call: Call) -> Result<Response<T>, Status>
+    where
+        Call: Fn() -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let mut delay = Duration::from_millis(2);
+        for _ in 0..REFUSED_TRIES {
+            match call().await {
+                Err(status) if is_local(&status) && chain(&status).contains(REFUSED_STREAM) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                done => return done.map_err(|s| self.explain(s)),
+            }
+        }
+        call().await.map_err(|s| self.explain(s))
+    }
 }
 
 /// The `Coord` implementation: `OpenSession` ties the session to its job;
 /// every other call goes on to the master as it is.
 macro_rules! forward_all {
-    ($($method:ident($req:ty) -> $resp:ty;)*) => {
+    ($($client:ident.$method:ident($req:ty) -> $resp:ty;)*) => {
         #[tonic::async_trait]
         impl Coord for ProxyService {
             async fn open_session(
@@ -209,7 +339,12 @@ macro_rules! forward_all {
 
             $(
                 async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
-                    self.master.clone().$method(request.into_inner()).await
+                    let req = request.into_inner();
+                    self.relay(|| {
+                        let (mut client, req) = (self.$client.clone(), req.clone());
+                        async move { client.$method(req).await }
+                    })
+                    .await
                 }
             )*
 
@@ -222,7 +357,12 @@ macro_rules! forward_all {
                 // A job's stream that breaks ends the master's stream
                 // there: what was sent before it stays added.
                 let adds = request.into_inner().map_while(Result::ok);
-                self.master.clone().counter_add_stream(adds).await
+                // Not made again: the adds it read are gone with it.
+                self.master
+                    .clone()
+                    .counter_add_stream(adds)
+                    .await
+                    .map_err(|s| self.explain(s))
             }
 
             type KvWatchStream = tonic::Streaming<pb::KvEvent>;
@@ -231,29 +371,33 @@ macro_rules! forward_all {
                 &self,
                 request: Request<pb::KvWatchRequest>,
             ) -> Result<Response<Self::KvWatchStream>, Status> {
-                self.master.clone().kv_watch(request.into_inner()).await
+                let req = request.into_inner();
+                self.relay(|| {
+ let (mut client, req) = (self.waits.clone(), req.clone());
+ async move { client.kv_watch(req).await }
+ }).await
             }
         }
     };
 }
 
 forward_all! {
-    keep_alive(pb::KeepAliveRequest) -> pb::KeepAliveResponse;
-    close_session(pb::CloseSessionRequest) -> pb::CloseSessionResponse;
-    kv_get(pb::KvGetRequest) -> pb::KvGetResponse;
-    kv_put(pb::KvPutRequest) -> pb::KvPutResponse;
-    kv_delete(pb::KvDeleteRequest) -> pb::KvDeleteResponse;
-    kv_list(pb::KvListRequest) -> pb::KvListResponse;
-    counter_add(pb::CounterAddRequest) -> pb::CounterResponse;
-    counter_get(pb::CounterGetRequest) -> pb::CounterResponse;
-    counter_set(pb::CounterSetRequest) -> pb::CounterResponse;
-    acquire(pb::AcquireRequest) -> pb::AcquireResponse;
-    release(pb::ReleaseRequest) -> pb::ReleaseResponse;
-    event_set(pb::EventRequest) -> pb::EventResponse;
-    event_clear(pb::EventRequest) -> pb::EventResponse;
-    event_wait(pb::EventWaitRequest) -> pb::EventResponse;
-    barrier_wait(pb::BarrierWaitRequest) -> pb::BarrierWaitResponse;
-    inspect(pb::InspectRequest) -> pb::InspectResponse;
+    master.keep_alive(pb::KeepAliveRequest) -> pb::KeepAliveResponse;
+    master.close_session(pb::CloseSessionRequest) -> pb::CloseSessionResponse;
+    master.kv_get(pb::KvGetRequest) -> pb::KvGetResponse;
+    master.kv_put(pb::KvPutRequest) -> pb::KvPutResponse;
+    master.kv_delete(pb::KvDeleteRequest) -> pb::KvDeleteResponse;
+    master.kv_list(pb::KvListRequest) -> pb::KvListResponse;
+    master.counter_add(pb::CounterAddRequest) -> pb::CounterResponse;
+    master.counter_get(pb::CounterGetRequest) -> pb::CounterResponse;
+    master.counter_set(pb::CounterSetRequest) -> pb::CounterResponse;
+    waits.acquire(pb::AcquireRequest) -> pb::AcquireResponse;
+    master.release(pb::ReleaseRequest) -> pb::ReleaseResponse;
+    master.event_set(pb::EventRequest) -> pb::EventResponse;
+    master.event_clear(pb::EventRequest) -> pb::EventResponse;
+    waits.event_wait(pb::EventWaitRequest) -> pb::EventResponse;
+    waits.barrier_wait(pb::BarrierWaitRequest) -> pb::BarrierWaitResponse;
+    master.inspect(pb::InspectRequest) -> pb::InspectResponse;
 }
 
 impl ProxyService {
@@ -277,30 +421,119 @@ impl ProxyService {
             ),
         };
         let mut req = request.into_inner();
-        let Some(slot) = slot else {
-            // Not from a running job (a process it left behind, say): an
-            // ordinary session, ended by its lease.
-            req.owner = format!("{} via worker {}", req.owner, self.worker);
-            return self.master.clone().open_session(req).await;
+        let tied = slot.and_then(|slot| Some((slot, self.jobs.owner(slot)?)));
+        let Some((slot, owner)) = tied else {
+            // Not from a running job: a process one left behind (it
+            // inherited the slot), say. An ordinary session, ended by its
+            // lease.
+            req.owner = owner_within(match slot {
+                Some(slot) => format!(
+                    "{} (left by job slot {slot}) via worker {}",
+                    req.owner, self.worker
+                ),
+                None => format!("{} via worker {}", req.owner, self.worker),
+            });
+            return self
+                .relay(|| {
+                    let (mut client, req) = (self.master.clone(), req.clone());
+                    async move { client.open_session(req).await }
+                })
+                .await;
         };
-        let Some(owner) = self.jobs.owner(slot) else {
-            return Err(Status::failed_precondition(format!(
-                "job slot {slot} is not running on worker {}: a session is tied to a running \
-                 job's attempt",
-                self.worker
-            )));
-        };
-        req.owner = format!("{owner} on worker {} ({})", self.worker, req.owner);
-        let resp = self.master.clone().open_session(req).await?;
+        req.owner = owner_within(format!("{owner} on worker {} ({})", self.worker, req.owner));
+        let resp = self
+            .relay(|| {
+                let (mut client, req) = (self.master.clone(), req.clone());
+                async move { client.open_session(req).await }
+            })
+            .await?;
         let session = resp.get_ref().session;
         if !self.jobs.tie(slot, session) {
-            // The job ended while its session was being opened.
-            self.jobs.close(session, &owner);
-            return Err(Status::failed_precondition(format!(
-                "job slot {slot} ended on worker {} while its session was being opened",
-                self.worker
-            )));
+            // The job ended while its session was being opened: what is
+            // left of it (a thread, a process) has an ordinary session.
+            tracing::debug!(
+                slot,
+                session,
+                "a session opened as its job ended is left to its lease"
+            );
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_common::auth::AttachToken;
+
+    /// A port with nothing listening on it.
+    async fn closed_port() -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    async fn proxy_client(proxy: &Proxy, token: &str) -> CoordClient<AuthChannel> {
+        let token = Token::new(token, "t").unwrap();
+        let channel = net::connect(&proxy.url).await.unwrap();
+        CoordClient::new(InterceptedService::new(
+            channel,
+            AttachToken::new(Some(&token)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_reached_the_master_says_so_as_unavailable() {
+        let master = format!("http://127.0.0.1:{}", closed_port().await);
+        let stop = CancellationToken::new();
+        let proxy = start(&master, &ClientOptions::default(), "w1", stop.clone())
+            .await
+            .unwrap();
+        let mut c = proxy_client(&proxy, &proxy.token.clone()).await;
+        let err = c
+            .counter_add(pb::CounterAddRequest {
+                name: "n".into(),
+                delta: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        // The client sends a call that failed to connect again as it is.
+        assert!(
+            err.message().starts_with(&format!(
+                "worker w1 failed to connect to the master at {master}"
+            )),
+            "{}",
+            err.message()
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn the_proxy_needs_its_secret() {
+        let master = format!("http://127.0.0.1:{}", closed_port().await);
+        let stop = CancellationToken::new();
+        let proxy = start(&master, &ClientOptions::default(), "w1", stop.clone())
+            .await
+            .unwrap();
+        let mut c = proxy_client(&proxy, "not-the-secret").await;
+        let err = c
+            .counter_get(pb::CounterGetRequest { name: "n".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert!(
+            err.message().contains("DROVER_COORD_TOKEN"),
+            "{}",
+            err.message()
+        );
+        stop.cancel();
+    }
+
+    #[test]
+    fn a_long_owner_is_cut_within_the_masters_limit() {
+        let owner = owner_within(format!("job x on worker {}", "é".repeat(300)));
+        assert!(owner.len() <= MAX_OWNER_BYTES + 3, "{}", owner.len());
+        assert!(owner.ends_with("..."));
+        assert_eq!(owner_within("short".into()), "short");
     }
 }

@@ -342,17 +342,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             stop_proxy.clone(),
         )
         .await?;
-        config.coord = Some(proxy.jobs);
-        coord_env = Some((proxy.url, proxy.token));
+        config.coord = Some(proxy.jobs.clone());
+        coord_env = Some((proxy.url, proxy.token, proxy.jobs));
     }
     let launcher = pool::Processes {
         max_result_bytes: config.max_result_bytes,
         cpu_slots: config.processes,
         python: config.python.clone(),
-        coord: coord_env,
+        coord: coord_env
+            .as_ref()
+            .map(|(url, token, _)| (url.clone(), token.clone())),
     };
     let result =
         engine::Engine::run(config, Box::new(launcher), session_rx, closing, shutdown).await;
+    if let Some((_, _, jobs)) = &coord_env {
+        // The last jobs' sessions, closed rather than left to their leases.
+        jobs.flush(Duration::from_secs(2)).await;
+    }
     stop_session.cancel();
     let _ = session.await;
     stop_metrics.cancel();
