@@ -90,7 +90,7 @@ pub(crate) async fn run_once(cluster: &Cluster) -> Result<Figures> {
     })
 }
 
-async fn lock_round_trips(cluster: &Cluster) -> Result<f64> {
+pub(crate) async fn lock_round_trips(cluster: &Cluster) -> Result<f64> {
     let mut c = client(cluster).await?;
     let session = c
         .open_session(pb::OpenSessionRequest {

@@ -146,7 +146,8 @@ enum Workload {
     Durable,
     /// recovery_s_1m, master_rss_mb_1m and master_rss_mb_1m_recovered.
     Recovery,
-    /// lock_acquire_release_p50_us, counter_adds_per_s,
+    /// lock_acquire_release_p50_us (and on the memory store,
+    /// lock_memory_acquire_release_p50_us), counter_adds_per_s,
     /// counter_unary_adds_per_s and kv_puts_per_s.
     Coord,
     /// master_rss_mb_5m_finished and recovery_s_5m_finished.
@@ -742,11 +743,22 @@ async fn run_durable_submit(args: &Args, bins: &Binaries, report: &mut Report) -
 }
 
 /// The Coord figures: each run on a fresh master with the redb store and
-/// no workers.
+/// no workers, and the lock's round trips on a fresh memory-store master
+/// too.
 async fn run_coord(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
     let (mut lock, mut adds, mut unary, mut puts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut lock_memory = Vec::new();
     for run in 1..=args.runs {
+        // The same lock round trips without durability, side by side.
+        let mut memory = Cluster::start(bins, cluster_config(args, StoreKind::Memory, 0)).await?;
+        let result = deadline(coord::lock_round_trips(&memory)).await;
+        lock_memory.push(
+            result
+                .with_context(|| format!("run {run}, memory store"))
+                .map_err(|e| with_logs(e, &mut memory))?,
+        );
+        drop(memory);
         let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, 0)).await?;
         if run == 1 {
             report.notes.push(format!(
@@ -776,6 +788,10 @@ async fn run_coord(args: &Args, bins: &Binaries, report: &mut Report) -> Result<
     report.counter_unary_adds_per_s = stats::median(&unary);
     report.kv_puts_per_s = stats::median(&puts);
     report.samples.insert("lock_acquire_release_p50_us", lock);
+    report.lock_memory_acquire_release_p50_us = stats::median(&lock_memory);
+    report
+        .samples
+        .insert("lock_memory_acquire_release_p50_us", lock_memory);
     report.samples.insert("counter_adds_per_s", adds);
     report.samples.insert("counter_unary_adds_per_s", unary);
     report.samples.insert("kv_puts_per_s", puts);

@@ -33,6 +33,9 @@ pub(crate) struct Report {
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
     pub(crate) lock_acquire_release_p50_us: Option<f64>,
+    /// The same round trips on a memory-store master: what the lock costs
+    /// without the fsync each durable grant and release waits for.
+    pub(crate) lock_memory_acquire_release_p50_us: Option<f64>,
     /// Streamed counter adds (`CounterAddStream`), and the same adds as
     /// unary calls.
     pub(crate) counter_adds_per_s: Option<f64>,
@@ -225,6 +228,10 @@ impl Report {
             (
                 "lock_acquire_release_p50_us",
                 self.lock_acquire_release_p50_us,
+            ),
+            (
+                "lock_memory_acquire_release_p50_us",
+                self.lock_memory_acquire_release_p50_us,
             ),
             ("counter_adds_per_s", self.counter_adds_per_s),
             ("counter_unary_adds_per_s", self.counter_unary_adds_per_s),
