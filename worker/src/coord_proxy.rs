@@ -254,6 +254,21 @@ fn is_local(status: &Status) -> bool {
     status.source().is_some()
 }
 
+/// Whether the call failed to open a connection, so the master never saw
+/// it: tonic's own mark of a failed connect is a [`tonic::ConnectError`]
+/// in the status's source chain (a word like "connection" in a message is
+/// no proof: a connection reset in flight says it too).
+fn never_connected(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(e) = source {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The text of `status` and the errors under it.
 fn chain(status: &Status) -> String {
     let mut text = status.message().to_string();
@@ -275,9 +290,7 @@ impl ProxyService {
         let (worker, url) = (&self.worker, &self.master_url);
         if is_local(&status) {
             let text = chain(&status);
-            let unsent = text.contains(REFUSED_STREAM)
-                || (status.code() == Code::Unavailable
-                    && text.to_ascii_lowercase().contains("connect"));
+            let unsent = text.contains(REFUSED_STREAM) || never_connected(&status);
             if unsent {
                 return Status::unavailable(format!(
                     "worker {worker} failed to connect to the master at {url}: {text}"
