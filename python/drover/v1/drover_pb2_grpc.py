@@ -540,6 +540,11 @@ class CoordStub:
                 request_serializer=drover_dot_v1_dot_drover__pb2.CounterAddRequest.SerializeToString,
                 response_deserializer=drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
                 _registered_method=True)
+        self.CounterAddStream = channel.stream_stream(
+                '/drover.v1.Coord/CounterAddStream',
+                request_serializer=drover_dot_v1_dot_drover__pb2.CounterAddRequest.SerializeToString,
+                response_deserializer=drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+                _registered_method=True)
         self.CounterGet = channel.unary_unary(
                 '/drover.v1.Coord/CounterGet',
                 request_serializer=drover_dot_v1_dot_drover__pb2.CounterGetRequest.SerializeToString,
@@ -651,6 +656,21 @@ class CoordServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CounterAddStream(self, request_iterator, context):
+        """Many adds on one call. Each add is answered in order, each answer sent
+        once the add is durable; many adds of one stream (and of all streams)
+        share a group commit, so a client that keeps a window of adds in
+        flight pays one call, not one per add. A bad add (an invalid name, an
+        overflow, too many counters) ends the stream with that add's status
+        (INVALID_ARGUMENT naming the field and the limit, as CounterAdd does)
+        and its index in the stream (from 0) in the message: "add 7: name:
+        ..."; the adds answered before it stay applied, those sent after it
+        are not read. The master stops reading while 4096 answers are unsent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CounterGet(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -757,6 +777,11 @@ def add_CoordServicer_to_server(servicer, server):
             ),
             'CounterAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.CounterAdd,
+                    request_deserializer=drover_dot_v1_dot_drover__pb2.CounterAddRequest.FromString,
+                    response_serializer=drover_dot_v1_dot_drover__pb2.CounterResponse.SerializeToString,
+            ),
+            'CounterAddStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.CounterAddStream,
                     request_deserializer=drover_dot_v1_dot_drover__pb2.CounterAddRequest.FromString,
                     response_serializer=drover_dot_v1_dot_drover__pb2.CounterResponse.SerializeToString,
             ),
@@ -1049,6 +1074,33 @@ class Coord:
             request,
             target,
             '/drover.v1.Coord/CounterAdd',
+            drover_dot_v1_dot_drover__pb2.CounterAddRequest.SerializeToString,
+            drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CounterAddStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/drover.v1.Coord/CounterAddStream',
             drover_dot_v1_dot_drover__pb2.CounterAddRequest.SerializeToString,
             drover_dot_v1_dot_drover__pb2.CounterResponse.FromString,
             options,
