@@ -188,25 +188,42 @@ def wait_for_event(event_name):
     return [was_set, drover.Value(event_name).value]
 
 
-def wait_in_threads(event_name, n):
-    """n threads each count themselves in (the counter event_name + '.n')
-    and wait (up to a minute) for event_name; returns how many saw it set."""
+def wait_in_threads(lock_name, event_name, n):
+    """n threads wait (up to a minute each) for the lock lock_name, and n
+    more for event_name; returns how many of each got what they waited for."""
     import threading
 
     import drover
 
-    seen = []
+    locks, events = [], []
+
+    def take():
+        lock = drover.Lock(lock_name)
+        if lock.acquire(timeout=60):
+            lock.release()
+            locks.append(True)
 
     def wait():
-        drover.Value(event_name + ".n").add(1)
-        seen.append(drover.Event(event_name).wait(60))
+        events.append(drover.Event(event_name).wait(60))
 
-    threads = [threading.Thread(target=wait) for _ in range(n)]
+    threads = [threading.Thread(target=f) for f in [take, wait] for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(seen)
+    return [len(locks), sum(events)]
+
+
+def try_lock(lock_name, timeout):
+    """Tries a lock without waiting, then for `timeout` seconds; returns
+    both answers and how long the second try took."""
+    import drover
+
+    lock = drover.Lock(lock_name)
+    now = lock.acquire(blocking=False)
+    started = time.monotonic()
+    later = lock.acquire(timeout=timeout)
+    return [now, later, time.monotonic() - started]
 
 
 def add_many(counter_name, n):

@@ -288,23 +288,36 @@ def test_a_job_rides_out_a_restart_of_the_master(tmp_path):
         c.stop()
 
 
-def test_jobs_waiting_in_many_threads_do_not_hold_up_other_jobs_calls(tmp_path):
-    """Waits hold a stream each for as long as they wait; on a master that
-    allows 4 streams per connection, a job with 6 threads waiting must not
-    stall another job's quick calls through the same worker."""
+def test_jobs_waiting_in_many_threads_do_not_hold_up_other_jobs_calls():
+    """Waits hold a stream each for as long as they wait, and a master that
+    allows 4 streams per connection: 12 threads of one job waiting for a
+    lock and an event must all reach the master, and another job's quick
+    calls and tries of a lock, through the same worker, must not queue
+    behind them."""
     c = start_cluster("--max-concurrent-streams", "4")
     try:
         name = fresh("waits")
         client = c.client()
         try:
+            held, busy = drover.Lock(name, client=client), drover.Lock(name + ".busy", client=client)
+            assert held.acquire(timeout=10) and busy.acquire(timeout=10)
             with drover.Pool(client=client) as pool:
-                waiting = pool.apply_async(tj.wait_in_threads, (name, 6))
-                c.wait_for("the six threads to wait", lambda: drover.Value(name + ".n", client=client).value == 6)
-                # The waits are still waiting while the adds go through.
+                waiting = pool.apply_async(tj.wait_in_threads, (name, name + ".event", 6))
+                # All six lock waits are open at the master at once.
+                c.wait_for(
+                    "the six threads to wait for the lock",
+                    lambda: drover.coord._call(client, "Inspect", pb.InspectRequest(name=name)).lock_waiters == 6,
+                )
+                # Meanwhile another job's calls go through at once: a try
+                # of a held lock answers, one with a timeout keeps it.
+                now, later, took = pool.apply(tj.try_lock, (name + ".busy", 0.5))
+                assert (now, later) == (False, False)
+                assert 0.4 < took < 5, took
                 assert pool.apply(tj.add_many, (name + ".adds", 50)) == 50
                 assert not waiting.ready()
-                drover.Event(name, client=client).set()
-                assert waiting.get(timeout=60) == 6
+                held.release()
+                drover.Event(name + ".event", client=client).set()
+                assert waiting.get(timeout=60) == [6, 6]
         finally:
             client.close()
     finally:

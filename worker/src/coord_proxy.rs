@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::error::Error;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use drover_common::net::{self, AuthChannel, ClientOptions};
 use drover_common::pb::coord_client::CoordClient;
 use drover_common::pb::coord_server::{Coord, CoordServer};
 use drover_common::pb::{self};
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
@@ -160,13 +161,12 @@ pub async fn start(
     worker_name: &str,
     stop: CancellationToken,
 ) -> anyhow::Result<Proxy> {
-    let client = || -> anyhow::Result<CoordClient<AuthChannel>> {
-        let channel = net::connect_lazy_with(master_url, options).map_err(anyhow::Error::msg)?;
-        Ok(CoordClient::new(channel)
-            .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(net::MAX_MESSAGE_BYTES))
+    let waits = WaitConnections {
+        idle: Arc::default(),
+        master_url: master_url.to_string(),
+        options: options.clone(),
     };
-    let master = client()?;
+    let master = waits.connect()?;
     let jobs = JobSessions {
         inner: Arc::default(),
         master: master.clone(),
@@ -183,14 +183,12 @@ pub async fn start(
     let token = Token::new(&secret, "the Coord proxy's token").map_err(anyhow::Error::msg)?;
     let service = CoordServer::new(ProxyService {
         master,
-        // Calls that wait (an acquire, an event wait, a barrier, a watch)
-        // on a connection of their own: however many jobs wait, each
-        // holding a stream, keep-alives and quick calls never queue
-        // behind them for the master's --max-concurrent-streams.
-        waits: client()?,
+        waits,
         jobs: jobs.clone(),
-        worker: worker_name.to_string(),
-        master_url: master_url.to_string(),
+        explain: Explain {
+            worker: worker_name.into(),
+            master_url: master_url.into(),
+        },
     })
     .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
     .max_encoding_message_size(net::MAX_MESSAGE_BYTES);
@@ -219,11 +217,92 @@ pub async fn start(
 }
 
 struct ProxyService {
+    /// The connection for quick calls, many at once.
     master: CoordClient<AuthChannel>,
-    waits: CoordClient<AuthChannel>,
+    waits: WaitConnections,
     jobs: JobSessions,
-    worker: String,
+    explain: Explain,
+}
+
+/// How many connections for waiting calls are kept when no call uses them.
+const IDLE_WAIT_CONNECTIONS: usize = 16;
+
+/// Connections for the calls that wait (an acquire, an event or barrier
+/// wait, a watch, a stream of adds), one such call on each at a time.
+///
+/// A waiting call holds its HTTP/2 stream for as long as it waits, and a
+/// connection carries only the master's `--max-concurrent-streams` at
+/// once: on a shared connection the calls past that would queue behind the
+/// waits, their own timeouts and all. With a connection each, no call ever
+/// waits for another's stream. A connection given back is used again, so a
+/// lock taken and given back in a loop opens one connection, not one each
+/// time.
+#[derive(Clone)]
+struct WaitConnections {
+    idle: Arc<Mutex<Vec<CoordClient<AuthChannel>>>>,
     master_url: String,
+    options: ClientOptions,
+}
+
+impl WaitConnections {
+    /// A new connection to the master, opened by its first call.
+    fn connect(&self) -> anyhow::Result<CoordClient<AuthChannel>> {
+        let channel =
+            net::connect_lazy_with(&self.master_url, &self.options).map_err(anyhow::Error::msg)?;
+        Ok(CoordClient::new(channel)
+            .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(net::MAX_MESSAGE_BYTES))
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<CoordClient<AuthChannel>>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A connection for one waiting call, given back when the [`Lent`]
+    /// drops.
+    fn lend(&self) -> Result<Lent, Status> {
+        let client = match self.idle().pop() {
+            Some(client) => client,
+            None => self
+                .connect()
+                .map_err(|e| Status::internal(format!("the Coord proxy's connection: {e}")))?,
+        };
+        Ok(Lent {
+            client,
+            home: self.clone(),
+        })
+    }
+}
+
+/// A connection of [`WaitConnections`] in use by one call.
+struct Lent {
+    client: CoordClient<AuthChannel>,
+    home: WaitConnections,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let mut idle = self.home.idle();
+        if idle.len() < IDLE_WAIT_CONNECTIONS {
+            idle.push(self.client.clone());
+        }
+    }
+}
+
+/// A stream the proxy passes on to a job.
+type Relayed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Passes on the master's `stream`, holding `lent` until it ends and
+/// explaining a transport error in it as [`Explain::status`] does.
+fn relayed<T: Send + 'static>(
+    stream: tonic::Streaming<T>,
+    lent: Lent,
+    explain: Explain,
+) -> Relayed<T> {
+    Box::pin(stream.map(move |item| {
+        let _held = &lent;
+        item.map_err(|status| explain.status(status))
+    }))
 }
 
 /// The longest owner the proxy names a session with (the master takes 256
@@ -245,8 +324,19 @@ fn owner_within(mut owner: String) -> String {
 /// How often a call the master refused unprocessed is made before its
 /// refusal is passed on.
 const REFUSED_TRIES: usize = 10;
-/// How h2 words a stream refused before any processing (REFUSED_STREAM).
-const REFUSED_STREAM: &str = "refused stream before processing";
+
+/// Whether the master reset the call's stream with REFUSED_STREAM, which
+/// HTTP/2 promises it sends only for a stream it did not process.
+fn refused(status: &Status) -> bool {
+    let mut source = status.source();
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            return e.is_reset() && e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
 
 /// Whether `status` was made by this side's transport (the master never
 /// answered), rather than sent by the master.
@@ -281,17 +371,23 @@ fn chain(status: &Status) -> String {
     text
 }
 
-impl ProxyService {
-    /// What the job is told when the master did not answer: UNAVAILABLE
-    /// as from the master itself, saying whether the call was never sent
-    /// (it can be sent again as it is) or cut off in flight; and what to
-    /// do when the master refuses the worker's credentials.
-    fn explain(&self, status: Status) -> Status {
+/// What a job is told when the master did not answer its call or refused
+/// the worker's credentials.
+#[derive(Clone)]
+struct Explain {
+    worker: Arc<str>,
+    master_url: Arc<str>,
+}
+
+impl Explain {
+    /// UNAVAILABLE as from the master itself, saying whether the call was
+    /// never sent (it can be sent again as it is) or cut off in flight; and
+    /// what to do when the master refuses the worker's credentials.
+    fn status(&self, status: Status) -> Status {
         let (worker, url) = (&self.worker, &self.master_url);
         if is_local(&status) {
             let text = chain(&status);
-            let unsent = text.contains(REFUSED_STREAM) || never_connected(&status);
-            if unsent {
+            if refused(&status) || never_connected(&status) {
                 return Status::unavailable(format!(
                     "worker {worker} failed to connect to the master at {url}: {text}"
                 ));
@@ -313,7 +409,9 @@ impl ProxyService {
         }
         status
     }
+}
 
+impl ProxyService {
     /// Makes a call to the master, made again (with a short backoff) while
     /// the master refuses its stream before processing it: a connection
     /// just opened does not know the master's stream limit yet, and a
@@ -326,21 +424,25 @@ impl ProxyService {
         let mut delay = Duration::from_millis(2);
         for _ in 0..REFUSED_TRIES {
             match call().await {
-                Err(status) if is_local(&status) && chain(&status).contains(REFUSED_STREAM) => {
+                Err(status) if refused(&status) => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(200));
                 }
-                done => return done.map_err(|s| self.explain(s)),
+                done => return done.map_err(|s| self.explain.status(s)),
             }
         }
-        call().await.map_err(|s| self.explain(s))
+        call().await.map_err(|s| self.explain.status(s))
     }
 }
 
 /// The `Coord` implementation: `OpenSession` ties the session to its job;
-/// every other call goes on to the master as it is.
+/// every other call goes on to the master as it is, a quick one on the
+/// shared connection, one that waits on a connection of its own.
 macro_rules! forward_all {
-    ($($client:ident.$method:ident($req:ty) -> $resp:ty;)*) => {
+    (
+        quick { $($quick:ident($qreq:ty) -> $qresp:ty;)* }
+        waiting { $($wait:ident($wreq:ty) -> $wresp:ty;)* }
+    ) => {
         #[tonic::async_trait]
         impl Coord for ProxyService {
             async fn open_session(
@@ -351,17 +453,29 @@ macro_rules! forward_all {
             }
 
             $(
-                async fn $method(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                async fn $quick(&self, request: Request<$qreq>) -> Result<Response<$qresp>, Status> {
                     let req = request.into_inner();
                     self.relay(|| {
-                        let (mut client, req) = (self.$client.clone(), req.clone());
-                        async move { client.$method(req).await }
+                        let (mut client, req) = (self.master.clone(), req.clone());
+                        async move { client.$quick(req).await }
                     })
                     .await
                 }
             )*
 
-            type CounterAddStreamStream = tonic::Streaming<pb::CounterResponse>;
+            $(
+                async fn $wait(&self, request: Request<$wreq>) -> Result<Response<$wresp>, Status> {
+                    let req = request.into_inner();
+                    let lent = self.waits.lend()?;
+                    self.relay(|| {
+                        let (mut client, req) = (lent.client.clone(), req.clone());
+                        async move { client.$wait(req).await }
+                    })
+                    .await
+                }
+            )*
+
+            type CounterAddStreamStream = Relayed<pb::CounterResponse>;
 
             async fn counter_add_stream(
                 &self,
@@ -370,47 +484,58 @@ macro_rules! forward_all {
                 // A job's stream that breaks ends the master's stream
                 // there: what was sent before it stays added.
                 let adds = request.into_inner().map_while(Result::ok);
+                let lent = self.waits.lend()?;
                 // Not made again: the adds it read are gone with it.
-                self.master
+                let answers = lent
+                    .client
                     .clone()
                     .counter_add_stream(adds)
                     .await
-                    .map_err(|s| self.explain(s))
+                    .map_err(|s| self.explain.status(s))?;
+                Ok(answers.map(|s| relayed(s, lent, self.explain.clone())))
             }
 
-            type KvWatchStream = tonic::Streaming<pb::KvEvent>;
+            type KvWatchStream = Relayed<pb::KvEvent>;
 
             async fn kv_watch(
                 &self,
                 request: Request<pb::KvWatchRequest>,
             ) -> Result<Response<Self::KvWatchStream>, Status> {
                 let req = request.into_inner();
-                self.relay(|| {
- let (mut client, req) = (self.waits.clone(), req.clone());
- async move { client.kv_watch(req).await }
- }).await
+                let lent = self.waits.lend()?;
+                let changes = self
+                    .relay(|| {
+                        let (mut client, req) = (lent.client.clone(), req.clone());
+                        async move { client.kv_watch(req).await }
+                    })
+                    .await?;
+                Ok(changes.map(|s| relayed(s, lent, self.explain.clone())))
             }
         }
     };
 }
 
 forward_all! {
-    master.keep_alive(pb::KeepAliveRequest) -> pb::KeepAliveResponse;
-    master.close_session(pb::CloseSessionRequest) -> pb::CloseSessionResponse;
-    master.kv_get(pb::KvGetRequest) -> pb::KvGetResponse;
-    master.kv_put(pb::KvPutRequest) -> pb::KvPutResponse;
-    master.kv_delete(pb::KvDeleteRequest) -> pb::KvDeleteResponse;
-    master.kv_list(pb::KvListRequest) -> pb::KvListResponse;
-    master.counter_add(pb::CounterAddRequest) -> pb::CounterResponse;
-    master.counter_get(pb::CounterGetRequest) -> pb::CounterResponse;
-    master.counter_set(pb::CounterSetRequest) -> pb::CounterResponse;
-    waits.acquire(pb::AcquireRequest) -> pb::AcquireResponse;
-    master.release(pb::ReleaseRequest) -> pb::ReleaseResponse;
-    master.event_set(pb::EventRequest) -> pb::EventResponse;
-    master.event_clear(pb::EventRequest) -> pb::EventResponse;
-    waits.event_wait(pb::EventWaitRequest) -> pb::EventResponse;
-    waits.barrier_wait(pb::BarrierWaitRequest) -> pb::BarrierWaitResponse;
-    master.inspect(pb::InspectRequest) -> pb::InspectResponse;
+    quick {
+        keep_alive(pb::KeepAliveRequest) -> pb::KeepAliveResponse;
+        close_session(pb::CloseSessionRequest) -> pb::CloseSessionResponse;
+        kv_get(pb::KvGetRequest) -> pb::KvGetResponse;
+        kv_put(pb::KvPutRequest) -> pb::KvPutResponse;
+        kv_delete(pb::KvDeleteRequest) -> pb::KvDeleteResponse;
+        kv_list(pb::KvListRequest) -> pb::KvListResponse;
+        counter_add(pb::CounterAddRequest) -> pb::CounterResponse;
+        counter_get(pb::CounterGetRequest) -> pb::CounterResponse;
+        counter_set(pb::CounterSetRequest) -> pb::CounterResponse;
+        release(pb::ReleaseRequest) -> pb::ReleaseResponse;
+        event_set(pb::EventRequest) -> pb::EventResponse;
+        event_clear(pb::EventRequest) -> pb::EventResponse;
+        inspect(pb::InspectRequest) -> pb::InspectResponse;
+    }
+    waiting {
+        acquire(pb::AcquireRequest) -> pb::AcquireResponse;
+        event_wait(pb::EventWaitRequest) -> pb::EventResponse;
+        barrier_wait(pb::BarrierWaitRequest) -> pb::BarrierWaitResponse;
+    }
 }
 
 impl ProxyService {
@@ -442,9 +567,9 @@ impl ProxyService {
             req.owner = owner_within(match slot {
                 Some(slot) => format!(
                     "{} (left by job slot {slot}) via worker {}",
-                    req.owner, self.worker
+                    req.owner, self.explain.worker
                 ),
-                None => format!("{} via worker {}", req.owner, self.worker),
+                None => format!("{} via worker {}", req.owner, self.explain.worker),
             });
             return self
                 .relay(|| {
@@ -453,7 +578,10 @@ impl ProxyService {
                 })
                 .await;
         };
-        req.owner = owner_within(format!("{owner} on worker {} ({})", self.worker, req.owner));
+        req.owner = owner_within(format!(
+            "{owner} on worker {} ({})",
+            self.explain.worker, req.owner
+        ));
         let resp = self
             .relay(|| {
                 let (mut client, req) = (self.master.clone(), req.clone());
