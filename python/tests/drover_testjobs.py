@@ -188,14 +188,15 @@ def wait_for_event(event_name):
     return [was_set, drover.Value(event_name).value]
 
 
-def wait_in_threads(lock_name, event_name, n):
+def wait_in_threads(lock_name, barrier_name, n):
     """n threads wait (up to a minute each) for the lock lock_name, and n
-    more for event_name; returns how many of each got what they waited for."""
+    more at a barrier of n + 1 parties; returns how many got the lock and
+    the sorted indexes the barrier gave."""
     import threading
 
     import drover
 
-    locks, events = [], []
+    locks, indexes = [], []
 
     def take():
         lock = drover.Lock(lock_name)
@@ -203,27 +204,28 @@ def wait_in_threads(lock_name, event_name, n):
             lock.release()
             locks.append(True)
 
-    def wait():
-        events.append(drover.Event(event_name).wait(60))
+    def meet():
+        indexes.append(drover.Barrier(barrier_name, n + 1).wait(60))
 
-    threads = [threading.Thread(target=f) for f in [take, wait] for _ in range(n)]
+    threads = [threading.Thread(target=f) for f in [take, meet] for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return [len(locks), sum(events)]
+    return [len(locks), sorted(indexes)]
 
 
 def try_lock(lock_name, timeout):
     """Tries a lock without waiting, then for `timeout` seconds; returns
-    both answers and how long the second try took."""
+    both answers and how long each try took."""
     import drover
 
     lock = drover.Lock(lock_name)
-    now = lock.acquire(blocking=False)
     started = time.monotonic()
+    now = lock.acquire(blocking=False)
+    tried = time.monotonic()
     later = lock.acquire(timeout=timeout)
-    return [now, later, time.monotonic() - started]
+    return [now, tried - started, later, time.monotonic() - tried]
 
 
 def add_many(counter_name, n):

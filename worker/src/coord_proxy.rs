@@ -162,7 +162,7 @@ pub async fn start(
     stop: CancellationToken,
 ) -> anyhow::Result<Proxy> {
     let waits = WaitConnections {
-        idle: Arc::default(),
+        pool: Arc::default(),
         master_url: master_url.to_string(),
         options: options.clone(),
     };
@@ -226,22 +226,35 @@ struct ProxyService {
 
 /// How many connections for waiting calls are kept when no call uses them.
 const IDLE_WAIT_CONNECTIONS: usize = 16;
+/// The most connections waiting calls open; past that many waits at once,
+/// they share the least used (the master's default of 1,024 streams per
+/// connection leaves room for 64 x 1,024 waits).
+const MAX_WAIT_CONNECTIONS: usize = 64;
 
 /// Connections for the calls that wait (an acquire, an event or barrier
-/// wait, a watch, a stream of adds), one such call on each at a time.
+/// wait, a watch, a stream of adds), one such call on each while fewer
+/// than [`MAX_WAIT_CONNECTIONS`] wait.
 ///
 /// A waiting call holds its HTTP/2 stream for as long as it waits, and a
 /// connection carries only the master's `--max-concurrent-streams` at
 /// once: on a shared connection the calls past that would queue behind the
-/// waits, their own timeouts and all. With a connection each, no call ever
+/// waits, their own timeouts and all. With a connection each, no call
 /// waits for another's stream. A connection given back is used again, so a
 /// lock taken and given back in a loop opens one connection, not one each
 /// time.
 #[derive(Clone)]
 struct WaitConnections {
-    idle: Arc<Mutex<Vec<CoordClient<AuthChannel>>>>,
+    pool: Arc<Mutex<Vec<Pooled>>>,
     master_url: String,
     options: ClientOptions,
+}
+
+struct Pooled {
+    /// Which connection, for the [`Lent`] to find it again.
+    id: u64,
+    client: CoordClient<AuthChannel>,
+    /// The waiting calls on it now.
+    calls: usize,
 }
 
 impl WaitConnections {
@@ -254,21 +267,38 @@ impl WaitConnections {
             .max_encoding_message_size(net::MAX_MESSAGE_BYTES))
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<CoordClient<AuthChannel>>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn pool(&self) -> MutexGuard<'_, Vec<Pooled>> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A connection for one waiting call, given back when the [`Lent`]
-    /// drops.
+    /// drops: an unused one, else a new one, else (at the cap) the least
+    /// used.
     fn lend(&self) -> Result<Lent, Status> {
-        let client = match self.idle().pop() {
-            Some(client) => client,
-            None => self
-                .connect()
-                .map_err(|e| Status::internal(format!("the Coord proxy's connection: {e}")))?,
+        let mut pool = self.pool();
+        let i = match pool.iter().position(|c| c.calls == 0) {
+            Some(i) => i,
+            None if pool.len() < MAX_WAIT_CONNECTIONS => {
+                let client = self
+                    .connect()
+                    .map_err(|e| Status::internal(format!("the Coord proxy's connection: {e}")))?;
+                let id = pool.iter().map(|c| c.id + 1).max().unwrap_or(0);
+                pool.push(Pooled {
+                    id,
+                    client,
+                    calls: 0,
+                });
+                pool.len() - 1
+            }
+            None => (0..pool.len())
+                .min_by_key(|&i| pool[i].calls)
+                .expect("a full pool has connections"),
         };
+        let pooled = &mut pool[i];
+        pooled.calls += 1;
         Ok(Lent {
-            client,
+            id: pooled.id,
+            client: pooled.client.clone(),
             home: self.clone(),
         })
     }
@@ -276,15 +306,20 @@ impl WaitConnections {
 
 /// A connection of [`WaitConnections`] in use by one call.
 struct Lent {
+    id: u64,
     client: CoordClient<AuthChannel>,
     home: WaitConnections,
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        let mut idle = self.home.idle();
-        if idle.len() < IDLE_WAIT_CONNECTIONS {
-            idle.push(self.client.clone());
+        let mut pool = self.home.pool();
+        if let Some(i) = pool.iter().position(|c| c.id == self.id) {
+            pool[i].calls -= 1;
+            let unused = pool.iter().filter(|c| c.calls == 0).count();
+            if pool[i].calls == 0 && unused > IDLE_WAIT_CONNECTIONS {
+                pool.swap_remove(i);
+            }
         }
     }
 }
@@ -484,6 +519,10 @@ macro_rules! forward_all {
                 // A job's stream that breaks ends the master's stream
                 // there: what was sent before it stays added.
                 let adds = request.into_inner().map_while(Result::ok);
+                // The connection goes back when the answers end; should
+                // the master end them before the job stops sending, the
+                // rest of the job's adds are still sent (and refused) on
+                // it, beside the next call it carries: harmless.
                 let lent = self.waits.lend()?;
                 // Not made again: the adds it read are gone with it.
                 let answers = lent
@@ -622,11 +661,12 @@ mod tests {
         ))
     }
 
-    #[tokio::test]
-    async fn a_call_that_never_reached_the_master_says_so_as_unavailable() {
-        let master = format!("http://127.0.0.1:{}", closed_port().await);
+    /// Adds through a proxy in front of `master`, and checks the add fails
+    /// as UNAVAILABLE saying the master never got it (the client sends
+    /// such a call again as it is).
+    async fn assert_an_add_is_unsent(master: &str) {
         let stop = CancellationToken::new();
-        let proxy = start(&master, &ClientOptions::default(), "w1", stop.clone())
+        let proxy = start(master, &ClientOptions::default(), "w1", stop.clone())
             .await
             .unwrap();
         let mut c = proxy_client(&proxy, &proxy.token.clone()).await;
@@ -638,7 +678,6 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-        // The client sends a call that failed to connect again as it is.
         assert!(
             err.message().starts_with(&format!(
                 "worker w1 failed to connect to the master at {master}"
@@ -647,6 +686,79 @@ mod tests {
             err.message()
         );
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_reached_the_master_says_so_as_unavailable() {
+        assert_an_add_is_unsent(&format!("http://127.0.0.1:{}", closed_port().await)).await;
+    }
+
+    /// A master that resets its first `refuse` streams with REFUSED_STREAM
+    /// and answers each later one with an empty message; counts the
+    /// streams it saw.
+    async fn refusing_master(refuse: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let seen = counted.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                        if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let mut body = respond.send_response(head, false).unwrap();
+                        // One gRPC frame: not compressed, 0 bytes long.
+                        body.send_data(bytes::Bytes::from_static(&[0; 5]), false)
+                            .unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        body.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_master_refused_unprocessed_is_sent_again() {
+        let (master, seen) = refusing_master(3).await;
+        let stop = CancellationToken::new();
+        let proxy = start(&master, &ClientOptions::default(), "w1", stop.clone())
+            .await
+            .unwrap();
+        let mut c = proxy_client(&proxy, &proxy.token.clone()).await;
+        // A waiting call and a quick one: both are made again until the
+        // master takes them.
+        c.acquire(pb::AcquireRequest::default()).await.unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 4);
+        c.counter_get(pb::CounterGetRequest { name: "n".into() })
+            .await
+            .unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 5);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_master_that_refuses_every_try_is_unavailable_and_the_call_unsent() {
+        let (master, seen) = refusing_master(usize::MAX).await;
+        assert_an_add_is_unsent(&master).await;
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            REFUSED_TRIES + 1
+        );
     }
 
     #[tokio::test]
@@ -668,6 +780,31 @@ mod tests {
             err.message()
         );
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn waits_get_a_connection_each_up_to_the_cap_then_share_the_least_used() {
+        let waits = WaitConnections {
+            pool: Arc::default(),
+            master_url: format!("http://127.0.0.1:{}", closed_port().await),
+            options: ClientOptions::default(),
+        };
+        let lent: Vec<Lent> = (0..MAX_WAIT_CONNECTIONS + 2)
+            .map(|_| waits.lend().unwrap())
+            .collect();
+        let ids: std::collections::HashSet<u64> = lent.iter().map(|l| l.id).collect();
+        assert_eq!(ids.len(), MAX_WAIT_CONNECTIONS);
+        assert_eq!(waits.pool().len(), MAX_WAIT_CONNECTIONS);
+        assert!(waits.pool().iter().all(|c| (1..=2).contains(&c.calls)));
+        // The connection given back is the one the next wait gets.
+        let freed = lent[10].id;
+        let mut lent = lent;
+        lent.remove(10);
+        assert_eq!(waits.lend().unwrap().id, freed);
+        // With every wait over, IDLE_WAIT_CONNECTIONS are kept.
+        drop(lent);
+        assert_eq!(waits.pool().len(), IDLE_WAIT_CONNECTIONS);
+        assert!(waits.pool().iter().all(|c| c.calls == 0));
     }
 
     #[test]
