@@ -56,12 +56,21 @@ impl State {
                 closed_at_ms: now,
                 ..Default::default()
             };
+            // The bytes of its jobs' records, when this master wrote each
+            // (the store reads them back otherwise).
+            let mut own_bytes = Some(0u64);
             for j in self.own_jobs(id, b) {
                 match j.state {
                     JobState::Succeeded => info.succeeded += 1,
                     JobState::Failed => info.failed += 1,
                     _ => info.cancelled += 1,
                 }
+                own_bytes = own_bytes
+                    .filter(|_| j.record_len > 0)
+                    .map(|sum| sum + u64::from(j.record_len));
+            }
+            if let Some(bytes) = own_bytes {
+                changes.closed_own_bytes.insert(id, bytes);
             }
             let request_id = b.request_id.as_deref().unwrap_or_default();
             changes.batches.push((

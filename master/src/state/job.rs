@@ -36,6 +36,10 @@ pub(crate) struct Job {
     pub(crate) state: JobState,
     /// Changed since the last commit, and listed in `State::dirty_jobs`.
     pub(super) dirty: bool,
+    /// The length of the record last encoded for it by this master, as
+    /// the store holds it once that commit is written; 0 if none was (a
+    /// job read from the store, or one only in its batch's record).
+    pub(super) record_len: u32,
 }
 
 /// Jobs by id: a slab of records and an index from id to slot, so that a
@@ -254,6 +258,7 @@ impl Job {
             not_before_ms: r.not_before_ms,
             extra: (!bare).then(|| Box::new(extra)),
             dirty: false,
+            record_len: 0,
         })
     }
 

@@ -78,7 +78,11 @@ impl State {
                 && job.dirty
             {
                 job.dirty = false;
-                changes.jobs.push((id, job.record().encode_to_vec()));
+                let record = job.record().encode_to_vec();
+                // A record is bounded far below 4 GiB (the message limit);
+                // 0 says "unknown" should it not be.
+                job.record_len = u32::try_from(record.len()).unwrap_or(0);
+                changes.jobs.push((id, record));
             }
         }
         self.take_closing(number, &mut changes);

@@ -313,6 +313,7 @@ impl State {
                     })
                 }),
                 dirty: false,
+                record_len: 0,
             };
             let key = (Reverse(job.priority), seq);
             self.counts[JobState::Queued as usize] += 1;
