@@ -613,11 +613,12 @@ impl Store for RedbStore {
                         let own = match changes.closed_own_bytes.get(id) {
                             Some(&counted) => {
                                 // Tests run debug builds: every close checks
-                                // the state's count against the records.
+                                // the state's count against the records (a
+                                // failed write stops the master, saying so).
                                 if cfg!(debug_assertions) {
                                     let read = read_own_bytes(id, bytes)?;
-                                    assert_eq!(
-                                        counted, read,
+                                    anyhow::ensure!(
+                                        counted == read,
                                         "batch {id}: the state counted {counted} bytes of \
                                          its jobs' records, the store holds {read}"
                                     );
