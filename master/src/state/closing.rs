@@ -262,6 +262,7 @@ impl State {
         // The store counts it closed until the commit opening it again is
         // written (see `committed`).
         let mut kept = [0u64; 3];
+        let mut back = HashSet::new();
         for job_id in &stored.jobs {
             if self.jobs.contains_key(job_id) {
                 continue;
@@ -285,6 +286,7 @@ impl State {
                 self.idempotency.insert(key.clone(), job.id);
             }
             self.next_seq = self.next_seq.max(job.seq + 1);
+            back.insert(job.id);
             self.jobs.insert(job.id, job);
         }
         let mut finished = stored.finished.clone();
@@ -322,8 +324,12 @@ impl State {
         );
         // Counted open again at the next commit (see `retry_jobs`). A
         // retention purge of it not yet taken by the committer is called
-        // off: its records stay.
+        // off: its records stay, its jobs' too (a purge of it while in
+        // memory, see `purge_expired`, deletes them one by one).
         self.deleted_batches.retain(|b| *b != id);
+        if !back.is_empty() {
+            self.deleted_jobs.retain(|j| !back.contains(j));
+        }
         Ok(true)
     }
 

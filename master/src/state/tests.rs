@@ -994,6 +994,44 @@ fn a_retry_calls_off_a_pending_retention_purge_of_its_batch() {
 }
 
 #[test]
+fn a_retry_calls_off_a_pending_retention_purge_of_its_jobs_taken_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
+    let mut st = durable(1);
+    st.set_archive(store.clone());
+    let now = fake_clock(&mut st);
+    let (_, ids) = st
+        .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
+        .unwrap();
+    commit_to(&mut st, &store);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 2, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
+        .send(None);
+    // The commit closing the batch is taken; while it is written the batch
+    // is still in memory, and expires: the purge takes it and its jobs out.
+    let (n, closing) = st.take_changes().unwrap();
+    now.fetch_add(3_600_001, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(st.purge_expired(), 2);
+    store.write(closing).unwrap();
+    st.committed(n, store.closed_counts().unwrap());
+    // A retry before the purge's commit brings the batch back.
+    let (retried, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(retried, 1);
+    commit_to(&mut st, &store);
+    let back = reload(&store);
+    assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
+    assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
+    assert_eq!(
+        store.read_job(&ids[0]).unwrap().unwrap().state,
+        JobState::Succeeded as i32
+    );
+}
+
+#[test]
 fn a_retry_behind_a_purge_being_written_leaves_a_store_that_opens() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(crate::store::RedbStore::open(dir.path()).unwrap());
