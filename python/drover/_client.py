@@ -184,6 +184,8 @@ class Client:
         self._stub: Optional[pb_grpc.QueueStub] = None
         self._tracker: Any = None
         self._closed = False
+        #: Set on a job's client of its worker's Coord proxy: errors say so.
+        self._via_worker = False
         #: The master's --max-batch-jobs, once a refusal has told it; maps
         #: cut their submits to it.
         self.max_batch_jobs: Optional[int] = None
@@ -291,7 +293,7 @@ class Client:
             return self._tracker
 
     def _error(self, err: grpc.RpcError, first_index: int = 0) -> DroverError:
-        return _errors.from_rpc_error(err, self.url, first_index)
+        return _errors.from_rpc_error(err, self.url, first_index, self._via_worker)
 
     # ---- the Queue calls ----
 

@@ -134,14 +134,19 @@ def _short(s: str, limit: int = 40) -> str:
 _JOB_INDEX = re.compile(r"^jobs\[(\d+)\]")
 
 
-def from_rpc_error(err: grpc.RpcError, url: str, first_index: int = 0) -> DroverError:
+def from_rpc_error(err: grpc.RpcError, url: str, first_index: int = 0, via_worker: bool = False) -> DroverError:
     """Turns a failed call into the exception a user should see. ``url`` is
-    the master's, for unreachable masters; ``first_index`` is the position of
-    the submit's first job in its map, so that ``jobs[i]`` names the map's
-    element."""
+    the master's, for unreachable masters (with ``via_worker``: the job's
+    worker's Coord proxy, which names the master itself when it cannot
+    reach it); ``first_index`` is the position of the submit's first job in
+    its map, so that ``jobs[i]`` names the map's element."""
     code = err.code() if hasattr(err, "code") else None
     details = (err.details() if hasattr(err, "details") else None) or str(err)
     if code == grpc.StatusCode.UNAVAILABLE:
+        if via_worker and details.startswith("worker "):
+            return MasterUnavailable(details, code)
+        if via_worker:
+            return MasterUnavailable(f"cannot reach this job's worker (its Coord proxy at {url}): {details}", code)
         return MasterUnavailable(f"cannot reach the master at {url}: {details}", code)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         if first_index:

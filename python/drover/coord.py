@@ -102,6 +102,7 @@ def _client(client: Optional[Client]) -> Client:
                 # job needs no address or token of the master's.
                 token = os.environ.get("DROVER_COORD_TOKEN", "")
                 _default_client = Client(proxy, token, "", tls_cert="", tls_key="")
+                _default_client._via_worker = True
             else:
                 _default_client = Client()
         return _default_client

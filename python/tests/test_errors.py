@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import socket
 import time
 
+import grpc
 import pytest
 
 import drover
@@ -96,3 +97,33 @@ def test_bad_connection_settings_are_refused_up_front(tmp_path, monkeypatch):
     monkeypatch.setenv("DROVER_TOKEN_FILE", str(pem))
     with pytest.raises(ValueError, match="not both"):
         drover.Client("http://127.0.0.1:1")
+
+
+class _Unavailable(grpc.RpcError):
+    """What grpc raises for an UNAVAILABLE call, with ``details``."""
+
+    def __init__(self, details: str):
+        self._details = details
+
+    def code(self):
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self):
+        return self._details
+
+
+def test_a_jobs_unreachable_master_is_named_by_its_worker_not_the_proxy():
+    from drover import _errors
+
+    proxy = "http://127.0.0.1:41234"
+    said = "worker w1 failed to connect to the master at http://10.0.0.5:50051: connection refused"
+    e = _errors.from_rpc_error(_Unavailable(said), proxy, via_worker=True)
+    assert isinstance(e, drover.MasterUnavailable)
+    # The worker's words name the master; the proxy's loopback URL is not
+    # passed off as the master's.
+    assert str(e) == said
+    e = _errors.from_rpc_error(_Unavailable("failed to connect to all addresses"), proxy, via_worker=True)
+    assert str(e) == f"cannot reach this job's worker (its Coord proxy at {proxy}): failed to connect to all addresses"
+    # A client of the master itself names the master as before.
+    e = _errors.from_rpc_error(_Unavailable("connection refused"), proxy)
+    assert str(e) == f"cannot reach the master at {proxy}: connection refused"
