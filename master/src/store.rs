@@ -84,11 +84,35 @@ const DB_FILE: &str = "drover.redb";
 /// The file a master holds an exclusive lock on while it runs.
 const LOCK_FILE: &str = "LOCK";
 
+/// A job's record to insert or replace, with the state it holds: the
+/// store indexes some states, and need not decode the record to learn it.
+#[derive(Debug, Clone)]
+pub struct JobWrite {
+    /// The job.
+    pub id: JobId,
+    /// The state its record holds.
+    pub state: pb::JobState,
+    /// Its record, encoded.
+    pub record: Vec<u8>,
+}
+
+impl JobWrite {
+    /// The write of a record (tests build records as messages).
+    #[cfg(test)]
+    pub(crate) fn of(record: &pb::JobRecord) -> JobWrite {
+        JobWrite {
+            id: JobId::from_slice(&record.id).expect("a 16-byte id"),
+            state: record.state(),
+            record: record.encode_to_vec(),
+        }
+    }
+}
+
 /// Changes to write in one transaction.
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Job records, encoded, to insert or replace.
-    pub jobs: Vec<(JobId, Vec<u8>)>,
+    pub jobs: Vec<JobWrite>,
     /// Jobs to delete (purged after the retention period).
     pub deleted_jobs: Vec<JobId>,
     /// Batch records, encoded, to insert.
@@ -571,10 +595,20 @@ impl Store for RedbStore {
                 }
             }
             let mut indexed_now = std::collections::HashSet::new();
-            for (id, bytes) in &changes.jobs {
-                let key = id.uuid().as_u128();
-                jobs.insert(key, bytes.as_slice())?;
-                let state = job_header(key, bytes)?.state;
+            for w in &changes.jobs {
+                let key = w.id.uuid().as_u128();
+                jobs.insert(key, w.record.as_slice())?;
+                let state = w.state as i32;
+                // Tests run debug builds: every write checks the state
+                // given against the record's.
+                if cfg!(debug_assertions) {
+                    let recorded = job_header(key, &w.record)?.state;
+                    anyhow::ensure!(
+                        recorded == state,
+                        "job {}: written as state {state}, its record says {recorded}",
+                        w.id
+                    );
+                }
                 if indexed(state) {
                     by_state.insert((state, key), ())?;
                     indexed_now.insert(key);
@@ -596,7 +630,7 @@ impl Store for RedbStore {
                     changes
                         .jobs
                         .iter()
-                        .map(|(id, b)| (id.uuid().as_u128(), b.as_slice()))
+                        .map(|w| (w.id.uuid().as_u128(), w.record.as_slice()))
                         .collect()
                 });
                 own_bytes(&jobs, written, id, &job_ids_of(record)?)
@@ -1147,7 +1181,7 @@ mod tests {
             };
             store
                 .write(Changes {
-                    jobs: vec![(id, record.encode_to_vec())],
+                    jobs: vec![JobWrite::of(&record)],
                     batches: vec![(batch, encode_batch(&[id], vec![record], ""))],
                     ..Changes::default()
                 })
@@ -1187,7 +1221,7 @@ mod tests {
         let finished = record(done, closed_batch, pb::JobState::Succeeded);
         store
             .write(Changes {
-                jobs: vec![(done, finished.encode_to_vec())],
+                jobs: vec![JobWrite::of(&finished)],
                 batches: vec![
                     (
                         open_batch,
@@ -1349,7 +1383,7 @@ mod tests {
                 (cancelled_b, closed_b, Cancelled),
             ]
             .into_iter()
-            .map(|(id, b, st)| (id, record(id, b, st).encode_to_vec()))
+            .map(|(id, b, st)| JobWrite::of(&record(id, b, st)))
             .collect(),
             batches: vec![
                 (

@@ -130,8 +130,16 @@ impl Store {
         for id in c.deleted_jobs {
             self.jobs.remove(&id.uuid().as_u128());
         }
-        for (id, bytes) in c.jobs {
-            self.jobs.insert(id.uuid().as_u128(), bytes);
+        for w in c.jobs {
+            let recorded = <pb::JobRecord as prost::Message>::decode(w.record.as_slice())
+                .expect("a job record decodes")
+                .state;
+            assert_eq!(
+                recorded, w.state as i32,
+                "job {} written as {:?}, its record says otherwise",
+                w.id, w.state
+            );
+            self.jobs.insert(w.id.uuid().as_u128(), w.record);
         }
         for (id, bytes) in c.batches {
             self.batches.insert(id.uuid().as_u128(), bytes);

@@ -174,7 +174,9 @@ impl Job {
         JobClass::of(self.kind)
     }
 
-    /// The record the store keeps.
+    /// The record the store keeps, as prost's message: the reference that
+    /// [`Job::encode_record`] (what the committer writes) is tested against.
+    #[cfg(test)]
     pub(super) fn record(&self) -> pb::JobRecord {
         pb::JobRecord {
             id: self.id.as_bytes().to_vec(),

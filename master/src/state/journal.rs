@@ -2,6 +2,7 @@
 //! dirty under the lock, the assignment log, and the commit ticket a
 //! change must wait for before anyone is told of it.
 
+use super::encode::encode_batch_of;
 use super::*;
 
 impl State {
@@ -43,6 +44,7 @@ impl State {
             truncate_log,
             ..Changes::default()
         };
+        let mut scratch = Vec::new();
         for id in std::mem::take(&mut self.dirty_batches) {
             let Some(b) = self.batches.get(&id) else {
                 continue;
@@ -51,7 +53,6 @@ impl State {
             // they are now; their later changes go to their own records.
             // A finished job also gets its own record (it stays dirty): a
             // closed batch's record lists its jobs but holds none.
-            let mut created = Vec::new();
             for job_id in &b.jobs {
                 if let Some(job) = self.jobs.get_mut(job_id)
                     && job.batch == id
@@ -62,27 +63,35 @@ impl State {
                     if let Some(key) = &job.x().idempotency_key {
                         changes.keys.push((key.to_string(), job.id));
                     }
-                    created.push(job.record());
                 }
             }
             let request_id = b.request_id.as_deref().unwrap_or_default();
             if !request_id.is_empty() {
                 changes.requests.push((request_id.to_string(), id));
             }
-            changes
-                .batches
-                .push((id, encode_batch(&b.jobs, created, request_id)));
+            let created = b
+                .jobs
+                .iter()
+                .filter_map(|j| self.jobs.get(j))
+                .filter(|job| job.batch == id);
+            let record = encode_batch_of(&b.jobs, created, request_id, &mut scratch);
+            changes.batches.push((id, record));
         }
         for id in std::mem::take(&mut self.dirty_jobs) {
             if let Some(job) = self.jobs.get_mut(&id)
                 && job.dirty
             {
                 job.dirty = false;
-                let record = job.record().encode_to_vec();
+                let mut record = Vec::with_capacity(job.arg.len() + 96);
+                job.encode_record(&mut record);
                 // A record is bounded far below 4 GiB (the message limit);
                 // 0 says "unknown" should it not be.
                 job.record_len = u32::try_from(record.len()).unwrap_or(0);
-                changes.jobs.push((id, record));
+                changes.jobs.push(JobWrite {
+                    id,
+                    state: job.state,
+                    record,
+                });
             }
         }
         self.take_closing(number, &mut changes);

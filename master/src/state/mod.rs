@@ -53,13 +53,12 @@ use std::time::{Duration, Instant};
 
 use drover_common::pb::{self, JobKind, JobState};
 use drover_common::{Error, JobArgs, Limits};
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 
 use drover_common::JobClass;
 use drover_common::ids::{BatchId, JobId, SessionId};
 
-use crate::store::{Changes, Loaded, Recovered, Store, encode_batch};
+use crate::store::{Changes, JobWrite, Loaded, Recovered, Store};
 
 /// A map keyed by ids the master made itself (job, batch and session ids,
 /// never a client's strings, so nobody can choose colliding keys):
@@ -72,6 +71,7 @@ pub(crate) type IdSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 mod closing;
 mod dashboard_queries;
+mod encode;
 mod job;
 mod journal;
 mod lifecycle;

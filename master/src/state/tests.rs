@@ -1,4 +1,5 @@
 use super::*;
+use prost::Message;
 
 /// Delivers what a change produced to the sessions' outboxes at once, as
 /// the service does once the commit is done.
@@ -234,9 +235,9 @@ fn recovered_from(commits: &[Changes]) -> Recovered {
             let (ids, created, request_id) = crate::store::decode_batch(bytes).unwrap();
             r.batches.push((*id, ids, created, request_id));
         }
-        for (_, bytes) in &c.jobs {
+        for w in &c.jobs {
             r.jobs
-                .push(pb::JobRecord::decode(bytes.as_slice()).unwrap());
+                .push(pb::JobRecord::decode(w.record.as_slice()).unwrap());
         }
         r.assignments.push(c.assignments.clone());
     }
