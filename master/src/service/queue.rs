@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{BoxStream, Master};
-use crate::state::{State, stored_info};
+use crate::state::{Batch, Job, State, stored_info};
 use crate::store::{Store, StoredBatch};
 
 /// Results per `WatchResponse`: large enough to batch, small enough that a
@@ -76,8 +76,9 @@ impl Page {
 /// lock: from memory, or as a miss to read from the store after it, which
 /// goes alone in its message. Returns false (nothing added) when the job is
 /// a miss and the message already holds others.
-fn take_slot(st: &State, id: JobId, at: usize, slots: &mut Vec<Slot>, bytes: &mut usize) -> bool {
-    match st.job(&id) {
+fn take_slot(st: &State, b: &Batch, at: usize, slots: &mut Vec<Slot>, bytes: &mut usize) -> bool {
+    let id = b.jobs[at];
+    match st.job_in(b, at) {
         Some(j) => {
             let info = j.info_at(at);
             *bytes += prost::Message::encoded_len(&info);
@@ -535,8 +536,11 @@ impl Queue for Master {
                             || matches!(slots.last(), Some(Slot::Miss(..)))
                     };
                     if req.ordered {
-                        while !is_full(&slots, bytes) && cursor < total && st.is_done(&b.jobs[cursor]) {
-                            if !take_slot(&st, b.jobs[cursor], cursor, &mut slots, &mut bytes) {
+                        while !is_full(&slots, bytes)
+                            && cursor < total
+                            && st.job_in(b, cursor).is_none_or(Job::is_finished)
+                        {
+                            if !take_slot(&st, b, cursor, &mut slots, &mut bytes) {
                                 stopped = true;
                                 break;
                             }
@@ -546,7 +550,7 @@ impl Queue for Master {
                         while !is_full(&slots, bytes) && cursor < b.finished.len() {
                             let index = b.finished[cursor] as usize;
                             if !bit(&sent, index) {
-                                if !take_slot(&st, b.jobs[index], index, &mut slots, &mut bytes) {
+                                if !take_slot(&st, b, index, &mut slots, &mut bytes) {
                                     stopped = true;
                                     break;
                                 }

@@ -26,7 +26,7 @@ impl State {
     fn own_jobs<'a>(&'a self, id: BatchId, b: &'a Batch) -> impl Iterator<Item = &'a Job> {
         b.jobs.iter().enumerate().filter_map(move |(i, j)| {
             self.jobs
-                .get(j)
+                .get_hinted(j, b.slot(i))
                 .filter(|j| j.batch == id && j.index as usize == i)
         })
     }
@@ -34,9 +34,11 @@ impl State {
     /// Whether every job a batch lists is finished (a job not in memory
     /// left with its own closed batch, so it is finished).
     fn all_done(&self, b: &Batch) -> bool {
-        b.jobs
-            .iter()
-            .all(|id| self.jobs.get(id).is_none_or(Job::is_finished))
+        b.jobs.iter().enumerate().all(|(i, id)| {
+            self.jobs
+                .get_hinted(id, b.slot(i))
+                .is_none_or(Job::is_finished)
+        })
     }
 
     /// Writes the batches that closed since the last commit as closed
@@ -106,9 +108,11 @@ impl State {
             self.closed_kept.remove(&id);
             // Every job finished and written: one pass over the batch.
             let clean = self.batches.get(&id).is_some_and(|b| {
-                b.jobs
-                    .iter()
-                    .all(|j| self.jobs.get(j).is_none_or(|j| j.is_finished() && !j.dirty))
+                b.jobs.iter().enumerate().all(|(i, j)| {
+                    self.jobs
+                        .get_hinted(j, b.slot(i))
+                        .is_none_or(|j| j.is_finished() && !j.dirty)
+                })
             }) && !self.dirty_batches.contains(&id);
             if clean && self.archive.is_some() {
                 self.evict(id);
@@ -316,6 +320,7 @@ impl State {
             id,
             Batch {
                 jobs: stored.jobs,
+                slots: Vec::new(),
                 finished,
                 notify: tx,
                 rewinds: 0,

@@ -126,7 +126,7 @@ pub(super) fn encode_batch_of<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::encode_batch;
     use rand::rngs::StdRng;
@@ -170,7 +170,8 @@ mod tests {
         Some(pb::JobOutput { value: Some(value) })
     }
 
-    fn job(rng: &mut StdRng) -> Job {
+    /// A job with every field random.
+    pub(in crate::state) fn job(rng: &mut StdRng) -> Job {
         let kinds = [
             JobKind::Unspecified,
             JobKind::Fib,

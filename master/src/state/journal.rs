@@ -53,8 +53,8 @@ impl State {
             // they are now; their later changes go to their own records.
             // A finished job also gets its own record (it stays dirty): a
             // closed batch's record lists its jobs but holds none.
-            for job_id in &b.jobs {
-                if let Some(job) = self.jobs.get_mut(job_id)
+            for (i, job_id) in b.jobs.iter().enumerate() {
+                if let Some(job) = self.jobs.get_mut_hinted(job_id, b.slot(i))
                     && job.batch == id
                 {
                     if !job.is_finished() {
@@ -72,7 +72,8 @@ impl State {
             let created = b
                 .jobs
                 .iter()
-                .filter_map(|j| self.jobs.get(j))
+                .enumerate()
+                .filter_map(|(i, j)| self.jobs.get_hinted(j, b.slot(i)))
                 .filter(|job| job.batch == id);
             let record = encode_batch_of(&b.jobs, created, request_id, &mut scratch);
             changes.batches.push((id, record));

@@ -246,6 +246,7 @@ impl State {
         let fresh: Vec<JobId> = specs.iter().map(|_| JobId::new()).collect();
         let batch_id = BatchId::new();
         let mut ids = Vec::with_capacity(specs.len());
+        let mut slots = Vec::with_capacity(specs.len());
         let mut finished = Vec::new();
         for (i, spec) in specs.into_iter().enumerate() {
             let index = i as u32;
@@ -264,6 +265,7 @@ impl State {
             if let Some(existing) = known {
                 let existing_finished = self.jobs.get(&existing).is_none_or(Job::is_finished);
                 ids.push(existing);
+                slots.push(self.jobs.slot_of(&existing).unwrap_or(u32::MAX));
                 if existing_finished {
                     finished.push(index);
                 }
@@ -318,7 +320,7 @@ impl State {
             let key = (Reverse(job.priority), seq);
             self.counts[JobState::Queued as usize] += 1;
             self.counters.jobs.submitted(kind);
-            self.jobs.insert(id, job);
+            slots.push(self.jobs.insert(id, job));
             self.queue_ready(id, key);
             self.mark(id);
             ids.push(id);
@@ -328,6 +330,7 @@ impl State {
             batch_id,
             Batch {
                 jobs: ids.clone(),
+                slots,
                 finished,
                 notify: tx,
                 rewinds: 0,

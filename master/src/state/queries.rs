@@ -76,6 +76,12 @@ impl State {
         self.jobs.get(id)
     }
 
+    /// The job at `index` in a batch, if in memory (found by the batch's
+    /// slot hint when it still holds it).
+    pub(crate) fn job_in(&self, b: &Batch, index: usize) -> Option<&Job> {
+        self.jobs.get_hinted(&b.jobs[index], b.slot(index))
+    }
+
     /// Whether a job is finished.
     pub(crate) fn is_finished(&self, id: &JobId) -> bool {
         self.jobs.get(id).is_some_and(|j| j.is_finished())

@@ -55,6 +55,7 @@ impl State {
                     batch_id,
                     Batch {
                         jobs: ids,
+                        slots: Vec::new(),
                         finished: Vec::new(),
                         notify: tx,
                         rewinds: 0,
