@@ -4,7 +4,10 @@
 //! strings and vectors, about eight allocations a record). The committer
 //! encodes every changed job each commit, under the state's lock, so this
 //! is on the durable store's hot path (bench/README.md). A test checks the
-//! bytes against prost's for randomized jobs.
+//! bytes against prost's for randomized jobs. A field added to `JobRecord`
+//! goes in three places: `Job::record` (the compiler asks for it), here,
+//! and the test's generator, with random values, or the test cannot see it
+//! missing here.
 
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};

@@ -408,6 +408,16 @@ mod tests {
         // No hint, or one past the table.
         assert_eq!(table.get_hinted(&a_id, None).unwrap().id, a_id);
         assert_eq!(table.get_hinted(&b_id, Some(&u32::MAX)).unwrap().id, b_id);
+        assert_eq!(table.get_mut_hinted(&a_id, None).unwrap().id, a_id);
+        assert_eq!(
+            table.get_mut_hinted(&b_id, Some(&u32::MAX)).unwrap().id,
+            b_id
+        );
+        assert!(
+            table
+                .get_mut_hinted(&JobId::new(), Some(&u32::MAX))
+                .is_none()
+        );
         assert!(table.get_hinted(&JobId::new(), Some(&slot)).is_none());
     }
 }
