@@ -94,12 +94,13 @@ impl Workers for Master {
         self.inner.tasks.spawn(async move {
             let reason = loop {
                 let msg = tokio::select! {
-                    m = inbound.message() => m,
+                    biased;
                     // The master stops: its session's jobs are left as they
                     // are, so the next start queues them again without
                     // counting the attempt (a clean stop costs no attempt,
                     // like a crash).
                     _ = master.inner.shutdown.cancelled() => return,
+                    m = inbound.message() => m,
                 };
                 match msg {
                     Ok(Some(m)) => {
@@ -111,6 +112,13 @@ impl Workers for Master {
                     Err(status) => break format!("stream error: {}", status.message()),
                 }
             };
+            // A stop ends every worker's stream, and the worker's side may
+            // close before this task sees the stop: that end is the stop's,
+            // and it costs the session's jobs no attempt either (a_clean_stop_
+            // of_the_master_costs_running_jobs_no_attempt failed now and then).
+            if master.inner.shutdown.is_cancelled() {
+                return;
+            }
             let (_, out) = master.inner.state.lock().end_session(session, &reason);
             master.send(out);
         });
