@@ -940,6 +940,33 @@ fn closed_jobs_are_listed_newest_first_from_the_store() {
     assert_eq!(batches[0].total, 2);
 }
 
+/// Runs the two jobs just submitted on a new worker: the first succeeds,
+/// the second fails.
+fn run_one_ok_one_failed(st: &mut State) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 2, 0).send(None);
+    let a = assigned(&mut rx);
+    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
+        .send(None);
+}
+
+/// Retries the failed job of a batch `run_one_ok_one_failed` ran, and
+/// checks that a restart finds it queued and the other still succeeded.
+fn retry_keeps_the_succeeded_job(st: &mut State, store: &crate::store::RedbStore, ids: &[JobId]) {
+    let (retried, out) = st.retry_jobs(&[ids[1]]);
+    out.send(None);
+    assert_eq!(retried, 1);
+    commit_to(st, store);
+    let back = reload(store);
+    assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
+    assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
+    assert_eq!(
+        store.read_job(&ids[0]).unwrap().unwrap().state,
+        JobState::Succeeded as i32
+    );
+}
+
 /// A state with one closed batch of two jobs (one failed) on a real
 /// store, out of memory.
 fn closed_batch_with_a_failed_job(
@@ -951,12 +978,7 @@ fn closed_batch_with_a_failed_job(
         .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
         .unwrap();
     commit_to(&mut st, store);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let s = st.add_session(&hello("w"), tx);
-    st.add_credit(s, 2, 0).send(None);
-    let a = assigned(&mut rx);
-    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
-        .send(None);
+    run_one_ok_one_failed(&mut st);
     commit_to(&mut st, store);
     assert!(st.batches.is_empty(), "closed and out of memory");
     (st, batch, ids)
@@ -981,17 +1003,7 @@ fn a_retry_calls_off_a_pending_retention_purge_of_its_batch() {
     let (mut st, batch, ids) = closed_batch_with_a_failed_job(&store);
     // The purge is decided, then a retry comes before the commit.
     st.purge_closed(&[batch], false);
-    let (n, out) = st.retry_jobs(&[ids[1]]);
-    out.send(None);
-    assert_eq!(n, 1);
-    commit_to(&mut st, &store);
-    let back = reload(&store);
-    assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
-    assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
-    assert_eq!(
-        store.read_job(&ids[0]).unwrap().unwrap().state,
-        JobState::Succeeded as i32
-    );
+    retry_keeps_the_succeeded_job(&mut st, &store, &ids);
 }
 
 #[test]
@@ -1005,12 +1017,7 @@ fn a_retry_calls_off_a_pending_retention_purge_of_its_jobs_taken_from_memory() {
         .submit(vec![spec(JobKind::Fib, "5", 0), spec(JobKind::Fib, "6", 0)])
         .unwrap();
     commit_to(&mut st, &store);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let s = st.add_session(&hello("w"), tx);
-    st.add_credit(s, 2, 0).send(None);
-    let a = assigned(&mut rx);
-    st.record_results(s, 0, vec![ok(&a[0]), fail(&a[1])])
-        .send(None);
+    run_one_ok_one_failed(&mut st);
     // The commit closing the batch is taken; while it is written the batch
     // is still in memory, and expires: the purge takes it and its jobs out.
     let (n, closing) = st.take_changes().unwrap();
@@ -1019,17 +1026,7 @@ fn a_retry_calls_off_a_pending_retention_purge_of_its_jobs_taken_from_memory() {
     store.write(closing).unwrap();
     st.committed(n, store.closed_counts().unwrap());
     // A retry before the purge's commit brings the batch back.
-    let (retried, out) = st.retry_jobs(&[ids[1]]);
-    out.send(None);
-    assert_eq!(retried, 1);
-    commit_to(&mut st, &store);
-    let back = reload(&store);
-    assert_eq!(back.job(&ids[1]).unwrap().state, JobState::Queued);
-    assert_eq!(back.job(&ids[0]).unwrap().state, JobState::Succeeded);
-    assert_eq!(
-        store.read_job(&ids[0]).unwrap().unwrap().state,
-        JobState::Succeeded as i32
-    );
+    retry_keeps_the_succeeded_job(&mut st, &store, &ids);
 }
 
 #[test]
