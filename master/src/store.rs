@@ -594,7 +594,7 @@ impl Store for RedbStore {
                     }
                 }
             }
-            let mut indexed_now = std::collections::HashSet::new();
+            let mut indexed_now = HashSet::new();
             for w in &changes.jobs {
                 let key = w.id.uuid().as_u128();
                 jobs.insert(key, w.record.as_slice())?;
@@ -620,7 +620,7 @@ impl Store for RedbStore {
                     by_state.remove((pb::JobState::Failed as i32, key))?;
                 }
             }
-            let closing: std::collections::HashMap<BatchId, &pb::ClosedInfo> =
+            let closing: HashMap<BatchId, &pb::ClosedInfo> =
                 changes.closed.iter().map(|(b, i)| (*b, i)).collect();
             // This commit's job records, for the bytes of a batch it closes
             // whose records the state did not count: made only then.
@@ -854,7 +854,7 @@ impl Store for RedbStore {
         let jobs = txn.open_table(JOBS)?;
         let open = txn.open_table(OPEN)?;
         // Whether each batch seen is open (its jobs are in memory).
-        let mut is_open: std::collections::HashMap<u128, bool> = Default::default();
+        let mut is_open: HashMap<u128, bool> = Default::default();
         for entry in jobs.iter()?.rev() {
             let (key, value) = entry?;
             let record = decode_job(key.value(), value.value())?;
@@ -1008,7 +1008,7 @@ fn upgrade_from_2(
             .map_err(|e| anyhow::anyhow!("closed batch {key:x} is corrupt: {e}"))?;
         infos.push((key, info));
     }
-    let none = std::collections::HashMap::new();
+    let none = HashMap::new();
     let mut total = 0u64;
     for (key, mut info) in infos.iter().copied() {
         let batch = BatchId::from_uuid(Uuid::from_u128(key));

@@ -24,21 +24,18 @@ impl State {
     /// own job twice (two of its specs with the same new key), and lists
     /// jobs of other batches named again by key.
     fn own_jobs<'a>(&'a self, id: BatchId, b: &'a Batch) -> impl Iterator<Item = &'a Job> {
-        b.jobs.iter().enumerate().filter_map(move |(i, j)| {
-            self.jobs
-                .get_hinted(j, b.slot(i))
-                .filter(|j| j.batch == id && j.index as usize == i)
-        })
+        self.jobs
+            .of_batch(b)
+            .enumerate()
+            .filter_map(move |(i, j)| j.filter(|j| j.batch == id && j.index as usize == i))
     }
 
     /// Whether every job a batch lists is finished (a job not in memory
     /// left with its own closed batch, so it is finished).
     fn all_done(&self, b: &Batch) -> bool {
-        b.jobs.iter().enumerate().all(|(i, id)| {
-            self.jobs
-                .get_hinted(id, b.slot(i))
-                .is_none_or(Job::is_finished)
-        })
+        self.jobs
+            .of_batch(b)
+            .all(|j| j.is_none_or(Job::is_finished))
     }
 
     /// Writes the batches that closed since the last commit as closed
@@ -108,11 +105,9 @@ impl State {
             self.closed_kept.remove(&id);
             // Every job finished and written: one pass over the batch.
             let clean = self.batches.get(&id).is_some_and(|b| {
-                b.jobs.iter().enumerate().all(|(i, j)| {
-                    self.jobs
-                        .get_hinted(j, b.slot(i))
-                        .is_none_or(|j| j.is_finished() && !j.dirty)
-                })
+                self.jobs
+                    .of_batch(b)
+                    .all(|j| j.is_none_or(|j| j.is_finished() && !j.dirty))
             }) && !self.dirty_batches.contains(&id);
             if clean && self.archive.is_some() {
                 self.evict(id);

@@ -103,6 +103,17 @@ impl JobTable {
         self.slots[slot as usize].as_mut()
     }
 
+    /// The job at `index` in a batch, if in the table (found by the
+    /// batch's slot hint when that slot still holds it).
+    pub(crate) fn in_batch(&self, b: &Batch, index: usize) -> Option<&Job> {
+        self.get_hinted(&b.jobs[index], b.slot(index))
+    }
+
+    /// Each job a batch lists, in order: `None` for one not in the table.
+    pub(crate) fn of_batch<'a>(&'a self, b: &'a Batch) -> impl Iterator<Item = Option<&'a Job>> {
+        (0..b.jobs.len()).map(move |i| self.in_batch(b, i))
+    }
+
     /// Inserts (or replaces) a job; returns its slot.
     pub(crate) fn insert(&mut self, id: JobId, job: Job) -> u32 {
         if let Some(&slot) = self.index.get(&id) {

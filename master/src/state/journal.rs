@@ -69,11 +69,10 @@ impl State {
             if !request_id.is_empty() {
                 changes.requests.push((request_id.to_string(), id));
             }
-            let created = b
+            let created = self
                 .jobs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, j)| self.jobs.get_hinted(j, b.slot(i)))
+                .of_batch(b)
+                .flatten()
                 .filter(|job| job.batch == id);
             let record = encode_batch_of(&b.jobs, created, request_id, &mut scratch);
             changes.batches.push((id, record));

@@ -79,7 +79,7 @@ impl State {
     /// The job at `index` in a batch, if in memory (found by the batch's
     /// slot hint when it still holds it).
     pub(crate) fn job_in(&self, b: &Batch, index: usize) -> Option<&Job> {
-        self.jobs.get_hinted(&b.jobs[index], b.slot(index))
+        self.jobs.in_batch(b, index)
     }
 
     /// Whether a job is finished.
