@@ -246,6 +246,18 @@ impl MasterArgs {
             (Some(_), None) => anyhow::bail!("--tls-cert needs --tls-key"),
             (None, Some(_)) => anyhow::bail!("--tls-key needs --tls-cert"),
         };
+        // Parse the certificate and key now, so that a file with a BEGIN
+        // line and nothing usable after it stops the master before it
+        // listens, naming the files.
+        if let (Some(t), Some(cert), Some(key)) = (&tls, &self.tls_cert, &self.tls_key) {
+            net::server_with(Some(t), 1).map_err(|e| {
+                anyhow::anyhow!(
+                    "--tls-cert {} / --tls-key {}: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+        }
         Ok(Config {
             max_queued: self.max_queued,
             max_watches_per_client: self.max_watches_per_client,
@@ -519,7 +531,10 @@ pub async fn run_notify(
         worker_token = config.tokens.worker.is_some(),
         "security"
     );
-    let served = serve(&config, &master, &coord, listener, shutdown).await;
+    let served = serve(&config, &master, &coord, listener, shutdown.clone()).await;
+    // `serve` may also end with an error, with nothing else stopping: the
+    // timers and the dashboard must stop too, or the wait below never ends.
+    shutdown.cancel();
     tasks.close();
     tasks.wait().await;
     let committer = master.clone();

@@ -343,6 +343,23 @@ fn try_master(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
 }
 
 #[test]
+fn a_master_with_a_key_it_cannot_parse_exits_naming_the_file() {
+    let pki = Pki::new();
+    let key = pki.write(
+        "garbled.key",
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    );
+    // Before it listens: a master that prints its address has started.
+    let err = try_master(
+        &["--tls-cert", &pki.arg("server.pem"), "--tls-key", &key],
+        &[],
+    )
+    .expect_err("a master with a garbled key started");
+    assert!(err.contains("garbled.key"), "{err}");
+    assert!(err.contains("--tls-key"), "{err}");
+}
+
+#[test]
 fn a_master_open_to_the_network_refuses_to_start() {
     // These bind 0.0.0.0 only to see whether the master starts; nothing is
     // sent to it.
