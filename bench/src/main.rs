@@ -84,6 +84,10 @@ struct Args {
     /// `--master-arg=--max-queued=N` too.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     recovery_jobs: u32,
+    /// Queued jobs of the queued workload (the `_10m` of its figures); the
+    /// master is given `--max-queued` of as many.
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    queued_jobs: u32,
     /// Finished jobs of the finished workload (the `_5m` of its figures).
     #[arg(long, default_value_t = 5_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     finished_jobs: u32,
@@ -152,6 +156,10 @@ enum Workload {
     Coord,
     /// master_rss_mb_5m_finished and recovery_s_5m_finished.
     Finished,
+    /// queued_10m_submit_jobs_per_s, queued_10m_rss_mb,
+    /// queued_10m_rss_mb_recovered and queued_10m_recovery_s: the recovery
+    /// workload at --queued-jobs (10,000,000).
+    Queued,
     /// get_big_batch_mb_per_s and loopback_copy_mb_per_s.
     Bigget,
     /// dashboard_overhead_pct.
@@ -227,6 +235,7 @@ fn run(args: &Args) -> Report {
         Workload::Apply,
         Workload::Durable,
         Workload::Recovery,
+        Workload::Queued,
         Workload::Coord,
         Workload::Finished,
         Workload::Bigget,
@@ -252,7 +261,15 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     let Some(bins) = locate_binaries(args, report) else {
         return;
     };
-    if selected(Workload::Durable) || selected(Workload::Recovery) || selected(Workload::Coord) {
+    if [
+        Workload::Durable,
+        Workload::Recovery,
+        Workload::Queued,
+        Workload::Coord,
+    ]
+    .into_iter()
+    .any(selected)
+    {
         report.notes.push(format!(
             "durable stores in fresh directories under {}",
             cluster::store_location()
@@ -271,6 +288,9 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     }
     if selected(Workload::Recovery) {
         outcomes.push(run_recovery(args, &bins, report).await.context("recovery"));
+    }
+    if selected(Workload::Queued) {
+        outcomes.push(run_queued(args, &bins, report).await.context("queued"));
     }
     if selected(Workload::Coord) {
         outcomes.push(run_coord(args, &bins, report).await.context("coord"));
@@ -808,32 +828,13 @@ async fn run_coord(args: &Args, bins: &Binaries, report: &mut Report) -> Result<
 /// recovery_s_1m and the master's memory: each run on a fresh master with
 /// the redb store and no workers, killed and started again.
 async fn run_recovery(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
-    let mut times = Vec::new();
-    let mut rss = Vec::new();
-    let mut rss_recovered = Vec::new();
-    for run in 1..=args.runs {
-        let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, 0)).await?;
-        if run == 1 {
-            report.notes.push(format!(
-                "recovery: {} jobs queued in Submits of {} on {}, then SIGKILL and a restart \
-                 on the same data directory and port; a fresh master each run; MiB of VmRSS",
-                args.recovery_jobs,
-                jobs::MAX_SUBMIT_JOBS,
-                describe(&cluster, args, 0)
-            ));
-        }
-        let result = deadline(recovery::run_once(
-            &mut cluster,
-            args.recovery_jobs as usize,
-        ))
-        .await;
-        let r = result
-            .with_context(|| format!("run {run}"))
-            .map_err(|e| with_logs(e, &mut cluster))?;
-        times.push(r.recovery_s);
-        rss.push(r.rss_mib);
-        rss_recovered.push(r.rss_mib_recovered);
-    }
+    let runs = recovery_runs(args, bins, report, args.recovery_jobs, &[], RUN_TIMEOUT).await?;
+    let pick = |f: fn(&recovery::Recovery) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+    let (times, rss, rss_recovered) = (
+        pick(|r| r.recovery_s),
+        pick(|r| r.rss_mib),
+        pick(|r| r.rss_mib_recovered),
+    );
     report.recovery_s_1m = stats::median(&times);
     report.master_rss_mb_1m = stats::median(&rss);
     report.master_rss_mb_1m_recovered = stats::median(&rss_recovered);
@@ -843,6 +844,71 @@ async fn run_recovery(args: &Args, bins: &Binaries, report: &mut Report) -> Resu
         .samples
         .insert("master_rss_mb_1m_recovered", rss_recovered);
     Ok(())
+}
+
+/// The queued_10m figures: the recovery workload at --queued-jobs, on a
+/// master whose --max-queued lets them all in.
+async fn run_queued(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let jobs = args.queued_jobs;
+    let max_queued = format!("--max-queued={jobs}");
+    // Submitting, checking and restarting 10 million jobs takes minutes.
+    let timeout = RUN_TIMEOUT + Duration::from_micros(60 * u64::from(jobs));
+    let runs = recovery_runs(args, bins, report, jobs, &[max_queued], timeout).await?;
+    let pick = |f: fn(&recovery::Recovery) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+    let submit: Vec<f64> = runs.iter().map(|r| f64::from(jobs) / r.submit_s).collect();
+    let (times, rss, rss_recovered) = (
+        pick(|r| r.recovery_s),
+        pick(|r| r.rss_mib),
+        pick(|r| r.rss_mib_recovered),
+    );
+    report.queued_10m_submit_jobs_per_s = stats::median(&submit);
+    report.queued_10m_recovery_s = stats::median(&times);
+    report.queued_10m_rss_mb = stats::median(&rss);
+    report.queued_10m_rss_mb_recovered = stats::median(&rss_recovered);
+    report.queued_jobs = Some(jobs as usize);
+    report
+        .samples
+        .insert("queued_10m_submit_jobs_per_s", submit);
+    report.samples.insert("queued_10m_recovery_s", times);
+    report.samples.insert("queued_10m_rss_mb", rss);
+    report
+        .samples
+        .insert("queued_10m_rss_mb_recovered", rss_recovered);
+    Ok(())
+}
+
+/// Runs the recovery workload `--runs` times with `jobs` jobs, each on a
+/// fresh master with the redb store, no workers and `extra` flags.
+async fn recovery_runs(
+    args: &Args,
+    bins: &Binaries,
+    report: &mut Report,
+    jobs: u32,
+    extra: &[String],
+    timeout: Duration,
+) -> Result<Vec<recovery::Recovery>> {
+    let mut runs = Vec::new();
+    for run in 1..=args.runs {
+        let mut config = cluster_config(args, StoreKind::Redb, 0);
+        config.master_args.extend(extra.iter().cloned());
+        let mut cluster = Cluster::start(bins, config).await?;
+        if run == 1 {
+            report.notes.push(format!(
+                "recovery: {jobs} jobs queued in Submits of {} on {}, then SIGKILL and a restart \
+                 on the same data directory and port; a fresh master each run; MiB of VmRSS",
+                jobs::MAX_SUBMIT_JOBS,
+                describe(&cluster, args, 0)
+            ));
+        }
+        let result = tokio::time::timeout(timeout, recovery::run_once(&mut cluster, jobs as usize))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no result within {timeout:?}")));
+        let r = result
+            .with_context(|| format!("run {run}"))
+            .map_err(|e| with_logs(e, &mut cluster))?;
+        runs.push(r);
+    }
+    Ok(runs)
 }
 
 /// master_rss_mb_5m_finished and recovery_s_5m_finished: each run on a

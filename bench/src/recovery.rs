@@ -36,6 +36,9 @@ const LISTED: u32 = 1_000;
 /// What one run measured.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Recovery {
+    /// Seconds from the first Submit to the answer of the last: every job
+    /// committed.
+    pub(crate) submit_s: f64,
     /// Seconds from spawning the new master to it holding every job.
     pub(crate) recovery_s: f64,
     /// The first master's VmRSS with every job queued, in MiB.
@@ -50,6 +53,7 @@ pub(crate) async fn run_once(cluster: &mut Cluster, jobs: usize) -> Result<Recov
     let mut client = cluster.client().await?;
     let requests = prime_submits(FIRST_PRIME_ARG, jobs, MAX_SUBMIT_JOBS);
     let mut replies = Vec::with_capacity(requests.len());
+    let submitting = Instant::now();
     for (first, request) in requests {
         let sent = request.jobs.len();
         let response = client
@@ -59,6 +63,7 @@ pub(crate) async fn run_once(cluster: &mut Cluster, jobs: usize) -> Result<Recov
             .into_inner();
         replies.push((first, sent, response));
     }
+    let submit_s = submitting.elapsed().as_secs_f64();
     let stats = read_stats(&mut client).await?;
     if stats.queued != jobs as u64 {
         bail!(
@@ -127,6 +132,7 @@ pub(crate) async fn run_once(cluster: &mut Cluster, jobs: usize) -> Result<Recov
     check_queued_jobs(&got.jobs, &sample).context("after the restart")?;
 
     Ok(Recovery {
+        submit_s,
         recovery_s,
         rss_mib: rss,
         rss_mib_recovered: rss_recovered,

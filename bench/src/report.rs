@@ -32,6 +32,14 @@ pub(crate) struct Report {
     pub(crate) recovery_s_1m: Option<f64>,
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
+    /// The recovery workload at 10 million queued jobs: how fast they went
+    /// in, the master's memory before and after the kill, and the restart.
+    pub(crate) queued_10m_submit_jobs_per_s: Option<f64>,
+    pub(crate) queued_10m_rss_mb: Option<f64>,
+    pub(crate) queued_10m_rss_mb_recovered: Option<f64>,
+    pub(crate) queued_10m_recovery_s: Option<f64>,
+    /// Queued jobs of that workload, when it ran.
+    pub(crate) queued_jobs: Option<usize>,
     pub(crate) lock_acquire_release_p50_us: Option<f64>,
     /// The same round trips on a memory-store master: what the lock costs
     /// without the fsync each durable grant and release waits for.
@@ -147,6 +155,21 @@ const TARGETS: &[Target] = &[
         higher_is_better: false,
     },
     Target {
+        key: "queued_10m_submit_jobs_per_s",
+        limit: 300_000.0,
+        higher_is_better: true,
+    },
+    Target {
+        key: "queued_10m_rss_mb",
+        limit: 3_072.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "queued_10m_recovery_s",
+        limit: 20.0,
+        higher_is_better: false,
+    },
+    Target {
         key: "lock_acquire_release_p50_us",
         limit: 200.0,
         higher_is_better: false,
@@ -226,6 +249,16 @@ impl Report {
                 self.master_rss_mb_1m_recovered,
             ),
             (
+                "queued_10m_submit_jobs_per_s",
+                self.queued_10m_submit_jobs_per_s,
+            ),
+            ("queued_10m_rss_mb", self.queued_10m_rss_mb),
+            (
+                "queued_10m_rss_mb_recovered",
+                self.queued_10m_rss_mb_recovered,
+            ),
+            ("queued_10m_recovery_s", self.queued_10m_recovery_s),
+            (
                 "lock_acquire_release_p50_us",
                 self.lock_acquire_release_p50_us,
             ),
@@ -269,6 +302,7 @@ impl Report {
             self.durable_submit_batch.into(),
         );
         obj.insert("recovery_jobs".into(), self.recovery_jobs.into());
+        obj.insert("queued_jobs".into(), self.queued_jobs.into());
         let samples: serde_json::Map<String, Value> = self
             .samples
             .iter()
@@ -342,7 +376,7 @@ fn is_ratio(key: &str) -> bool {
 }
 
 fn is_seconds(key: &str) -> bool {
-    key.starts_with("recovery_s")
+    key.starts_with("recovery_s") || key.ends_with("recovery_s")
 }
 
 /// Formats a figure for the table: thousands separators, units implied by
@@ -416,6 +450,7 @@ mod tests {
         assert_eq!(human("fib_1e6_ms", 12.34), "12.3");
         assert_eq!(human("ratio_vs_python_manager", 12.5), "12.50x");
         assert_eq!(human("recovery_s_1m", 1.234), "1.23 s");
+        assert_eq!(human("queued_10m_recovery_s", 12.3456), "12.35 s");
         assert_eq!(round("recovery_s_1m", 1.23456), 1.235);
         assert_eq!(human("master_rss_mb_1m", 301.6), "302");
     }
