@@ -34,7 +34,7 @@ pub(crate) async fn prepare(client: &mut QueueClient<Channel>) -> Result<String>
     let batch = client
         .submit(SubmitRequest {
             jobs,
-            request_id: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner()

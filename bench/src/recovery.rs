@@ -80,6 +80,10 @@ pub(crate) async fn run_once(cluster: &mut Cluster, jobs: usize) -> Result<Recov
     if distinct != jobs {
         bail!("{jobs} jobs submitted, {distinct} job ids returned");
     }
+    // A new connection: checking ten million ids keeps this current-thread
+    // client from answering the master's keepalive pings, and the master
+    // closes a connection that does not answer them.
+    let mut client = cluster.client().await?;
     // The oldest queued jobs, as the master lists them: the first submitted,
     // in order.
     let listed = oldest_queued(&mut client).await?;

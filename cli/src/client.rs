@@ -145,6 +145,7 @@ impl Client {
         let req = pb::SubmitRequest {
             jobs,
             request_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
         };
         let mut reconnect = Reconnect::new();
         loop {

@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use drover_common::pb::{GetRequest, JobKind, JobSpec, SubmitRequest, WatchRequest, job_output};
+use drover_common::pb::{
+    GetRequest, JobKind, JobSpec, JobState, SubmitRequest, WatchRequest, job_output,
+};
 use drover_tests::grpc::{block_on, job};
 use drover_tests::reference::{fib_u128, is_prime};
 use drover_tests::{JobLine, Master, Worker, cli};
@@ -342,8 +344,8 @@ fn bad_input_gets_a_grpc_error_naming_the_field_and_the_limit() {
     let _worker = Worker::start(&master.url(), &["--processes", "1"]);
     let mut queue = master.queue();
     let ids = block_on(queue.submit(SubmitRequest {
-        request_id: String::new(),
         jobs: vec![job(JobKind::Fib, 90)],
+        ..Default::default()
     }))
     .expect("Submit of fib 90")
     .into_inner()
@@ -523,5 +525,85 @@ fn a_cli_whose_output_pipe_closes_ends_quietly() {
     assert!(
         status.success() || status.signal() == Some(libc::SIGPIPE),
         "drover ended with {status:?}: {stderr}"
+    );
+}
+
+#[test]
+fn a_submit_that_waits_answers_with_its_jobs_finished_or_as_they_stand_at_its_timeout() {
+    let master = Master::start(&[]);
+    let mut queue = master.queue();
+    let (specs, expected): (Vec<JobSpec>, Vec<job_output::Value>) = (0..30).map(mixed_job).unzip();
+
+    // No worker yet: the wait ends at its timeout with the jobs queued.
+    let started = Instant::now();
+    let waited = block_on(queue.submit(SubmitRequest {
+        jobs: specs.clone(),
+        request_id: "apply-1".into(),
+        wait: true,
+        timeout_ms: 200,
+    }))
+    .expect("Submit with wait")
+    .into_inner();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let result = waited
+        .result
+        .expect("a submit with wait answers with its jobs");
+    assert!(!result.complete, "no worker ran them: {result:?}");
+    let ids: Vec<&String> = result.jobs.iter().map(|j| &j.job_id).collect();
+    assert_eq!(ids, waited.job_ids.iter().collect::<Vec<_>>());
+    assert!(
+        result
+            .jobs
+            .iter()
+            .all(|j| j.state == JobState::Queued as i32)
+    );
+
+    // A worker: the same request id again waits for the same batch, with
+    // no limit, and answers with every result in submission order.
+    let _worker = Worker::start(&master.url(), &["--processes", "1", "--io-slots", "8"]);
+    let again = block_on(queue.submit(SubmitRequest {
+        jobs: specs,
+        request_id: "apply-1".into(),
+        wait: true,
+        timeout_ms: 0,
+    }))
+    .expect("Submit with wait, repeated")
+    .into_inner();
+    assert_eq!(
+        again.batch_id, waited.batch_id,
+        "the repeat queued a new batch"
+    );
+    let result = again.result.expect("the repeat answers with its jobs");
+    assert!(result.complete, "{result:?}");
+    assert!(result.next_page_token.is_empty());
+    for (at, (j, want)) in result.jobs.iter().zip(&expected).enumerate() {
+        assert_eq!(j.job_id, waited.job_ids[at]);
+        assert_eq!(j.index, at as u32);
+        assert_eq!(j.state, JobState::Succeeded as i32, "{j:?}");
+        assert_eq!(j.output.as_ref().and_then(|o| o.value.as_ref()), Some(want));
+    }
+    assert_eq!(result.jobs.len(), 30);
+
+    // Without wait, no result; a Get whose timeout no clock can hold is
+    // answered, not refused or dropped.
+    let plain = block_on(queue.submit(SubmitRequest {
+        jobs: vec![job(JobKind::Fib, 10)],
+        ..Default::default()
+    }))
+    .expect("Submit")
+    .into_inner();
+    assert_eq!(plain.result, None);
+    let got = block_on(queue.get(GetRequest {
+        batch_id: plain.batch_id,
+        wait: true,
+        timeout_ms: u64::MAX,
+        ..Default::default()
+    }))
+    .expect("Get with the largest timeout")
+    .into_inner();
+    assert!(got.complete);
+    assert_eq!(
+        got.jobs[0].output.as_ref().and_then(|o| o.value.clone()),
+        Some(job_output::Value::Fib("55".into()))
     );
 }

@@ -62,7 +62,7 @@ impl Setup {
         block_on(
             queue(&self.master.url(), &self.opts).submit(pb::SubmitRequest {
                 jobs,
-                request_id: String::new(),
+                ..Default::default()
             }),
         )
         .expect("submit")

@@ -55,6 +55,7 @@ fn submit_with_request_id(master: &Master, request_id: &str, n: u32) -> String {
     block_on(client.submit(pb::SubmitRequest {
         jobs: vec![job(JobKind::Fib, n)],
         request_id: request_id.into(),
+        ..Default::default()
     }))
     .expect("submit")
     .into_inner()
@@ -408,7 +409,7 @@ fn memory_stays_bounded_after_a_million_finished_jobs() {
         let jobs = (0..n).map(|_| job(JobKind::Sleep, 0)).collect();
         block_on(client.submit(pb::SubmitRequest {
             jobs,
-            request_id: String::new(),
+            ..Default::default()
         }))
         .expect("submit");
         submitted += n;

@@ -38,8 +38,8 @@ fn fib_table() -> Vec<Value> {
 /// Submits one fib job; the status code if refused.
 fn submit(url: &str, opts: &ClientOptions) -> Result<(), Code> {
     block_on(queue(url, opts).submit(SubmitRequest {
-        request_id: String::new(),
         jobs: vec![job(JobKind::Fib, 10)],
+        ..Default::default()
     }))
     .map(|_| ())
     .map_err(|s| s.code())
@@ -424,8 +424,8 @@ fn limits_refuse_with_resource_exhausted_naming_their_flag() {
     ]);
     let mut q = master.queue();
     let jobs = |n: u64| SubmitRequest {
-        request_id: String::new(),
         jobs: (0..n).map(|i| job(JobKind::Fib, i)).collect(),
+        ..Default::default()
     };
     let refused = |r: Result<tonic::Response<pb::SubmitResponse>, tonic::Status>, flag: &str| {
         let e = r.expect_err("accepted over the limit");
@@ -450,8 +450,8 @@ fn limits_refuse_with_resource_exhausted_naming_their_flag() {
         .into_inner();
     assert_eq!(again.batch_id, filled.batch_id);
     let big = SubmitRequest {
-        request_id: String::new(),
         jobs: vec![job(JobKind::Prime, "7".repeat(70_000))],
+        ..Default::default()
     };
     refused(block_on(q.submit(big)), "--max-message-bytes");
     assert_eq!(master.stats().queued, 6);
@@ -679,6 +679,9 @@ fn valid_message(rng: &mut Rng, path: &str) -> Vec<u8> {
                     },
                 })
                 .collect(),
+            // A wait never without limit: the workers may be gone.
+            wait: rng.percent(20),
+            timeout_ms: 1 + rng.below(50),
         }
         .encode_to_vec(),
         "/drover.v1.Queue/Get" => pb::GetRequest {

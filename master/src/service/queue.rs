@@ -333,49 +333,30 @@ async fn stream_closed(
     }
 }
 
-#[tonic::async_trait]
-impl Queue for Master {
-    async fn submit(
+impl Master {
+    /// The first page from `page_token` of the jobs `ids` (a batch's, in
+    /// order, when `by_batch`), after waiting up to `timeout_ms` (0: without
+    /// limit) for all of them to finish when `wait`: Get's answer, and
+    /// Submit's with wait. Every job the page shows is committed.
+    async fn read_jobs(
         &self,
-        request: Request<pb::SubmitRequest>,
-    ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let pb::SubmitRequest { jobs, request_id } = request.into_inner();
-        let (batch, ids, out) = {
-            let mut st = self.inner.state.lock();
-            let queued = st.count(pb::JobState::Queued);
-            let guards = &self.inner.guards;
-            let (batch, ids) =
-                st.submit_with_room(&request_id, jobs, |n| guards.check_queue_room(queued, n))?;
-            (batch, ids, st.dispatch())
-        };
-        let ticket = out.ticket;
-        self.send(out);
-        self.settle(ticket).await?;
-        Ok(Response::new(pb::SubmitResponse {
-            batch_id: batch.to_string(),
-            job_ids: ids.iter().map(JobId::to_string).collect(),
-        }))
-    }
-
-    async fn get(
-        &self,
-        request: Request<pb::GetRequest>,
-    ) -> Result<Response<pb::GetResponse>, Status> {
-        let req = request.into_inner();
-        let ids = self
-            .inner
-            .state
-            .lock()
-            .resolve(&req.job_ids, &req.batch_id)?;
-        if req.wait {
-            let deadline = (req.timeout_ms > 0)
-                .then(|| Instant::now() + Duration::from_millis(req.timeout_ms));
-            let mut receivers = self.batches_of(&ids);
+        ids: &[JobId],
+        by_batch: bool,
+        wait: bool,
+        timeout_ms: u64,
+        page_token: &str,
+    ) -> Result<pb::GetResponse, Status> {
+        if wait {
+            // A timeout past what an Instant can hold is no limit.
+            let deadline = (timeout_ms > 0)
+                .then(|| Instant::now().checked_add(Duration::from_millis(timeout_ms)))
+                .flatten();
+            let mut receivers = self.batches_of(ids);
             loop {
                 for rx in &mut receivers {
                     rx.borrow_and_update();
                 }
-                if self.inner.state.lock().all_finished(&ids) {
+                if self.inner.state.lock().all_finished(ids) {
                     break;
                 }
                 let changed = futures::future::select_all(
@@ -394,9 +375,8 @@ impl Queue for Master {
                 }
             }
         }
-        let start = page_start(&req.page_token, ids.len())?;
+        let start = page_start(page_token, ids.len())?;
         let budget = page_bytes(self.inner.config.max_message_bytes);
-        let by_batch = !req.batch_id.is_empty();
         // Under the lock: the jobs in memory, and the places of those that
         // left it (finished, committed, in the store), read after it.
         let (slots, complete, ticket, archive) = {
@@ -424,7 +404,7 @@ impl Queue for Master {
             }
             (
                 slots,
-                st.all_finished(&ids),
+                st.all_finished(ids),
                 st.ticket(),
                 st.archive().cloned(),
             )
@@ -443,11 +423,64 @@ impl Queue for Master {
         // What the reply shows must be committed: a result read before its
         // commit could be lost by a crash after the client saw it.
         self.settle(ticket).await?;
-        Ok(Response::new(pb::GetResponse {
+        Ok(pb::GetResponse {
             jobs,
             complete,
             next_page_token,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Queue for Master {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let pb::SubmitRequest {
+            jobs,
+            request_id,
+            wait,
+            timeout_ms,
+        } = request.into_inner();
+        let (batch, ids, out) = {
+            let mut st = self.inner.state.lock();
+            let queued = st.count(pb::JobState::Queued);
+            let guards = &self.inner.guards;
+            let (batch, ids) =
+                st.submit_with_room(&request_id, jobs, |n| guards.check_queue_room(queued, n))?;
+            (batch, ids, st.dispatch())
+        };
+        let ticket = out.ticket;
+        self.send(out);
+        self.settle(ticket).await?;
+        let job_ids = ids.iter().map(JobId::to_string).collect();
+        let result = match wait {
+            true => Some(self.read_jobs(&ids, true, true, timeout_ms, "").await?),
+            false => None,
+        };
+        Ok(Response::new(pb::SubmitResponse {
+            batch_id: batch.to_string(),
+            job_ids,
+            result,
         }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let req = request.into_inner();
+        let ids = self
+            .inner
+            .state
+            .lock()
+            .resolve(&req.job_ids, &req.batch_id)?;
+        let by_batch = !req.batch_id.is_empty();
+        let page = self
+            .read_jobs(&ids, by_batch, req.wait, req.timeout_ms, &req.page_token)
+            .await?;
+        Ok(Response::new(page))
     }
 
     type WatchStream = BoxStream<pb::WatchResponse>;

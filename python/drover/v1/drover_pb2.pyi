@@ -71,20 +71,26 @@ class JobLimit(_message.Message):
     def __init__(self, name: _Optional[str] = ..., permits: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("jobs", "request_id")
+    __slots__ = ("jobs", "request_id", "wait", "timeout_ms")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobSpec]
     request_id: str
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    wait: bool
+    timeout_ms: int
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., request_id: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("batch_id", "job_ids")
+    __slots__ = ("batch_id", "job_ids", "result")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, batch_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    result: GetResponse
+    def __init__(self, batch_id: _Optional[str] = ..., job_ids: _Optional[_Iterable[str]] = ..., result: _Optional[_Union[GetResponse, _Mapping]] = ...) -> None: ...
 
 class JobOutput(_message.Message):
     __slots__ = ("fib", "prime", "slept_ms", "json")
