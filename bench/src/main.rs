@@ -18,6 +18,8 @@
 //! - [`durable`], [`recovery`]: the durable store: how fast it takes jobs
 //!   in, and a master with a million queued jobs, its memory and its restart
 //!   after a crash. (The tiny workload also runs on a durable master.)
+//! - [`workers`]: a thousand simulated workers, each on its own stream,
+//!   against the same jobs on two.
 //! - [`fib`]: the fib kind's speed, in-process.
 //! - [`baselines`]: runs the Python scripts drover is compared with.
 //! - [`jobs`]: the jobs the workloads submit and the check of the answers.
@@ -37,6 +39,7 @@ mod recovery;
 mod report;
 mod stats;
 mod tiny;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +94,10 @@ struct Args {
     /// Finished jobs of the finished workload (the `_5m` of its figures).
     #[arg(long, default_value_t = 5_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     finished_jobs: u32,
+    /// Simulated workers of the workers workload (the `_1000` of its
+    /// figures), each its own session on its own connection.
+    #[arg(long, default_value_t = workers::DEFAULT_SIM_WORKERS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    sim_workers: u32,
     /// Worker daemons to start.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     workers: u32,
@@ -166,6 +173,9 @@ enum Workload {
     Dashboard,
     /// limit_overhead_pct.
     Limits,
+    /// workers_1000_jobs_per_s, workers_2_jobs_per_s, workers_1000_vs_2
+    /// and the master's CPU and memory with the thousand.
+    Workers,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -241,6 +251,7 @@ fn run(args: &Args) -> Report {
         Workload::Bigget,
         Workload::Dashboard,
         Workload::Limits,
+        Workload::Workers,
     ];
     if clusters.into_iter().any(selected) {
         // A current-thread client: one job's round trip has no thread
@@ -300,6 +311,9 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
     }
     if selected(Workload::Limits) {
         outcomes.push(run_limits(args, &bins, report).await.context("limits"));
+    }
+    if selected(Workload::Workers) {
+        outcomes.push(run_workers(args, &bins, report).await.context("workers"));
     }
     if selected(Workload::Bigget) {
         outcomes.push(run_bigget(args, &bins, report).await.context("big get"));
@@ -419,6 +433,134 @@ async fn run_limits(args: &Args, bins: &Binaries, report: &mut Report) -> Result
     report.limit_overhead_pct = stats::median(&samples);
     report.samples.insert("limit_overhead_pct", samples);
     Ok(())
+}
+
+/// The workers figures: each run, `--sim-workers` simulated workers and
+/// [`workers::FEW_SIM_WORKERS`] on fresh memory-store masters, one after
+/// the other (in the other order each run), the same tiny jobs on each.
+async fn run_workers(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+    let many = args.sim_workers as usize;
+    workers::ensure_fds(many)?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let (mut rate, mut rate_few, mut cpu, mut cpu_few, mut rss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut spreads = Vec::new();
+    for run in 1..=args.runs {
+        let mut order = [many, workers::FEW_SIM_WORKERS];
+        if run % 2 == 0 {
+            order.reverse();
+        }
+        for n in order {
+            let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Memory, 0))
+                .await
+                .with_context(|| format!("starting the master for {n} simulated workers"))?;
+            if run == 1 && n == many {
+                report.notes.push(format!(
+                    "workers: {many} and {few} simulated workers (bench/src/workers.rs: each a \
+                     Workers.Connect stream on its own connection with the worker's Hello, \
+                     credit, 1 ms frames of jobs run in-process by the child's code, Results \
+                     and heartbeats; on a {threads}-thread tokio runtime of their own) on \
+                     {}, a fresh master per run and count, the two in the other order each \
+                     run; each {} tiny jobs (as tiny, after a warm-up of {WARMUP_JOBS}); \
+                     master CPU (utime + stime, /proc/PID/stat) over the measured jobs, VmRSS \
+                     after them with the workers still connected",
+                    describe(&cluster, args, 0),
+                    args.jobs,
+                    few = workers::FEW_SIM_WORKERS,
+                ));
+            }
+            let what = || format!("{n} simulated workers, run {run}");
+            let result = workers_once(args, &mut cluster, n, threads).await;
+            let f = result
+                .with_context(what)
+                .map_err(|e| with_logs(e, &mut cluster))?;
+            // The bench client's connection task runs on this thread: give
+            // it a few turns to close the connection before the stop blocks
+            // the thread, or the master's graceful stop waits for that
+            // connection until the grace (10 s) runs out. Best effort: if
+            // it is not closed yet, the stop only takes longer.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            cluster.shutdown();
+            if n == many {
+                rate.push(f.jobs_per_s);
+                cpu.push(f.master_cpu_s);
+                rss.push(f.master_rss_mib);
+                spreads.push(f.spread);
+            } else {
+                rate_few.push(f.jobs_per_s);
+                cpu_few.push(f.master_cpu_s);
+            }
+        }
+    }
+    if let Some(s) = spreads.last() {
+        report.notes.push(format!(
+            "workers: with {many}, each simulated worker ran {} to {} of the {} jobs (last run)",
+            s.min, s.max, s.jobs_run
+        ));
+    }
+    report.sim_workers = Some(many);
+    report.workers_1000_jobs_per_s = stats::median(&rate);
+    report.workers_2_jobs_per_s = stats::median(&rate_few);
+    report.workers_1000_master_cpu_s = stats::median(&cpu);
+    report.workers_2_master_cpu_s = stats::median(&cpu_few);
+    report.workers_1000_master_rss_mb = stats::median(&rss);
+    report.samples.insert("workers_1000_jobs_per_s", rate);
+    report.samples.insert("workers_2_jobs_per_s", rate_few);
+    report.samples.insert("workers_1000_master_cpu_s", cpu);
+    report.samples.insert("workers_2_master_cpu_s", cpu_few);
+    report.samples.insert("workers_1000_master_rss_mb", rss);
+    Ok(())
+}
+
+/// One measured run of the workers workload with `n` simulated workers.
+struct WorkersRun {
+    jobs_per_s: f64,
+    master_cpu_s: f64,
+    master_rss_mib: f64,
+    spread: workers::Spread,
+}
+
+/// Connects `n` simulated workers to `cluster`'s master, waits until Stats
+/// lists them all, runs the warm-up and then `--jobs` tiny jobs, and
+/// closes the fleet (checking that it ran every job once).
+async fn workers_once(
+    args: &Args,
+    cluster: &mut Cluster,
+    n: usize,
+    threads: usize,
+) -> Result<WorkersRun> {
+    let pid = cluster
+        .master_pid()
+        .ok_or_else(|| anyhow::anyhow!("no master"))?;
+    let fleet = workers::Fleet::connect(cluster.url(), n, threads).await?;
+    let mut client = cluster.client().await?;
+    fleet
+        .wait_listed(&mut client)
+        .await
+        .context("waiting for Stats to list the simulated workers")?;
+    let warmup = WARMUP_JOBS.min(args.jobs) as usize;
+    deadline(tiny::run_once(&mut client, warmup))
+        .await
+        .context("warm-up")?;
+    let before = dashboard::cpu_ticks(pid)?;
+    let jobs_per_s = deadline(tiny::run_once(&mut client, args.jobs as usize)).await?;
+    let ticks = dashboard::cpu_ticks(pid)? - before;
+    // Every worker still connected: none lost its session on the way.
+    fleet.check()?;
+    cluster.check_alive()?;
+    let master_rss_mib = cluster::rss_mib(pid)?;
+    let spread = fleet
+        .close((warmup + args.jobs as usize) as u64)
+        .await
+        .context("closing the simulated workers")?;
+    Ok(WorkersRun {
+        jobs_per_s,
+        master_cpu_s: ticks as f64 * workers::seconds_per_tick(),
+        master_rss_mib,
+        spread,
+    })
 }
 
 /// fib_decimal in-process, then GMP through gmp_fib.py.

@@ -60,6 +60,16 @@ pub(crate) struct Report {
     /// How much slower tiny jobs holding a loose concurrency limit run than
     /// the same jobs without, in percent.
     pub(crate) limit_overhead_pct: Option<f64>,
+    /// Tiny jobs through a master with `--sim-workers` (1,000) simulated
+    /// workers connected, and through one with two; the master's CPU
+    /// seconds over each run's jobs, and its memory with the thousand.
+    pub(crate) workers_1000_jobs_per_s: Option<f64>,
+    pub(crate) workers_2_jobs_per_s: Option<f64>,
+    pub(crate) workers_1000_master_cpu_s: Option<f64>,
+    pub(crate) workers_2_master_cpu_s: Option<f64>,
+    pub(crate) workers_1000_master_rss_mb: Option<f64>,
+    /// Simulated workers of that workload, when it ran.
+    pub(crate) sim_workers: Option<usize>,
     /// Measured runs per workload.
     pub(crate) runs: u32,
     /// Cores available to the bench and everything it starts.
@@ -190,6 +200,11 @@ const TARGETS: &[Target] = &[
         higher_is_better: false,
     },
     Target {
+        key: "workers_1000_vs_2",
+        limit: 0.5,
+        higher_is_better: true,
+    },
+    Target {
         key: "dashboard_overhead_pct",
         limit: 2.0,
         higher_is_better: false,
@@ -216,6 +231,11 @@ impl Report {
     /// throughput.
     pub(crate) fn durable_vs_memory_tiny(&self) -> Option<f64> {
         Some(self.durable_tiny_jobs_per_s? / self.tiny_jobs_per_s?)
+    }
+
+    /// What a thousand workers keep of the tiny-job throughput of two.
+    pub(crate) fn workers_1000_vs_2(&self) -> Option<f64> {
+        Some(self.workers_1000_jobs_per_s? / self.workers_2_jobs_per_s?)
     }
 
     /// The figures in table order, with the derived ratios.
@@ -275,6 +295,15 @@ impl Report {
             ("loopback_copy_mb_per_s", self.loopback_copy_mb_per_s),
             ("dashboard_overhead_pct", self.dashboard_overhead_pct),
             ("limit_overhead_pct", self.limit_overhead_pct),
+            ("workers_1000_jobs_per_s", self.workers_1000_jobs_per_s),
+            ("workers_2_jobs_per_s", self.workers_2_jobs_per_s),
+            ("workers_1000_vs_2", self.workers_1000_vs_2()),
+            ("workers_1000_master_cpu_s", self.workers_1000_master_cpu_s),
+            ("workers_2_master_cpu_s", self.workers_2_master_cpu_s),
+            (
+                "workers_1000_master_rss_mb",
+                self.workers_1000_master_rss_mb,
+            ),
         ]
     }
 
@@ -303,6 +332,7 @@ impl Report {
         );
         obj.insert("recovery_jobs".into(), self.recovery_jobs.into());
         obj.insert("queued_jobs".into(), self.queued_jobs.into());
+        obj.insert("sim_workers".into(), self.sim_workers.into());
         let samples: serde_json::Map<String, Value> = self
             .samples
             .iter()
@@ -376,7 +406,7 @@ fn is_ratio(key: &str) -> bool {
 }
 
 fn is_seconds(key: &str) -> bool {
-    key.starts_with("recovery_s") || key.ends_with("recovery_s")
+    key.starts_with("recovery_s") || key.ends_with("recovery_s") || key.ends_with("_cpu_s")
 }
 
 /// Formats a figure for the table: thousands separators, units implied by
@@ -440,6 +470,14 @@ mod tests {
             ..r
         };
         assert_eq!(r.durable_vs_memory_tiny(), Some(0.7));
+        assert_eq!(r.workers_1000_vs_2(), None);
+        let r = Report {
+            workers_1000_jobs_per_s: Some(60_000.0),
+            workers_2_jobs_per_s: Some(150_000.0),
+            ..r
+        };
+        assert_eq!(r.workers_1000_vs_2(), Some(0.4));
+        assert!(r.to_table().contains("MISSED"));
         assert!(r.to_table().contains("met"));
     }
 
@@ -453,5 +491,7 @@ mod tests {
         assert_eq!(human("queued_10m_recovery_s", 12.3456), "12.35 s");
         assert_eq!(round("recovery_s_1m", 1.23456), 1.235);
         assert_eq!(human("master_rss_mb_1m", 301.6), "302");
+        assert_eq!(human("workers_1000_master_cpu_s", 3.456), "3.46 s");
+        assert_eq!(human("workers_1000_vs_2", 0.5), "0.50x");
     }
 }
