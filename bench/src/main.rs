@@ -442,8 +442,8 @@ async fn run_workers(args: &Args, bins: &Binaries, report: &mut Report) -> Resul
     let many = args.sim_workers as usize;
     workers::ensure_fds(many)?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let (mut rate, mut rate_few, mut cpu, mut cpu_few, mut rss) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rate, mut cpu, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rate_few, mut cpu_few, mut rss_few) = (Vec::new(), Vec::new(), Vec::new());
     let mut spreads = Vec::new();
     for run in 1..=args.runs {
         let mut order = [many, workers::FEW_SIM_WORKERS];
@@ -491,6 +491,7 @@ async fn run_workers(args: &Args, bins: &Binaries, report: &mut Report) -> Resul
             } else {
                 rate_few.push(f.jobs_per_s);
                 cpu_few.push(f.master_cpu_s);
+                rss_few.push(f.master_rss_mib);
             }
         }
     }
@@ -506,11 +507,13 @@ async fn run_workers(args: &Args, bins: &Binaries, report: &mut Report) -> Resul
     report.workers_1000_master_cpu_s = stats::median(&cpu);
     report.workers_2_master_cpu_s = stats::median(&cpu_few);
     report.workers_1000_master_rss_mb = stats::median(&rss);
+    report.workers_2_master_rss_mb = stats::median(&rss_few);
     report.samples.insert("workers_1000_jobs_per_s", rate);
     report.samples.insert("workers_2_jobs_per_s", rate_few);
     report.samples.insert("workers_1000_master_cpu_s", cpu);
     report.samples.insert("workers_2_master_cpu_s", cpu_few);
     report.samples.insert("workers_1000_master_rss_mb", rss);
+    report.samples.insert("workers_2_master_rss_mb", rss_few);
     Ok(())
 }
 

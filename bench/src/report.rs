@@ -62,12 +62,13 @@ pub(crate) struct Report {
     pub(crate) limit_overhead_pct: Option<f64>,
     /// Tiny jobs through a master with `--sim-workers` (1,000) simulated
     /// workers connected, and through one with two; the master's CPU
-    /// seconds over each run's jobs, and its memory with the thousand.
+    /// seconds over each run's jobs, and its memory after them.
     pub(crate) workers_1000_jobs_per_s: Option<f64>,
     pub(crate) workers_2_jobs_per_s: Option<f64>,
     pub(crate) workers_1000_master_cpu_s: Option<f64>,
     pub(crate) workers_2_master_cpu_s: Option<f64>,
     pub(crate) workers_1000_master_rss_mb: Option<f64>,
+    pub(crate) workers_2_master_rss_mb: Option<f64>,
     /// Simulated workers of that workload, when it ran.
     pub(crate) sim_workers: Option<usize>,
     /// Measured runs per workload.
@@ -304,6 +305,7 @@ impl Report {
                 "workers_1000_master_rss_mb",
                 self.workers_1000_master_rss_mb,
             ),
+            ("workers_2_master_rss_mb", self.workers_2_master_rss_mb),
         ]
     }
 
