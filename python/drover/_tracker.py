@@ -17,11 +17,14 @@ they finish.
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED as _FUTURE_CANCELLED
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from ._errors import DroverError, InvalidArgument, LimitExceeded
+from ._client import RECONNECT_PATIENCE_S
+from ._errors import DroverError, InvalidArgument, LimitExceeded, MasterUnavailable
 from ._results import CANCELLED, FINISHED, SUCCEEDED, error_of
 from .v1 import drover_pb2 as pb
 
@@ -31,6 +34,9 @@ MAX_WATCHES = 32
 MAX_BATCH = 10_000
 #: How long the poller's Get waits for its jobs before it looks again (s).
 POLL_WAIT_S = 0.25
+# How long an apply's Submit waits for its job before it is followed like
+# any other (a blocking call is not interrupted by Ctrl-C).
+APPLY_WAIT_S = 1.0
 
 
 class JobFuture(Future):
@@ -132,6 +138,56 @@ class Tracker:
                 self._submitter.start()
             self._cond.notify_all()
         return fut
+
+    def apply(self, kind: Any, arg: str, fields: Dict[str, Any]) -> JobFuture:
+        """Submits one job from the calling thread in a Submit that waits for
+        it, so that a job finished within APPLY_WAIT_S costs one round trip;
+        returns its future, done unless the wait ended first (then the job is
+        followed like any other). The Submit carries a request id: sent again
+        after the master went away during the wait, it names the same job."""
+        fut = JobFuture(self, kind)
+        with self._cond:
+            if self._stopped:
+                raise DroverError(f"the client of {self._client.url} is closed")
+        spec = pb.JobSpec(kind=kind.kind, arg=arg, **fields)
+        req = pb.SubmitRequest(
+            jobs=[spec], request_id=str(uuid.uuid4()), wait=True, timeout_ms=int(APPLY_WAIT_S * 1000)
+        )
+        parts: List[Tuple[int, Any]] = []
+        try:
+            self._submit_again_while_away(req, parts)
+        except BaseException as e:
+            self._fail_all([(spec, fut)], e)
+            return fut
+        if not parts:
+            self._fail_all([(spec, fut)], DroverError("the master took no job"))
+            return fut
+        _, resp = parts[-1]
+        fut.job_id, fut.batch_id = resp.job_ids[0], resp.batch_id
+        fut._submitted.set()
+        done = [info for info in resp.result.jobs if info.state in FINISHED]
+        if resp.result.complete and done:
+            fut._deliver(done[0])
+        else:
+            self._follow(resp.batch_id, [fut])
+        return fut
+
+    def _submit_again_while_away(self, req: Any, parts: List[Tuple[int, Any]]) -> None:
+        """Sends ``req`` (which has a request id); while the master cannot be
+        reached, for up to RECONNECT_PATIENCE_S, sends it again without its
+        wait: a repeat names the batch the first one made, if it made one."""
+        patience_until = time.monotonic() + RECONNECT_PATIENCE_S
+        delay = 0.05
+        while True:
+            try:
+                self._client._submit_into(req, 0, 0, parts)
+                return
+            except MasterUnavailable:
+                if time.monotonic() >= patience_until:
+                    raise
+                req.wait = False
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     # ---- submitting ----
 

@@ -190,18 +190,29 @@ class Pool:
         self._check_running()
         kind = job_kind(func)
         arg = kind.encode(tuple(args), dict(kwds or {}))
-        key = self._options.idempotency_key
-        fields = self._options.spec_fields()
-        if key is not None:
-            fields["idempotency_key"] = key
-        fut = self._state.client._tracker_here().submit(kind, arg, fields)
+        fut = self._state.client._tracker_here().submit(kind, arg, self._spec_fields())
         result = AsyncResult(fut, callback, error_callback)
         self._remember(fut, result)
         return result
 
     def apply(self, func: Any, args: Tuple[Any, ...] = (), kwds: Optional[Dict[str, Any]] = None) -> Any:
-        """Runs ``func(*args, **kwds)`` as one job and returns its result."""
-        return self.apply_async(func, args, kwds).get()
+        """Runs ``func(*args, **kwds)`` as one job and returns its result: one
+        round trip to the master, which answers once the job is finished."""
+        self._check_running()
+        kind = job_kind(func)
+        arg = kind.encode(tuple(args), dict(kwds or {}))
+        fut = self._state.client._tracker_here().apply(kind, arg, self._spec_fields())
+        result = AsyncResult(fut, None, None)
+        self._remember(fut, result)
+        return result.get()
+
+    def _spec_fields(self) -> Dict[str, Any]:
+        """The JobSpec fields of this pool's options."""
+        fields = self._options.spec_fields()
+        key = self._options.idempotency_key
+        if key is not None:
+            fields["idempotency_key"] = key
+        return fields
 
     def _remember(self, fut: Optional[JobFuture], result: AsyncResult) -> None:
         st = self._state

@@ -311,3 +311,11 @@ def executor(client):
     ex = drover.Executor(client=client)
     yield ex
     ex.shutdown(wait=False, cancel_futures=True)
+
+
+def wait_until(what, cond, timeout=30.0):
+    """Polls ``cond`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

@@ -9,15 +9,9 @@ import pytest
 
 import drover
 from drover.v1 import drover_pb2 as pb
+from conftest import wait_until
 
 PRIMES = [1112272535095293, 1112582705942171, 1112272535095291, 1115280095190773, 1115797848077099, 11099726899285419]
-
-
-def wait_until(what, cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_it_is_a_real_executor_with_real_futures(executor):

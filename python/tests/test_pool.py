@@ -11,6 +11,7 @@ from concurrent.futures import CancelledError
 import pytest
 
 import drover
+from conftest import wait_until
 
 # The notes' tables: fib(1..19) of the seed is F(2..20); its six primes.
 FIB_2_TO_20 = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181, 6765]
@@ -159,13 +160,6 @@ def test_bad_calls_are_refused_with_a_clear_type_error(pool):
         pool.map(drover.is_prime, [-7])
 
 
-def wait_until(what, cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def test_terminate_cancels_the_pools_jobs_on_the_master(client):
     pool = drover.Pool(client=client)
     results = [pool.apply_async(drover.sleep, (60,)) for _ in range(3)]
@@ -203,7 +197,8 @@ def test_a_pool_closes_its_own_connection_and_threads(cluster):
     # pool's thread, not a count.
     before = set(submitters())
     with drover.Pool(master=cluster.url) as pool:
-        assert pool.apply(drover.fib, (9,)) == 34
+        # apply runs in the calling thread; apply_async starts the submitter.
+        assert pool.apply_async(drover.fib, (9,)).get(timeout=60) == 34
         mine = [t for t in submitters() if t not in before]
         assert len(mine) == 1, mine
     wait_until("the submitter thread to end", lambda: not mine[0].is_alive())
