@@ -144,6 +144,14 @@ impl JobTable {
         self.slots.iter().flatten()
     }
 
+    /// Every job with its slot, in slot order.
+    pub(crate) fn slotted(&self) -> impl Iterator<Item = (u32, &Job)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, job)| job.as_ref().map(|j| (slot as u32, j)))
+    }
+
     /// How many jobs the table holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -354,8 +362,9 @@ pub(crate) struct Batch {
     pub(crate) jobs: Vec<JobId>,
     /// Where each of `jobs` sat in the job table when the batch was made:
     /// hints for [`JobTable::get_hinted`] (a slot since reused holds another
-    /// job, and the lookup falls back to the id). Empty for a batch read
-    /// from the store.
+    /// job, and the lookup falls back to the id; `u32::MAX` for a job not
+    /// in the table then). Recovery fills them; a closed batch read back
+    /// from the store has none.
     pub(crate) slots: Vec<u32>,
     /// Indexes of finished jobs, in the order they finished.
     pub(crate) finished: Vec<u32>,

@@ -24,8 +24,13 @@ enum Match {
 impl State {
     /// Puts a job in its queue, or in the delay queue until `not_before`.
     pub(super) fn enqueue(&mut self, id: JobId, not_before_ms: u64) {
+        self.enqueue_hinted(id, None, not_before_ms);
+    }
+
+    /// [`State::enqueue`] of a job found first at the slot `hint`.
+    pub(super) fn enqueue_hinted(&mut self, id: JobId, hint: Option<&u32>, not_before_ms: u64) {
         let now = self.now_ms();
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut_hinted(&id, hint) else {
             return;
         };
         if not_before_ms > now {
@@ -34,7 +39,7 @@ impl State {
         } else {
             job.not_before_ms = 0;
             let key = (Reverse(job.priority), job.seq);
-            self.queue_ready(id, key);
+            self.queue_ready_hinted(id, hint, key);
         }
     }
 

@@ -157,7 +157,12 @@ impl State {
     /// at once if it has no limits or they all have room (it then holds a
     /// permit of each), else among the waiters of its limits.
     pub(super) fn queue_ready(&mut self, id: JobId, key: QueueKey) {
-        let Some(job) = self.jobs.get(&id) else {
+        self.queue_ready_hinted(id, None, key);
+    }
+
+    /// [`State::queue_ready`] of a job found first at the slot `hint`.
+    pub(super) fn queue_ready_hinted(&mut self, id: JobId, hint: Option<&u32>, key: QueueKey) {
+        let Some(job) = self.jobs.get_hinted(&id, hint) else {
             return;
         };
         let limits = &job.x().limits;

@@ -105,12 +105,14 @@ impl State {
     /// delivers its result before the job is handed out again still has it
     /// recorded); batches learn which of their jobs are finished.
     pub fn finish_recovery(&mut self, report: &mut RecoveryReport) {
-        let ids: Vec<JobId> = self.jobs.values().map(|j| j.id).collect();
-        for id in ids {
-            let (state, not_before) = match self.jobs.get(&id) {
-                Some(j) => (j.state, j.not_before_ms),
-                None => continue,
-            };
+        // In slot order, each job found by its slot: no id is hashed for
+        // the millions of jobs a restart may bring back.
+        let loaded: Vec<(u32, JobId, JobState, u64)> = self
+            .jobs
+            .slotted()
+            .map(|(slot, j)| (slot, j.id, j.state, j.not_before_ms))
+            .collect();
+        for (slot, id, state, not_before) in loaded {
             match state {
                 JobState::Running => {
                     self.counts[JobState::Running as usize] += 1;
@@ -120,7 +122,7 @@ impl State {
                 JobState::Queued => {
                     self.counts[JobState::Queued as usize] += 1;
                     report.queued += 1;
-                    self.enqueue(id, not_before);
+                    self.enqueue_hinted(id, Some(&slot), not_before);
                 }
                 other => {
                     self.counts[other as usize] += 1;
@@ -130,12 +132,23 @@ impl State {
         }
         let batch_ids: Vec<BatchId> = self.batches.keys().copied().collect();
         for b in batch_ids {
-            // A job not in memory left with its closed batch: finished.
-            let mut finished: Vec<(u64, u32)> = self.batches[&b]
+            // Each job's slot, looked up once, then the hint of every walk
+            // of the batch (as for a batch submitted since the start).
+            let slots: Vec<u32> = self.batches[&b]
                 .jobs
                 .iter()
+                .map(|id| self.jobs.slot_of(id).unwrap_or(u32::MAX))
+                .collect();
+            if let Some(batch) = self.batches.get_mut(&b) {
+                batch.slots = slots;
+            }
+            let batch = &self.batches[&b];
+            // A job not in memory left with its closed batch: finished.
+            let mut finished: Vec<(u64, u32)> = self
+                .jobs
+                .of_batch(batch)
                 .enumerate()
-                .filter_map(|(i, id)| match self.jobs.get(id) {
+                .filter_map(|(i, j)| match j {
                     Some(j) => j.is_finished().then_some((j.x().finished_at_ms, i as u32)),
                     None => Some((0, i as u32)),
                 })
@@ -143,13 +156,12 @@ impl State {
             finished.sort_unstable();
             // Jobs this batch lists but did not create, finished or not
             // (a retry may queue them again).
-            for (i, id) in self.batches[&b].jobs.iter().enumerate() {
-                if self
-                    .jobs
-                    .get(id)
-                    .is_none_or(|j| j.batch != b || j.index != i as u32)
-                {
-                    self.adopted.entry(*id).or_default().push((b, i as u32));
+            for (i, j) in self.jobs.of_batch(batch).enumerate() {
+                if j.is_none_or(|j| j.batch != b || j.index != i as u32) {
+                    self.adopted
+                        .entry(batch.jobs[i])
+                        .or_default()
+                        .push((b, i as u32));
                 }
             }
             if let Some(batch) = self.batches.get_mut(&b) {
