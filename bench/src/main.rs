@@ -973,7 +973,16 @@ async fn run_coord(args: &Args, bins: &Binaries, report: &mut Report) -> Result<
 /// recovery_s_1m and the master's memory: each run on a fresh master with
 /// the redb store and no workers, killed and started again.
 async fn run_recovery(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
-    let runs = recovery_runs(args, bins, report, args.recovery_jobs, &[], RUN_TIMEOUT).await?;
+    let runs = recovery_runs(
+        args,
+        bins,
+        report,
+        "recovery",
+        args.recovery_jobs,
+        &[],
+        RUN_TIMEOUT,
+    )
+    .await?;
     let pick = |f: fn(&recovery::Recovery) -> f64| runs.iter().map(f).collect::<Vec<_>>();
     let (times, rss, rss_recovered) = (
         pick(|r| r.recovery_s),
@@ -998,7 +1007,7 @@ async fn run_queued(args: &Args, bins: &Binaries, report: &mut Report) -> Result
     let max_queued = format!("--max-queued={jobs}");
     // Submitting, checking and restarting 10 million jobs takes minutes.
     let timeout = RUN_TIMEOUT + Duration::from_micros(60 * u64::from(jobs));
-    let runs = recovery_runs(args, bins, report, jobs, &[max_queued], timeout).await?;
+    let runs = recovery_runs(args, bins, report, "queued", jobs, &[max_queued], timeout).await?;
     let pick = |f: fn(&recovery::Recovery) -> f64| runs.iter().map(f).collect::<Vec<_>>();
     let submit: Vec<f64> = runs.iter().map(|r| f64::from(jobs) / r.submit_s).collect();
     let (times, rss, rss_recovered) = (
@@ -1023,11 +1032,13 @@ async fn run_queued(args: &Args, bins: &Binaries, report: &mut Report) -> Result
 }
 
 /// Runs the recovery workload `--runs` times with `jobs` jobs, each on a
-/// fresh master with the redb store, no workers and `extra` flags.
+/// fresh master with the redb store, no workers and `extra` flags; the
+/// note describing them names `workload`.
 async fn recovery_runs(
     args: &Args,
     bins: &Binaries,
     report: &mut Report,
+    workload: &str,
     jobs: u32,
     extra: &[String],
     timeout: Duration,
@@ -1039,7 +1050,7 @@ async fn recovery_runs(
         let mut cluster = Cluster::start(bins, config).await?;
         if run == 1 {
             report.notes.push(format!(
-                "recovery: {jobs} jobs queued in Submits of {} on {}, then SIGKILL and a restart \
+                "{workload}: {jobs} jobs queued in Submits of {} on {}, then SIGKILL and a restart \
                  on the same data directory and port; a fresh master each run; MiB of VmRSS",
                 jobs::MAX_SUBMIT_JOBS,
                 describe(&cluster, args, 0)

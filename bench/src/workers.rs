@@ -94,7 +94,8 @@ pub(crate) struct Fleet {
     runtime: Option<tokio::runtime::Runtime>,
     stop: CancellationToken,
     names: Vec<String>,
-    sessions: Vec<JoinHandle<Result<u64>>>,
+    /// Each session's worker name and task, in the order they connected.
+    sessions: Vec<(String, JoinHandle<Result<u64>>)>,
     shared: Arc<Shared>,
 }
 
@@ -152,7 +153,7 @@ impl Fleet {
                             open_session(&url, &name, &host).await.with_context(|| {
                                 format!("simulated worker {name} could not connect to {url}")
                             })?;
-                        Ok::<_, anyhow::Error>(tokio::spawn(session.run(stop, shared)))
+                        Ok::<_, anyhow::Error>((name, tokio::spawn(session.run(stop, shared))))
                     }
                 })
                 .buffer_unordered(CONNECTING_AT_ONCE)
@@ -170,7 +171,7 @@ impl Fleet {
         let mut failed = 0;
         for o in opened {
             match o {
-                Ok(handle) => fleet.sessions.push(handle),
+                Ok(session) => fleet.sessions.push(session),
                 Err(e) => {
                     failed += 1;
                     first_error.get_or_insert(e);
@@ -260,7 +261,7 @@ impl Fleet {
         self.check()?;
         self.stop.cancel();
         let mut per_worker = Vec::with_capacity(self.sessions.len());
-        for (name, handle) in self.names.iter().zip(std::mem::take(&mut self.sessions)) {
+        for (name, handle) in std::mem::take(&mut self.sessions) {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, handle).await {
                 Ok(Ok(Ok(run))) => per_worker.push(run),

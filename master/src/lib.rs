@@ -250,13 +250,21 @@ impl MasterArgs {
         // line and nothing usable after it stops the master before it
         // listens, naming the files.
         if let (Some(t), Some(cert), Some(key)) = (&tls, &self.tls_cert, &self.tls_key) {
-            net::server_with(Some(t), 1).map_err(|e| {
+            let pair = net::ServerTls {
+                client_ca: None,
+                ..t.clone()
+            };
+            net::server_with(Some(&pair), 1).map_err(|e| {
                 anyhow::anyhow!(
                     "--tls-cert {} / --tls-key {}: {e}",
                     cert.display(),
                     key.display()
                 )
             })?;
+            if let Some(ca) = &self.client_ca {
+                net::server_with(Some(t), 1)
+                    .map_err(|e| anyhow::anyhow!("--client-ca {}: {e}", ca.display()))?;
+            }
         }
         Ok(Config {
             max_queued: self.max_queued,

@@ -159,3 +159,11 @@ def from_rpc_error(err: grpc.RpcError, url: str, first_index: int = 0, via_worke
         return AuthError(f"{name}: {details} (master {url})", code)
     name = code.name.lower().replace("_", " ") if code is not None else "error"
     return DroverError(f"{name}: {details} (master {url})", code)
+
+
+def never_sent(details: str) -> bool:
+    """Whether an UNAVAILABLE call, by its details, failed before it reached
+    any master (gRPC's words for a channel that could not connect), so no
+    master can have acted on it."""
+    details = details.lower()
+    return any(s in details for s in ("failed to connect", "connection refused", "connections to all backends failing"))

@@ -24,7 +24,7 @@ from concurrent.futures._base import CANCELLED as _FUTURE_CANCELLED
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ._client import RECONNECT_PATIENCE_S
-from ._errors import DroverError, InvalidArgument, LimitExceeded, MasterUnavailable
+from ._errors import DroverError, InvalidArgument, LimitExceeded, MasterUnavailable, never_sent
 from ._results import CANCELLED, FINISHED, SUCCEEDED, error_of
 from .v1 import drover_pb2 as pb
 
@@ -139,29 +139,50 @@ class Tracker:
             self._cond.notify_all()
         return fut
 
-    def apply(self, kind: Any, arg: str, fields: Dict[str, Any]) -> JobFuture:
-        """Submits one job from the calling thread in a Submit that waits for
-        it, so that a job finished within APPLY_WAIT_S costs one round trip;
-        returns its future, done unless the wait ended first (then the job is
-        followed like any other). The Submit carries a request id: sent again
-        after the master went away during the wait, it names the same job."""
-        fut = JobFuture(self, kind)
+    def future(self, kind: Any) -> JobFuture:
+        """A future for :meth:`apply` to complete, made first so that the
+        pool can count it (and ``terminate`` cancel its job) from the start."""
         with self._cond:
             if self._stopped:
                 raise DroverError(f"the client of {self._client.url} is closed")
-        spec = pb.JobSpec(kind=kind.kind, arg=arg, **fields)
+        return JobFuture(self, kind)
+
+    def apply(self, fut: JobFuture, arg: str, fields: Dict[str, Any]) -> None:
+        """Submits ``fut``'s job from the calling thread in a Submit that
+        waits for it, so that a job finished within APPLY_WAIT_S costs one
+        round trip; ``fut`` is done on return unless the wait ended first
+        (then the job is followed like any other). The Submit carries a
+        request id: sent again (without the wait) after the master went away
+        during the call, or after an interrupt, it names the job the first
+        one made, so the job is neither doubled nor lost from the pool's
+        view (``terminate`` can cancel it)."""
+        spec = pb.JobSpec(kind=fut._kind.kind, arg=arg, **fields)
         req = pb.SubmitRequest(
             jobs=[spec], request_id=str(uuid.uuid4()), wait=True, timeout_ms=int(APPLY_WAIT_S * 1000)
         )
         parts: List[Tuple[int, Any]] = []
         try:
             self._submit_again_while_away(req, parts)
-        except BaseException as e:
+        except Exception as e:
             self._fail_all([(spec, fut)], e)
-            return fut
-        if not parts:
-            self._fail_all([(spec, fut)], DroverError("the master took no job"))
-            return fut
+            return
+        except BaseException:
+            # Ctrl-C during the wait: learn the job (the same request id
+            # again, not waiting) so that the pool still holds it, then let
+            # the interrupt go on.
+            req.wait = False
+            try:
+                self._client._submit_into(req, 0, 0, parts)
+            except Exception as e:
+                self._fail_all([(spec, fut)], e)
+            else:
+                self._settle_apply(fut, parts)
+            raise
+        self._settle_apply(fut, parts)
+
+    def _settle_apply(self, fut: JobFuture, parts: List[Tuple[int, Any]]) -> None:
+        """Gives an applied job's future its id and its result, or follows
+        the job when the reply has no result yet."""
         _, resp = parts[-1]
         fut.job_id, fut.batch_id = resp.job_ids[0], resp.batch_id
         fut._submitted.set()
@@ -170,24 +191,31 @@ class Tracker:
             fut._deliver(done[0])
         else:
             self._follow(resp.batch_id, [fut])
-        return fut
 
     def _submit_again_while_away(self, req: Any, parts: List[Tuple[int, Any]]) -> None:
-        """Sends ``req`` (which has a request id); while the master cannot be
-        reached, for up to RECONNECT_PATIENCE_S, sends it again without its
-        wait: a repeat names the batch the first one made, if it made one."""
+        """Sends ``req`` (which has a request id). If the master went away
+        during the call, sends it again without its wait while it cannot be
+        reached, for up to RECONNECT_PATIENCE_S: a repeat names the batch the
+        first one made, if it made one. A master never reached fails at
+        once, as every other call does."""
+        try:
+            self._client._submit_into(req, 0, 0, parts)
+            return
+        except MasterUnavailable as e:
+            if never_sent(str(e)):
+                raise
+        req.wait = False
         patience_until = time.monotonic() + RECONNECT_PATIENCE_S
         delay = 0.05
         while True:
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
             try:
                 self._client._submit_into(req, 0, 0, parts)
                 return
             except MasterUnavailable:
                 if time.monotonic() >= patience_until:
                     raise
-                req.wait = False
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     # ---- submitting ----
 
@@ -351,3 +379,4 @@ def _bad_index(message: str, n: int) -> Optional[int]:
     except ValueError:
         return None
     return i if 0 <= i < n else None
+

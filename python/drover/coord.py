@@ -78,8 +78,7 @@ _RESENDABLE = frozenset(
 
 def _never_sent(err: grpc.RpcError) -> bool:
     """Whether an UNAVAILABLE call failed to reach the master at all."""
-    details = (err.details() or "").lower()
-    return any(s in details for s in ("failed to connect", "connection refused", "connections to all backends failing"))
+    return _errors.never_sent(err.details() or "")
 
 #: The lease of this process's session, in seconds (``DROVER_LEASE_S``).
 DEFAULT_LEASE_S = 10.0

@@ -201,9 +201,12 @@ class Pool:
         self._check_running()
         kind = job_kind(func)
         arg = kind.encode(tuple(args), dict(kwds or {}))
-        fut = self._state.client._tracker_here().apply(kind, arg, self._spec_fields())
+        tracker = self._state.client._tracker_here()
+        fut = tracker.future(kind)
         result = AsyncResult(fut, None, None)
+        # Counted before it is sent: terminate() meanwhile cancels it.
         self._remember(fut, result)
+        tracker.apply(fut, arg, self._spec_fields())
         return result.get()
 
     def _spec_fields(self) -> Dict[str, Any]:

@@ -204,3 +204,40 @@ def test_a_pool_closes_its_own_connection_and_threads(cluster):
     wait_until("the submitter thread to end", lambda: not mine[0].is_alive())
     with pytest.raises(drover.DroverError, match="closed"):
         pool.client.stats()
+
+
+@pytest.mark.parametrize("how", ["apply_async", "apply"])
+def test_terminate_during_an_apply_cancels_its_job(client, how):
+    pool = drover.Pool(client=client)
+    got = []
+
+    def call():
+        try:
+            if how == "apply":
+                got.append(pool.apply(drover.sleep, (20,)))
+            else:
+                got.append(pool.apply_async(drover.sleep, (20,)).get())
+        except BaseException as e:
+            got.append(e)
+
+    running_before = client.stats().running
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until("the job to run", lambda: client.stats().running > running_before)
+    pool.terminate()  # within the first second of the apply
+    caller.join(timeout=10)
+    assert not caller.is_alive(), "the call still waits for a job of a terminated pool"
+    assert isinstance(got[0], CancelledError), got
+    wait_until("the job to be cancelled", lambda: client.stats().running == running_before, timeout=5)
+
+
+@pytest.mark.parametrize("how", ["apply_async", "apply"])
+def test_an_unreachable_master_fails_at_once(how):
+    with drover.Pool(master="http://127.0.0.1:1") as pool:
+        started = time.monotonic()
+        with pytest.raises(drover.MasterUnavailable):
+            if how == "apply":
+                pool.apply(drover.fib, (3,))
+            else:
+                pool.apply_async(drover.fib, (3,)).get(timeout=60)
+        assert time.monotonic() - started < 5

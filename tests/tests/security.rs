@@ -343,7 +343,7 @@ fn try_master(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
 }
 
 #[test]
-fn a_master_with_a_key_it_cannot_parse_exits_naming_the_file() {
+fn a_master_with_a_key_or_ca_it_cannot_parse_exits_naming_the_file() {
     let pki = Pki::new();
     let key = pki.write(
         "garbled.key",
@@ -357,6 +357,27 @@ fn a_master_with_a_key_it_cannot_parse_exits_naming_the_file() {
     .expect_err("a master with a garbled key started");
     assert!(err.contains("garbled.key"), "{err}");
     assert!(err.contains("--tls-key"), "{err}");
+
+    // A CA that does not parse is named as the CA, not as the pair.
+    let ca = pki.write(
+        "garbled-ca.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    );
+    let err = try_master(
+        &[
+            "--tls-cert",
+            &pki.arg("server.pem"),
+            "--tls-key",
+            &pki.arg("server.key"),
+            "--client-ca",
+            &ca,
+        ],
+        &[],
+    )
+    .expect_err("a master with a garbled CA started");
+    assert!(err.contains("--client-ca"), "{err}");
+    assert!(err.contains("garbled-ca.pem"), "{err}");
+    assert!(!err.contains("--tls-key"), "{err}");
 }
 
 #[test]
