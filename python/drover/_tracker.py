@@ -162,23 +162,29 @@ class Tracker:
         )
         parts: List[Tuple[int, Any]] = []
         try:
-            self._submit_again_while_away(req, parts)
-        except Exception as e:
-            self._fail_all([(spec, fut)], e)
-            return
-        except BaseException:
-            # Ctrl-C during the wait: learn the job (the same request id
-            # again, not waiting) so that the pool still holds it, then let
-            # the interrupt go on.
-            req.wait = False
             try:
-                self._client._submit_into(req, 0, 0, parts)
+                self._submit_again_while_away(req, parts)
             except Exception as e:
                 self._fail_all([(spec, fut)], e)
-            else:
-                self._settle_apply(fut, parts)
-            raise
-        self._settle_apply(fut, parts)
+                return
+            except BaseException:
+                # Ctrl-C during the wait: learn the job (the same request id
+                # again, not waiting) so that the pool still holds it, then
+                # let the interrupt go on.
+                req.wait = False
+                try:
+                    self._client._submit_into(req, 0, 0, parts)
+                except Exception as e:
+                    self._fail_all([(spec, fut)], e)
+                else:
+                    self._settle_apply(fut, parts)
+                raise
+            self._settle_apply(fut, parts)
+        finally:
+            # Whatever happened (a second Ctrl-C, say), terminate() must not
+            # wait for this submit forever.
+            if not fut._submitted.is_set():
+                self._fail_all([(spec, fut)], DroverError("the submit of this job was interrupted"))
 
     def _settle_apply(self, fut: JobFuture, parts: List[Tuple[int, Any]]) -> None:
         """Gives an applied job's future its id and its result, or follows
@@ -379,4 +385,3 @@ def _bad_index(message: str, n: int) -> Optional[int]:
     except ValueError:
         return None
     return i if 0 <= i < n else None
-
