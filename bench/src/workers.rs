@@ -76,12 +76,6 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the fleet may take to close once stopped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The worker engine's constants (worker/src/engine.rs): a frame aims at
-/// about this much work, and at most this many jobs ...
-const BATCH_TARGET_US: f64 = 1_000.0;
-const BATCH_MAX: usize = 512;
-/// ... and prefetch at about this much queued work per process.
-const PREFETCH_TARGET_US: f64 = 20_000.0;
 /// The worker's results outbox bounds a message to this many bytes of
 /// results (worker/src/results.rs).
 const MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -490,24 +484,15 @@ impl Session {
 
     /// Runs one child frame: the first queued jobs, about a millisecond of
     /// work by the running mean of the first one's kind (one at a time
-    /// while the kind is new), at most [`BATCH_MAX`].
+    /// while the kind is new), as the engine sizes them
+    /// ([`drover_worker::frame_jobs`]).
     fn run_frame(&mut self, shared: &Shared) {
-        // A child parses with no limits: the master checked them.
-        let limits = Limits {
-            max_fib_n: u64::MAX,
-            max_prime_digits: usize::MAX,
-            max_sleep_ms: u64::MAX,
-            max_batch_jobs: usize::MAX,
-            max_python_arg_bytes: usize::MAX,
-        };
+        let limits = Limits::unchecked();
         let Some((_, first)) = self.queue.first_key_value() else {
             return;
         };
-        let by_time = match self.mean_us.get(&first.kind) {
-            Some(&us) => (BATCH_TARGET_US / us.max(0.1)) as usize,
-            None => 1,
-        };
-        let size = self.queue.len().min(by_time.clamp(1, BATCH_MAX));
+        let by_time = drover_worker::frame_jobs(self.mean_us.get(&first.kind).copied());
+        let size = self.queue.len().min(by_time);
         for _ in 0..size {
             let Some((_, job)) = self.queue.pop_first() else {
                 break;
@@ -563,19 +548,13 @@ impl Session {
         let mut cap = [0; JobClass::COUNT];
         cap[JobClass::Io.index()] = u64::from(IO_SLOTS);
         let procs = 1u64;
-        let mean = self
+        let means = self
             .mean_us
             .iter()
             .filter(|(k, _)| JobClass::of_wire(**k) == JobClass::Cpu)
-            .map(|(_, v)| *v)
-            .fold(None, |acc: Option<f64>, v| {
-                Some(acc.map_or(v, |a| a.max(v)))
-            });
-        let adaptive = match mean {
-            Some(us) => (procs as f64 * PREFETCH_TARGET_US / us.max(0.1)) as u64,
-            None => procs,
-        };
-        let prefetch = adaptive.clamp(1, drover_worker::DEFAULT_PREFETCH);
+            .map(|(_, v)| *v);
+        let prefetch =
+            drover_worker::adaptive_prefetch(procs, means, drover_worker::DEFAULT_PREFETCH);
         cap[JobClass::Cpu.index()] = procs + prefetch;
         cap
     }

@@ -29,13 +29,6 @@ use crate::session::{Outbox, SessionEvent};
 #[cfg(test)]
 mod tests;
 
-/// A child is given at most about this much work per frame, so a timeout
-/// or a cancel wastes little, and results flow back steadily.
-const BATCH_TARGET_US: f64 = 1_000.0;
-/// And at most this many jobs.
-const BATCH_MAX: usize = 512;
-/// Prefetch aims to keep this much work queued per process.
-const PREFETCH_TARGET_US: f64 = 20_000.0;
 /// A job's timeout is judged with this slack, since the child reports its
 /// progress at most a millisecond late.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
@@ -701,12 +694,7 @@ impl Engine {
             idle_left -= 1;
             let first_key = *self.queues[c].values().next().expect("not empty");
             let kind = self.jobs[&first_key].kind;
-            let by_time = match self.mean_us.get(&kind) {
-                Some(&us) => (BATCH_TARGET_US / us.max(0.1)) as usize,
-                // Unknown cost: one at a time until we know.
-                None => 1,
-            };
-            let size = fair.min(by_time.clamp(1, BATCH_MAX));
+            let size = fair.min(crate::frame_jobs(self.mean_us.get(&kind).copied()));
             let mut batch = Vec::with_capacity(size);
             let mut bytes = 0;
             while batch.len() < size {
@@ -763,19 +751,12 @@ impl Engine {
             if procs == 0 {
                 continue;
             }
-            let mean = self
+            let means = self
                 .mean_us
                 .iter()
                 .filter(|(k, _)| JobClass::of_wire(**k) == class)
-                .map(|(_, v)| *v)
-                .fold(None, |acc: Option<f64>, v| {
-                    Some(acc.map_or(v, |a| a.max(v)))
-                });
-            let adaptive = match mean {
-                Some(us) => (procs as f64 * PREFETCH_TARGET_US / us.max(0.1)) as u64,
-                None => procs,
-            };
-            let prefetch = adaptive.max(1).min(self.cfg.prefetch);
+                .map(|(_, v)| *v);
+            let prefetch = crate::adaptive_prefetch(procs, means, self.cfg.prefetch);
             cap[class.index()] = procs + prefetch;
         }
         cap

@@ -55,6 +55,39 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9465";
 /// with a durable store, the commit each assignment waits for.
 pub const DEFAULT_PREFETCH: u64 = 4096;
 
+/// A child is given at most about this much work per frame, so a timeout
+/// or a cancel wastes little, and results flow back steadily.
+const BATCH_TARGET_US: f64 = 1_000.0;
+/// And at most this many jobs.
+const BATCH_MAX: usize = 512;
+/// Prefetch aims to keep this much work queued per process.
+const PREFETCH_TARGET_US: f64 = 20_000.0;
+
+/// How many jobs of a kind whose mean run time is `mean_us` go to a child
+/// in one frame: about BATCH_TARGET_US of work, at most BATCH_MAX, one at a
+/// time while the kind's cost is unknown.
+pub fn frame_jobs(mean_us: Option<f64>) -> usize {
+    match mean_us {
+        Some(us) => ((BATCH_TARGET_US / us.max(0.1)) as usize).clamp(1, BATCH_MAX),
+        None => 1,
+    }
+}
+
+/// The credit a slot class asks for beyond its `procs` live processes:
+/// about PREFETCH_TARGET_US of queued work per process by the slowest of
+/// its kinds' mean run times `means_us` (`procs` while none is known), at
+/// least 1 and at most `cap` (`--prefetch`).
+pub fn adaptive_prefetch(procs: u64, means_us: impl Iterator<Item = f64>, cap: u64) -> u64 {
+    let slowest = means_us.fold(None, |acc: Option<f64>, v| {
+        Some(acc.map_or(v, |a| a.max(v)))
+    });
+    let adaptive = match slowest {
+        Some(us) => (procs as f64 * PREFETCH_TARGET_US / us.max(0.1)) as u64,
+        None => procs,
+    };
+    adaptive.max(1).min(cap)
+}
+
 /// The largest result a job may have, by default: F(10^7), the largest
 /// Fibonacci number the master allows by default, is 2.1 MB.
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
