@@ -34,10 +34,12 @@ pub mod auth;
 pub mod committer;
 pub mod coord;
 pub mod dashboard;
+pub mod ha;
 pub mod limits;
 pub mod metrics;
 #[cfg(test)]
 mod model_test;
+pub mod pg;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -88,10 +90,25 @@ pub struct MasterArgs {
     /// Attempts for a job that does not say.
     #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
-    /// Where jobs are kept: redb (in --data-dir, survives restarts) or
-    /// memory (lost when the master stops).
-    #[arg(long, env = "DROVER_STORE", default_value = "redb", value_parser = ["redb", "memory"])]
+    /// Where jobs are kept: redb (in --data-dir, survives restarts),
+    /// memory (lost when the master stops), or a PostgreSQL URL
+    /// (postgres://user@host/db): several masters on one database, one
+    /// the leader and the others standbys that take over (high
+    /// availability).
+    #[arg(long, env = "DROVER_STORE", default_value = "redb", value_parser = parse_store)]
     pub store: String,
+    /// With a PostgreSQL store: a leader's lease not renewed for this long
+    /// expires, and a standby takes over.
+    #[arg(long, env = "DROVER_LEADER_LEASE", default_value = "2s", value_parser = drover_common::util::parse_duration)]
+    pub leader_lease: Duration,
+    /// With a PostgreSQL store: how often the leader renews its lease and
+    /// standbys look at it.
+    #[arg(long, env = "DROVER_LEADER_RENEW", default_value = "500ms", value_parser = drover_common::util::parse_duration)]
+    pub leader_renew: Duration,
+    /// With a PostgreSQL store: the address (HOST:PORT) standbys name to
+    /// clients when this master leads; by default the one it listens on.
+    #[arg(long, env = "DROVER_ADVERTISE")]
+    pub advertise: Option<String>,
     /// The directory of the redb store.
     #[arg(long, env = "DROVER_DATA_DIR", default_value = "./drover-data")]
     pub data_dir: PathBuf,
@@ -266,6 +283,18 @@ impl MasterArgs {
                     .map_err(|e| anyhow::anyhow!("--client-ca {}: {e}", ca.display()))?;
             }
         }
+        anyhow::ensure!(
+            self.leader_renew >= Duration::from_millis(10),
+            "--leader-renew {:?} is under the minimum of 10ms",
+            self.leader_renew
+        );
+        anyhow::ensure!(
+            self.leader_lease >= self.leader_renew * 2,
+            "--leader-lease {:?} must be at least twice --leader-renew ({:?}), or a leader \
+             loses its lease between two renewals",
+            self.leader_lease,
+            self.leader_renew
+        );
         Ok(Config {
             max_queued: self.max_queued,
             max_watches_per_client: self.max_watches_per_client,
@@ -290,7 +319,13 @@ impl MasterArgs {
             default_max_attempts: self.max_attempts,
             store: match self.store.as_str() {
                 "memory" => StoreConfig::Memory,
-                _ => StoreConfig::Redb(self.data_dir.clone()),
+                "redb" => StoreConfig::Redb(self.data_dir.clone()),
+                url => StoreConfig::Postgres(url.to_string()),
+            },
+            ha: ha::HaConfig {
+                lease: self.leader_lease,
+                renew: self.leader_renew,
+                advertise: self.advertise.clone(),
             },
             retention: self.retention,
             keep_finished: self.keep_finished,
@@ -310,6 +345,22 @@ pub enum StoreConfig {
     Memory,
     /// A redb database in this directory.
     Redb(PathBuf),
+    /// A PostgreSQL database at this URL, shared by a leader and standbys
+    /// ([`run_ha`]).
+    Postgres(String),
+}
+
+/// The `--store` flag: redb, memory, or a PostgreSQL URL.
+fn parse_store(value: &str) -> Result<String, String> {
+    match value {
+        "redb" | "memory" => Ok(value.to_string()),
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| format!("not a PostgreSQL URL ({}): {e}", pg::redact(url)))?;
+            Ok(url.to_string())
+        }
+        _ => Err("expected redb, memory or a postgres:// URL".into()),
+    }
 }
 
 /// Opens the configured store.
@@ -317,6 +368,9 @@ pub fn open_store(config: &StoreConfig) -> anyhow::Result<Arc<dyn store::Store>>
     Ok(match config {
         StoreConfig::Memory => Arc::new(store::MemoryStore),
         StoreConfig::Redb(dir) => Arc::new(store::RedbStore::open(dir)?),
+        StoreConfig::Postgres(_) => {
+            anyhow::bail!("a PostgreSQL store is opened by its master once elected leader (run_ha)")
+        }
     })
 }
 
@@ -331,6 +385,8 @@ pub struct Config {
     pub default_max_attempts: u32,
     /// Where jobs are kept.
     pub store: StoreConfig,
+    /// With a PostgreSQL store: the leader's lease.
+    pub ha: ha::HaConfig,
     /// How long finished jobs are kept.
     pub retention: Duration,
     /// With the memory store: the most finished jobs kept in memory.
@@ -434,6 +490,7 @@ impl Default for Config {
             lease: Duration::from_secs(10),
             default_max_attempts: 3,
             store: StoreConfig::Memory,
+            ha: ha::HaConfig::default(),
             retention: Duration::from_secs(24 * 3600),
             keep_finished: 1_000_000,
             retention_bytes: None,
@@ -551,7 +608,78 @@ pub async fn run_notify(
         coord.join_committer();
     })
     .await?;
-    served
+    served?;
+    if let Some(failure) = master.store_failure() {
+        anyhow::bail!("stopped because the store failed: {failure}");
+    }
+    Ok(())
+}
+
+/// Runs a master on a PostgreSQL store, one of several on one database
+/// ([`ha`]): it stands by, answering UNAVAILABLE and naming the leader,
+/// until it is elected (`standing_by` is called when it starts doing so);
+/// then it recovers the queue from the database and serves as [`run_notify`]
+/// does (`ready` gets the address and the epoch), renewing its lease. It
+/// returns an error if it loses the lease (it stepped down), and resigns
+/// the lease when stopped, so a standby takes over at once.
+pub async fn run_ha(
+    config: Config,
+    url: &str,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    standing_by: impl FnOnce(SocketAddr, &ha::Leader),
+    ready: impl FnOnce(SocketAddr, u64),
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    if let Some(warning) = config.check_exposure(addr)? {
+        tracing::warn!("{warning}");
+    }
+    let advertise = config
+        .ha
+        .advertise
+        .clone()
+        .unwrap_or_else(|| addr.to_string());
+    let elector = Arc::new(ha::Elector::connect(url, config.ha.lease, advertise).await?);
+    // The standby serves on a clone of the listening socket: connections
+    // not yet accepted when it stops wait there for the leader's server.
+    let listener = listener.into_std()?;
+    let standby_listener = TcpListener::from_std(listener.try_clone()?)?;
+    let listener = TcpListener::from_std(listener)?;
+    let Some(epoch) =
+        ha::stand_by(&elector, &config, standby_listener, &shutdown, standing_by).await?
+    else {
+        return Ok(());
+    };
+    tracing::info!(epoch, "elected leader; recovering from the database");
+    let owned = url.to_string();
+    let store = tokio::task::spawn_blocking(move || pg::PgStore::open(&owned, epoch)).await??;
+    let stepped_down = ha::SteppedDown::default();
+    let renewals = tokio::spawn(ha::keep_lease(
+        elector.clone(),
+        epoch,
+        config.ha.clone(),
+        shutdown.clone(),
+        stepped_down.clone(),
+    ));
+    let served = run_notify(
+        config,
+        Arc::new(store),
+        listener,
+        shutdown.clone(),
+        |addr| ready(addr, epoch),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = renewals.await;
+    if let Some(reason) = stepped_down.reason() {
+        anyhow::bail!("stepped down as leader: {reason}");
+    }
+    served?;
+    match elector.resign(epoch).await {
+        Ok(()) => tracing::info!(epoch, "resigned the lease"),
+        Err(e) => tracing::warn!(error = %e, "resigning the lease failed; it expires by itself"),
+    }
+    Ok(())
 }
 
 /// Serves the gRPC services until `shutdown`.

@@ -25,6 +25,29 @@ async fn main() {
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = cli.master.config()?;
+    if let drover_master::StoreConfig::Postgres(url) = &config.store {
+        let url = url.clone();
+        let (listener, addr) = drover_master::bind(&cli.master.listen).await?;
+        config.check_exposure(addr)?;
+        let shutdown = drover_common::util::shutdown_on_signals();
+        // A standby prints its own line first; scripts wait for the
+        // listening line, printed once it leads with the queue recovered.
+        return drover_master::run_ha(
+            config,
+            &url,
+            listener,
+            shutdown,
+            |addr, leader| {
+                println!("drover-master standby on {addr}");
+                tracing::info!(%addr, %leader, "standby");
+            },
+            |addr, epoch| {
+                println!("drover-master listening on {addr}");
+                tracing::info!(%addr, epoch, "listening as the leader");
+            },
+        )
+        .await;
+    }
     // The store first: a locked or corrupt data directory is refused before
     // anything listens.
     let store = drover_master::open_store(&config.store)?;

@@ -504,20 +504,7 @@ impl Store for RedbStore {
         let log = txn.open_table(ASSIGNMENTS)?;
         for entry in log.iter()? {
             let (key, value) = entry?;
-            let bytes = value.value();
-            anyhow::ensure!(
-                bytes.len() % 20 == 0,
-                "assignment log entry {} is corrupt",
-                key.value()
-            );
-            let list = bytes
-                .chunks_exact(20)
-                .map(|c| {
-                    let id =
-                        JobId::from_uuid(Uuid::from_bytes(c[..16].try_into().expect("16 bytes")));
-                    (id, u32::from_le_bytes(c[16..].try_into().expect("4 bytes")))
-                })
-                .collect();
+            let list = unpack_assignments(key.value(), value.value())?;
             sink(Loaded::Assigned(list))?;
         }
         Ok(self.created_at_ms)
@@ -665,10 +652,7 @@ impl Store for RedbStore {
                         open.remove(key)?;
                         closed.insert(key, info.encode_to_vec().as_slice())?;
                         by_time.insert((info.closed_at_ms, key), ())?;
-                        counts.jobs[0] += info.succeeded;
-                        counts.jobs[1] += info.failed;
-                        counts.jobs[2] += info.cancelled;
-                        counts.bytes += info.bytes;
+                        counts.close(&info);
                     }
                     None => {
                         open.insert(key, ())?;
@@ -707,11 +691,7 @@ impl Store for RedbStore {
                 log.retain_in::<u64, _>(..changes.number, |_, _| false)?;
             }
             if !changes.assignments.is_empty() {
-                let mut packed = Vec::with_capacity(changes.assignments.len() * 20);
-                for (id, attempt) in &changes.assignments {
-                    packed.extend_from_slice(id.as_bytes());
-                    packed.extend_from_slice(&attempt.to_le_bytes());
-                }
+                let packed = pack_assignments(&changes.assignments);
                 log.insert(changes.number, packed.as_slice())?;
             }
         }
@@ -749,22 +729,7 @@ impl Store for RedbStore {
         let Some(value) = batches.get(id.uuid().as_u128())? else {
             return Ok(None);
         };
-        let header = pb::BatchHeader::decode(value.value())
-            .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
-        anyhow::ensure!(
-            header.job_ids.len() % 16 == 0 && header.finished.len() % 4 == 0,
-            "batch record {id} is corrupt: its lists are not whole"
-        );
-        Ok(Some(StoredBatch {
-            jobs: job_ids(&header.job_ids),
-            request_id: header.request_id,
-            closed_at_ms: header.closed_at_ms,
-            finished: header
-                .finished
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .collect(),
-        }))
+        Ok(Some(stored_batch(id, value.value())?))
     }
 
     fn job_by_key(&self, key: &str) -> anyhow::Result<Option<JobId>> {
@@ -957,9 +922,72 @@ fn decode_job(key: u128, bytes: &[u8]) -> anyhow::Result<pb::JobRecord> {
 /// What the closed batches hold, kept in `meta`: their own jobs by final
 /// state, and their bytes.
 #[derive(Debug, Default)]
-struct Closed {
-    jobs: ClosedCounts,
-    bytes: u64,
+pub(crate) struct Closed {
+    pub(crate) jobs: ClosedCounts,
+    pub(crate) bytes: u64,
+}
+
+impl Closed {
+    /// Counts a batch that closes.
+    pub(crate) fn close(&mut self, info: &pb::ClosedInfo) {
+        self.jobs[0] += info.succeeded;
+        self.jobs[1] += info.failed;
+        self.jobs[2] += info.cancelled;
+        self.bytes += info.bytes;
+    }
+
+    /// Stops counting a closed batch (reopened or purged).
+    pub(crate) fn unclose(&mut self, info: &pb::ClosedInfo) {
+        self.jobs[0] = self.jobs[0].saturating_sub(info.succeeded);
+        self.jobs[1] = self.jobs[1].saturating_sub(info.failed);
+        self.jobs[2] = self.jobs[2].saturating_sub(info.cancelled);
+        self.bytes = self.bytes.saturating_sub(info.bytes);
+    }
+}
+
+/// Packs one commit's assignment log entry: 16-byte id, 4-byte attempt.
+pub(crate) fn pack_assignments(list: &[(JobId, u32)]) -> Vec<u8> {
+    let mut packed = Vec::with_capacity(list.len() * 20);
+    for (id, attempt) in list {
+        packed.extend_from_slice(id.as_bytes());
+        packed.extend_from_slice(&attempt.to_le_bytes());
+    }
+    packed
+}
+
+/// Unpacks the assignment log entry of commit `number`.
+pub(crate) fn unpack_assignments(number: u64, bytes: &[u8]) -> anyhow::Result<Vec<(JobId, u32)>> {
+    anyhow::ensure!(
+        bytes.len().is_multiple_of(20),
+        "assignment log entry {number} is corrupt"
+    );
+    Ok(bytes
+        .chunks_exact(20)
+        .map(|c| {
+            let id = JobId::from_uuid(Uuid::from_bytes(c[..16].try_into().expect("16 bytes")));
+            (id, u32::from_le_bytes(c[16..].try_into().expect("4 bytes")))
+        })
+        .collect())
+}
+
+/// A batch record read back, without its jobs' records.
+pub(crate) fn stored_batch(id: &BatchId, bytes: &[u8]) -> anyhow::Result<StoredBatch> {
+    let header = pb::BatchHeader::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
+    anyhow::ensure!(
+        header.job_ids.len() % 16 == 0 && header.finished.len() % 4 == 0,
+        "batch record {id} is corrupt: its lists are not whole"
+    );
+    Ok(StoredBatch {
+        jobs: job_ids(&header.job_ids),
+        request_id: header.request_id,
+        closed_at_ms: header.closed_at_ms,
+        finished: header
+            .finished
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect(),
+    })
 }
 
 /// The job list of an encoded batch record.
@@ -1092,10 +1120,7 @@ fn unclose(
         .map_err(|e| anyhow::anyhow!("closed batch {key:x} is corrupt: {e}"))?;
     drop(old);
     by_time.remove((info.closed_at_ms, key))?;
-    counts.jobs[0] = counts.jobs[0].saturating_sub(info.succeeded);
-    counts.jobs[1] = counts.jobs[1].saturating_sub(info.failed);
-    counts.jobs[2] = counts.jobs[2].saturating_sub(info.cancelled);
-    counts.bytes = counts.bytes.saturating_sub(info.bytes);
+    counts.unclose(&info);
     Ok(())
 }
 

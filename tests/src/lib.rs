@@ -26,6 +26,7 @@
 //! - [`security`]: certificates, token and TLS clients, raw gRPC calls,
 //!   a hand-fed child process and a strict Prometheus text check.
 //! - [`http`]: a minimal HTTP/1.1 client (the dashboard, WebDriver).
+//! - [`pg`]: a throwaway PostgreSQL server (the PostgreSQL store, HA).
 //! - [`webdriver`]: headless Chromium through chromedriver, for the
 //!   dashboard's browser test.
 
@@ -36,6 +37,7 @@ pub mod fake_worker;
 pub mod grpc;
 pub mod http;
 pub mod model;
+pub mod pg;
 pub mod process;
 pub mod reference;
 pub mod security;

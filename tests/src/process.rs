@@ -324,6 +324,56 @@ impl Master {
     /// When it exits before that line, prints something else, or takes
     /// longer than 30 s.
     pub fn start(args: &[&str]) -> Master {
+        let (proc, line) = Master::spawn(args);
+        let addr = daemon::listening_addr(&line).unwrap_or_else(|| {
+            panic!(
+                "drover-master's first stdout line is {line:?}, not \
+                 `drover-master listening on 127.0.0.1:PORT`\n{}",
+                proc.reported_tail()
+            )
+        });
+        assert!(
+            addr.ip().is_loopback() && addr.port() != 0,
+            "drover-master says it listens on {addr}, not on a loopback port"
+        );
+        Master { proc, addr }
+    }
+
+    /// Starts `drover-master --listen 127.0.0.1:0 --store URL ARGS...` on a
+    /// PostgreSQL store shared with other masters, and waits for its first
+    /// stdout line: `drover-master listening on ADDR` if it was elected
+    /// leader (true), `drover-master standby on ADDR` if another leads
+    /// (false; [`Master::wait_leading`] waits for it to take over).
+    ///
+    /// # Panics
+    ///
+    /// When it exits before either line, prints something else, or takes
+    /// longer than 30 s.
+    pub fn start_ha(url: &str, args: &[&str]) -> (Master, bool) {
+        let (proc, line) = Master::spawn(&[&["--store", url], args].concat());
+        let (addr, leading) = match daemon::listening_addr(&line) {
+            Some(addr) => (addr, true),
+            None => {
+                let addr = line
+                    .trim()
+                    .strip_prefix("drover-master standby on ")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "drover-master's first stdout line is {line:?}, neither listening \
+                             nor standby\n{}",
+                            proc.reported_tail()
+                        )
+                    });
+                (addr, false)
+            }
+        };
+        (Master { proc, addr }, leading)
+    }
+
+    /// Starts `drover-master --listen 127.0.0.1:0 ARGS...` and reads its
+    /// first stdout line.
+    fn spawn(args: &[&str]) -> (Proc, String) {
         let mut cmd = Command::new(bin("drover-master"));
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
         let proc = Proc::spawn("drover-master".into(), cmd, true);
@@ -339,18 +389,34 @@ impl Master {
                 proc.reported_tail()
             )
         });
-        let addr = daemon::listening_addr(&line).unwrap_or_else(|| {
-            panic!(
-                "drover-master's first stdout line is {line:?}, not \
-                 `drover-master listening on 127.0.0.1:PORT`\n{}",
-                proc.reported_tail()
-            )
-        });
-        assert!(
-            addr.ip().is_loopback() && addr.port() != 0,
-            "drover-master says it listens on {addr}, not on a loopback port"
+        (proc, line)
+    }
+
+    /// Waits for a standby's `drover-master listening on ADDR` line: it
+    /// took over as the leader, with the queue recovered.
+    ///
+    /// # Panics
+    ///
+    /// When another line comes, the master exits, or `timeout` passes.
+    pub fn wait_leading(&self, timeout: Duration) {
+        let line = self
+            .proc
+            .inner
+            .daemon
+            .lock()
+            .unwrap()
+            .read_stdout_line(timeout)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the standby did not take over: {e}\n{}",
+                    self.proc.reported_tail()
+                )
+            });
+        assert_eq!(
+            daemon::listening_addr(&line),
+            Some(self.addr),
+            "the standby's next line is {line:?}"
         );
-        Master { proc, addr }
     }
 
     /// The address it listens on.

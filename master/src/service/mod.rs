@@ -123,6 +123,15 @@ impl Master {
         })
     }
 
+    /// Why the store failed, if a commit did: the master then stops, and
+    /// nothing after that commit was acknowledged.
+    pub fn store_failure(&self) -> Option<Arc<str>> {
+        self.inner
+            .committed
+            .as_ref()
+            .and_then(|rx| rx.borrow().failed.clone())
+    }
+
     /// Waits for the committer to write what is left (after shutdown).
     pub fn join_committer(&self) {
         if let Some(handle) = self.inner.committer.lock().take() {

@@ -49,7 +49,7 @@
 //! exactly from its seed; a failure prints the last steps.
 
 use super::*;
-use crate::store::RedbStore;
+use crate::store::{RedbStore, Store};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 struct Rng(u64);
@@ -168,7 +168,8 @@ enum Outcome {
 struct Harness {
     seed: u64,
     rng: Rng,
-    redb: Option<(tempfile::TempDir, Arc<RedbStore>)>,
+    /// The durable store, where the history has one, and where it lives.
+    redb: Option<(Backing, Arc<dyn Store>)>,
     keep_finished: u64,
     budget: Option<u64>,
     st: State,
@@ -200,7 +201,7 @@ macro_rules! bad {
         panic!(
             "seed {} ({}) step {} `{}`: {msg}\nlast steps:\n  {}",
             $h.seed,
-            if $h.redb.is_some() { "redb" } else { "memory" },
+            $h.redb.as_ref().map_or("memory", |r| r.0.name()),
             $h.step,
             $h.op,
             $h.recent.iter().cloned().collect::<Vec<_>>().join("\n  ")
@@ -216,7 +217,7 @@ fn output_nonce(j: &Job) -> Option<u64> {
 }
 
 fn make_state(
-    store: Option<&Arc<RedbStore>>,
+    store: Option<&Arc<dyn Store>>,
     keep_finished: u64,
     budget: Option<u64>,
     offset: &Arc<AtomicU64>,
@@ -257,25 +258,68 @@ fn make_state(
     st
 }
 
-fn open_store(dir: &std::path::Path) -> Arc<RedbStore> {
-    Arc::new(RedbStore::open(dir).expect("the store opens"))
+/// Where a history's durable store lives.
+enum Backing {
+    /// A redb file in a temporary directory.
+    Redb(tempfile::TempDir),
+    /// A database of its own on a PostgreSQL server the test started.
+    Pg(String),
+}
+
+impl Backing {
+    fn name(&self) -> &'static str {
+        match self {
+            Backing::Redb(_) => "redb",
+            Backing::Pg(_) => "postgres",
+        }
+    }
+
+    /// Opens the store, as a restarted master does (on PostgreSQL at epoch
+    /// 0, the lease row's before any election, which fencing accepts).
+    fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Backing::Redb(dir) => Arc::new(RedbStore::open(dir.path()).expect("the store opens")),
+            Backing::Pg(url) => {
+                Arc::new(crate::pg::PgStore::open(url, 0).expect("the store opens"))
+            }
+        }
+    }
+}
+
+/// Which store a history runs on.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    Memory,
+    Redb,
+    /// A database on this server.
+    Pg(&'a drover_tests::pg::Postgres),
 }
 
 impl Harness {
-    fn new(seed: u64, redb: bool) -> Harness {
+    fn new(seed: u64, kind: Kind<'_>) -> Harness {
         let mut rng = Rng::new(seed);
         let offset = Arc::new(AtomicU64::new(0));
         let keep_finished = 4 + rng.below(12);
         let budget = rng.pct(40).then(|| 1_000 + rng.below(3_000));
-        let redb = redb.then(|| {
-            let shm = std::path::Path::new("/dev/shm");
-            let dir = if shm.is_dir() {
-                tempfile::tempdir_in(shm).unwrap()
-            } else {
-                tempfile::tempdir().unwrap()
-            };
-            let store = open_store(dir.path());
-            (dir, store)
+        let backing = match kind {
+            Kind::Memory => None,
+            Kind::Redb => {
+                let shm = std::path::Path::new("/dev/shm");
+                Some(Backing::Redb(if shm.is_dir() {
+                    tempfile::tempdir_in(shm).unwrap()
+                } else {
+                    tempfile::tempdir().unwrap()
+                }))
+            }
+            Kind::Pg(server) => {
+                let db = format!("history_{seed}");
+                server.psql(&format!("CREATE DATABASE {db}"));
+                Some(Backing::Pg(server.url_of(&db)))
+            }
+        };
+        let redb = backing.map(|b| {
+            let store = b.open();
+            (b, store)
         });
         let st = make_state(redb.as_ref().map(|r| &r.1), keep_finished, budget, &offset);
         Harness {
@@ -304,7 +348,7 @@ impl Harness {
         }
     }
 
-    fn store(&self) -> Option<&Arc<RedbStore>> {
+    fn store(&self) -> Option<&Arc<dyn Store>> {
         self.redb.as_ref().map(|r| &r.1)
     }
 
@@ -863,13 +907,13 @@ impl Harness {
         for wi in (0..self.workers.len()).rev() {
             self.forget_worker(wi);
         }
-        let (dir, store) = self.redb.take().unwrap();
+        let (backing, store) = self.redb.take().unwrap();
         let placeholder = make_state(None, 1, None, &self.offset);
         drop(std::mem::replace(&mut self.st, placeholder));
         drop(store);
-        let store = open_store(dir.path());
+        let store = backing.open();
         self.st = make_state(Some(&store), self.keep_finished, self.budget, &self.offset);
-        self.redb = Some((dir, store));
+        self.redb = Some((backing, store));
         self.committed = 0;
         self.dropped = 0;
         let mut model = self.durable.clone();
@@ -1321,28 +1365,38 @@ impl Harness {
     }
 }
 
-fn run_seeds(seeds: std::ops::Range<u64>, steps: usize, redb: bool) {
+fn run_seeds(seeds: std::ops::Range<u64>, steps: usize, kind: Kind<'_>) {
     let started = std::time::Instant::now();
     let mut jobs = 0;
+    let mut name = "memory";
     for seed in seeds.clone() {
-        let mut h = Harness::new(seed, redb);
+        let mut h = Harness::new(seed, kind);
+        name = h.redb.as_ref().map_or("memory", |r| r.0.name());
         h.run(steps);
         jobs += h.model.jobs.len();
     }
     eprintln!(
-        "{} seeds {seeds:?} x {steps} steps ({jobs} jobs) on the {} store in {:.2} s",
+        "{} seeds {seeds:?} x {steps} steps ({jobs} jobs) on the {name} store in {:.2} s",
         seeds.end - seeds.start,
-        if redb { "redb" } else { "memory" },
         started.elapsed().as_secs_f64()
     );
 }
 
 #[test]
 fn random_histories_on_the_memory_store_match_the_model() {
-    run_seeds(1..11, 2_000, false);
+    run_seeds(1..11, 2_000, Kind::Memory);
 }
 
 #[test]
 fn random_histories_on_redb_with_restarts_match_the_model() {
-    run_seeds(1..7, 2_000, true);
+    run_seeds(1..7, 2_000, Kind::Redb);
+}
+
+/// The same histories on the PostgreSQL store (a server started for the
+/// test, a database per history): its commits, reads and recovery must
+/// keep every promise redb's do.
+#[test]
+fn random_histories_on_postgres_with_restarts_match_the_model() {
+    let server = drover_tests::pg::Postgres::start();
+    run_seeds(1..4, 2_000, Kind::Pg(&server));
 }

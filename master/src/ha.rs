@@ -1,0 +1,396 @@
+//! High availability on PostgreSQL: several masters on one database, one
+//! of them the leader.
+//!
+//! The leader holds the lease row (`drover_lease`: epoch, holder, its
+//! address, expiry by the database's clock). It renews the lease every
+//! `--leader-renew` (500 ms); a lease not renewed for `--leader-lease`
+//! (2 s) expires. The other masters are standbys: they listen, answer
+//! every Queue, Workers and Coord call UNAVAILABLE naming the leader,
+//! report NOT_SERVING on grpc.health.v1, and poll the row. When it has
+//! expired, one of them takes it, raising the epoch, recovers the queue
+//! from the database and serves on the same listener.
+//!
+//! **Fencing.** The store writes as the epoch it was elected with, and
+//! every commit checks it under a lock on the lease row
+//! ([`crate::pg::PgStore`]): a leader that was paused past its lease
+//! (SIGSTOP, a long GC-like stall, a partition) and wakes up can never
+//! write again. It learns so at its next renewal or commit and steps down:
+//! it stops, and the process exits non-zero, so a supervisor (compose's
+//! `restart:`) starts it again as a standby.
+//!
+//! A leader stopped cleanly (SIGTERM) resigns: it expires its own lease
+//! once its last commit is written, so a standby takes over at its next
+//! poll instead of after the lease.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::pg;
+
+/// The leader election's settings.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// A lease not renewed for this long expires.
+    pub lease: Duration,
+    /// How often the leader renews, and standbys poll.
+    pub renew: Duration,
+    /// The address clients and workers are told to dial for this master
+    /// when it leads; by default the address it listens on.
+    pub advertise: Option<String>,
+}
+
+impl Default for HaConfig {
+    fn default() -> HaConfig {
+        HaConfig {
+            lease: Duration::from_secs(2),
+            renew: Duration::from_millis(500),
+            advertise: None,
+        }
+    }
+}
+
+/// Who holds the lease, as the row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// The epoch of the last election.
+    pub epoch: u64,
+    /// The name of the master elected (host and pid).
+    pub holder: String,
+    /// The address it advertised.
+    pub address: String,
+    /// Whether its lease has not expired.
+    pub live: bool,
+}
+
+impl std::fmt::Display for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.epoch == 0 || self.holder.is_empty() {
+            return write!(f, "no leader elected yet");
+        }
+        write!(
+            f,
+            "the leader is {} ({}) at epoch {}",
+            self.address, self.holder, self.epoch
+        )?;
+        if !self.live {
+            write!(f, ", whose lease has expired")?;
+        }
+        Ok(())
+    }
+}
+
+/// A master's side of the election: its own connection to the database,
+/// made again after it breaks (PostgreSQL restarted, the session was
+/// terminated).
+pub struct Elector {
+    url: String,
+    client: tokio::sync::Mutex<Option<Client>>,
+    lease_ms: f64,
+    holder: String,
+    address: String,
+}
+
+impl std::fmt::Debug for Elector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elector")
+            .field("holder", &self.holder)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Elector {
+    /// Connects to the database at `url`, creating drover's tables if they
+    /// are missing, to stand for election as `address`.
+    pub async fn connect(url: &str, lease: Duration, address: String) -> anyhow::Result<Elector> {
+        let mut client = pg::connect(url, "election").await?;
+        pg::ensure_schema(&mut client, url).await?;
+        let host = hostname_or_unknown();
+        Ok(Elector {
+            url: url.to_string(),
+            client: tokio::sync::Mutex::new(Some(client)),
+            lease_ms: lease.as_millis() as f64,
+            holder: format!("{host}:{}", std::process::id()),
+            address,
+        })
+    }
+
+    /// Runs one statement, connecting first if the last connection broke;
+    /// a broken connection is dropped, to be made again by the next call.
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> anyhow::Result<Option<tokio_postgres::Row>> {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(pg::connect(&self.url, "election").await?);
+        }
+        let client = slot.as_ref().expect("connected above");
+        match client.query_opt(sql, params).await {
+            Ok(row) => Ok(row),
+            Err(e) => {
+                if e.is_closed() {
+                    *slot = None;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Takes the lease if it has expired: the new epoch, or who holds it.
+    pub async fn try_acquire(&self) -> anyhow::Result<Result<u64, Leader>> {
+        let row = self
+            .query_opt(
+                "UPDATE drover_lease SET epoch = epoch + 1, holder = $1, address = $2, \
+                 expires_at = now() + $3 * interval '1 millisecond' \
+                 WHERE id = 1 AND expires_at < now() RETURNING epoch",
+                &[&self.holder, &self.address, &self.lease_ms],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(Ok(row.get::<_, i64>(0) as u64)),
+            None => Ok(Err(self.leader().await?)),
+        }
+    }
+
+    /// Extends the lease of `epoch`; false when it is no longer this
+    /// master's (another took over).
+    pub async fn renew(&self, epoch: u64) -> anyhow::Result<bool> {
+        let row = self
+            .query_opt(
+                "UPDATE drover_lease SET expires_at = now() + $2 * interval '1 millisecond' \
+                 WHERE id = 1 AND epoch = $1 RETURNING 1",
+                &[&(epoch as i64), &self.lease_ms],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Gives up the lease of `epoch` at once, so a standby need not wait
+    /// for it to expire.
+    pub async fn resign(&self, epoch: u64) -> anyhow::Result<()> {
+        self.query_opt(
+            "UPDATE drover_lease SET expires_at = '-infinity' WHERE id = 1 AND epoch = $1 \
+             RETURNING 1",
+            &[&(epoch as i64)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Who holds the lease now.
+    pub async fn leader(&self) -> anyhow::Result<Leader> {
+        let row = self
+            .query_opt(
+                "SELECT epoch, holder, address, expires_at > now() FROM drover_lease WHERE id = 1",
+                &[],
+            )
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the lease row is missing: drover_lease was emptied"))?;
+        Ok(Leader {
+            epoch: row.get::<_, i64>(0) as u64,
+            holder: row.get(1),
+            address: row.get(2),
+            live: row.get(3),
+        })
+    }
+}
+
+fn hostname_or_unknown() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// What a standby answers: who leads, kept current by the polling loop.
+#[derive(Debug, Clone, Default)]
+pub struct StandbyView(Arc<Mutex<String>>);
+
+impl StandbyView {
+    fn set(&self, leader: &Leader) {
+        *self.0.lock() = format!("this master is a standby: {leader}");
+    }
+
+    /// The message of a standby's UNAVAILABLE answers.
+    pub fn message(&self) -> String {
+        self.0.lock().clone()
+    }
+}
+
+/// Serves as a standby on `listener` until this master is elected, then
+/// stops serving and returns the epoch (or `None` if `shutdown` came
+/// first). `standing_by` is called once, with the address and the leader,
+/// when the standby starts serving.
+pub async fn stand_by(
+    elector: &Elector,
+    config: &crate::Config,
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+    standing_by: impl FnOnce(SocketAddr, &Leader),
+) -> anyhow::Result<Option<u64>> {
+    let ha = &config.ha;
+    let leader = match elector.try_acquire().await? {
+        Ok(epoch) => return Ok(Some(epoch)),
+        Err(leader) => leader,
+    };
+    let addr = listener.local_addr()?;
+    let view = StandbyView::default();
+    view.set(&leader);
+    standing_by(addr, &leader);
+    tracing::info!(%leader, "standing by");
+    let stop = shutdown.child_token();
+    let server = tokio::spawn(serve_standby(
+        config.clone(),
+        listener,
+        view.clone(),
+        stop.clone(),
+    ));
+    let mut last = leader;
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(None),
+            () = tokio::time::sleep(ha.renew) => {}
+        }
+        match elector.try_acquire().await {
+            Ok(Ok(epoch)) => break Ok(Some(epoch)),
+            Ok(Err(leader)) => {
+                if leader != last {
+                    tracing::info!(%leader, "standing by");
+                    view.set(&leader);
+                    last = leader;
+                }
+            }
+            // The database may be restarting: a standby waits it out.
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reading the lease failed; retrying")
+            }
+        }
+    };
+    stop.cancel();
+    // Not awaited: a client's open health watch would hold it. Its
+    // listener is a clone of the one the master goes on with.
+    drop(server);
+    result
+}
+
+/// A standby's server: health says NOT_SERVING for the queue, the workers
+/// and coordination, and every other call is answered UNAVAILABLE naming
+/// the leader.
+async fn serve_standby(
+    config: crate::Config,
+    listener: TcpListener,
+    view: StandbyView,
+    stop: CancellationToken,
+) {
+    use drover_common::pb::coord_server::CoordServer;
+    use drover_common::pb::queue_server::QueueServer;
+    use drover_common::pb::workers_server::WorkersServer;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // The server as a whole ("") too: `drover health` and load balancers
+    // ask for it.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    health.set_not_serving::<QueueServer<crate::Master>>().await;
+    health
+        .set_not_serving::<WorkersServer<crate::Master>>()
+        .await;
+    health
+        .set_not_serving::<CoordServer<crate::coord::CoordService>>()
+        .await;
+    let router = tonic::service::Routes::new(health_service)
+        .prepare()
+        .into_axum_router()
+        .fallback(move || {
+            let message = view.message();
+            async move { tonic::Status::unavailable(message).into_http::<axum::body::Body>() }
+        });
+    let server =
+        match drover_common::net::server_with(config.tls.as_ref(), config.max_concurrent_streams) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "the standby cannot serve");
+                return;
+            }
+        };
+    let served = server
+        .clone()
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming_shutdown(
+            crate::accept::incoming(listener, config.tls.is_some(), stop.clone()),
+            stop.cancelled(),
+        )
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the standby's server stopped");
+    }
+}
+
+/// Why a leader stepped down.
+#[derive(Debug, Clone, Default)]
+pub struct SteppedDown(Arc<Mutex<Option<String>>>);
+
+impl SteppedDown {
+    /// The reason, if it did.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().clone()
+    }
+}
+
+/// Renews the lease of `epoch` until `shutdown`; if it is lost (another
+/// master took it, or it could not be renewed for a whole lease), records
+/// why and cancels `shutdown`: the leader steps down.
+pub async fn keep_lease(
+    elector: Arc<Elector>,
+    epoch: u64,
+    ha: HaConfig,
+    shutdown: CancellationToken,
+    stepped_down: SteppedDown,
+) {
+    let mut renewed = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(ha.renew) => {}
+        }
+        let lost = match elector.renew(epoch).await {
+            Ok(true) => {
+                renewed = Instant::now();
+                None
+            }
+            Ok(false) => Some(format!(
+                "another master took the lease of epoch {epoch} ({})",
+                elector
+                    .leader()
+                    .await
+                    .map_or_else(|e| format!("reading it failed: {e}"), |l| l.to_string())
+            )),
+            Err(e) if renewed.elapsed() >= ha.lease => Some(format!(
+                "the lease of epoch {epoch} could not be renewed for {:?}: {e}",
+                ha.lease
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, epoch, "renewing the lease failed; retrying");
+                None
+            }
+        };
+        if let Some(reason) = lost {
+            tracing::error!(%reason, "stepping down");
+            *stepped_down.0.lock() = Some(reason);
+            shutdown.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,1095 @@
+//! The PostgreSQL store (`--store postgres://...`): the same records and
+//! guarantees as the redb store ([`crate::store::RedbStore`]), in tables
+//! several masters share, one of them the leader ([`crate::ha`]).
+//!
+//! Like redb, PostgreSQL is the durable log and the source of truth at
+//! recovery, not a table polled for work: the queue stays in the leader's
+//! memory, and each group commit is one transaction of a few multi-row
+//! statements (`unnest` of arrays), whatever the number of jobs in it.
+//!
+//! **Fencing.** A store is opened with the epoch its master was elected
+//! with. Every transaction first reads the lease row `FOR SHARE` and
+//! refuses to go on if the epoch there is another: a takeover (which
+//! updates that row) waits for a commit under way, and a commit after it
+//! sees the new epoch. So a leader paused past its lease and resumed never
+//! writes again, and every row written carries the epoch that wrote it.
+//!
+//! The store's calls are synchronous, like redb's: the committer thread and
+//! the request handlers call them. They run on a small runtime of the
+//! store's own that drives its two connections (one for the committers'
+//! transactions, one for reads), and the caller waits for the answer.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+use drover_common::ids::{BatchId, JobId};
+use drover_common::pb;
+use parking_lot::Mutex;
+use prost::Message;
+use tokio_postgres::{Client, GenericClient, NoTls, Statement, Transaction};
+use uuid::Uuid;
+
+use crate::coord::{CoordStore, Record};
+use crate::store::{
+    Changes, Closed, ClosedCounts, Loaded, Store, StoredBatch, decode_batch, now_ms,
+    pack_assignments, stored_batch, unpack_assignments,
+};
+
+/// The version of the tables this build writes.
+pub const PG_FORMAT_VERSION: i64 = 1;
+
+/// The key of the advisory lock that serializes creating the tables.
+const SCHEMA_LOCK: i64 = 0x6472_6f76_6572; // "drover"
+
+/// Rows read per query by the scans, which may stop early.
+const SCAN_PAGE: i64 = 1000;
+
+/// The meta rows of the counts of closed jobs, by state, and their bytes.
+const CLOSED_COUNTS: [&str; 3] = ["closed_succeeded", "closed_failed", "closed_cancelled"];
+const CLOSED_BYTES: &str = "closed_bytes";
+const PURGED_UPTO: &str = "budget_purged_upto_ms";
+const NEXT_SEQ: &str = "next_seq";
+
+/// The tables, their indexes, the lease row and the format marker; run at
+/// every start by every master, under an advisory lock.
+fn schema() -> String {
+    let failed = pb::JobState::Failed as i32;
+    let cancelled = pb::JobState::Cancelled as i32;
+    format!(
+        "
+SET LOCAL client_min_messages = warning;
+CREATE TABLE IF NOT EXISTS drover_meta (name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS drover_lease (
+    id int PRIMARY KEY CHECK (id = 1),
+    epoch bigint NOT NULL,
+    holder text NOT NULL,
+    address text NOT NULL,
+    expires_at timestamptz NOT NULL);
+INSERT INTO drover_lease VALUES (1, 0, '', '', '-infinity') ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS drover_jobs (
+    id uuid PRIMARY KEY,
+    batch uuid NOT NULL,
+    state int NOT NULL,
+    record bytea NOT NULL,
+    epoch bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS drover_jobs_batch ON drover_jobs (batch);
+CREATE INDEX IF NOT EXISTS drover_jobs_ended ON drover_jobs (state, id)
+    WHERE state IN ({failed}, {cancelled});
+CREATE TABLE IF NOT EXISTS drover_batches (
+    id uuid PRIMARY KEY,
+    record bytea NOT NULL,
+    open boolean NOT NULL,
+    closed_at_ms bigint,
+    info bytea,
+    bytes bigint NOT NULL DEFAULT 0,
+    epoch bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS drover_batches_open ON drover_batches (id) WHERE open;
+CREATE INDEX IF NOT EXISTS drover_batches_closed ON drover_batches (closed_at_ms, id)
+    WHERE NOT open;
+CREATE TABLE IF NOT EXISTS drover_keys (key text PRIMARY KEY, job uuid NOT NULL, epoch bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS drover_keys_job ON drover_keys (job);
+CREATE TABLE IF NOT EXISTS drover_requests (
+    request_id text PRIMARY KEY, batch uuid NOT NULL, epoch bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS drover_requests_batch ON drover_requests (batch);
+CREATE TABLE IF NOT EXISTS drover_assignments (
+    number bigint PRIMARY KEY, packed bytea NOT NULL, epoch bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS drover_coord (key text PRIMARY KEY, value bytea NOT NULL, epoch bigint NOT NULL);
+"
+    )
+}
+
+/// Connects to `url`, the connection driven on the current runtime; the
+/// error names the URL without its password. Unless the URL names one, the
+/// session's `application_name` is `drover-master PID ROLE`, so that an
+/// operator (or a test) can tell a master's sessions in
+/// `pg_stat_activity`.
+pub async fn connect(url: &str, role: &str) -> anyhow::Result<Client> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("not a PostgreSQL URL ({}): {e}", redact(url)))?;
+    if config.get_application_name().is_none() {
+        config.application_name(format!("drover-master {} {role}", std::process::id()));
+    }
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", redact(url)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates the tables if they are missing and checks their format;
+/// returns when the store was created (unix ms).
+pub async fn ensure_schema(client: &mut Client, url: &str) -> anyhow::Result<u64> {
+    let txn = client.transaction().await?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await?;
+    txn.batch_execute(&schema()).await?;
+    txn.execute(
+        "INSERT INTO drover_meta VALUES ('format_version', $1), ('created_at_ms', $2) \
+         ON CONFLICT DO NOTHING",
+        &[&PG_FORMAT_VERSION, &(now_ms() as i64)],
+    )
+    .await?;
+    let version = meta_value(&txn, "format_version").await?;
+    anyhow::ensure!(
+        version <= PG_FORMAT_VERSION as u64,
+        "the database at {} was written by a newer drover (format {version}; this build reads up to {PG_FORMAT_VERSION}); run that version, or use another database",
+        redact(url)
+    );
+    let created = meta_value(&txn, "created_at_ms").await?;
+    txn.commit().await?;
+    Ok(created)
+}
+
+async fn meta_value(client: &impl GenericClient, name: &str) -> anyhow::Result<u64> {
+    let row = client
+        .query_opt("SELECT value FROM drover_meta WHERE name = $1", &[&name])
+        .await?;
+    Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+}
+
+/// A URL with its password (if any) replaced, for messages.
+pub fn redact(url: &str) -> String {
+    // postgres://user:password@host/...
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((auth, host)) = rest.split_once('@')
+        && let Some((user, _)) = auth.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+/// The prepared statements of the writer's connection.
+struct Writes {
+    fence: Statement,
+    counts: Statement,
+    delete_batches: Statement,
+    delete_requests_of: Statement,
+    delete_jobs_of: Statement,
+    delete_jobs: Statement,
+    upsert_jobs: Statement,
+    lock_batches: Statement,
+    own_bytes: Statement,
+    upsert_batches: Statement,
+    reopen_batches: Statement,
+    upsert_keys: Statement,
+    upsert_requests: Statement,
+    upsert_meta: Statement,
+    raise_meta: Statement,
+    truncate_log: Statement,
+    insert_log: Statement,
+}
+
+impl Writes {
+    async fn prepare(c: &Client) -> anyhow::Result<Writes> {
+        Ok(Writes {
+            fence: c
+                .prepare("SELECT epoch FROM drover_lease WHERE id = 1 FOR SHARE")
+                .await?,
+            counts: c
+                .prepare("SELECT name, value FROM drover_meta WHERE name = ANY($1::text[])")
+                .await?,
+            delete_batches: c
+                .prepare("DELETE FROM drover_batches WHERE id = ANY($1::uuid[]) RETURNING info")
+                .await?,
+            delete_requests_of: c
+                .prepare("DELETE FROM drover_requests WHERE batch = ANY($1::uuid[])")
+                .await?,
+            // A purged batch's own jobs (those whose record names it) go,
+            // with the idempotency keys that name them.
+            delete_jobs_of: c
+                .prepare(
+                    "WITH gone AS (DELETE FROM drover_jobs WHERE batch = ANY($1::uuid[]) RETURNING id) \
+                     DELETE FROM drover_keys WHERE job IN (SELECT id FROM gone)",
+                )
+                .await?,
+            delete_jobs: c
+                .prepare("DELETE FROM drover_jobs WHERE id = ANY($1::uuid[])")
+                .await?,
+            upsert_jobs: c
+                .prepare(
+                    "INSERT INTO drover_jobs (id, batch, state, record, epoch) \
+                     SELECT j.id, j.batch, j.state, j.record, $5 \
+                     FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::bytea[]) AS j(id, batch, state, record) \
+                     ON CONFLICT (id) DO UPDATE SET batch = excluded.batch, state = excluded.state, \
+                     record = excluded.record, epoch = excluded.epoch",
+                )
+                .await?,
+            lock_batches: c
+                .prepare("SELECT id, info FROM drover_batches WHERE id = ANY($1::uuid[]) FOR UPDATE")
+                .await?,
+            own_bytes: c
+                .prepare(
+                    "SELECT batch, sum(length(record))::bigint FROM drover_jobs \
+                     WHERE batch = ANY($1::uuid[]) GROUP BY batch",
+                )
+                .await?,
+            upsert_batches: c
+                .prepare(
+                    "INSERT INTO drover_batches (id, record, open, closed_at_ms, info, bytes, epoch) \
+                     SELECT b.id, b.record, b.open, b.closed_at_ms, b.info, b.bytes, $7 \
+                     FROM unnest($1::uuid[], $2::bytea[], $3::bool[], $4::int8[], $5::bytea[], $6::int8[]) \
+                     AS b(id, record, open, closed_at_ms, info, bytes) \
+                     ON CONFLICT (id) DO UPDATE SET record = excluded.record, open = excluded.open, \
+                     closed_at_ms = excluded.closed_at_ms, info = excluded.info, bytes = excluded.bytes, \
+                     epoch = excluded.epoch",
+                )
+                .await?,
+            reopen_batches: c
+                .prepare(
+                    "UPDATE drover_batches SET open = true, closed_at_ms = NULL, info = NULL, bytes = 0, \
+                     epoch = $2 WHERE id = ANY($1::uuid[])",
+                )
+                .await?,
+            upsert_keys: c
+                .prepare(
+                    "INSERT INTO drover_keys (key, job, epoch) SELECT k.key, k.job, $3 \
+                     FROM unnest($1::text[], $2::uuid[]) AS k(key, job) \
+                     ON CONFLICT (key) DO UPDATE SET job = excluded.job, epoch = excluded.epoch",
+                )
+                .await?,
+            upsert_requests: c
+                .prepare(
+                    "INSERT INTO drover_requests (request_id, batch, epoch) SELECT r.id, r.batch, $3 \
+                     FROM unnest($1::text[], $2::uuid[]) AS r(id, batch) \
+                     ON CONFLICT (request_id) DO UPDATE SET batch = excluded.batch, epoch = excluded.epoch",
+                )
+                .await?,
+            upsert_meta: c
+                .prepare(
+                    "INSERT INTO drover_meta (name, value) SELECT * FROM unnest($1::text[], $2::int8[]) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .await?,
+            raise_meta: c
+                .prepare(
+                    "INSERT INTO drover_meta (name, value) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET value = greatest(drover_meta.value, excluded.value)",
+                )
+                .await?,
+            truncate_log: c
+                .prepare("DELETE FROM drover_assignments WHERE number < $1")
+                .await?,
+            insert_log: c
+                .prepare(
+                    "INSERT INTO drover_assignments (number, packed, epoch) VALUES ($1, $2, $3) \
+                     ON CONFLICT (number) DO UPDATE SET packed = excluded.packed, epoch = excluded.epoch",
+                )
+                .await?,
+        })
+    }
+}
+
+/// The store on a PostgreSQL database, writing as the leader of `epoch`.
+pub struct PgStore {
+    /// Drives the connections; shut down in the background on drop.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The committers' connection, with its statements: one transaction
+    /// at a time.
+    writer: Mutex<(Client, Writes)>,
+    /// Reads, which may run beside a transaction.
+    reader: Client,
+    epoch: i64,
+    created_at_ms: u64,
+    url: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &redact(&self.url))
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for `fut` on this thread (the store's calls are synchronous; its
+/// connections are driven by its own runtime, so this never waits on the
+/// caller's).
+fn block<F: Future>(fut: F) -> F::Output {
+    futures::executor::block_on(fut)
+}
+
+/// Job ids as UUIDs, for `uuid[]` parameters.
+fn uuids<'a>(ids: impl IntoIterator<Item = &'a JobId>) -> Vec<Uuid> {
+    ids.into_iter().map(|id| id.uuid()).collect()
+}
+
+fn batch_uuids<'a>(ids: impl IntoIterator<Item = &'a BatchId>) -> Vec<Uuid> {
+    ids.into_iter().map(|id| id.uuid()).collect()
+}
+
+impl PgStore {
+    /// Connects to `url`, creating the tables if they are missing, to write
+    /// as the leader elected with `epoch` (see [`crate::ha`]).
+    pub fn open(url: &str, epoch: u64) -> anyhow::Result<PgStore> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("drover-pg")
+            .enable_all()
+            .build()?;
+        let owned = url.to_string();
+        let opened = block(runtime.spawn(async move {
+            let mut writer = connect(&owned, "writer").await?;
+            let created = ensure_schema(&mut writer, &owned).await?;
+            let writes = Writes::prepare(&writer).await?;
+            let reader = connect(&owned, "reader").await?;
+            anyhow::Ok((writer, writes, reader, created))
+        }))??;
+        let (writer, writes, reader, created_at_ms) = opened;
+        Ok(PgStore {
+            runtime: Some(runtime),
+            writer: Mutex::new((writer, writes)),
+            reader,
+            epoch: epoch as i64,
+            created_at_ms,
+            url: url.to_string(),
+        })
+    }
+
+    /// The epoch this store writes as.
+    pub fn epoch(&self) -> u64 {
+        self.epoch as u64
+    }
+
+    /// Checks, inside `txn`, that the lease still holds this store's epoch,
+    /// and holds the lease row against a takeover until `txn` ends.
+    async fn fence(&self, txn: &Transaction<'_>, stmt: &Statement) -> anyhow::Result<()> {
+        let row = txn.query_one(stmt, &[]).await?;
+        let now: i64 = row.get(0);
+        anyhow::ensure!(
+            now == self.epoch,
+            "this master was the leader of epoch {}, and the lease is now at epoch {now}: \
+             another master took over; this one writes nothing more and steps down",
+            self.epoch
+        );
+        Ok(())
+    }
+
+    async fn write_async(&self, client: &mut Client, s: &Writes, c: Changes) -> anyhow::Result<()> {
+        let epoch = self.epoch;
+        let txn = client.transaction().await?;
+        self.fence(&txn, &s.fence).await?;
+        let mut names: Vec<&str> = CLOSED_COUNTS.to_vec();
+        names.push(CLOSED_BYTES);
+        let mut meta: HashMap<String, i64> = txn
+            .query(&s.counts, &[&names])
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut counts = Closed {
+            jobs: std::array::from_fn(|i| meta.remove(CLOSED_COUNTS[i]).unwrap_or(0) as u64),
+            bytes: meta.remove(CLOSED_BYTES).unwrap_or(0) as u64,
+        };
+
+        // Deletions first: a batch purged and brought back in the same
+        // commit is written again after.
+        if !c.deleted_batches.is_empty() {
+            let ids = batch_uuids(&c.deleted_batches);
+            for row in txn.query(&s.delete_batches, &[&ids]).await? {
+                if let Some(info) = row.get::<_, Option<&[u8]>>(0) {
+                    counts.unclose(&decode_info(info)?);
+                }
+            }
+            txn.execute(&s.delete_requests_of, &[&ids]).await?;
+            txn.execute(&s.delete_jobs_of, &[&ids]).await?;
+        }
+        if !c.deleted_jobs.is_empty() {
+            txn.execute(&s.delete_jobs, &[&uuids(&c.deleted_jobs)])
+                .await?;
+        }
+
+        // Job records: the last write of each job wins.
+        if !c.jobs.is_empty() {
+            let mut last: HashMap<JobId, usize> = HashMap::with_capacity(c.jobs.len());
+            for (i, w) in c.jobs.iter().enumerate() {
+                last.insert(w.id, i);
+            }
+            let n = last.len();
+            let (mut ids, mut batches, mut states, mut records) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for (i, w) in c.jobs.iter().enumerate() {
+                if last.get(&w.id) != Some(&i) {
+                    continue;
+                }
+                let header = pb::JobHeader::decode(w.record.as_slice())
+                    .map_err(|e| anyhow::anyhow!("job record {} is corrupt: {e}", w.id))?;
+                anyhow::ensure!(
+                    header.state == w.state as i32,
+                    "job {}: written as state {}, its record says {}",
+                    w.id,
+                    w.state as i32,
+                    header.state
+                );
+                let batch = Uuid::from_slice(&header.batch)
+                    .map_err(|e| anyhow::anyhow!("job record {} names no batch: {e}", w.id))?;
+                ids.push(w.id.uuid());
+                batches.push(batch);
+                states.push(w.state as i32);
+                records.push(w.record.as_slice());
+            }
+            txn.execute(&s.upsert_jobs, &[&ids, &batches, &states, &records, &epoch])
+                .await?;
+        }
+
+        // Batches: each ends open or closed, as redb's commit leaves it.
+        let touched: Vec<Uuid> = c
+            .batches
+            .iter()
+            .map(|(id, _)| id.uuid())
+            .chain(c.reopened.iter().map(|id| id.uuid()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !touched.is_empty() {
+            // Whether each batch exists, and its closed info if closed.
+            let mut now: HashMap<Uuid, Option<pb::ClosedInfo>> = HashMap::new();
+            for row in txn.query(&s.lock_batches, &[&touched]).await? {
+                let info = match row.get::<_, Option<&[u8]>>(1) {
+                    Some(b) => Some(decode_info(b)?),
+                    None => None,
+                };
+                now.insert(row.get(0), info);
+            }
+            let closing: HashMap<BatchId, &pb::ClosedInfo> =
+                c.closed.iter().map(|(b, i)| (*b, i)).collect();
+            // The bytes of the closing batches' own jobs, as this commit
+            // leaves them: counted by the state, else summed here (and
+            // always summed in debug builds, to check the state's count).
+            let to_sum: Vec<Uuid> = c
+                .batches
+                .iter()
+                .filter(|(id, _)| {
+                    closing.contains_key(id)
+                        && (cfg!(debug_assertions) || !c.closed_own_bytes.contains_key(id))
+                })
+                .map(|(id, _)| id.uuid())
+                .collect();
+            let summed: HashMap<Uuid, i64> = if to_sum.is_empty() {
+                HashMap::new()
+            } else {
+                txn.query(&s.own_bytes, &[&to_sum])
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect()
+            };
+            // The final row of each batch written.
+            let mut rows: HashMap<Uuid, (&[u8], Option<pb::ClosedInfo>)> = HashMap::new();
+            for (id, bytes) in &c.batches {
+                let key = id.uuid();
+                if let Some(Some(old)) = now.insert(key, None) {
+                    counts.unclose(&old);
+                }
+                let info = match closing.get(id) {
+                    Some(info) => {
+                        let mut info = **info;
+                        let read = summed.get(&key).copied().unwrap_or(0) as u64;
+                        let own = match c.closed_own_bytes.get(id) {
+                            Some(&counted) => {
+                                anyhow::ensure!(
+                                    !cfg!(debug_assertions) || counted == read,
+                                    "batch {id}: the state counted {counted} bytes of \
+                                     its jobs' records, the store holds {read}"
+                                );
+                                counted
+                            }
+                            None => read,
+                        };
+                        info.bytes = bytes.len() as u64 + own;
+                        counts.close(&info);
+                        now.insert(key, Some(info));
+                        Some(info)
+                    }
+                    None => None,
+                };
+                rows.insert(key, (bytes.as_slice(), info));
+            }
+            let mut reopened = Vec::new();
+            for id in &c.reopened {
+                let key = id.uuid();
+                // Never an open batch without its record: recovery would
+                // refuse the store.
+                let Some(was) = now.get_mut(&key) else {
+                    continue;
+                };
+                if let Some(old) = was.take() {
+                    counts.unclose(&old);
+                }
+                match rows.get_mut(&key) {
+                    Some(row) => row.1 = None,
+                    None => reopened.push(key),
+                }
+            }
+            if !rows.is_empty() {
+                let n = rows.len();
+                let mut cols = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for (id, (record, info)) in &rows {
+                    cols.0.push(*id);
+                    cols.1.push(*record);
+                    cols.2.push(info.is_none());
+                    cols.3.push(info.map(|i| i.closed_at_ms as i64));
+                    cols.4.push(info.map(|i| i.encode_to_vec()));
+                    cols.5.push(info.map_or(0, |i| i.bytes as i64));
+                }
+                txn.execute(
+                    &s.upsert_batches,
+                    &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &epoch],
+                )
+                .await?;
+            }
+            if !reopened.is_empty() {
+                txn.execute(&s.reopen_batches, &[&reopened, &epoch]).await?;
+            }
+        }
+
+        if !c.keys.is_empty() {
+            let last: HashMap<&str, Uuid> =
+                c.keys.iter().map(|(k, j)| (k.as_str(), j.uuid())).collect();
+            let (keys, jobs): (Vec<&str>, Vec<Uuid>) = last.into_iter().unzip();
+            txn.execute(&s.upsert_keys, &[&keys, &jobs, &epoch]).await?;
+        }
+        if !c.requests.is_empty() {
+            let last: HashMap<&str, Uuid> = c
+                .requests
+                .iter()
+                .map(|(r, b)| (r.as_str(), b.uuid()))
+                .collect();
+            let (ids, batches): (Vec<&str>, Vec<Uuid>) = last.into_iter().unzip();
+            txn.execute(&s.upsert_requests, &[&ids, &batches, &epoch])
+                .await?;
+        }
+
+        let mut names: Vec<&str> = CLOSED_COUNTS.to_vec();
+        names.push(CLOSED_BYTES);
+        let mut values: Vec<i64> = counts.jobs.iter().map(|&v| v as i64).collect();
+        values.push(counts.bytes as i64);
+        if c.next_seq > 0 {
+            names.push(NEXT_SEQ);
+            values.push(c.next_seq as i64);
+        }
+        txn.execute(&s.upsert_meta, &[&names, &values]).await?;
+        if c.budget_purged_upto_ms > 0 {
+            txn.execute(
+                &s.raise_meta,
+                &[&PURGED_UPTO, &(c.budget_purged_upto_ms as i64)],
+            )
+            .await?;
+        }
+
+        if c.truncate_log {
+            txn.execute(&s.truncate_log, &[&(c.number as i64)]).await?;
+        }
+        if !c.assignments.is_empty() {
+            let packed = pack_assignments(&c.assignments);
+            txn.execute(&s.insert_log, &[&(c.number as i64), &packed, &epoch])
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Reads pages of `sql` (which takes the last key seen as `$1` and a
+    /// page size as `$2`, and returns a key and a job record) until `visit`
+    /// returns false or the rows end.
+    fn scan_pages(
+        &self,
+        sql: &str,
+        first: Uuid,
+        extra: Option<i32>,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        block(async {
+            let stmt = self.reader.prepare(sql).await?;
+            let mut after = first;
+            loop {
+                let rows = match extra {
+                    Some(x) => self.reader.query(&stmt, &[&after, &SCAN_PAGE, &x]).await?,
+                    None => self.reader.query(&stmt, &[&after, &SCAN_PAGE]).await?,
+                };
+                let full = rows.len() as i64 == SCAN_PAGE;
+                for row in rows {
+                    after = row.get(0);
+                    let record = decode_job(after, row.get(1))?;
+                    if !visit(record) {
+                        return Ok(());
+                    }
+                }
+                if !full {
+                    return Ok(());
+                }
+            }
+        })
+    }
+
+    fn meta(&self, name: &str) -> anyhow::Result<u64> {
+        block(meta_value(&self.reader, name))
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn decode_info(bytes: &[u8]) -> anyhow::Result<pb::ClosedInfo> {
+    pb::ClosedInfo::decode(bytes).map_err(|e| anyhow::anyhow!("a closed batch is corrupt: {e}"))
+}
+
+fn decode_job(id: Uuid, bytes: &[u8]) -> anyhow::Result<pb::JobRecord> {
+    pb::JobRecord::decode(bytes).map_err(|e| anyhow::anyhow!("job record {id} is corrupt: {e}"))
+}
+
+impl Store for PgStore {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn coord(&self) -> Option<&dyn CoordStore> {
+        Some(self)
+    }
+
+    fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {
+        block(async {
+            // Open batches only, in id order, a page at a time; then their
+            // own jobs' records, which override the batches' first ones.
+            let batches = self
+                .reader
+                .prepare(
+                    "SELECT id, record FROM drover_batches WHERE open AND id > $1 \
+                     ORDER BY id LIMIT $2",
+                )
+                .await?;
+            let mut after = Uuid::nil();
+            loop {
+                let rows = self.reader.query(&batches, &[&after, &SCAN_PAGE]).await?;
+                let full = rows.len() as i64 == SCAN_PAGE;
+                for row in rows {
+                    after = row.get(0);
+                    let id = BatchId::from_uuid(after);
+                    let (ids, created, request_id) = decode_batch(row.get(1))
+                        .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?;
+                    sink(Loaded::Batch(id, ids, created, request_id))?;
+                }
+                if !full {
+                    break;
+                }
+            }
+            let jobs = self
+                .reader
+                .prepare(
+                    "SELECT j.id, j.record FROM drover_jobs j JOIN drover_batches b ON b.id = j.batch \
+                     WHERE b.open AND j.id > $1 ORDER BY j.id LIMIT $2",
+                )
+                .await?;
+            let mut after = Uuid::nil();
+            loop {
+                let rows = self.reader.query(&jobs, &[&after, &SCAN_PAGE]).await?;
+                let full = rows.len() as i64 == SCAN_PAGE;
+                for row in rows {
+                    after = row.get(0);
+                    sink(Loaded::Job(Box::new(decode_job(after, row.get(1))?)))?;
+                }
+                if !full {
+                    break;
+                }
+            }
+            let log = self
+                .reader
+                .query(
+                    "SELECT number, packed FROM drover_assignments ORDER BY number",
+                    &[],
+                )
+                .await?;
+            for row in log {
+                let list = unpack_assignments(row.get::<_, i64>(0) as u64, row.get(1))?;
+                sink(Loaded::Assigned(list))?;
+            }
+            anyhow::Ok(())
+        })?;
+        Ok(self.created_at_ms)
+    }
+
+    fn write(&self, changes: Changes) -> anyhow::Result<()> {
+        let mut guard = self.writer.lock();
+        let (client, writes) = &mut *guard;
+        block(self.write_async(client, writes, changes))
+    }
+
+    fn read_job(&self, id: &JobId) -> anyhow::Result<Option<pb::JobRecord>> {
+        Ok(self.read_jobs(std::slice::from_ref(id))?.pop().flatten())
+    }
+
+    fn read_jobs(&self, ids: &[JobId]) -> anyhow::Result<Vec<Option<pb::JobRecord>>> {
+        let keys = uuids(ids);
+        let rows = block(self.reader.query(
+            "SELECT id, record FROM drover_jobs WHERE id = ANY($1::uuid[])",
+            &[&keys],
+        ))?;
+        let mut found: HashMap<Uuid, pb::JobRecord> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: Uuid = row.get(0);
+            found.insert(id, decode_job(id, row.get(1))?);
+        }
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    fn has_job(&self, id: &JobId) -> anyhow::Result<bool> {
+        Ok(block(
+            self.reader
+                .query_opt("SELECT 1 FROM drover_jobs WHERE id = $1", &[&id.uuid()]),
+        )?
+        .is_some())
+    }
+
+    fn read_batch(&self, id: &BatchId) -> anyhow::Result<Option<StoredBatch>> {
+        let Some(row) = block(self.reader.query_opt(
+            "SELECT record FROM drover_batches WHERE id = $1",
+            &[&id.uuid()],
+        ))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(stored_batch(id, row.get(0))?))
+    }
+
+    fn job_by_key(&self, key: &str) -> anyhow::Result<Option<JobId>> {
+        Ok(block(
+            self.reader
+                .query_opt("SELECT job FROM drover_keys WHERE key = $1", &[&key]),
+        )?
+        .map(|r| JobId::from_uuid(r.get(0))))
+    }
+
+    fn batch_by_request(&self, request_id: &str) -> anyhow::Result<Option<BatchId>> {
+        Ok(block(self.reader.query_opt(
+            "SELECT batch FROM drover_requests WHERE request_id = $1",
+            &[&request_id],
+        ))?
+        .map(|r| BatchId::from_uuid(r.get(0))))
+    }
+
+    fn closed_counts(&self) -> anyhow::Result<ClosedCounts> {
+        let rows = block(self.reader.query(
+            "SELECT name, value FROM drover_meta WHERE name = ANY($1::text[])",
+            &[&CLOSED_COUNTS.to_vec()],
+        ))?;
+        let mut counts = [0u64; 3];
+        for row in rows {
+            let name: &str = row.get(0);
+            if let Some(i) = CLOSED_COUNTS.iter().position(|n| *n == name) {
+                counts[i] = row.get::<_, i64>(1) as u64;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn next_seq(&self) -> anyhow::Result<u64> {
+        self.meta(NEXT_SEQ)
+    }
+
+    fn closed_bytes(&self) -> anyhow::Result<u64> {
+        self.meta(CLOSED_BYTES)
+    }
+
+    fn budget_purged_upto_ms(&self) -> anyhow::Result<u64> {
+        self.meta(PURGED_UPTO)
+    }
+
+    fn oldest_closed(&self, bytes: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        let rows = block(self.reader.query(
+            "SELECT id, bytes FROM drover_batches WHERE NOT open \
+             ORDER BY closed_at_ms, id LIMIT $1",
+            &[&(limit as i64)],
+        ))?;
+        let (mut out, mut sum) = (Vec::new(), 0u64);
+        for row in rows {
+            if sum >= bytes {
+                break;
+            }
+            sum += row.get::<_, i64>(1) as u64;
+            out.push(BatchId::from_uuid(row.get(0)));
+        }
+        Ok(out)
+    }
+
+    fn closed_before(&self, cutoff_ms: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
+        let cutoff = i64::try_from(cutoff_ms).unwrap_or(i64::MAX);
+        let rows = block(self.reader.query(
+            "SELECT id FROM drover_batches WHERE NOT open AND closed_at_ms < $1 \
+             ORDER BY closed_at_ms, id LIMIT $2",
+            &[&cutoff, &(limit as i64)],
+        ))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| BatchId::from_uuid(r.get(0)))
+            .collect())
+    }
+
+    fn scan_closed_jobs_newest(
+        &self,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        self.scan_pages(
+            "SELECT j.id, j.record FROM drover_jobs j JOIN drover_batches b ON b.id = j.batch \
+             WHERE NOT b.open AND j.id < $1 ORDER BY j.id DESC LIMIT $2",
+            Uuid::max(),
+            None,
+            visit,
+        )
+    }
+
+    fn closed_batches_newest(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> anyhow::Result<(Vec<(BatchId, pb::ClosedInfo)>, usize)> {
+        block(async {
+            let total: i64 = self
+                .reader
+                .query_one("SELECT count(*) FROM drover_batches WHERE NOT open", &[])
+                .await?
+                .get(0);
+            let rows = self
+                .reader
+                .query(
+                    "SELECT id, info FROM drover_batches WHERE NOT open \
+                     ORDER BY id DESC OFFSET $1 LIMIT $2",
+                    &[&(offset as i64), &(limit as i64)],
+                )
+                .await?;
+            let mut page = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = BatchId::from_uuid(row.get(0));
+                let info = decode_info(row.get(1))?;
+                page.push((id, info));
+            }
+            anyhow::Ok((page, total as usize))
+        })
+    }
+
+    fn scan_jobs_in_state(
+        &self,
+        state: pb::JobState,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        self.scan_pages(
+            "SELECT id, record FROM drover_jobs WHERE id > $1 AND state = $3 \
+             ORDER BY id LIMIT $2",
+            Uuid::nil(),
+            Some(state as i32),
+            visit,
+        )
+    }
+
+    fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+        self.scan_pages(
+            "SELECT id, record FROM drover_jobs WHERE id > $1 ORDER BY id LIMIT $2",
+            Uuid::nil(),
+            None,
+            visit,
+        )
+    }
+}
+
+impl CoordStore for PgStore {
+    fn load_coord(&self, sink: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
+        let rows = block(
+            self.reader
+                .query("SELECT key, value FROM drover_coord ORDER BY key", &[]),
+        )?;
+        for row in rows {
+            let record = Record::decode(row.get(0), row.get(1))
+                .map_err(|e| anyhow::anyhow!("coordination {e}: the store is corrupt"))?;
+            sink(record);
+        }
+        Ok(())
+    }
+
+    fn write_coord(&self, records: HashMap<String, Option<Vec<u8>>>) -> anyhow::Result<()> {
+        let mut guard = self.writer.lock();
+        let (client, writes) = &mut *guard;
+        block(async {
+            let txn = client.transaction().await?;
+            self.fence(&txn, &writes.fence).await?;
+            let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+            for (key, value) in &records {
+                match value {
+                    Some(v) => {
+                        keys.push(key.as_str());
+                        values.push(v.as_slice());
+                    }
+                    None => gone.push(key.as_str()),
+                }
+            }
+            if !gone.is_empty() {
+                txn.execute(
+                    "DELETE FROM drover_coord WHERE key = ANY($1::text[])",
+                    &[&gone],
+                )
+                .await?;
+            }
+            if !keys.is_empty() {
+                txn.execute(
+                    "INSERT INTO drover_coord (key, value, epoch) \
+                     SELECT * , $3::int8 FROM unnest($1::text[], $2::bytea[]) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, epoch = excluded.epoch",
+                    &[&keys, &values, &self.epoch],
+                )
+                .await?;
+            }
+            txn.commit().await?;
+            anyhow::Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::Elector;
+    use crate::store::JobWrite;
+    use std::time::Duration;
+
+    fn job(batch: BatchId, state: pb::JobState) -> pb::JobRecord {
+        pb::JobRecord {
+            id: JobId::new().as_bytes().to_vec(),
+            batch: batch.as_bytes().to_vec(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    fn submit(batch: BatchId, record: &pb::JobRecord) -> Changes {
+        let id = JobId::from_slice(&record.id).unwrap();
+        Changes {
+            jobs: vec![JobWrite::of(record)],
+            batches: vec![(
+                batch,
+                crate::store::encode_batch(&[id], vec![record.clone()], ""),
+            )],
+            ..Changes::default()
+        }
+    }
+
+    /// An election moves the lease on; the store of the old epoch is
+    /// fenced off: its writes fail, naming both epochs, and write nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_of_an_old_epoch_writes_nothing_once_another_master_is_elected() {
+        let server = drover_tests::pg::Postgres::start();
+        let url = server.url();
+        let lease = Duration::from_millis(300);
+        let first = Elector::connect(&url, lease, "a:1".into()).await.unwrap();
+        let second = Elector::connect(&url, lease, "b:2".into()).await.unwrap();
+        let epoch = first
+            .try_acquire()
+            .await
+            .unwrap()
+            .expect("the first is elected");
+        let leader = second.try_acquire().await.unwrap().unwrap_err();
+        assert_eq!(
+            (leader.epoch, leader.address.as_str(), leader.live),
+            (epoch, "a:1", true)
+        );
+
+        let (u, e) = (url.clone(), epoch);
+        let old = tokio::task::spawn_blocking(move || PgStore::open(&u, e))
+            .await
+            .unwrap()
+            .unwrap();
+        let batch = BatchId::new();
+        let record = job(batch, pb::JobState::Queued);
+        let old = tokio::task::spawn_blocking(move || {
+            old.write(submit(batch, &record)).unwrap();
+            old
+        })
+        .await
+        .unwrap();
+
+        // The first master stops renewing: its lease expires and the
+        // second takes it, one epoch on.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let next = loop {
+            if let Ok(epoch) = second.try_acquire().await.unwrap() {
+                break epoch;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(next, epoch + 1);
+        assert!(
+            !first.renew(epoch).await.unwrap(),
+            "the old leader cannot renew"
+        );
+
+        let late_batch = BatchId::new();
+        let late = job(late_batch, pb::JobState::Succeeded);
+        let late_id = JobId::from_slice(&late.id).unwrap();
+        let err = tokio::task::spawn_blocking(move || {
+            let err = old.write(submit(late_batch, &late)).unwrap_err();
+            (err, old.has_job(&late_id).unwrap())
+        })
+        .await
+        .unwrap();
+        let msg = format!("{:#}", err.0);
+        assert!(
+            msg.contains(&format!("epoch {epoch}")) && msg.contains(&format!("epoch {next}")),
+            "{msg}"
+        );
+        assert!(!err.1, "the fenced write left its job behind");
+        let epochs = server.psql("SELECT DISTINCT epoch FROM drover_jobs");
+        assert_eq!(
+            epochs,
+            epoch.to_string(),
+            "only the first leader's job is there"
+        );
+
+        // The new leader's store recovers the first one's job and writes.
+        let (u, e) = (url.clone(), next);
+        let new = tokio::task::spawn_blocking(move || {
+            let store = PgStore::open(&u, e).unwrap();
+            let mut batches = 0;
+            store
+                .load(&mut |item| {
+                    batches += matches!(item, Loaded::Batch(..)) as usize;
+                    Ok(())
+                })
+                .unwrap();
+            let batch = BatchId::new();
+            store
+                .write(submit(batch, &job(batch, pb::JobState::Queued)))
+                .map(|()| batches)
+        })
+        .await
+        .unwrap();
+        assert_eq!(new.unwrap(), 1);
+
+        // Resigning hands the lease over at once.
+        second.resign(next).await.unwrap();
+        assert_eq!(first.try_acquire().await.unwrap(), Ok(next + 1));
+    }
+}
