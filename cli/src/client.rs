@@ -1,5 +1,11 @@
 //! The client side of the `Queue` service: submitting, waiting, watching,
 //! cancelling. The commands and the demo share it.
+//!
+//! Every call is sent to the master the command talks to now, and goes on
+//! to the next of several masters as [`crate::masters`] describes. Submits
+//! (named by a request id), reads of results and watches are also made
+//! again, with backoff, while no master answers, for up to
+//! [`RECONNECT_FOR`]: a restart or a failover does not end the command.
 
 use std::time::Duration;
 
@@ -9,26 +15,20 @@ use drover_common::pb::{self, JobState};
 use drover_common::{net, util};
 use futures::StreamExt;
 
+use crate::masters::{Masters, Resend, transient};
+
 /// How long a command keeps trying to reach a master that went away (a
 /// restart, a failover) before it gives up.
 const RECONNECT_FOR: Duration = Duration::from_secs(120);
 
-/// Whether a failed call may succeed if made again: the master went away
-/// or the connection broke, as opposed to an answer that will not change.
-fn transient(s: &tonic::Status) -> bool {
-    match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => true,
-        // A connection cut mid-stream surfaces as an h2 error.
-        tonic::Code::Internal => s.message().contains("h2 protocol error"),
-        _ => false,
-    }
-}
-
-/// Backs off between attempts to reach a master that went away, and says
-/// when to give up: after [`RECONNECT_FOR`] without progress.
+/// Moves a call that failed because its master went away to the next
+/// master, backs off after each full round of them, and says when to give
+/// up: after [`RECONNECT_FOR`] without progress.
 struct Reconnect {
     delay: Duration,
     since: Option<tokio::time::Instant>,
+    /// The masters tried since the last backoff.
+    tried: usize,
 }
 
 impl Reconnect {
@@ -36,16 +36,39 @@ impl Reconnect {
         Reconnect {
             delay: Duration::from_millis(100),
             since: None,
+            tried: 0,
         }
     }
 
-    /// Waits before the next try after `status`, or returns it as the error
-    /// when it is not transient or the master stayed away too long.
-    async fn after(&mut self, status: tonic::Status) -> anyhow::Result<()> {
+    /// Moves on from the master `at`, whose call failed with `status`, and
+    /// waits before the next try when every master has been tried; or
+    /// returns `status` as the error when it is not transient or no master
+    /// answered for too long.
+    async fn after(
+        &mut self,
+        masters: &Masters,
+        at: usize,
+        status: tonic::Status,
+    ) -> anyhow::Result<()> {
         let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
         if !transient(&status) || since.elapsed() > RECONNECT_FOR {
             return Err(status_error(status));
         }
+        let next = masters.move_on(at);
+        self.tried += 1;
+        if self.tried < masters.len() {
+            // Said in the first round only: a long wait is said once.
+            if self.delay == Duration::from_millis(100) {
+                eprintln!(
+                    "drover: the master at {} is unavailable ({}); trying {}",
+                    masters.url(at),
+                    status.message(),
+                    masters.url(next)
+                );
+            }
+            return Ok(());
+        }
+        self.tried = 0;
         if self.delay == Duration::from_millis(100) {
             eprintln!(
                 "drover: lost the master ({}); reconnecting",
@@ -61,13 +84,14 @@ impl Reconnect {
     fn reset(&mut self) {
         self.delay = Duration::from_millis(100);
         self.since = None;
+        self.tried = 0;
     }
 }
 
 /// A connected client.
 #[derive(Clone)]
 pub(crate) struct Client {
-    queue: QueueClient<AuthChannel>,
+    masters: Masters,
 }
 
 /// Options shared by every job of a submit.
@@ -96,18 +120,31 @@ pub(crate) fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{code}: {}", s.message())
 }
 
+/// A `Queue` client on `channel` that sends and accepts the largest
+/// messages drover allows.
+fn queue(channel: AuthChannel) -> QueueClient<AuthChannel> {
+    QueueClient::new(channel)
+        .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(net::MAX_MESSAGE_BYTES)
+}
+
 impl Client {
-    /// Connects to the master at `url`, with the TLS and token `options`
-    /// ask for.
-    pub(crate) async fn connect(url: &str, options: &ClientOptions) -> anyhow::Result<Client> {
-        let channel = net::connect_with(url, options)
-            .await
-            .map_err(anyhow::Error::msg)?;
+    /// Connects to the first of the masters at `urls` that accepts a
+    /// connection, with the TLS and token `options` ask for.
+    pub(crate) async fn connect(
+        urls: &[String],
+        options: &ClientOptions,
+    ) -> anyhow::Result<Client> {
         Ok(Client {
-            queue: QueueClient::new(channel)
-                .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(net::MAX_MESSAGE_BYTES),
+            masters: Masters::connect(urls, options).await?,
         })
+    }
+
+    /// The master calls go to now (its index among the masters), and a
+    /// `Queue` client for it.
+    fn queue(&self) -> (usize, QueueClient<AuthChannel>) {
+        let (at, channel) = self.masters.current();
+        (at, queue(channel))
     }
 
     /// Submits one batch of jobs of one kind.
@@ -140,8 +177,9 @@ impl Client {
                 limits: opts.limits.clone(),
             })
             .collect();
-        // Named, so that a submit sent again after a broken connection or a
-        // master restart gets the batch the first one made.
+        // Named once, so that a submit sent again after a broken
+        // connection, a master restart or to the next master gets the batch
+        // the first one made.
         let req = pb::SubmitRequest {
             jobs,
             request_id: uuid::Uuid::now_v7().to_string(),
@@ -149,9 +187,10 @@ impl Client {
         };
         let mut reconnect = Reconnect::new();
         loop {
-            match self.queue.clone().submit(req.clone()).await {
+            let (at, mut queue) = self.queue();
+            match queue.submit(req.clone()).await {
                 Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) => reconnect.after(status).await?,
+                Err(status) => reconnect.after(&self.masters, at, status).await?,
             }
         }
     }
@@ -175,11 +214,12 @@ impl Client {
         let mut whole = pb::GetResponse::default();
         let mut reconnect = Reconnect::new();
         loop {
-            let page = match self.queue.clone().get(req.clone()).await {
+            let (at, mut queue) = self.queue();
+            let page = match queue.get(req.clone()).await {
                 Ok(page) => page.into_inner(),
                 // A read is safe to make again.
                 Err(status) => {
-                    reconnect.after(status).await?;
+                    reconnect.after(&self.masters, at, status).await?;
                     continue;
                 }
             };
@@ -221,10 +261,11 @@ impl Client {
                     received.clone()
                 },
             };
-            let mut stream = match self.queue.clone().watch(req).await {
+            let (at, mut queue) = self.queue();
+            let mut stream = match queue.watch(req).await {
                 Ok(s) => s.into_inner(),
                 Err(status) => {
-                    reconnect.after(status).await?;
+                    reconnect.after(&self.masters, at, status).await?;
                     continue;
                 }
             };
@@ -247,7 +288,7 @@ impl Client {
                         on_jobs(&msg.jobs, msg.done, msg.total);
                     }
                     Some(Err(status)) => {
-                        reconnect.after(status).await?;
+                        reconnect.after(&self.masters, at, status).await?;
                         break;
                     }
                     None => {
@@ -257,7 +298,7 @@ impl Client {
                         }
                         // Ended before every job came: the master went away.
                         let cut = tonic::Status::unavailable("the watch ended early");
-                        reconnect.after(cut).await?;
+                        reconnect.after(&self.masters, at, cut).await?;
                         break;
                     }
                 }
@@ -265,44 +306,60 @@ impl Client {
         }
     }
 
-    /// Cancels a job or a batch.
-    pub(crate) async fn cancel(&self, id: &str) -> anyhow::Result<pb::CancelResponse> {
-        let resp = self
-            .queue
-            .clone()
-            .cancel(pb::CancelRequest {
-                job_ids: vec![id.to_string()],
-                batch_id: String::new(),
-            })
+    /// Makes a unary call on the current master, and on the next ones
+    /// while `resend` allows ([`Masters::call`]).
+    async fn unary<T, F, Fut>(&self, resend: Resend, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(QueueClient<AuthChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.masters
+            .call(resend, |channel| call(queue(channel)))
             .await
-            .map_err(status_error)?;
-        Ok(resp.into_inner())
+            .map(tonic::Response::into_inner)
+            .map_err(status_error)
+    }
+
+    /// Cancels a job or a batch. Safe to send twice: a job cancelled
+    /// already is counted as finished the second time, and stays
+    /// cancelled.
+    pub(crate) async fn cancel(&self, id: &str) -> anyhow::Result<pb::CancelResponse> {
+        let req = pb::CancelRequest {
+            job_ids: vec![id.to_string()],
+            batch_id: String::new(),
+        };
+        self.unary(Resend::Safe, |mut q| {
+            let req = req.clone();
+            async move { q.cancel(req).await }
+        })
+        .await
     }
 
     /// Queues failed jobs again: one job, a batch, or every failed job.
+    /// Sent to another master only when none applied it: a retried job is
+    /// queued, not failed, so a second retry passes it by, unless it failed
+    /// again in between, when it would get its attempts twice.
     pub(crate) async fn retry(&self, id: Option<String>, all_failed: bool) -> anyhow::Result<u32> {
+        let req = pb::RetryRequest {
+            job_ids: id.into_iter().collect(),
+            batch_id: String::new(),
+            all_failed,
+        };
         let resp = self
-            .queue
-            .clone()
-            .retry(pb::RetryRequest {
-                job_ids: id.into_iter().collect(),
-                batch_id: String::new(),
-                all_failed,
+            .unary(Resend::Unapplied, |mut q| {
+                let req = req.clone();
+                async move { q.retry(req).await }
             })
-            .await
-            .map_err(status_error)?;
-        Ok(resp.into_inner().retried)
+            .await?;
+        Ok(resp.retried)
     }
 
     /// Queue depth, workers and throughput.
     pub(crate) async fn stats(&self) -> anyhow::Result<pb::StatsResponse> {
-        let resp = self
-            .queue
-            .clone()
-            .stats(pb::StatsRequest {})
-            .await
-            .map_err(status_error)?;
-        Ok(resp.into_inner())
+        self.unary(Resend::Safe, |mut q| async move {
+            q.stats(pb::StatsRequest {}).await
+        })
+        .await
     }
 
     /// Jobs in a state.
@@ -312,30 +369,26 @@ impl Client {
         batch: Option<String>,
         limit: u32,
     ) -> anyhow::Result<pb::ListJobsResponse> {
-        let resp = self
-            .queue
-            .clone()
-            .list_jobs(pb::ListJobsRequest {
-                state: state as i32,
-                limit,
-                batch_id: batch.unwrap_or_default(),
-            })
-            .await
-            .map_err(status_error)?;
-        Ok(resp.into_inner())
+        let req = pb::ListJobsRequest {
+            state: state as i32,
+            limit,
+            batch_id: batch.unwrap_or_default(),
+        };
+        self.unary(Resend::Safe, |mut q| {
+            let req = req.clone();
+            async move { q.list_jobs(req).await }
+        })
+        .await
     }
-}
 
-impl Client {
     /// The concurrency limits held or waited for (or only `name`).
     pub(crate) async fn limits(&self, name: String) -> anyhow::Result<pb::LimitsResponse> {
-        let resp = self
-            .queue
-            .clone()
-            .limits(pb::LimitsRequest { name })
-            .await
-            .map_err(status_error)?;
-        Ok(resp.into_inner())
+        let req = pb::LimitsRequest { name };
+        self.unary(Resend::Safe, |mut q| {
+            let req = req.clone();
+            async move { q.limits(req).await }
+        })
+        .await
     }
 }
 

@@ -5,17 +5,24 @@
 //! renews it every third of the lease, and, should the lease be lost (the
 //! master said the session expired, or it could not be renewed before its
 //! end), kills the command and fails rather than let it run unprotected.
+//!
+//! Given several masters, each command's calls go to the first that
+//! answers ([`Masters::call`]): reads, puts, sets and events go on to the
+//! next master whenever one is unavailable; adds, compare-and-sets,
+//! deletes, barriers and the lock's session only when no master applied
+//! them. A lock stays with the master that opened its session.
 
 use std::time::Duration;
 
 use clap::Subcommand;
-use drover_common::net::{self, AuthChannel, ClientOptions};
+use drover_common::net::{self, AuthChannel};
 use drover_common::pb::{self, coord_client::CoordClient};
 use drover_common::util::parse_duration;
 use futures::StreamExt;
 use serde_json::json;
 
 use crate::client::status_error;
+use crate::masters::{Masters, Resend};
 use crate::output::Format;
 
 /// `drover kv ...`
@@ -146,17 +153,27 @@ pub(crate) struct BarrierCommand {
     timeout: Option<Duration>,
 }
 
-/// Connects a `Coord` client.
-pub(crate) async fn connect(
-    url: &str,
-    options: &ClientOptions,
-) -> anyhow::Result<CoordClient<AuthChannel>> {
-    let channel = net::connect_with(url, options)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    Ok(CoordClient::new(channel)
+/// A `Coord` client on `channel`.
+fn client(channel: AuthChannel) -> CoordClient<AuthChannel> {
+    CoordClient::new(channel)
         .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(net::MAX_MESSAGE_BYTES))
+        .max_encoding_message_size(net::MAX_MESSAGE_BYTES)
+}
+
+/// Makes one call, `f` with `req`, on the current master, and on the next
+/// ones while `resend` allows ([`Masters::call`]); its reply's message, or
+/// the error for a person.
+async fn call<Q, T, F, Fut>(masters: &Masters, resend: Resend, req: Q, f: F) -> anyhow::Result<T>
+where
+    Q: Clone,
+    F: Fn(CoordClient<AuthChannel>, Q) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    masters
+        .call(resend, |channel| f(client(channel), req.clone()))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(status_error)
 }
 
 fn text(value: &[u8]) -> String {
@@ -168,18 +185,14 @@ fn ms(d: Option<Duration>) -> Option<u64> {
 }
 
 /// Runs `drover kv ...`.
-pub(crate) async fn kv(
-    mut c: CoordClient<AuthChannel>,
-    format: Format,
-    cmd: KvCommand,
-) -> anyhow::Result<i32> {
+pub(crate) async fn kv(masters: &Masters, format: Format, cmd: KvCommand) -> anyhow::Result<i32> {
     match cmd {
         KvCommand::Get { key } => {
-            let resp = c
-                .kv_get(pb::KvGetRequest { key: key.clone() })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let req = pb::KvGetRequest { key: key.clone() };
+            let resp = call(masters, Resend::Safe, req, |mut c, r| async move {
+                c.kv_get(r).await
+            })
+            .await?;
             let Some(e) = resp.entry else {
                 anyhow::bail!("key {key:?} is not set");
             };
@@ -193,7 +206,7 @@ pub(crate) async fn kv(
             Ok(0)
         }
         KvCommand::Put { key, value } => {
-            let r = put(&mut c, key, value, None).await?;
+            let r = put(masters, key, value, None).await?;
             print_version(format, &r);
             Ok(0)
         }
@@ -202,7 +215,7 @@ pub(crate) async fn kv(
             version,
             value,
         } => {
-            let r = put(&mut c, key.clone(), value, Some(version)).await?;
+            let r = put(masters, key.clone(), value, Some(version)).await?;
             print_version(format, &r);
             if !r.applied {
                 eprintln!(
@@ -214,14 +227,15 @@ pub(crate) async fn kv(
             Ok(0)
         }
         KvCommand::Del { key } => {
-            let r = c
-                .kv_delete(pb::KvDeleteRequest {
-                    key,
-                    expected_version: None,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let req = pb::KvDeleteRequest {
+                key,
+                expected_version: None,
+            };
+            // Sent twice, a delete would say "not set" of what it deleted.
+            let r = call(masters, Resend::Unapplied, req, |mut c, r| async move {
+                c.kv_delete(r).await
+            })
+            .await?;
             match format {
                 Format::Json => println!("{}", json!({"deleted": r.deleted})),
                 Format::Text => println!("{}", if r.deleted { "deleted" } else { "not set" }),
@@ -231,15 +245,15 @@ pub(crate) async fn kv(
         KvCommand::List { prefix } => {
             let mut start_after = String::new();
             loop {
-                let page = c
-                    .kv_list(pb::KvListRequest {
-                        prefix: prefix.clone(),
-                        start_after: start_after.clone(),
-                        limit: 0,
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
+                let req = pb::KvListRequest {
+                    prefix: prefix.clone(),
+                    start_after: start_after.clone(),
+                    limit: 0,
+                };
+                let page = call(masters, Resend::Safe, req, |mut c, r| async move {
+                    c.kv_list(r).await
+                })
+                .await?;
                 for e in &page.entries {
                     match format {
                         Format::Json => println!(
@@ -256,11 +270,11 @@ pub(crate) async fn kv(
             }
         }
         KvCommand::Watch { key, prefix } => {
-            let mut stream = c
-                .kv_watch(pb::KvWatchRequest { key, prefix })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let req = pb::KvWatchRequest { key, prefix };
+            let mut stream = call(masters, Resend::Safe, req, |mut c, r| async move {
+                c.kv_watch(r).await
+            })
+            .await?;
             while let Some(e) = stream.next().await {
                 let e = e.map_err(status_error)?;
                 match format {
@@ -279,20 +293,32 @@ pub(crate) async fn kv(
     }
 }
 
+/// A put, or with `expected_version` a compare-and-set: only the put goes
+/// on to another master whenever one is unavailable (a second put writes
+/// the same value; a second compare-and-set would fail on the version the
+/// first wrote).
 async fn put(
-    c: &mut CoordClient<AuthChannel>,
+    masters: &Masters,
     key: String,
     value: String,
     expected_version: Option<u64>,
 ) -> anyhow::Result<pb::KvPutResponse> {
-    Ok(c.kv_put(pb::KvPutRequest {
+    let resend = match expected_version {
+        None => Resend::Safe,
+        Some(_) => Resend::Unapplied,
+    };
+    let req = pb::KvPutRequest {
         key,
         value: value.into_bytes(),
         expected_version,
-    })
+    };
+    call(
+        masters,
+        resend,
+        req,
+        |mut c, r| async move { c.kv_put(r).await },
+    )
     .await
-    .map_err(status_error)?
-    .into_inner())
 }
 
 fn print_version(format: Format, r: &pb::KvPutResponse) {
@@ -304,21 +330,34 @@ fn print_version(format: Format, r: &pb::KvPutResponse) {
 
 /// Runs `drover counter ...`.
 pub(crate) async fn counter(
-    mut c: CoordClient<AuthChannel>,
+    masters: &Masters,
     format: Format,
     cmd: CounterCommand,
 ) -> anyhow::Result<i32> {
     let resp = match cmd {
+        // Sent twice, an add would count twice.
         CounterCommand::Add { name, delta } => {
-            c.counter_add(pb::CounterAddRequest { name, delta }).await
+            let req = pb::CounterAddRequest { name, delta };
+            call(masters, Resend::Unapplied, req, |mut c, r| async move {
+                c.counter_add(r).await
+            })
+            .await
         }
-        CounterCommand::Get { name } => c.counter_get(pb::CounterGetRequest { name }).await,
+        CounterCommand::Get { name } => {
+            let req = pb::CounterGetRequest { name };
+            call(masters, Resend::Safe, req, |mut c, r| async move {
+                c.counter_get(r).await
+            })
+            .await
+        }
         CounterCommand::Set { name, value } => {
-            c.counter_set(pb::CounterSetRequest { name, value }).await
+            let req = pb::CounterSetRequest { name, value };
+            call(masters, Resend::Safe, req, |mut c, r| async move {
+                c.counter_set(r).await
+            })
+            .await
         }
-    }
-    .map_err(status_error)?
-    .into_inner();
+    }?;
     match format {
         Format::Json => println!("{}", json!({"value": resp.value})),
         Format::Text => println!("{}", resp.value),
@@ -327,32 +366,33 @@ pub(crate) async fn counter(
 }
 
 /// Runs `drover event ...`.
-pub(crate) async fn event(
-    mut c: CoordClient<AuthChannel>,
-    cmd: EventCommand,
-) -> anyhow::Result<i32> {
+pub(crate) async fn event(masters: &Masters, cmd: EventCommand) -> anyhow::Result<i32> {
     match cmd {
         EventCommand::Set { name } => {
-            c.event_set(pb::EventRequest { name })
-                .await
-                .map_err(status_error)?;
+            let req = pb::EventRequest { name };
+            call(masters, Resend::Safe, req, |mut c, r| async move {
+                c.event_set(r).await
+            })
+            .await?;
             Ok(0)
         }
         EventCommand::Clear { name } => {
-            c.event_clear(pb::EventRequest { name })
-                .await
-                .map_err(status_error)?;
+            let req = pb::EventRequest { name };
+            call(masters, Resend::Safe, req, |mut c, r| async move {
+                c.event_clear(r).await
+            })
+            .await?;
             Ok(0)
         }
         EventCommand::Wait { name, timeout } => {
-            let r = c
-                .event_wait(pb::EventWaitRequest {
-                    name: name.clone(),
-                    timeout_ms: ms(timeout),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let req = pb::EventWaitRequest {
+                name: name.clone(),
+                timeout_ms: ms(timeout),
+            };
+            let r = call(masters, Resend::Safe, req, |mut c, r| async move {
+                c.event_wait(r).await
+            })
+            .await?;
             if r.is_set {
                 Ok(0)
             } else {
@@ -365,31 +405,29 @@ pub(crate) async fn event(
 }
 
 /// Runs `drover barrier ...`: prints this party's index.
-pub(crate) async fn barrier(
-    mut c: CoordClient<AuthChannel>,
-    cmd: BarrierCommand,
-) -> anyhow::Result<i32> {
-    let r = c
-        .barrier_wait(pb::BarrierWaitRequest {
-            name: cmd.name,
-            parties: cmd.parties,
-            session: 0,
-            timeout_ms: ms(cmd.timeout),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+pub(crate) async fn barrier(masters: &Masters, cmd: BarrierCommand) -> anyhow::Result<i32> {
+    let req = pb::BarrierWaitRequest {
+        name: cmd.name,
+        parties: cmd.parties,
+        session: 0,
+        timeout_ms: ms(cmd.timeout),
+    };
+    // Sent twice, a party would arrive twice.
+    let r = call(masters, Resend::Unapplied, req, |mut c, r| async move {
+        c.barrier_wait(r).await
+    })
+    .await?;
     println!("{}", r.index);
     Ok(0)
 }
 
 /// Runs `drover inspect NAME`: one JSON document.
-pub(crate) async fn inspect(mut c: CoordClient<AuthChannel>, name: String) -> anyhow::Result<i32> {
-    let r = c
-        .inspect(pb::InspectRequest { name })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+pub(crate) async fn inspect(masters: &Masters, name: String) -> anyhow::Result<i32> {
+    let req = pb::InspectRequest { name };
+    let r = call(masters, Resend::Safe, req, |mut c, r| async move {
+        c.inspect(r).await
+    })
+    .await?;
     println!(
         "{}",
         json!({
@@ -405,17 +443,19 @@ pub(crate) async fn inspect(mut c: CoordClient<AuthChannel>, name: String) -> an
 }
 
 /// Runs `drover lock NAME -- COMMAND`: exits with the command's status.
-pub(crate) async fn lock(c: CoordClient<AuthChannel>, cmd: LockCommand) -> anyhow::Result<i32> {
+/// The session is opened on the first master that takes it (another one
+/// only when none applied it), and every later call goes to that one.
+pub(crate) async fn lock(masters: &Masters, cmd: LockCommand) -> anyhow::Result<i32> {
     let host = hostname::get().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());
-    let session = c
-        .clone()
-        .open_session(pb::OpenSessionRequest {
-            lease_ms: cmd.lease.as_millis() as u64,
-            owner: format!("{host}:{}", std::process::id()),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let req = pb::OpenSessionRequest {
+        lease_ms: cmd.lease.as_millis() as u64,
+        owner: format!("{host}:{}", std::process::id()),
+    };
+    let session = call(masters, Resend::Unapplied, req, |mut c, r| async move {
+        c.open_session(r).await
+    })
+    .await?;
+    let c = client(masters.current().1);
     let lease = Duration::from_millis(session.lease_ms);
     let (lost_tx, mut lost) = tokio::sync::watch::channel(None::<String>);
     let heartbeat = tokio::spawn(keep_alive(c.clone(), session.session, lease, lost_tx));

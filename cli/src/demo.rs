@@ -65,7 +65,7 @@ pub(crate) async fn run(processes: Option<usize>) -> anyhow::Result<i32> {
 }
 
 async fn lessons(url: &str) -> anyhow::Result<i32> {
-    let client = Client::connect(url, &Default::default()).await?;
+    let client = Client::connect(&[url.to_string()], &Default::default()).await?;
     let opts = JobOptions::default();
 
     println!("1. Pool.map(fib, range(2, 21)) -> drover map fib 2..=20, in order:");

@@ -10,6 +10,7 @@
 mod client;
 mod coord;
 mod demo;
+mod masters;
 mod output;
 
 use std::io::IsTerminal;
@@ -29,7 +30,10 @@ use crate::client::{Client, JobOptions, ended_badly, expand};
 #[derive(Debug, Parser)]
 #[command(name = "drover", version, args_override_self = true)]
 struct Cli {
-    /// The master's URL.
+    /// The master's URL; or, comma-separated, the URLs of several masters
+    /// of one database (a leader and its standbys): a command talks to the
+    /// first that accepts its call, and goes on to the next when one is
+    /// unavailable, if the call is safe to send again.
     #[arg(long, global = true, env = "DROVER_MASTER", default_value = drover_common::DEFAULT_MASTER_URL)]
     master: String,
     /// Output: text for people, json for scripts (one document, or one
@@ -262,42 +266,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Demo { processes } = cli.command {
         return demo::run(processes).await;
     }
+    let masters = drover_common::net::master_urls(&cli.master).map_err(anyhow::Error::msg)?;
     let options = cli.client.options().map_err(anyhow::Error::msg)?;
     if let Command::Health { timeout } = cli.command {
-        return health(&cli.master, &options, timeout).await;
+        return health(&masters, &options, timeout).await;
     }
+    let connect = || masters::Masters::connect(&masters, &options);
     match cli.command {
-        Command::Kv { command } => {
-            return coord::kv(
-                coord::connect(&cli.master, &options).await?,
-                format,
-                command,
-            )
-            .await;
-        }
+        Command::Kv { command } => return coord::kv(&connect().await?, format, command).await,
         Command::Counter { command } => {
-            return coord::counter(
-                coord::connect(&cli.master, &options).await?,
-                format,
-                command,
-            )
-            .await;
+            return coord::counter(&connect().await?, format, command).await;
         }
-        Command::Lock(command) => {
-            return coord::lock(coord::connect(&cli.master, &options).await?, command).await;
-        }
-        Command::Event { command } => {
-            return coord::event(coord::connect(&cli.master, &options).await?, command).await;
-        }
-        Command::Barrier(command) => {
-            return coord::barrier(coord::connect(&cli.master, &options).await?, command).await;
-        }
-        Command::Inspect { name } => {
-            return coord::inspect(coord::connect(&cli.master, &options).await?, name).await;
-        }
+        Command::Lock(command) => return coord::lock(&connect().await?, command).await,
+        Command::Event { command } => return coord::event(&connect().await?, command).await,
+        Command::Barrier(command) => return coord::barrier(&connect().await?, command).await,
+        Command::Inspect { name } => return coord::inspect(&connect().await?, name).await,
         _ => {}
     }
-    let client = Client::connect(&cli.master, &options).await?;
+    let client = Client::connect(&masters, &options).await?;
     match cli.command {
         Command::Submit(job) => {
             let kind = parse_kind(&job.kind).map_err(anyhow::Error::msg)?;
@@ -527,34 +513,61 @@ async fn map(
     Ok(0)
 }
 
+/// `drover health`: exits 0 when a master's health service says it is
+/// serving; of several, the first that does (named).
 async fn health(
-    url: &str,
+    urls: &[String],
     options: &drover_common::net::ClientOptions,
     timeout: Duration,
 ) -> anyhow::Result<i32> {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-    let check = async {
-        let channel = drover_common::net::connect_with(url, options)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let resp = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map_err(client::status_error)?;
-        anyhow::Ok(resp.into_inner().status())
-    };
-    match tokio::time::timeout(timeout, check).await {
-        Ok(Ok(ServingStatus::Serving)) => {
-            println!("serving");
-            Ok(0)
-        }
-        Ok(Ok(status)) => anyhow::bail!("the master at {url} is {}", status.as_str_name()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => anyhow::bail!("no answer from {url} within {timeout:?}"),
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut not_serving = Vec::new();
+    for url in urls {
+        let why = match tokio::time::timeout_at(deadline, check_health(url, options)).await {
+            Ok(Ok(ServingStatus::Serving)) if urls.len() == 1 => {
+                println!("serving");
+                return Ok(0);
+            }
+            Ok(Ok(ServingStatus::Serving)) => {
+                println!("serving: {url}");
+                return Ok(0);
+            }
+            Ok(Ok(status)) => anyhow::anyhow!("the master at {url} is {}", status.as_str_name()),
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("no answer from {url} within {timeout:?}"),
+        };
+        not_serving.push(why);
     }
+    match not_serving.as_slice() {
+        [one] => anyhow::bail!("{one:#}"),
+        all => anyhow::bail!(
+            "no master is serving: {}",
+            all.iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
+}
+
+/// The overall health status of the master at `url`.
+async fn check_health(
+    url: &str,
+    options: &drover_common::net::ClientOptions,
+) -> anyhow::Result<tonic_health::pb::health_check_response::ServingStatus> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = drover_common::net::connect_with(url, options)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let resp = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map_err(client::status_error)?;
+    Ok(resp.into_inner().status())
 }
 
 #[cfg(test)]

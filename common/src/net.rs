@@ -129,6 +129,48 @@ pub fn connect_lazy_with(url: &str, options: &ClientOptions) -> Result<AuthChann
     ))
 }
 
+/// Splits a `--master` value (or `DROVER_MASTER`) into the masters' URLs:
+/// comma-separated, each trimmed, in the order given. One URL is the usual
+/// case; several are the masters of one database, tried in turn. An empty
+/// element is refused, naming the flag.
+pub fn master_urls(value: &str) -> Result<Vec<String>, String> {
+    value
+        .split(',')
+        .map(|url| match url.trim() {
+            "" => Err(format!("--master: empty address in '{value}'")),
+            url => Ok(url.to_string()),
+        })
+        .collect()
+}
+
+/// The metadata key of the UNAVAILABLE a standby master answers every
+/// `Queue`, `Workers` and `Coord` call with; its value names the leader
+/// (empty while there is none). It tells a client that the call was not
+/// applied, so that even a call unsafe to send twice may go on to the next
+/// master: a bare UNAVAILABLE does not (a master shutting down answers it
+/// after applying a change).
+pub const STANDBY_METADATA: &str = "drover-standby";
+
+/// Whether a standby master answered the call ([`STANDBY_METADATA`]).
+pub fn from_standby(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.metadata().contains_key(STANDBY_METADATA)
+}
+
+/// Whether the call failed to open a connection, so no master saw it:
+/// tonic's own mark of a failed connect is a [`tonic::ConnectError`] in the
+/// status's source chain (a word like "connection" in a message is no
+/// proof: a connection reset in flight says it too).
+pub fn never_connected(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// The flags a client (the worker, the CLI) reaches the master with.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientArgs {
@@ -273,6 +315,21 @@ mod tests {
         };
         let e = endpoint_with("http://127.0.0.1:1", &with_ca).unwrap_err();
         assert!(e.contains("https://"), "{e}");
+    }
+
+    #[test]
+    fn masters_are_split_on_commas_and_trimmed() {
+        assert_eq!(master_urls("http://a:1").unwrap(), ["http://a:1"]);
+        assert_eq!(
+            master_urls(" http://a:1 , http://b:2,http://c:3").unwrap(),
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        for bad in ["a,,b", "a,", ",a", "", " "] {
+            assert_eq!(
+                master_urls(bad).unwrap_err(),
+                format!("--master: empty address in '{bad}'")
+            );
+        }
     }
 
     #[test]

@@ -489,7 +489,8 @@ pub struct Worker {
     /// The name it registers under (`--name`), which jobs show as their
     /// worker.
     name: String,
-    /// The master it works for.
+    /// The master it works for (of several, the one it registers with
+    /// first).
     master_url: String,
 }
 
@@ -503,7 +504,19 @@ impl Worker {
     ///
     /// When it exits, or the master does not list it within 30 s.
     pub fn start(master_url: &str, args: &[&str]) -> Worker {
-        let worker = Worker::spawn(master_url, args);
+        Worker::start_for(master_url, master_url, args)
+    }
+
+    /// Starts `drover-worker --master MASTERS ARGS...`, MASTERS being
+    /// several masters' URLs, comma-separated, and waits, as
+    /// [`Worker::start`] does, until the one at `master_url` lists it.
+    ///
+    /// # Panics
+    ///
+    /// When it exits, or that master does not list it within 30 s.
+    pub fn start_for(masters: &str, master_url: &str, args: &[&str]) -> Worker {
+        let mut worker = Worker::spawn(masters, args);
+        worker.master_url = master_url.to_string();
         let info = wait::wait_for(
             START_TIMEOUT,
             &format!("{} to register", worker.label()),

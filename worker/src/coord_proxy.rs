@@ -16,6 +16,10 @@
 //! it: the master releases its locks and semaphore permits at once, not a
 //! lease later. A job that dies with its worker is covered by the lease:
 //! nobody renews its session any more.
+//!
+//! **Calls follow the worker's session.** Given several masters, the proxy
+//! forwards to the one that last welcomed the worker's session, so its
+//! jobs' calls move to a new leader with the worker.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -32,6 +36,8 @@ use drover_common::pb::{self};
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::session::Masters;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request, Response, Status};
 
@@ -42,7 +48,7 @@ pub const JOB_SLOT_HEADER: &str = "drover-job-slot";
 #[derive(Clone)]
 pub struct JobSessions {
     inner: Arc<Mutex<HashMap<u64, Held>>>,
-    master: CoordClient<AuthChannel>,
+    master: Upstream,
     /// The closes under way, waited for (briefly) when the worker stops.
     closing: TaskTracker,
 }
@@ -91,7 +97,7 @@ impl JobSessions {
     }
 
     fn close(&self, session: u64, owner: &str) {
-        let mut master = self.master.clone();
+        let mut master = self.master.quick();
         let owner = owner.to_string();
         self.closing.spawn(async move {
             let req = pb::CloseSessionRequest { session };
@@ -154,19 +160,26 @@ pub struct Proxy {
     pub jobs: JobSessions,
 }
 
-/// Binds a loopback port and serves the proxy there until `stop`.
+/// Binds a loopback port and serves the proxy there until `stop`,
+/// forwarding to the master of `masters` that the worker's session is with.
 pub async fn start(
-    master_url: &str,
+    masters: Masters,
     options: &ClientOptions,
     worker_name: &str,
     stop: CancellationToken,
 ) -> anyhow::Result<Proxy> {
     let waits = WaitConnections {
         pool: Arc::default(),
-        master_url: master_url.to_string(),
+        masters: masters.clone(),
         options: options.clone(),
     };
-    let master = waits.connect()?;
+    let quick = (0..masters.urls().len())
+        .map(|i| waits.connect(i))
+        .collect::<anyhow::Result<_>>()?;
+    let master = Upstream {
+        masters: masters.clone(),
+        quick,
+    };
     let jobs = JobSessions {
         inner: Arc::default(),
         master: master.clone(),
@@ -187,7 +200,7 @@ pub async fn start(
         jobs: jobs.clone(),
         explain: Explain {
             worker: worker_name.into(),
-            master_url: master_url.into(),
+            masters,
         },
     })
     .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
@@ -216,9 +229,25 @@ pub async fn start(
     })
 }
 
+/// The master the proxy forwards to: the one the worker's session is with.
+#[derive(Clone)]
+struct Upstream {
+    masters: Masters,
+    /// A connection to each master for quick calls, many at once; each
+    /// opened by its first call.
+    quick: Arc<[CoordClient<AuthChannel>]>,
+}
+
+impl Upstream {
+    /// The connection for quick calls to the current master.
+    fn quick(&self) -> CoordClient<AuthChannel> {
+        self.quick[self.masters.current()].clone()
+    }
+}
+
 struct ProxyService {
-    /// The connection for quick calls, many at once.
-    master: CoordClient<AuthChannel>,
+    /// Where calls go.
+    master: Upstream,
     waits: WaitConnections,
     jobs: JobSessions,
     explain: Explain,
@@ -245,23 +274,27 @@ const MAX_WAIT_CONNECTIONS: usize = 64;
 #[derive(Clone)]
 struct WaitConnections {
     pool: Arc<Mutex<Vec<Pooled>>>,
-    master_url: String,
+    masters: Masters,
     options: ClientOptions,
 }
 
 struct Pooled {
     /// Which connection, for the [`Lent`] to find it again.
     id: u64,
+    /// The index of the master it goes to: only the current master's are
+    /// lent, and the others' are dropped once unused.
+    master: usize,
     client: CoordClient<AuthChannel>,
     /// The waiting calls on it now.
     calls: usize,
 }
 
 impl WaitConnections {
-    /// A new connection to the master, opened by its first call.
-    fn connect(&self) -> anyhow::Result<CoordClient<AuthChannel>> {
-        let channel =
-            net::connect_lazy_with(&self.master_url, &self.options).map_err(anyhow::Error::msg)?;
+    /// A new connection to the master `at` in the list, opened by its
+    /// first call.
+    fn connect(&self, at: usize) -> anyhow::Result<CoordClient<AuthChannel>> {
+        let channel = net::connect_lazy_with(&self.masters.urls()[at], &self.options)
+            .map_err(anyhow::Error::msg)?;
         Ok(CoordClient::new(channel)
             .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(net::MAX_MESSAGE_BYTES))
@@ -271,28 +304,36 @@ impl WaitConnections {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A connection for one waiting call, given back when the [`Lent`]
-    /// drops: an unused one, else a new one, else (at the cap) the least
-    /// used.
+    /// A connection to the current master for one waiting call, given
+    /// back when the [`Lent`] drops: an unused one, else a new one, else
+    /// (at the cap) the least used.
     fn lend(&self) -> Result<Lent, Status> {
+        let master = self.masters.current();
         let mut pool = self.pool();
-        let i = match pool.iter().position(|c| c.calls == 0) {
+        // Another master's, from before the session moved: unused, they go.
+        pool.retain(|c| c.master == master || c.calls > 0);
+        let mine: Vec<usize> = (0..pool.len())
+            .filter(|&i| pool[i].master == master)
+            .collect();
+        let i = match mine.iter().copied().find(|&i| pool[i].calls == 0) {
             Some(i) => i,
-            None if pool.len() < MAX_WAIT_CONNECTIONS => {
+            None if pool.len() < MAX_WAIT_CONNECTIONS || mine.is_empty() => {
                 let client = self
-                    .connect()
+                    .connect(master)
                     .map_err(|e| Status::internal(format!("the Coord proxy's connection: {e}")))?;
                 let id = pool.iter().map(|c| c.id + 1).max().unwrap_or(0);
                 pool.push(Pooled {
                     id,
+                    master,
                     client,
                     calls: 0,
                 });
                 pool.len() - 1
             }
-            None => (0..pool.len())
+            None => mine
+                .into_iter()
                 .min_by_key(|&i| pool[i].calls)
-                .expect("a full pool has connections"),
+                .expect("the current master has connections"),
         };
         let pooled = &mut pool[i];
         pooled.calls += 1;
@@ -317,7 +358,8 @@ impl Drop for Lent {
         if let Some(i) = pool.iter().position(|c| c.id == self.id) {
             pool[i].calls -= 1;
             let unused = pool.iter().filter(|c| c.calls == 0).count();
-            if pool[i].calls == 0 && unused > IDLE_WAIT_CONNECTIONS {
+            let stale = pool[i].master != self.home.masters.current();
+            if pool[i].calls == 0 && (stale || unused > IDLE_WAIT_CONNECTIONS) {
                 pool.swap_remove(i);
             }
         }
@@ -379,21 +421,6 @@ fn is_local(status: &Status) -> bool {
     status.source().is_some()
 }
 
-/// Whether the call failed to open a connection, so the master never saw
-/// it: tonic's own mark of a failed connect is a [`tonic::ConnectError`]
-/// in the status's source chain (a word like "connection" in a message is
-/// no proof: a connection reset in flight says it too).
-fn never_connected(status: &Status) -> bool {
-    let mut source = status.source();
-    while let Some(e) = source {
-        if e.downcast_ref::<tonic::ConnectError>().is_some() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
 /// The text of `status` and the errors under it.
 fn chain(status: &Status) -> String {
     let mut text = status.message().to_string();
@@ -411,7 +438,8 @@ fn chain(status: &Status) -> String {
 #[derive(Clone)]
 struct Explain {
     worker: Arc<str>,
-    master_url: Arc<str>,
+    /// The master the calls go to is named as the current one.
+    masters: Masters,
 }
 
 impl Explain {
@@ -419,10 +447,10 @@ impl Explain {
     /// never sent (it can be sent again as it is) or cut off in flight; and
     /// what to do when the master refuses the worker's credentials.
     fn status(&self, status: Status) -> Status {
-        let (worker, url) = (&self.worker, &self.master_url);
+        let (worker, url) = (&self.worker, self.masters.current_url());
         if is_local(&status) {
             let text = chain(&status);
-            if refused(&status) || never_connected(&status) {
+            if refused(&status) || net::never_connected(&status) {
                 return Status::unavailable(format!(
                     "worker {worker} failed to connect to the master at {url}: {text}"
                 ));
@@ -491,7 +519,7 @@ macro_rules! forward_all {
                 async fn $quick(&self, request: Request<$qreq>) -> Result<Response<$qresp>, Status> {
                     let req = request.into_inner();
                     self.relay(|| {
-                        let (mut client, req) = (self.master.clone(), req.clone());
+                        let (mut client, req) = (self.master.quick(), req.clone());
                         async move { client.$quick(req).await }
                     })
                     .await
@@ -612,7 +640,7 @@ impl ProxyService {
             });
             return self
                 .relay(|| {
-                    let (mut client, req) = (self.master.clone(), req.clone());
+                    let (mut client, req) = (self.master.quick(), req.clone());
                     async move { client.open_session(req).await }
                 })
                 .await;
@@ -623,7 +651,7 @@ impl ProxyService {
         ));
         let resp = self
             .relay(|| {
-                let (mut client, req) = (self.master.clone(), req.clone());
+                let (mut client, req) = (self.master.quick(), req.clone());
                 async move { client.open_session(req).await }
             })
             .await?;
@@ -646,6 +674,17 @@ mod tests {
     use super::*;
     use drover_common::auth::AttachToken;
 
+    fn masters(url: &str) -> Masters {
+        Masters::new(vec![url.to_string()])
+    }
+
+    /// A proxy of worker "w1" in front of the one master at `url`.
+    async fn proxy_for(url: &str, stop: &CancellationToken) -> Proxy {
+        start(masters(url), &ClientOptions::default(), "w1", stop.clone())
+            .await
+            .unwrap()
+    }
+
     /// A port with nothing listening on it.
     async fn closed_port() -> u16 {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -666,9 +705,7 @@ mod tests {
     /// such a call again as it is).
     async fn assert_an_add_is_unsent(master: &str) {
         let stop = CancellationToken::new();
-        let proxy = start(master, &ClientOptions::default(), "w1", stop.clone())
-            .await
-            .unwrap();
+        let proxy = proxy_for(master, &stop).await;
         let mut c = proxy_client(&proxy, &proxy.token.clone()).await;
         let err = c
             .counter_add(pb::CounterAddRequest {
@@ -736,9 +773,7 @@ mod tests {
     async fn a_stream_the_master_refused_unprocessed_is_sent_again() {
         let (master, seen) = refusing_master(3).await;
         let stop = CancellationToken::new();
-        let proxy = start(&master, &ClientOptions::default(), "w1", stop.clone())
-            .await
-            .unwrap();
+        let proxy = proxy_for(&master, &stop).await;
         let mut c = proxy_client(&proxy, &proxy.token.clone()).await;
         // A waiting call and a quick one: both are made again until the
         // master takes them.
@@ -765,9 +800,7 @@ mod tests {
     async fn the_proxy_needs_its_secret() {
         let master = format!("http://127.0.0.1:{}", closed_port().await);
         let stop = CancellationToken::new();
-        let proxy = start(&master, &ClientOptions::default(), "w1", stop.clone())
-            .await
-            .unwrap();
+        let proxy = proxy_for(&master, &stop).await;
         let mut c = proxy_client(&proxy, "not-the-secret").await;
         let err = c
             .counter_get(pb::CounterGetRequest { name: "n".into() })
@@ -786,7 +819,7 @@ mod tests {
     async fn waits_get_a_connection_each_up_to_the_cap_then_share_the_least_used() {
         let waits = WaitConnections {
             pool: Arc::default(),
-            master_url: format!("http://127.0.0.1:{}", closed_port().await),
+            masters: masters(&format!("http://127.0.0.1:{}", closed_port().await)),
             options: ClientOptions::default(),
         };
         let lent: Vec<Lent> = (0..MAX_WAIT_CONNECTIONS + 2)
@@ -805,6 +838,38 @@ mod tests {
         drop(lent);
         assert_eq!(waits.pool().len(), IDLE_WAIT_CONNECTIONS);
         assert!(waits.pool().iter().all(|c| c.calls == 0));
+    }
+
+    #[tokio::test]
+    async fn waits_go_to_the_master_the_session_moved_to() {
+        let (a, b) = (closed_port().await, closed_port().await);
+        let masters = Masters::new(vec![
+            format!("http://127.0.0.1:{a}"),
+            format!("http://127.0.0.1:{b}"),
+        ]);
+        let waits = WaitConnections {
+            pool: Arc::default(),
+            masters: masters.clone(),
+            options: ClientOptions::default(),
+        };
+        let (held, idle) = (waits.lend().unwrap(), waits.lend().unwrap());
+        drop(idle);
+        masters.welcomed_by(1);
+        // The old master's idle connection is not lent: it goes.
+        let moved = waits.lend().unwrap();
+        assert_eq!(
+            waits.pool().iter().map(|c| c.master).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert_ne!(moved.id, held.id);
+        // The one still waiting on the old master goes when its call ends.
+        drop(held);
+        assert_eq!(
+            waits.pool().iter().map(|c| c.master).collect::<Vec<_>>(),
+            [1]
+        );
+        drop(moved);
+        assert_eq!(waits.pool().len(), 1);
     }
 
     #[test]

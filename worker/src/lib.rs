@@ -100,7 +100,10 @@ pub const MAX_RESULT_BYTES_LIMIT: usize = drover_common::net::MAX_MESSAGE_BYTES 
 /// The worker's flags; every one has a DROVER_* environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// The master's URL.
+    /// The master's URL; or, comma-separated, the URLs of several masters
+    /// of one database (a leader and its standbys): the worker works for
+    /// whichever accepts its session, and when that session ends it tries
+    /// the next one at once, backing off after each full round.
     #[arg(long, env = "DROVER_MASTER", default_value = drover_common::DEFAULT_MASTER_URL)]
     pub master: String,
     /// Child processes for CPU jobs; default: the cores available.
@@ -188,14 +191,17 @@ impl WorkerArgs {
             .clone()
             .unwrap_or_else(|| format!("{host}-{}", std::process::id()));
         let client = self.client.options().map_err(anyhow::Error::msg)?;
+        let masters = drover_common::net::master_urls(&self.master).map_err(anyhow::Error::msg)?;
         // A URL that cannot work with these TLS flags is refused now, not
         // retried forever.
-        drover_common::net::endpoint_with(&self.master, &client).map_err(anyhow::Error::msg)?;
+        for url in &masters {
+            drover_common::net::endpoint_with(url, &client).map_err(anyhow::Error::msg)?;
+        }
         Ok(Config {
             client,
             metrics: MetricsListen::from_flag(self.metrics_listen.as_deref(), DEFAULT_METRICS_ADDR),
             coord: None,
-            master: self.master.clone(),
+            masters,
             processes,
             io_slots: self.io_slots,
             name,
@@ -261,8 +267,8 @@ pub struct PythonConfig {
 /// The worker's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The master's URL.
-    pub master: String,
+    /// The masters' URLs, in the order they are tried (at least one).
+    pub masters: Vec<String>,
     /// Child processes for CPU jobs.
     pub processes: usize,
     /// Concurrent IO jobs.
@@ -344,8 +350,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let (session_tx, session_rx) = tokio::sync::mpsc::unbounded_channel();
     let stop_session = CancellationToken::new();
     let closing = CancellationToken::new();
+    let masters = session::Masters::new(config.masters.clone());
     let dial = session::Dial {
-        url: config.master.clone(),
+        masters: masters.clone(),
         options: config.client.clone(),
     };
     let session = tokio::spawn(session::maintain(
@@ -357,7 +364,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics,
     ));
     tracing::info!(
-        name = %config.name, master = %config.master, processes = config.processes,
+        name = %config.name, masters = %config.masters.join(","), processes = config.processes,
         io_slots = config.io_slots,
         python_processes = config.python.as_ref().map_or(0, |p| p.processes),
         python_modules = ?config.python.as_ref().map(|p| &p.modules),
@@ -368,13 +375,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut config = config;
     let mut coord_env = None;
     if config.python.is_some() {
-        let proxy = coord_proxy::start(
-            &config.master,
-            &config.client,
-            &config.name,
-            stop_proxy.clone(),
-        )
-        .await?;
+        let proxy =
+            coord_proxy::start(masters, &config.client, &config.name, stop_proxy.clone()).await?;
         config.coord = Some(proxy.jobs.clone());
         coord_env = Some((proxy.url, proxy.token, proxy.jobs));
     }

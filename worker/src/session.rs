@@ -1,11 +1,19 @@
 //! The worker's session with the master: one `Workers.Connect` stream at a
 //! time, opened again with backoff whenever it ends.
 //!
+//! Given several masters (`--master a,b,c`: the masters of one database,
+//! one of them the leader), a session that ends or cannot open (refused,
+//! a standby's UNAVAILABLE, a master gone) is opened on the next master at
+//! once, wrapping around; the backoff is waited after each full round.
+//! The engine sends its unacknowledged results on whichever session opens,
+//! as on any new session.
+//!
 //! The session task only moves messages: what it receives goes to the
 //! engine as [`SessionEvent`]s, and the engine sends through the
 //! [`Outbox`] it is handed on each connect.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use drover_common::net::{self, ClientOptions};
@@ -42,12 +50,60 @@ pub enum SessionEvent {
     },
 }
 
-/// How to reach the master.
+/// The masters a worker may work for, in the order given, and the one its
+/// session is with; shared by the session and the jobs' Coord proxy, which
+/// follows it.
+#[derive(Debug, Clone)]
+pub struct Masters {
+    /// Their URLs (`https://` for TLS); never empty.
+    urls: Arc<[String]>,
+    /// The index in `urls` of the master that last welcomed a session (the
+    /// first one until then).
+    current: Arc<AtomicUsize>,
+}
+
+impl Masters {
+    /// The masters at `urls`, in that order.
+    ///
+    /// # Panics
+    ///
+    /// When `urls` is empty: the flag's parser refuses that.
+    pub fn new(urls: Vec<String>) -> Masters {
+        assert!(!urls.is_empty(), "a worker needs a master");
+        Masters {
+            urls: urls.into(),
+            current: Arc::default(),
+        }
+    }
+
+    /// Their URLs, in the order given.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The index of the master that last welcomed a session.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// The URL of the master that last welcomed a session.
+    pub fn current_url(&self) -> &str {
+        &self.urls[self.current()]
+    }
+
+    /// Notes that the master `i` in the list welcomed a session.
+    pub(crate) fn welcomed_by(&self, i: usize) {
+        self.current.store(i, Ordering::Relaxed);
+    }
+}
+
+/// How to reach the masters.
 #[derive(Debug, Clone)]
 pub struct Dial {
-    /// The master's URL (`https://` for TLS).
-    pub url: String,
-    /// The CA, client certificate and token to connect with.
+    /// Who they are, and which one the session is with.
+    pub masters: Masters,
+    /// The CA, client certificate and token to connect with (to every
+    /// master alike).
     pub options: ClientOptions,
 }
 
@@ -63,15 +119,22 @@ pub async fn maintain(
     closing: CancellationToken,
     metrics: Arc<WorkerMetrics>,
 ) {
-    let url = dial.url.clone();
+    let masters = dial.masters.urls().len();
     let mut backoff = Duration::from_millis(100);
+    // The master tried next: the one the session was last with (the first
+    // at start), then on around the list.
+    let mut next = dial.masters.current();
+    // The masters tried since the last backoff.
+    let mut tried = 0;
     loop {
         if stop.is_cancelled() {
             return;
         }
+        let at = next;
+        let url = dial.masters.urls()[at].as_str();
         let connected_at = tokio::time::Instant::now();
         let reason = tokio::select! {
-            r = one_session(&dial, &hello, &events, &metrics) => r,
+            r = one_session(&dial, at, &hello, &events, &metrics) => r,
             _ = stop.cancelled() => return,
         };
         metrics.connected(false);
@@ -82,11 +145,19 @@ pub async fn maintain(
         }
         tracing::warn!(master = %url, %reason, "session with the master ended");
         let _ = events.send(SessionEvent::Disconnected { reason });
-        // A session that lived a while resets the backoff: the master was
-        // there, so it is worth trying again soon.
+        // A session that lived a while resets the backoff and starts a new
+        // round: the master was there, so it is worth trying again soon.
         if connected_at.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(100);
+            tried = 0;
         }
+        next = (at + 1) % masters;
+        tried += 1;
+        if tried < masters {
+            // Another master may lead now: it is tried at once.
+            continue;
+        }
+        tried = 0;
         let jitter =
             Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
         tokio::select! {
@@ -110,13 +181,16 @@ fn refused(status: &tonic::Status) -> String {
     }
 }
 
+/// Opens a session with the master `at` in the list and runs it until it
+/// ends; returns why it ended.
 async fn one_session(
     dial: &Dial,
+    at: usize,
     hello: &pb::Hello,
     events: &mpsc::UnboundedSender<SessionEvent>,
     metrics: &Arc<WorkerMetrics>,
 ) -> String {
-    let url = dial.url.as_str();
+    let url = dial.masters.urls()[at].as_str();
     let channel = match net::connect_with(url, &dial.options).await {
         Ok(c) => c,
         Err(e) => return e,
@@ -145,6 +219,7 @@ async fn one_session(
         Err(status) => return refused(&status),
     };
     metrics.connected(true);
+    dial.masters.welcomed_by(at);
     tracing::info!(master = %url, worker_id = %welcome.worker_id, "connected to the master");
     // The engine holds the only sender from here on: when it drops it (at
     // the end of a drain) our half of the stream closes cleanly.

@@ -198,7 +198,7 @@ fn fib_output(value: &str) -> child_result::Outcome {
 
 fn config(processes: usize, prefetch: u64, grace: Duration) -> Config {
     Config {
-        master: "http://127.0.0.1:1".into(),
+        masters: vec!["http://127.0.0.1:1".into()],
         processes,
         io_slots: 5,
         name: "w1".into(),
