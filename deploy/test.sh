@@ -3,6 +3,8 @@
 #
 #   deploy/test.sh
 #
+# 0. checks deploy/docker-compose.ha.yml with `compose config` (two masters
+#    on PostgreSQL; no PostgreSQL image can be pulled here, so it is not run);
 # 1. builds the image (deploy/build-image.sh) and starts a master and 3
 #    workers from deploy/docker-compose.yml; waits for health;
 # 2. maps 300 fib/prime/sleep jobs through the cli service: all results,
@@ -224,6 +226,23 @@ map_ok() {
 repeat() { local n=$1 v=$2; for ((i = 0; i < n; i++)); do printf '%s ' "$v"; done; }
 
 echo "drover e2e: compose projects $p1 and $p2, image $image, ${compose[*]}"
+
+# ---------------------------------------------------------------- step 0
+# The high-availability variant needs a PostgreSQL image, which cannot be
+# pulled here: its file is checked, not run (the HA tests run PostgreSQL
+# from Debian's packages on the host: tests/tests/ha.rs).
+step "0: docker-compose.ha.yml"
+if ha_config="$("${compose[@]}" -f "$here/docker-compose.ha.yml" config 2>&1)"; then
+  masters_named="$(grep -c 'DROVER_MASTER: http://master-a:50051,http://master-b:50051' <<<"$ha_config")"
+  stores="$(grep -c 'DROVER_STORE: postgres://' <<<"$ha_config")"
+  if [[ "$masters_named" == 2 && "$stores" == 2 ]]; then
+    pass "step 0: docker-compose.ha.yml is valid: two masters on PostgreSQL, worker and cli name both"
+  else
+    fail "step 0: docker-compose.ha.yml: $stores masters on postgres://, $masters_named services naming both masters"
+  fi
+else
+  fail "step 0: docker-compose.ha.yml does not parse: $ha_config"
+fi
 
 # ---------------------------------------------------------------- step 1
 step "1: build the image, start a master and 3 workers"

@@ -561,13 +561,30 @@ async fn check_health(
     let channel = drover_common::net::connect_with(url, options)
         .await
         .map_err(anyhow::Error::msg)?;
-    let resp = HealthClient::new(channel)
+    let resp = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
         .map_err(client::status_error)?;
-    Ok(resp.into_inner().status())
+    let status = resp.into_inner().status();
+    if status != tonic_health::pb::health_check_response::ServingStatus::Serving {
+        // A standby names the leader it stands by for in its answer to any
+        // call (before any token is checked).
+        let mut queue = drover_common::pb::queue_client::QueueClient::new(channel);
+        if let Err(s) = queue
+            .stats(drover_common::pb::StatsRequest::default())
+            .await
+            && drover_common::net::from_standby(&s)
+        {
+            anyhow::bail!(
+                "the master at {url} is {}: {}",
+                status.as_str_name(),
+                s.message()
+            );
+        }
+    }
+    Ok(status)
 }
 
 #[cfg(test)]

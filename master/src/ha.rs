@@ -216,16 +216,32 @@ fn hostname_or_unknown() -> String {
 
 /// What a standby answers: who leads, kept current by the polling loop.
 #[derive(Debug, Clone, Default)]
-pub struct StandbyView(Arc<Mutex<String>>);
+pub struct StandbyView(Arc<Mutex<(String, String)>>);
 
 impl StandbyView {
     fn set(&self, leader: &Leader) {
-        *self.0.lock() = format!("this master is a standby: {leader}");
+        let address = if leader.live {
+            leader.address.clone()
+        } else {
+            String::new()
+        };
+        *self.0.lock() = (format!("this master is a standby: {leader}"), address);
     }
 
-    /// The message of a standby's UNAVAILABLE answers.
-    pub fn message(&self) -> String {
-        self.0.lock().clone()
+    /// A standby's answer to every call but health: UNAVAILABLE, its
+    /// message naming the leader, marked (`drover-standby`: the leader's
+    /// address, empty while none is live) so that clients know the call was
+    /// not applied and may send it to the next master.
+    pub fn status(&self) -> tonic::Status {
+        let (message, address) = self.0.lock().clone();
+        let mut status = tonic::Status::unavailable(message);
+        let value = address
+            .parse()
+            .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""));
+        status
+            .metadata_mut()
+            .insert(drover_common::net::STANDBY_METADATA, value);
+        status
     }
 }
 
@@ -314,8 +330,8 @@ async fn serve_standby(
         .prepare()
         .into_axum_router()
         .fallback(move || {
-            let message = view.message();
-            async move { tonic::Status::unavailable(message).into_http::<axum::body::Body>() }
+            let status = view.status();
+            async move { status.into_http::<axum::body::Body>() }
         });
     let server =
         match drover_common::net::server_with(config.tls.as_ref(), config.max_concurrent_streams) {

@@ -1,0 +1,193 @@
+//! High availability on PostgreSQL: several `drover-master`s on one
+//! database (a real PostgreSQL server the test starts), one the leader and
+//! the others standbys. A standby answers UNAVAILABLE naming the leader and
+//! reports NOT_SERVING; when the leader dies (kill -9), is paused past its
+//! lease (SIGSTOP), or loses its database sessions, a standby takes over,
+//! recovers from the database and goes on, with nothing acknowledged lost
+//! and nothing run twice; the old leader never writes again.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use drover_common::pb::{self, JobKind};
+use drover_tests::grpc::{block_on, job};
+use drover_tests::pg::Postgres;
+use drover_tests::{Master, Submitted, Worker, wait_until};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Flags that make failovers quick: a 1 s lease renewed every 200 ms.
+/// Metrics and dashboard on ports of their own: two masters share a host.
+const QUICK: [&str; 8] = [
+    "--leader-lease",
+    "1s",
+    "--leader-renew",
+    "200ms",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--dashboard-listen",
+    "127.0.0.1:0",
+];
+
+/// Starts a leader and a standby on `pg`.
+fn pair(pg: &Postgres) -> (Master, Master) {
+    let (leader, leading) = Master::start_ha(&pg.url(), &QUICK);
+    assert!(leading, "the first master on an empty database is elected");
+    let (standby, leading) = Master::start_ha(&pg.url(), &QUICK);
+    assert!(!leading, "a second master stands by while the first leads");
+    (leader, standby)
+}
+
+/// The number of rows, in every table a master writes, written at `epoch`.
+fn rows_of_epoch(pg: &Postgres, epoch: u64) -> u64 {
+    let tables = [
+        "drover_jobs",
+        "drover_batches",
+        "drover_keys",
+        "drover_requests",
+        "drover_assignments",
+        "drover_coord",
+    ];
+    let sql = tables
+        .iter()
+        .map(|t| format!("(SELECT count(*) FROM {t} WHERE epoch = {epoch})"))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    pg.psql(&format!("SELECT {sql}")).parse().unwrap()
+}
+
+/// Checks a finished map of sleeps: every job once, in order, right.
+fn check_sleeps(master: &Master, submitted: &Submitted) {
+    let got = master
+        .cli(&["get", &submitted.batch_id, "--wait", "--timeout", "120s"])
+        .success()
+        .jobs();
+    assert_eq!(got.len(), submitted.job_ids.len());
+    let ids: HashSet<&str> = got.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids.len(), got.len(), "a job appears twice");
+    for (job, id) in got.iter().zip(&submitted.job_ids) {
+        assert_eq!(&job.job_id, id, "the results are not in submission order");
+        assert_eq!(job.state, "succeeded", "{job:?}");
+        let ms: u64 = job.arg.parse().unwrap();
+        assert_eq!(job.result.as_u64(), Some(ms), "{job:?}");
+    }
+    assert_eq!(
+        master.stats().succeeded,
+        submitted.job_ids.len() as u64,
+        "a result was recorded twice or lost"
+    );
+}
+
+#[test]
+fn a_standby_names_the_leader_then_takes_over_after_kill_9_losing_nothing() {
+    let pg = Postgres::start();
+    let (leader, standby) = pair(&pg);
+
+    // The standby refuses work, naming the leader, and is not healthy.
+    let refused = standby.cli(&["status"]);
+    assert!(!refused.status.success(), "a standby served status");
+    let said = refused.stderr.clone();
+    assert!(
+        said.contains("standby") && said.contains(&leader.addr().to_string()),
+        "the standby's refusal does not name the leader {}: {said}",
+        leader.addr()
+    );
+    let health = standby.cli(&["health", "--timeout", "5s"]);
+    assert!(!health.status.success(), "a standby says it is healthy");
+    assert!(
+        health.stderr.contains("NOT_SERVING") && health.stderr.contains(&leader.addr().to_string()),
+        "`drover health` of a standby does not name its leader: {}",
+        health.stderr
+    );
+    leader.cli(&["health", "--timeout", "5s"]).success();
+
+    let masters = format!("{},{}", leader.url(), standby.url());
+    let worker = Worker::start_for(
+        &masters,
+        &leader.url(),
+        &["--processes", "1", "--io-slots", "40"],
+    );
+    // 4,000 sleeps of 5 to 24 ms: about 2 s of work on 40 slots.
+    let mut args = vec!["submit", "sleep"];
+    args.extend(std::iter::repeat_n("5..=24", 200));
+    let submitted: Submitted = leader.cli(&args).success().one();
+    assert_eq!(submitted.job_ids.len(), 4_000);
+    wait_until(MINUTE, "a quarter of the jobs to finish", || {
+        leader.stats().succeeded >= 1_000
+    });
+    let before = leader.stats().succeeded;
+    assert!(before < 4_000, "the map finished before the leader died");
+    leader.kill9();
+
+    standby.wait_leading(MINUTE);
+    assert_eq!(pg.psql("SELECT epoch FROM drover_lease"), "2");
+    // The worker moves to the new leader by itself and finishes the map.
+    wait_until(MINUTE, "the worker to reach the new leader", || {
+        standby.stats().workers.len() == 1
+    });
+    assert!(standby.stats().succeeded >= before);
+    check_sleeps(&standby, &submitted);
+    drop(worker);
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_never_writes_again_and_steps_down() {
+    let pg = Postgres::start();
+    let (leader, standby) = pair(&pg);
+    let masters = format!("{},{}", leader.url(), standby.url());
+    let worker = Worker::start_for(
+        &masters,
+        &leader.url(),
+        &["--processes", "1", "--io-slots", "20"],
+    );
+    let mut args = vec!["submit", "sleep"];
+    args.extend(std::iter::repeat_n("20..=40", 100));
+    let submitted: Submitted = leader.cli(&args).success().one();
+    wait_until(MINUTE, "some jobs to finish", || {
+        leader.stats().succeeded >= 100
+    });
+
+    leader.sigstop();
+    // A submit to the paused leader waits in its socket (a direct call,
+    // not the CLI, which would go on trying for minutes once it exits).
+    let late = {
+        let mut queue = drover_tests::grpc::queue_client(&leader.url());
+        std::thread::spawn(move || {
+            let jobs = (1..=3).map(|n| job(JobKind::Fib, n)).collect();
+            block_on(queue.submit(pb::SubmitRequest {
+                jobs,
+                ..Default::default()
+            }))
+        })
+    };
+    standby.wait_leading(MINUTE);
+    let written_before = rows_of_epoch(&pg, 1);
+    assert!(written_before > 0, "the first leader wrote nothing");
+
+    // It will exit once awake: that is the point, not a crash.
+    leader.expect_exit();
+    leader.sigcont();
+    let status = leader.wait_exit(MINUTE);
+    assert!(
+        !status.success(),
+        "the old leader exited with {status} after losing its lease"
+    );
+    let log = leader.log();
+    assert!(
+        log.contains("stepped down") || log.contains("took over"),
+        "the old leader does not say it stepped down:\n{}",
+        leader.log_tail(20)
+    );
+    let late = late.join().unwrap();
+    assert!(
+        late.is_err(),
+        "the paused leader acknowledged a submit after it lost its lease: {late:?}"
+    );
+    // Rows of epoch 1 are overwritten by epoch 2, never added.
+    assert!(
+        rows_of_epoch(&pg, 1) <= written_before,
+        "the old leader wrote after the takeover"
+    );
+    check_sleeps(&standby, &submitted);
+    drop(worker);
+}
