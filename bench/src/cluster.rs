@@ -159,7 +159,7 @@ fn build_daemons() -> Result<()> {
 
 /// The master's store, which the bench always names on its command line
 /// rather than leaving it to the master's default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StoreKind {
     /// `--store memory`: nothing on disk. The core figures are defined on
     /// it; the user's `--master-arg` comes after it and may replace it.
@@ -169,6 +169,10 @@ pub(crate) enum StoreKind {
     /// the user's `--master-arg`, whose own `--store` and `--data-dir` are
     /// dropped: the durable workloads are defined by them.
     Redb,
+    /// `--store <URL>`: a PostgreSQL database (a fresh one for each
+    /// cluster, on the server the bench started), after the user's
+    /// `--master-arg` without its `--store` and `--data-dir`, as for redb.
+    Postgres(String),
 }
 
 /// What to start: the daemons' shapes and any extra flags.
@@ -258,7 +262,7 @@ impl Cluster {
     /// user's, in the order [`StoreKind`] describes.
     pub(crate) fn master_args(&self) -> Vec<String> {
         master_flags(
-            self.config.store,
+            &self.config.store,
             &self.config.master_args,
             &self.data_dir(),
         )
@@ -424,7 +428,7 @@ impl Drop for Cluster {
 
 /// The master's flags for `store`, around the user's `user` flags, as
 /// [`StoreKind`] describes.
-fn master_flags(store: StoreKind, user: &[String], data_dir: &Path) -> Vec<String> {
+fn master_flags(store: &StoreKind, user: &[String], data_dir: &Path) -> Vec<String> {
     let owned = |flags: &[&str]| flags.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     match store {
         // A user's own --store stands alone, whether or not the master lets
@@ -435,6 +439,11 @@ fn master_flags(store: StoreKind, user: &[String], data_dir: &Path) -> Vec<Strin
             without_flags(user, &["--store", "--data-dir"]),
             owned(&["--store", "redb", "--data-dir"]),
             vec![data_dir.display().to_string()],
+        ]
+        .concat(),
+        StoreKind::Postgres(url) => [
+            without_flags(user, &["--store", "--data-dir"]),
+            owned(&["--store", url]),
         ]
         .concat(),
     }
@@ -551,20 +560,28 @@ mod tests {
         let user = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let dir = Path::new("/d");
         assert_eq!(
-            master_flags(StoreKind::Memory, &user(&["--lease=5s"]), dir),
+            master_flags(&StoreKind::Memory, &user(&["--lease=5s"]), dir),
             ["--store", "memory", "--lease=5s"]
         );
         assert_eq!(
-            master_flags(StoreKind::Memory, &user(&["--store=redb"]), dir),
+            master_flags(&StoreKind::Memory, &user(&["--store=redb"]), dir),
             ["--store=redb"]
         );
         assert_eq!(
             master_flags(
-                StoreKind::Redb,
+                &StoreKind::Redb,
                 &user(&["--store", "memory", "--data-dir=/x", "--lease=5s"]),
                 dir
             ),
             ["--lease=5s", "--store", "redb", "--data-dir", "/d"]
+        );
+        assert_eq!(
+            master_flags(
+                &StoreKind::Postgres("postgres://u@h:1/d".into()),
+                &user(&["--store=memory", "--data-dir", "/x", "--lease=5s"]),
+                dir
+            ),
+            ["--lease=5s", "--store", "postgres://u@h:1/d"]
         );
     }
 

@@ -18,6 +18,8 @@
 //! - [`durable`], [`recovery`]: the durable store: how fast it takes jobs
 //!   in, and a master with a million queued jobs, its memory and its restart
 //!   after a crash. (The tiny workload also runs on a durable master.)
+//! - [`pg`]: the PostgreSQL server the `pg` workload runs the durable
+//!   submit and the tiny workload against.
 //! - [`workers`]: a thousand simulated workers, each on its own stream,
 //!   against the same jobs on two.
 //! - [`fib`]: the fib kind's speed, in-process.
@@ -35,6 +37,7 @@ mod durable;
 mod fib;
 mod finished;
 mod jobs;
+mod pg;
 mod recovery;
 mod report;
 mod stats;
@@ -47,6 +50,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use drover_common::pb::queue_client::QueueClient;
+use tonic::transport::Channel;
 
 use cluster::{Binaries, Cluster, ClusterConfig, StoreKind};
 use report::Report;
@@ -68,7 +73,9 @@ struct Args {
     /// Sequential single-job round trips per run of the apply workload.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
     round_trips: u32,
-    /// Workloads to run, comma-separated.
+    /// Workloads to run, comma-separated. The default leaves out the long
+    /// ones (queued, finished, bigget, limits, workers) and pg, which starts
+    /// a PostgreSQL server of its own (Debian's postgresql packages).
     #[arg(
         long,
         value_delimiter = ',',
@@ -176,6 +183,11 @@ enum Workload {
     /// workers_1000_jobs_per_s, workers_2_jobs_per_s, workers_1000_vs_2
     /// and the master's CPU and memory with the thousand.
     Workers,
+    /// pg_submit_jobs_per_s and pg_tiny_jobs_per_s: the durable submit and
+    /// the tiny workload on masters with `--store postgres://...`, on a
+    /// PostgreSQL server the bench starts; with durable, pg_vs_redb_tiny.
+    /// Not in the default --only.
+    Pg,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -252,6 +264,7 @@ fn run(args: &Args) -> Report {
         Workload::Dashboard,
         Workload::Limits,
         Workload::Workers,
+        Workload::Pg,
     ];
     if clusters.into_iter().any(selected) {
         // A current-thread client: one job's round trip has no thread
@@ -277,6 +290,7 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
         Workload::Recovery,
         Workload::Queued,
         Workload::Coord,
+        Workload::Pg,
     ]
     .into_iter()
     .any(selected)
@@ -287,16 +301,46 @@ async fn run_cluster_workloads(args: &Args, report: &mut Report) {
         ));
     }
     let mut outcomes = Vec::new();
-    if selected(Workload::Tiny) || selected(Workload::Apply) || selected(Workload::Durable) {
-        outcomes.push(run_queue_workloads(args, &bins, report).await);
+    // One server for the pg workload's masters, each on a database of its
+    // own; stopped once they are done.
+    let mut postgres = None;
+    if selected(Workload::Pg) {
+        match pg::Server::start().and_then(|pg| {
+            report.notes.push(format!("pg: {}", pg.describe()?));
+            Ok(pg)
+        }) {
+            Ok(pg) => postgres = Some(pg),
+            Err(e) => outcomes.push(Err(e.context("pg"))),
+        }
+    }
+    if selected(Workload::Tiny)
+        || selected(Workload::Apply)
+        || selected(Workload::Durable)
+        || postgres.is_some()
+    {
+        outcomes.push(run_queue_workloads(args, &bins, report, postgres.as_mut()).await);
     }
     if selected(Workload::Durable) {
-        outcomes.push(
-            run_durable_submit(args, &bins, report)
-                .await
-                .context("durable submit"),
-        );
+        let samples = run_durable_submit(args, &bins, report, "durable submit", || {
+            Ok(StoreKind::Redb)
+        })
+        .await
+        .context("durable submit");
+        outcomes.push(samples.map(|samples| {
+            report.durable_submit_jobs_per_s = stats::median(&samples);
+            report.samples.insert("durable_submit_jobs_per_s", samples);
+        }));
     }
+    if let Some(pg) = postgres.as_mut() {
+        let samples = run_durable_submit(args, &bins, report, "pg submit", || pg.fresh_store())
+            .await
+            .context("pg submit");
+        outcomes.push(samples.map(|samples| {
+            report.pg_submit_jobs_per_s = stats::median(&samples);
+            report.samples.insert("pg_submit_jobs_per_s", samples);
+        }));
+    }
+    drop(postgres);
     if selected(Workload::Recovery) {
         outcomes.push(run_recovery(args, &bins, report).await.context("recovery"));
     }
@@ -755,17 +799,24 @@ fn describe(cluster: &Cluster, args: &Args, workers: usize) -> String {
 }
 
 /// The tiny and apply workloads on a master with the memory store, and the
-/// tiny one again (durable_tiny_jobs_per_s) on a master with the redb store.
+/// tiny one again on masters with a durable store: redb
+/// (durable_tiny_jobs_per_s) and PostgreSQL on `postgres`
+/// (pg_tiny_jobs_per_s).
 ///
-/// When both stores are measured their clusters are up together and the
-/// tiny runs alternate, memory then durable: their ratio is the figure, and
-/// the load of whatever else runs on the machine drifts less between two
-/// runs side by side than between two blocks of runs. The cluster not
-/// measured sits idle meanwhile; the durable one is stopped before apply.
-async fn run_queue_workloads(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+/// When several stores are measured their clusters are up together and the
+/// tiny runs alternate, memory, then redb, then PostgreSQL: their ratios
+/// are figures, and the load of whatever else runs on the machine drifts
+/// less between runs side by side than between blocks of runs. The
+/// clusters not measured sit idle meanwhile; the durable ones are stopped
+/// before apply.
+async fn run_queue_workloads(
+    args: &Args,
+    bins: &Binaries,
+    report: &mut Report,
+    postgres: Option<&mut pg::Server>,
+) -> Result<()> {
     let tiny = args.only.contains(&Workload::Tiny);
     let apply = args.only.contains(&Workload::Apply);
-    let durable_tiny = args.only.contains(&Workload::Durable);
     let workers = args.workers as usize;
 
     let mut memory = None;
@@ -782,22 +833,57 @@ async fn run_queue_workloads(args: &Args, bins: &Binaries, report: &mut Report) 
         let client = cluster.client().await?;
         memory = Some((cluster, client));
     }
-    let mut durable = None;
-    if durable_tiny {
-        let cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, workers))
+
+    // The durable stores' tiny runs, in the order they alternate.
+    let redb = args.only.contains(&Workload::Durable);
+    let mut durable = Vec::new();
+    if redb {
+        durable.push(DurableTiny {
+            name: "durable tiny",
+            key: "durable_tiny_jobs_per_s",
+            figure: |r| &mut r.durable_tiny_jobs_per_s,
+            store: StoreKind::Redb,
+            unmatched: (!tiny).then_some("durable_vs_memory_tiny needs tiny in --only too"),
+            cluster: None,
+            samples: Vec::new(),
+        });
+    }
+    if let Some(pg) = postgres {
+        durable.push(DurableTiny {
+            name: "pg tiny",
+            key: "pg_tiny_jobs_per_s",
+            figure: |r| &mut r.pg_tiny_jobs_per_s,
+            store: pg.fresh_store()?,
+            unmatched: (!redb).then_some("pg_vs_redb_tiny needs durable in --only too"),
+            cluster: None,
+            samples: Vec::new(),
+        });
+    }
+    let names: Vec<&str> = std::iter::once("memory")
+        .filter(|_| tiny)
+        .chain(durable.iter().map(|d| d.name))
+        .collect();
+    for d in &mut durable {
+        let cluster = Cluster::start(bins, cluster_config(args, d.store.clone(), workers))
             .await
-            .context("starting the durable-store cluster")?;
-        report.notes.push(format!(
-            "durable tiny: {}; an unmeasured warm-up ({WARMUP_JOBS} tiny jobs) first{}",
+            .with_context(|| format!("starting the {} cluster", d.name))?;
+        let mut note = format!(
+            "{}: {}; an unmeasured warm-up ({WARMUP_JOBS} tiny jobs) first",
+            d.name,
             describe(&cluster, args, workers),
-            if tiny {
-                "; its runs alternate with the memory store's, both clusters up"
-            } else {
-                "; durable_vs_memory_tiny needs tiny in --only too"
-            }
-        ));
+        );
+        if names.len() > 1 {
+            note += &format!(
+                "; the tiny runs alternate ({}), the clusters up together",
+                names.join(", ")
+            );
+        }
+        if let Some(unmatched) = d.unmatched {
+            note += &format!("; {unmatched}");
+        }
+        report.notes.push(note);
         let client = cluster.client().await?;
-        durable = Some((cluster, client));
+        d.cluster = Some((cluster, client));
     }
 
     if let Some((cluster, client)) = memory.as_mut() {
@@ -807,14 +893,14 @@ async fn run_queue_workloads(args: &Args, bins: &Binaries, report: &mut Report) 
         };
         measure(cluster, || "warm-up".into(), warmup).await?;
     }
-    if let Some((cluster, client)) = durable.as_mut() {
+    for d in &mut durable {
+        let (cluster, client) = d.cluster.as_mut().expect("started above");
         let warmup = tiny::run_once(client, WARMUP_JOBS.min(args.jobs) as usize);
-        measure(cluster, || "durable warm-up".into(), warmup).await?;
+        measure(cluster, || format!("{} warm-up", d.name), warmup).await?;
     }
 
     let mut memory_samples = Vec::new();
     let mut small_samples = Vec::new();
-    let mut durable_samples = Vec::new();
     for run in 1..=args.runs {
         if let Some((cluster, client)) = memory.as_mut().filter(|_| tiny) {
             let v = measure(
@@ -832,14 +918,15 @@ async fn run_queue_workloads(args: &Args, bins: &Binaries, report: &mut Report) 
             .await?;
             small_samples.push(v);
         }
-        if let Some((cluster, client)) = durable.as_mut() {
+        for d in &mut durable {
+            let (cluster, client) = d.cluster.as_mut().expect("started above");
             let v = measure(
                 cluster,
-                || format!("durable tiny jobs, run {run}"),
+                || format!("{} jobs, run {run}", d.name),
                 tiny::run_once(client, args.jobs as usize),
             )
             .await?;
-            durable_samples.push(v);
+            d.samples.push(v);
         }
     }
     if tiny {
@@ -848,12 +935,11 @@ async fn run_queue_workloads(args: &Args, bins: &Binaries, report: &mut Report) 
         report.tiny_20k_jobs_per_s = stats::median(&small_samples);
         report.samples.insert("tiny_20k_jobs_per_s", small_samples);
     }
-    if let Some((mut cluster, _)) = durable.take() {
+    for d in durable {
+        let (mut cluster, _) = d.cluster.expect("started above");
         cluster.check_alive()?;
-        report.durable_tiny_jobs_per_s = stats::median(&durable_samples);
-        report
-            .samples
-            .insert("durable_tiny_jobs_per_s", durable_samples);
+        *(d.figure)(report) = stats::median(&d.samples);
+        report.samples.insert(d.key, d.samples);
     }
 
     if let Some((cluster, client)) = memory.as_mut().filter(|_| apply) {
@@ -882,16 +968,39 @@ async fn run_queue_workloads(args: &Args, bins: &Binaries, report: &mut Report) 
     Ok(())
 }
 
-/// durable_submit_jobs_per_s: each run on a fresh master with the redb
-/// store and no workers.
-async fn run_durable_submit(args: &Args, bins: &Binaries, report: &mut Report) -> Result<()> {
+/// The tiny workload on a cluster whose master has a durable store.
+struct DurableTiny {
+    /// What the notes and errors call it.
+    name: &'static str,
+    /// Its figure's key, and the figure in the report.
+    key: &'static str,
+    figure: fn(&mut Report) -> &mut Option<f64>,
+    store: StoreKind,
+    /// Why its ratio to another store will be missing, if it will.
+    unmatched: Option<&'static str>,
+    /// Its cluster and client, once started.
+    cluster: Option<(Cluster, QueueClient<Channel>)>,
+    samples: Vec<f64>,
+}
+
+/// The durable submit's runs (durable_submit_jobs_per_s on redb,
+/// pg_submit_jobs_per_s on PostgreSQL), each on a fresh master with no
+/// workers and the empty store `store` makes; the note describing them
+/// names `workload`. Returns each run's jobs per second.
+async fn run_durable_submit(
+    args: &Args,
+    bins: &Binaries,
+    report: &mut Report,
+    workload: &str,
+    mut store: impl FnMut() -> Result<StoreKind>,
+) -> Result<Vec<f64>> {
     let mut samples = Vec::new();
     for run in 1..=args.runs {
-        let mut cluster = Cluster::start(bins, cluster_config(args, StoreKind::Redb, 0)).await?;
+        let mut cluster = Cluster::start(bins, cluster_config(args, store()?, 0)).await?;
         if run == 1 {
             report.notes.push(format!(
-                "durable submit: {} jobs in Submits of {} from {} clients (a connection each) \
-                 to {}; a fresh master each run",
+                "{workload}: {} jobs in Submits of {} from {} clients (a connection each) \
+                 to {}; a fresh master and store each run",
                 args.durable_jobs,
                 durable::SUBMIT_JOBS,
                 args.durable_concurrency,
@@ -909,9 +1018,7 @@ async fn run_durable_submit(args: &Args, bins: &Binaries, report: &mut Report) -
             .map_err(|e| with_logs(e, &mut cluster))?;
         samples.push(v);
     }
-    report.durable_submit_jobs_per_s = stats::median(&samples);
-    report.samples.insert("durable_submit_jobs_per_s", samples);
-    Ok(())
+    Ok(samples)
 }
 
 /// The Coord figures: each run on a fresh master with the redb store and
@@ -1204,6 +1311,11 @@ mod tests {
         let args = Args::parse_from(["drover-bench", "--only", "durable,recovery"]);
         assert_eq!(args.only, [Workload::Durable, Workload::Recovery]);
         assert_eq!(args.durable_concurrency, 8);
-        assert_eq!(Args::parse_from(["drover-bench"]).only.len(), 9);
+        let default = Args::parse_from(["drover-bench"]).only;
+        assert_eq!(default.len(), 9);
+        // pg starts a PostgreSQL server: only when asked for.
+        assert!(!default.contains(&Workload::Pg));
+        let args = Args::parse_from(["drover-bench", "--only", "durable,pg"]);
+        assert_eq!(args.only, [Workload::Durable, Workload::Pg]);
     }
 }

@@ -29,6 +29,10 @@ pub(crate) struct Report {
     pub(crate) python_apply_p50_us: Option<f64>,
     pub(crate) durable_submit_jobs_per_s: Option<f64>,
     pub(crate) durable_tiny_jobs_per_s: Option<f64>,
+    /// The durable submit and the tiny workload on PostgreSQL
+    /// (`--store postgres://...`).
+    pub(crate) pg_submit_jobs_per_s: Option<f64>,
+    pub(crate) pg_tiny_jobs_per_s: Option<f64>,
     pub(crate) recovery_s_1m: Option<f64>,
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
@@ -156,6 +160,16 @@ const TARGETS: &[Target] = &[
         higher_is_better: true,
     },
     Target {
+        key: "pg_submit_jobs_per_s",
+        limit: 100_000.0,
+        higher_is_better: true,
+    },
+    Target {
+        key: "pg_tiny_jobs_per_s",
+        limit: 40_000.0,
+        higher_is_better: true,
+    },
+    Target {
         key: "recovery_s_1m",
         limit: 5.0,
         higher_is_better: false,
@@ -234,6 +248,11 @@ impl Report {
         Some(self.durable_tiny_jobs_per_s? / self.tiny_jobs_per_s?)
     }
 
+    /// What PostgreSQL keeps of redb's tiny-job throughput.
+    pub(crate) fn pg_vs_redb_tiny(&self) -> Option<f64> {
+        Some(self.pg_tiny_jobs_per_s? / self.durable_tiny_jobs_per_s?)
+    }
+
     /// What a thousand workers keep of the tiny-job throughput of two.
     pub(crate) fn workers_1000_vs_2(&self) -> Option<f64> {
         Some(self.workers_1000_jobs_per_s? / self.workers_2_jobs_per_s?)
@@ -263,6 +282,9 @@ impl Report {
             ("durable_submit_jobs_per_s", self.durable_submit_jobs_per_s),
             ("durable_tiny_jobs_per_s", self.durable_tiny_jobs_per_s),
             ("durable_vs_memory_tiny", self.durable_vs_memory_tiny()),
+            ("pg_submit_jobs_per_s", self.pg_submit_jobs_per_s),
+            ("pg_tiny_jobs_per_s", self.pg_tiny_jobs_per_s),
+            ("pg_vs_redb_tiny", self.pg_vs_redb_tiny()),
             ("recovery_s_1m", self.recovery_s_1m),
             ("master_rss_mb_1m", self.master_rss_mb_1m),
             (
@@ -472,6 +494,12 @@ mod tests {
             ..r
         };
         assert_eq!(r.durable_vs_memory_tiny(), Some(0.7));
+        assert_eq!(r.pg_vs_redb_tiny(), None);
+        let r = Report {
+            pg_tiny_jobs_per_s: Some(31_500.0),
+            ..r
+        };
+        assert_eq!(r.pg_vs_redb_tiny(), Some(0.5));
         assert_eq!(r.workers_1000_vs_2(), None);
         let r = Report {
             workers_1000_jobs_per_s: Some(60_000.0),
