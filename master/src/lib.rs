@@ -651,8 +651,9 @@ pub async fn run_ha(
         return Ok(());
     };
     tracing::info!(epoch, "elected leader; recovering from the database");
-    let owned = url.to_string();
-    let store = tokio::task::spawn_blocking(move || pg::PgStore::open(&owned, epoch)).await??;
+    let (owned, patience) = (url.to_string(), config.ha.lease);
+    let store =
+        tokio::task::spawn_blocking(move || pg::PgStore::open(&owned, epoch, patience)).await??;
     let stepped_down = ha::SteppedDown::default();
     let renewals = tokio::spawn(ha::keep_lease(
         elector.clone(),

@@ -21,6 +21,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use drover_common::ids::{BatchId, JobId};
 use drover_common::pb;
@@ -291,10 +293,13 @@ pub struct PgStore {
     /// Drives the connections; shut down in the background on drop.
     runtime: Option<tokio::runtime::Runtime>,
     /// The committers' connection, with its statements: one transaction
-    /// at a time.
-    writer: Mutex<(Client, Writes)>,
-    /// Reads, which may run beside a transaction.
-    reader: Client,
+    /// at a time. `None` after it broke, until made again.
+    writer: Mutex<Option<(Client, Writes)>>,
+    /// Reads, which may run beside a transaction; made again when broken.
+    reader: Mutex<Option<Arc<Client>>>,
+    /// How long a commit keeps trying through a broken connection (the
+    /// lease: past it, a standby may have taken over anyway).
+    patience: Duration,
     epoch: i64,
     created_at_ms: u64,
     url: String,
@@ -316,6 +321,23 @@ fn block<F: Future>(fut: F) -> F::Output {
     futures::executor::block_on(fut)
 }
 
+/// Whether `e` means the connection is gone (closed, or its session ended
+/// by the server: a restart, `pg_terminate_backend`), not that the
+/// statement failed.
+fn broken(client: &Client, e: &anyhow::Error) -> bool {
+    if client.is_closed() {
+        return true;
+    }
+    let Some(e) = e.downcast_ref::<tokio_postgres::Error>() else {
+        return false;
+    };
+    // Class 08: connection exception; 57P: operator intervention (admin
+    // shutdown, crash shutdown, cannot connect now).
+    e.is_closed()
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+}
+
 /// Job ids as UUIDs, for `uuid[]` parameters.
 fn uuids<'a>(ids: impl IntoIterator<Item = &'a JobId>) -> Vec<Uuid> {
     ids.into_iter().map(|id| id.uuid()).collect()
@@ -327,8 +349,12 @@ fn batch_uuids<'a>(ids: impl IntoIterator<Item = &'a BatchId>) -> Vec<Uuid> {
 
 impl PgStore {
     /// Connects to `url`, creating the tables if they are missing, to write
-    /// as the leader elected with `epoch` (see [`crate::ha`]).
-    pub fn open(url: &str, epoch: u64) -> anyhow::Result<PgStore> {
+    /// as the leader elected with `epoch` (see [`crate::ha`]). A commit
+    /// whose connection breaks (PostgreSQL restarted, the session was
+    /// terminated) connects again and is written again, for up to
+    /// `patience`; a commit is idempotent, so one that was written before
+    /// the break is written the same way twice.
+    pub fn open(url: &str, epoch: u64, patience: Duration) -> anyhow::Result<PgStore> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("drover-pg")
@@ -345,12 +371,37 @@ impl PgStore {
         let (writer, writes, reader, created_at_ms) = opened;
         Ok(PgStore {
             runtime: Some(runtime),
-            writer: Mutex::new((writer, writes)),
-            reader,
+            writer: Mutex::new(Some((writer, writes))),
+            reader: Mutex::new(Some(Arc::new(reader))),
+            patience,
             epoch: epoch as i64,
             created_at_ms,
             url: url.to_string(),
         })
+    }
+
+    /// Runs `fut` on the store's runtime, which drives its connections.
+    fn on_runtime<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the store");
+        block(runtime.spawn(fut))?
+    }
+
+    /// The read connection, made again if it broke.
+    fn reader(&self) -> anyhow::Result<Arc<Client>> {
+        let mut slot = self.reader.lock();
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let url = self.url.clone();
+        let client = Arc::new(self.on_runtime(async move { connect(&url, "reader").await })?);
+        *slot = Some(client.clone());
+        Ok(client)
     }
 
     /// The epoch this store writes as.
@@ -372,7 +423,12 @@ impl PgStore {
         Ok(())
     }
 
-    async fn write_async(&self, client: &mut Client, s: &Writes, c: Changes) -> anyhow::Result<()> {
+    async fn write_async(
+        &self,
+        client: &mut Client,
+        s: &Writes,
+        c: &Changes,
+    ) -> anyhow::Result<()> {
         let epoch = self.epoch;
         let txn = client.transaction().await?;
         self.fence(&txn, &s.fence).await?;
@@ -607,6 +663,50 @@ impl PgStore {
         Ok(())
     }
 
+    /// Runs `op` (one transaction) on the writer's connection. If the
+    /// connection breaks, it is made again and `op` runs again, for up to
+    /// `patience`: every transaction here is idempotent.
+    fn in_transaction(
+        &self,
+        mut op: impl FnMut(&mut Client, &Writes) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let mut slot = self.writer.lock();
+        loop {
+            let failed = match slot.as_mut() {
+                Some((client, writes)) => match op(client, writes) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if broken(client, &e) => e,
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    let url = self.url.clone();
+                    match self.on_runtime(async move {
+                        let client = connect(&url, "writer").await?;
+                        let writes = Writes::prepare(&client).await?;
+                        anyhow::Ok((client, writes))
+                    }) {
+                        Ok(conn) => {
+                            tracing::info!("connected to PostgreSQL again");
+                            *slot = Some(conn);
+                            continue;
+                        }
+                        Err(e) => e,
+                    }
+                }
+            };
+            *slot = None;
+            if started.elapsed() >= self.patience {
+                return Err(failed.context(format!(
+                    "the connection to PostgreSQL broke and could not be made again within {:?}",
+                    self.patience
+                )));
+            }
+            tracing::warn!(error = %format!("{failed:#}"), "the connection to PostgreSQL broke; connecting again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Reads pages of `sql` (which takes the last key seen as `$1` and a
     /// page size as `$2`, and returns a key and a job record) until `visit`
     /// returns false or the rows end.
@@ -617,13 +717,14 @@ impl PgStore {
         extra: Option<i32>,
         visit: &mut dyn FnMut(pb::JobRecord) -> bool,
     ) -> anyhow::Result<()> {
+        let reader = self.reader()?;
         block(async {
-            let stmt = self.reader.prepare(sql).await?;
+            let stmt = reader.prepare(sql).await?;
             let mut after = first;
             loop {
                 let rows = match extra {
-                    Some(x) => self.reader.query(&stmt, &[&after, &SCAN_PAGE, &x]).await?,
-                    None => self.reader.query(&stmt, &[&after, &SCAN_PAGE]).await?,
+                    Some(x) => reader.query(&stmt, &[&after, &SCAN_PAGE, &x]).await?,
+                    None => reader.query(&stmt, &[&after, &SCAN_PAGE]).await?,
                 };
                 let full = rows.len() as i64 == SCAN_PAGE;
                 for row in rows {
@@ -641,7 +742,7 @@ impl PgStore {
     }
 
     fn meta(&self, name: &str) -> anyhow::Result<u64> {
-        block(meta_value(&self.reader, name))
+        block(meta_value(&*self.reader()?, name))
     }
 }
 
@@ -671,11 +772,11 @@ impl Store for PgStore {
     }
 
     fn load(&self, sink: &mut dyn FnMut(Loaded) -> anyhow::Result<()>) -> anyhow::Result<u64> {
+        let reader = self.reader()?;
         block(async {
             // Open batches only, in id order, a page at a time; then their
             // own jobs' records, which override the batches' first ones.
-            let batches = self
-                .reader
+            let batches = reader
                 .prepare(
                     "SELECT id, record FROM drover_batches WHERE open AND id > $1 \
                      ORDER BY id LIMIT $2",
@@ -683,7 +784,7 @@ impl Store for PgStore {
                 .await?;
             let mut after = Uuid::nil();
             loop {
-                let rows = self.reader.query(&batches, &[&after, &SCAN_PAGE]).await?;
+                let rows = reader.query(&batches, &[&after, &SCAN_PAGE]).await?;
                 let full = rows.len() as i64 == SCAN_PAGE;
                 for row in rows {
                     after = row.get(0);
@@ -696,16 +797,14 @@ impl Store for PgStore {
                     break;
                 }
             }
-            let jobs = self
-                .reader
-                .prepare(
+            let jobs = reader.prepare(
                     "SELECT j.id, j.record FROM drover_jobs j JOIN drover_batches b ON b.id = j.batch \
                      WHERE b.open AND j.id > $1 ORDER BY j.id LIMIT $2",
                 )
                 .await?;
             let mut after = Uuid::nil();
             loop {
-                let rows = self.reader.query(&jobs, &[&after, &SCAN_PAGE]).await?;
+                let rows = reader.query(&jobs, &[&after, &SCAN_PAGE]).await?;
                 let full = rows.len() as i64 == SCAN_PAGE;
                 for row in rows {
                     after = row.get(0);
@@ -715,8 +814,7 @@ impl Store for PgStore {
                     break;
                 }
             }
-            let log = self
-                .reader
+            let log = reader
                 .query(
                     "SELECT number, packed FROM drover_assignments ORDER BY number",
                     &[],
@@ -732,9 +830,7 @@ impl Store for PgStore {
     }
 
     fn write(&self, changes: Changes) -> anyhow::Result<()> {
-        let mut guard = self.writer.lock();
-        let (client, writes) = &mut *guard;
-        block(self.write_async(client, writes, changes))
+        self.in_transaction(|client, writes| block(self.write_async(client, writes, &changes)))
     }
 
     fn read_job(&self, id: &JobId) -> anyhow::Result<Option<pb::JobRecord>> {
@@ -743,7 +839,7 @@ impl Store for PgStore {
 
     fn read_jobs(&self, ids: &[JobId]) -> anyhow::Result<Vec<Option<pb::JobRecord>>> {
         let keys = uuids(ids);
-        let rows = block(self.reader.query(
+        let rows = block(self.reader()?.query(
             "SELECT id, record FROM drover_jobs WHERE id = ANY($1::uuid[])",
             &[&keys],
         ))?;
@@ -757,14 +853,14 @@ impl Store for PgStore {
 
     fn has_job(&self, id: &JobId) -> anyhow::Result<bool> {
         Ok(block(
-            self.reader
+            self.reader()?
                 .query_opt("SELECT 1 FROM drover_jobs WHERE id = $1", &[&id.uuid()]),
         )?
         .is_some())
     }
 
     fn read_batch(&self, id: &BatchId) -> anyhow::Result<Option<StoredBatch>> {
-        let Some(row) = block(self.reader.query_opt(
+        let Some(row) = block(self.reader()?.query_opt(
             "SELECT record FROM drover_batches WHERE id = $1",
             &[&id.uuid()],
         ))?
@@ -776,14 +872,14 @@ impl Store for PgStore {
 
     fn job_by_key(&self, key: &str) -> anyhow::Result<Option<JobId>> {
         Ok(block(
-            self.reader
+            self.reader()?
                 .query_opt("SELECT job FROM drover_keys WHERE key = $1", &[&key]),
         )?
         .map(|r| JobId::from_uuid(r.get(0))))
     }
 
     fn batch_by_request(&self, request_id: &str) -> anyhow::Result<Option<BatchId>> {
-        Ok(block(self.reader.query_opt(
+        Ok(block(self.reader()?.query_opt(
             "SELECT batch FROM drover_requests WHERE request_id = $1",
             &[&request_id],
         ))?
@@ -791,7 +887,7 @@ impl Store for PgStore {
     }
 
     fn closed_counts(&self) -> anyhow::Result<ClosedCounts> {
-        let rows = block(self.reader.query(
+        let rows = block(self.reader()?.query(
             "SELECT name, value FROM drover_meta WHERE name = ANY($1::text[])",
             &[&CLOSED_COUNTS.to_vec()],
         ))?;
@@ -818,7 +914,7 @@ impl Store for PgStore {
     }
 
     fn oldest_closed(&self, bytes: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
-        let rows = block(self.reader.query(
+        let rows = block(self.reader()?.query(
             "SELECT id, bytes FROM drover_batches WHERE NOT open \
              ORDER BY closed_at_ms, id LIMIT $1",
             &[&(limit as i64)],
@@ -836,7 +932,7 @@ impl Store for PgStore {
 
     fn closed_before(&self, cutoff_ms: u64, limit: usize) -> anyhow::Result<Vec<BatchId>> {
         let cutoff = i64::try_from(cutoff_ms).unwrap_or(i64::MAX);
-        let rows = block(self.reader.query(
+        let rows = block(self.reader()?.query(
             "SELECT id FROM drover_batches WHERE NOT open AND closed_at_ms < $1 \
              ORDER BY closed_at_ms, id LIMIT $2",
             &[&cutoff, &(limit as i64)],
@@ -865,14 +961,13 @@ impl Store for PgStore {
         offset: usize,
         limit: usize,
     ) -> anyhow::Result<(Vec<(BatchId, pb::ClosedInfo)>, usize)> {
+        let reader = self.reader()?;
         block(async {
-            let total: i64 = self
-                .reader
+            let total: i64 = reader
                 .query_one("SELECT count(*) FROM drover_batches WHERE NOT open", &[])
                 .await?
                 .get(0);
-            let rows = self
-                .reader
+            let rows = reader
                 .query(
                     "SELECT id, info FROM drover_batches WHERE NOT open \
                      ORDER BY id DESC OFFSET $1 LIMIT $2",
@@ -916,7 +1011,7 @@ impl Store for PgStore {
 impl CoordStore for PgStore {
     fn load_coord(&self, sink: &mut dyn FnMut(Record)) -> anyhow::Result<()> {
         let rows = block(
-            self.reader
+            self.reader()?
                 .query("SELECT key, value FROM drover_coord ORDER BY key", &[]),
         )?;
         for row in rows {
@@ -928,9 +1023,8 @@ impl CoordStore for PgStore {
     }
 
     fn write_coord(&self, records: HashMap<String, Option<Vec<u8>>>) -> anyhow::Result<()> {
-        let mut guard = self.writer.lock();
-        let (client, writes) = &mut *guard;
-        block(async {
+        self.in_transaction(|client, writes| {
+            block(async {
             let txn = client.transaction().await?;
             self.fence(&txn, &writes.fence).await?;
             let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
@@ -961,6 +1055,7 @@ impl CoordStore for PgStore {
             }
             txn.commit().await?;
             anyhow::Ok(())
+        })
         })
     }
 }
@@ -1014,7 +1109,7 @@ mod tests {
         );
 
         let (u, e) = (url.clone(), epoch);
-        let old = tokio::task::spawn_blocking(move || PgStore::open(&u, e))
+        let old = tokio::task::spawn_blocking(move || PgStore::open(&u, e, Duration::ZERO))
             .await
             .unwrap()
             .unwrap();
@@ -1071,7 +1166,7 @@ mod tests {
         // The new leader's store recovers the first one's job and writes.
         let (u, e) = (url.clone(), next);
         let new = tokio::task::spawn_blocking(move || {
-            let store = PgStore::open(&u, e).unwrap();
+            let store = PgStore::open(&u, e, Duration::ZERO).unwrap();
             let mut batches = 0;
             store
                 .load(&mut |item| {
@@ -1091,5 +1186,55 @@ mod tests {
         // Resigning hands the lease over at once.
         second.resign(next).await.unwrap();
         assert_eq!(first.try_acquire().await.unwrap(), Ok(next + 1));
+    }
+
+    /// A commit whose connection broke (its session terminated, then the
+    /// whole server restarted while it waited) connects again and is
+    /// written; reads connect again too.
+    #[test]
+    fn a_commit_rides_through_a_terminated_session_and_a_restarted_server() {
+        let mut server = drover_tests::pg::Postgres::start();
+        let store = Arc::new(PgStore::open(&server.url(), 0, Duration::from_secs(60)).unwrap());
+        let first = BatchId::new();
+        store
+            .write(submit(first, &job(first, pb::JobState::Queued)))
+            .unwrap();
+
+        let mine = format!("drover-master {} %", std::process::id());
+        let killed = server.psql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name LIKE '{mine}'"
+        ));
+        assert_eq!(killed, "2", "the writer's and the reader's sessions");
+        let second = BatchId::new();
+        store
+            .write(submit(second, &job(second, pb::JobState::Queued)))
+            .unwrap();
+        assert!(store.read_batch(&second).unwrap().is_some());
+
+        // The server goes away; a commit waits for it to come back.
+        server.stop();
+        let third = BatchId::new();
+        let writing = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store.write(submit(third, &job(third, pb::JobState::Queued)))
+            })
+        };
+        server.start_server();
+        writing.join().unwrap().unwrap();
+        let mut batches = Vec::new();
+        store
+            .load(&mut |item| {
+                if let Loaded::Batch(id, ..) = item {
+                    batches.push(id);
+                }
+                Ok(())
+            })
+            .unwrap();
+        batches.sort();
+        let mut want = vec![first, second, third];
+        want.sort();
+        assert_eq!(batches, want, "every batch once");
     }
 }

@@ -78,6 +78,29 @@ fn check_sleeps(master: &Master, submitted: &Submitted) {
     );
 }
 
+/// Starts a worker given both masters and submits `ranges` x 21 sleeps of
+/// 20 to 40 ms to the leader; returns once `done` of them have finished.
+fn sleeps_under_way(
+    leader: &Master,
+    standby: &Master,
+    ranges: usize,
+    done: u64,
+) -> (Worker, Submitted) {
+    let masters = format!("{},{}", leader.url(), standby.url());
+    let worker = Worker::start_for(
+        &masters,
+        &leader.url(),
+        &["--processes", "1", "--io-slots", "20"],
+    );
+    let mut args = vec!["submit", "sleep"];
+    args.extend(std::iter::repeat_n("20..=40", ranges));
+    let submitted: Submitted = leader.cli(&args).success().one();
+    wait_until(MINUTE, "some jobs to finish", || {
+        leader.stats().succeeded >= done
+    });
+    (worker, submitted)
+}
+
 #[test]
 fn a_standby_names_the_leader_then_takes_over_after_kill_9_losing_nothing() {
     let pg = Postgres::start();
@@ -134,24 +157,14 @@ fn a_standby_names_the_leader_then_takes_over_after_kill_9_losing_nothing() {
 fn a_leader_paused_past_its_lease_never_writes_again_and_steps_down() {
     let pg = Postgres::start();
     let (leader, standby) = pair(&pg);
-    let masters = format!("{},{}", leader.url(), standby.url());
-    let worker = Worker::start_for(
-        &masters,
-        &leader.url(),
-        &["--processes", "1", "--io-slots", "20"],
-    );
-    let mut args = vec!["submit", "sleep"];
-    args.extend(std::iter::repeat_n("20..=40", 100));
-    let submitted: Submitted = leader.cli(&args).success().one();
-    wait_until(MINUTE, "some jobs to finish", || {
-        leader.stats().succeeded >= 100
-    });
+    let (worker, submitted) = sleeps_under_way(&leader, &standby, 100, 100);
 
-    leader.sigstop();
     // A submit to the paused leader waits in its socket (a direct call,
-    // not the CLI, which would go on trying for minutes once it exits).
+    // not the CLI, which would go on trying for minutes once it exits), on
+    // a connection made while it ran.
+    let mut queue = drover_tests::grpc::queue_client(&leader.url());
+    leader.sigstop();
     let late = {
-        let mut queue = drover_tests::grpc::queue_client(&leader.url());
         std::thread::spawn(move || {
             let jobs = (1..=3).map(|n| job(JobKind::Fib, n)).collect();
             block_on(queue.submit(pb::SubmitRequest {
@@ -189,5 +202,56 @@ fn a_leader_paused_past_its_lease_never_writes_again_and_steps_down() {
         "the old leader wrote after the takeover"
     );
     check_sleeps(&standby, &submitted);
+    drop(worker);
+}
+
+#[test]
+fn a_leader_cut_off_from_the_database_steps_down_and_a_standby_takes_over() {
+    let pg = Postgres::start();
+    // Each master logs in as its own role, so one can be shut out.
+    pg.psql("CREATE ROLE a LOGIN SUPERUSER; CREATE ROLE b LOGIN SUPERUSER");
+    let url_of = |role: &str| pg.url().replace("postgres@", &format!("{role}@"));
+    let (leader, leading) = Master::start_ha(&url_of("a"), &QUICK);
+    assert!(leading);
+    let (standby, leading) = Master::start_ha(&url_of("b"), &QUICK);
+    assert!(!leading);
+    let (worker, submitted) = sleeps_under_way(&leader, &standby, 100, 100);
+
+    // The leader's sessions end and it may not log in again.
+    leader.expect_exit();
+    pg.psql(
+        "ALTER ROLE a NOLOGIN; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'a'",
+    );
+    let status = leader.wait_exit(MINUTE);
+    assert!(!status.success(), "the cut-off leader exited with {status}");
+    standby.wait_leading(MINUTE);
+    assert_eq!(pg.psql("SELECT epoch FROM drover_lease"), "2");
+    check_sleeps(&standby, &submitted);
+    drop(worker);
+}
+
+#[test]
+fn when_postgresql_restarts_the_leader_reconnects_and_goes_on() {
+    let mut pg = Postgres::start();
+    // A lease long enough to outlast the restart.
+    let slow = ["--leader-lease", "20s", "--leader-renew", "500ms"];
+    let args: Vec<&str> = slow.iter().chain(&QUICK[4..]).copied().collect();
+    let (leader, leading) = Master::start_ha(&pg.url(), &args);
+    assert!(leading);
+    let (standby, leading) = Master::start_ha(&pg.url(), &args);
+    assert!(!leading);
+    let (worker, submitted) = sleeps_under_way(&leader, &standby, 60, 50);
+    pg.stop();
+    pg.start_server();
+    // The same leader, the same epoch; every job once.
+    check_sleeps(&leader, &submitted);
+    assert_eq!(pg.psql("SELECT epoch FROM drover_lease"), "1");
+    let refused = standby.cli(&["status"]);
+    assert!(
+        !refused.status.success() && refused.stderr.contains("standby"),
+        "the standby no longer stands by: {}",
+        refused.stderr
+    );
     drop(worker);
 }

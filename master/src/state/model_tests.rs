@@ -279,9 +279,10 @@ impl Backing {
     fn open(&self) -> Arc<dyn Store> {
         match self {
             Backing::Redb(dir) => Arc::new(RedbStore::open(dir.path()).expect("the store opens")),
-            Backing::Pg(url) => {
-                Arc::new(crate::pg::PgStore::open(url, 0).expect("the store opens"))
-            }
+            Backing::Pg(url) => Arc::new(
+                crate::pg::PgStore::open(url, 0, std::time::Duration::ZERO)
+                    .expect("the store opens"),
+            ),
         }
     }
 }
