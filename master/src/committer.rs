@@ -36,8 +36,11 @@ pub async fn wait_for(rx: &mut watch::Receiver<CommitState>, ticket: u64) -> Res
     if state.committed >= ticket {
         Ok(())
     } else {
-        Err(Error::Internal(format!(
-            "the store failed, so the change was not saved: {}",
+        // Unavailable: this master stops, and the change was not saved, so
+        // a client may send it again, to this master restarted or to
+        // another (a standby taking over).
+        Err(Error::Unavailable(format!(
+            "the store failed, so the change was not saved and this master is stopping: {}",
             state.failed.as_deref().unwrap_or("unknown error")
         )))
     }

@@ -89,6 +89,9 @@ impl std::fmt::Display for Leader {
 /// made again after it breaks (PostgreSQL restarted, the session was
 /// terminated).
 pub struct Elector {
+    /// The runtime that drives its connection (the lease's own, so that a
+    /// master busy for seconds, recovering say, still renews it).
+    runtime: tokio::runtime::Handle,
     url: String,
     client: tokio::sync::Mutex<Option<Client>>,
     lease_ms: f64,
@@ -107,12 +110,25 @@ impl std::fmt::Debug for Elector {
 
 impl Elector {
     /// Connects to the database at `url`, creating drover's tables if they
-    /// are missing, to stand for election as `address`.
-    pub async fn connect(url: &str, lease: Duration, address: String) -> anyhow::Result<Elector> {
-        let mut client = pg::connect(url, "election").await?;
-        pg::ensure_schema(&mut client, url).await?;
+    /// are missing, to stand for election as `address`; its connection is
+    /// driven by `runtime`.
+    pub async fn connect(
+        url: &str,
+        lease: Duration,
+        address: String,
+        runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<Elector> {
+        let owned = url.to_string();
+        let client = runtime
+            .spawn(async move {
+                let mut client = pg::connect(&owned, "election").await?;
+                pg::ensure_schema(&mut client, &owned).await?;
+                anyhow::Ok(client)
+            })
+            .await??;
         let host = hostname_or_unknown();
         Ok(Elector {
+            runtime,
             url: url.to_string(),
             client: tokio::sync::Mutex::new(Some(client)),
             lease_ms: lease.as_millis() as f64,
@@ -130,7 +146,12 @@ impl Elector {
     ) -> anyhow::Result<Option<tokio_postgres::Row>> {
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(pg::connect(&self.url, "election").await?);
+            let url = self.url.clone();
+            *slot = Some(
+                self.runtime
+                    .spawn(async move { pg::connect(&url, "election").await })
+                    .await??,
+            );
         }
         let client = slot.as_ref().expect("connected above");
         match client.query_opt(sql, params).await {
@@ -149,8 +170,8 @@ impl Elector {
         let row = self
             .query_opt(
                 "UPDATE drover_lease SET epoch = epoch + 1, holder = $1, address = $2, \
-                 expires_at = now() + $3 * interval '1 millisecond' \
-                 WHERE id = 1 AND expires_at < now() RETURNING epoch",
+                 expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+                 WHERE id = 1 AND expires_at < clock_timestamp() RETURNING epoch",
                 &[&self.holder, &self.address, &self.lease_ms],
             )
             .await?;
@@ -165,7 +186,7 @@ impl Elector {
     pub async fn renew(&self, epoch: u64) -> anyhow::Result<bool> {
         let row = self
             .query_opt(
-                "UPDATE drover_lease SET expires_at = now() + $2 * interval '1 millisecond' \
+                "UPDATE drover_lease SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' \
                  WHERE id = 1 AND epoch = $1 RETURNING 1",
                 &[&(epoch as i64), &self.lease_ms],
             )
@@ -189,7 +210,7 @@ impl Elector {
     pub async fn leader(&self) -> anyhow::Result<Leader> {
         let row = self
             .query_opt(
-                "SELECT epoch, holder, address, expires_at > now() FROM drover_lease WHERE id = 1",
+                "SELECT epoch, holder, address, expires_at > clock_timestamp() FROM drover_lease WHERE id = 1",
                 &[],
             )
             .await?
@@ -375,30 +396,42 @@ pub async fn keep_lease(
     shutdown: CancellationToken,
     stepped_down: SteppedDown,
 ) {
-    let mut renewed = Instant::now();
+    // When the lease ends by this master's clock: a whole lease after the
+    // last renewal that succeeded was *sent* (the database's expiry is
+    // later still), so this master stops acting as the leader before a
+    // standby can take over, however long a call to the database hangs.
+    let mut expires = Instant::now() + ha.lease;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(ha.renew) => {}
         }
-        let lost = match elector.renew(epoch).await {
-            Ok(true) => {
-                renewed = Instant::now();
+        let sent = Instant::now();
+        let left = expires.saturating_duration_since(sent);
+        let lost = match tokio::time::timeout(left, elector.renew(epoch)).await {
+            Ok(Ok(true)) => {
+                expires = sent + ha.lease;
                 None
             }
-            Ok(false) => Some(format!(
+            Ok(Ok(false)) => Some(format!(
                 "another master took the lease of epoch {epoch} ({})",
-                elector
-                    .leader()
-                    .await
-                    .map_or_else(|e| format!("reading it failed: {e}"), |l| l.to_string())
+                match tokio::time::timeout(ha.renew, elector.leader()).await {
+                    Ok(Ok(leader)) => leader.to_string(),
+                    Ok(Err(e)) => format!("reading it failed: {e:#}"),
+                    Err(_) => "reading it timed out".into(),
+                }
             )),
-            Err(e) if renewed.elapsed() >= ha.lease => Some(format!(
-                "the lease of epoch {epoch} could not be renewed for {:?}: {e}",
+            Err(_) => Some(format!(
+                "the lease of epoch {epoch} could not be renewed within {:?} (the database \
+                 does not answer)",
                 ha.lease
             )),
-            Err(e) => {
-                tracing::warn!(error = %e, epoch, "renewing the lease failed; retrying");
+            Ok(Err(e)) if Instant::now() >= expires => Some(format!(
+                "the lease of epoch {epoch} could not be renewed within {:?}: {e:#}",
+                ha.lease
+            )),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), epoch, "renewing the lease failed; retrying");
                 None
             }
         };

@@ -602,14 +602,14 @@ pub async fn run_notify(
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
-    let committer = master.clone();
+    let (committer, coord_committer) = (master.clone(), coord.clone());
     tokio::task::spawn_blocking(move || {
         committer.join_committer();
-        coord.join_committer();
+        coord_committer.join_committer();
     })
     .await?;
     served?;
-    if let Some(failure) = master.store_failure() {
+    if let Some(failure) = master.store_failure().or_else(|| coord.store_failure()) {
         anyhow::bail!("stopped because the store failed: {failure}");
     }
     Ok(())
@@ -634,12 +634,47 @@ pub async fn run_ha(
     if let Some(warning) = config.check_exposure(addr)? {
         tracing::warn!("{warning}");
     }
+    // The lease lives on a runtime of its own: a master whose own threads
+    // are busy for a while (recovering, answering a large read) must still
+    // renew it, or a standby takes over from a master that is working.
+    let lease_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("drover-lease")
+        .enable_all()
+        .build()?;
+    let result = run_ha_on(
+        config,
+        url,
+        listener,
+        shutdown,
+        standing_by,
+        ready,
+        lease_runtime.handle().clone(),
+    )
+    .await;
+    lease_runtime.shutdown_background();
+    result
+}
+
+/// [`run_ha`], the lease's connection and renewals on `lease_runtime`.
+async fn run_ha_on(
+    config: Config,
+    url: &str,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    standing_by: impl FnOnce(SocketAddr, &ha::Leader),
+    ready: impl FnOnce(SocketAddr, u64),
+    lease_runtime: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     let advertise = config
         .ha
         .advertise
         .clone()
         .unwrap_or_else(|| addr.to_string());
-    let elector = Arc::new(ha::Elector::connect(url, config.ha.lease, advertise).await?);
+    let elector = Arc::new(
+        ha::Elector::connect(url, config.ha.lease, advertise, lease_runtime.clone()).await?,
+    );
     // The standby serves on a clone of the listening socket: connections
     // not yet accepted when it stops wait there for the leader's server.
     let listener = listener.into_std()?;
@@ -655,23 +690,48 @@ pub async fn run_ha(
     let store =
         tokio::task::spawn_blocking(move || pg::PgStore::open(&owned, epoch, patience)).await??;
     let stepped_down = ha::SteppedDown::default();
-    let renewals = tokio::spawn(ha::keep_lease(
+    let renewals = lease_runtime.spawn(ha::keep_lease(
         elector.clone(),
         epoch,
         config.ha.clone(),
         shutdown.clone(),
         stepped_down.clone(),
     ));
-    let served = run_notify(
+    let lease = config.ha.lease;
+    let notify = run_notify(
         config,
         Arc::new(store),
         listener,
         shutdown.clone(),
         |addr| ready(addr, epoch),
-    )
-    .await;
+    );
+    tokio::pin!(notify);
+    let mut renewals = renewals;
+    let mut renewing = true;
+    let served = tokio::select! {
+        served = &mut notify => served,
+        _ = &mut renewals => {
+            renewing = false;
+            match stepped_down.reason() {
+                // Stepped down: the master stops; but a commit or read that
+                // hangs on the database would hold it up forever, and a
+                // master no longer the leader must go, so it is given a
+                // lease.
+                Some(reason) => match tokio::time::timeout(lease, &mut notify).await {
+                    Ok(_) => anyhow::bail!("stepped down as leader: {reason}"),
+                    Err(_) => anyhow::bail!(
+                        "stepped down as leader: {reason}; exiting without waiting any \
+                         longer for calls to the database"
+                    ),
+                },
+                None => notify.await,
+            }
+        }
+    };
     shutdown.cancel();
-    let _ = renewals.await;
+    if renewing {
+        let _ = renewals.await;
+    }
     if let Some(reason) = stepped_down.reason() {
         anyhow::bail!("stepped down as leader: {reason}");
     }

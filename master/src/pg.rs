@@ -112,10 +112,14 @@ pub async fn connect(url: &str, role: &str) -> anyhow::Result<Client> {
     if config.get_application_name().is_none() {
         config.application_name(format!("drover-master {} {role}", std::process::id()));
     }
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {e}", redact(url)))?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        // The driver's message ("db error") hides the server's in its source.
+        let cause = std::error::Error::source(&e).map_or_else(String::new, |s| format!(": {s}"));
+        anyhow::anyhow!(
+            "cannot connect to PostgreSQL at {}: {e}{cause}",
+            redact(url)
+        )
+    })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "the PostgreSQL connection ended");
@@ -124,9 +128,49 @@ pub async fn connect(url: &str, role: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
+/// Connects the committers' session. Its transactions hold the lease row
+/// (the fence): if this process stops in the middle of one (SIGSTOP, a
+/// stall), PostgreSQL ends the session after `patience` idle in the
+/// transaction, so that a standby's takeover, which waits for that lock, is
+/// not held up for longer than a lease. 0: no limit (tests).
+async fn connect_writer(url: &str, patience: Duration) -> anyhow::Result<Client> {
+    let client = connect(url, "writer").await?;
+    if !patience.is_zero() {
+        client
+            .batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                patience.as_millis().max(1)
+            ))
+            .await?;
+    }
+    Ok(client)
+}
+
 /// Creates the tables if they are missing and checks their format;
 /// returns when the store was created (unix ms).
 pub async fn ensure_schema(client: &mut Client, url: &str) -> anyhow::Result<u64> {
+    // Tables of this format already there: no DDL, whose locks would wait
+    // for (and hold up) the leader's commits.
+    let existing: Option<String> = client
+        .query_one("SELECT to_regclass('drover_meta')::text", &[])
+        .await?
+        .get(0);
+    if existing.is_some() {
+        let version = meta_value(client, "format_version").await?;
+        anyhow::ensure!(
+            version != 0,
+            "the database at {} has a drover_meta table without drover's format marker; it is not drover's, or its creation was interrupted",
+            redact(url)
+        );
+        anyhow::ensure!(
+            version <= PG_FORMAT_VERSION as u64,
+            "the database at {} was written by a newer drover (format {version}; this build reads up to {PG_FORMAT_VERSION}); run that version, or use another database",
+            redact(url)
+        );
+        if version == PG_FORMAT_VERSION as u64 {
+            return meta_value(client, "created_at_ms").await;
+        }
+    }
     let txn = client.transaction().await?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await?;
@@ -155,16 +199,22 @@ async fn meta_value(client: &impl GenericClient, name: &str) -> anyhow::Result<u
     Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
 }
 
-/// A URL with its password (if any) replaced, for messages.
+/// A URL with its password (if any) replaced, for messages: the one in
+/// `user:password@` (up to the last `@`) and a `password=` parameter.
 pub fn redact(url: &str) -> String {
-    // postgres://user:password@host/...
+    let mut out = url.to_string();
     if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((auth, host)) = rest.split_once('@')
+        && let Some((auth, host)) = rest.rsplit_once('@')
         && let Some((user, _)) = auth.split_once(':')
     {
-        return format!("{scheme}://{user}:***@{host}");
+        out = format!("{scheme}://{user}:***@{host}");
     }
-    url.to_string()
+    if let Some(at) = out.find("password=") {
+        let start = at + "password=".len();
+        let end = out[start..].find('&').map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+    }
+    out
 }
 
 /// The prepared statements of the writer's connection.
@@ -362,7 +412,7 @@ impl PgStore {
             .build()?;
         let owned = url.to_string();
         let opened = block(runtime.spawn(async move {
-            let mut writer = connect(&owned, "writer").await?;
+            let mut writer = connect_writer(&owned, patience).await?;
             let created = ensure_schema(&mut writer, &owned).await?;
             let writes = Writes::prepare(&writer).await?;
             let reader = connect(&owned, "reader").await?;
@@ -680,9 +730,9 @@ impl PgStore {
                     Err(e) => return Err(e),
                 },
                 None => {
-                    let url = self.url.clone();
+                    let (url, patience) = (self.url.clone(), self.patience);
                     match self.on_runtime(async move {
-                        let client = connect(&url, "writer").await?;
+                        let client = connect_writer(&url, patience).await?;
                         let writes = Writes::prepare(&client).await?;
                         anyhow::Ok((client, writes))
                     }) {
@@ -1095,8 +1145,13 @@ mod tests {
         let server = drover_tests::pg::Postgres::start();
         let url = server.url();
         let lease = Duration::from_millis(300);
-        let first = Elector::connect(&url, lease, "a:1".into()).await.unwrap();
-        let second = Elector::connect(&url, lease, "b:2".into()).await.unwrap();
+        let rt = tokio::runtime::Handle::current();
+        let first = Elector::connect(&url, lease, "a:1".into(), rt.clone())
+            .await
+            .unwrap();
+        let second = Elector::connect(&url, lease, "b:2".into(), rt)
+            .await
+            .unwrap();
         let epoch = first
             .try_acquire()
             .await
@@ -1186,6 +1241,17 @@ mod tests {
         // Resigning hands the lease over at once.
         second.resign(next).await.unwrap();
         assert_eq!(first.try_acquire().await.unwrap(), Ok(next + 1));
+    }
+
+    #[test]
+    fn passwords_never_show_in_messages() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact("postgres://u@h/db?password=hunter2&sslmode=disable"),
+            "postgres://u@h/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 
     /// A commit whose connection broke (its session terminated, then the

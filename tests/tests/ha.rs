@@ -255,3 +255,228 @@ fn when_postgresql_restarts_the_leader_reconnects_and_goes_on() {
     );
     drop(worker);
 }
+
+/// Sends batches of 10 fib jobs in a loop, each with its own request id,
+/// to whichever master takes it (going around both until one does), until
+/// `stop`; returns every batch acknowledged, with its jobs' n. A batch is
+/// sent until acknowledged even after `stop`, so none is left half-known.
+fn submit_loop(
+    urls: [String; 2],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(String, Vec<u64>)>> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut next = 0;
+        for i in 0u64.. {
+            if stop.load(Ordering::SeqCst) {
+                return acked;
+            }
+            let ns: Vec<u64> = (0..10).map(|k| (i * 10 + k) % 90).collect();
+            let request = pb::SubmitRequest {
+                jobs: ns.iter().map(|&n| job(JobKind::Fib, n)).collect(),
+                request_id: format!("loop-{i}"),
+                ..Default::default()
+            };
+            let deadline = std::time::Instant::now() + 2 * MINUTE;
+            let batch = loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no master took batch {i} within two minutes"
+                );
+                let url = &urls[next % 2];
+                let sent = block_on(async {
+                    let channel = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        drover_common::net::connect(url),
+                    )
+                    .await
+                    .ok()?
+                    .ok()?;
+                    let mut queue = pb::queue_client::QueueClient::new(channel);
+                    tokio::time::timeout(Duration::from_secs(5), queue.submit(request.clone()))
+                        .await
+                        .ok()?
+                        .ok()
+                });
+                match sent {
+                    Some(reply) => break reply.into_inner().batch_id,
+                    None => {
+                        next += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            };
+            acked.push((batch, ns));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        unreachable!()
+    })
+}
+
+/// The test: 20 rounds of kill -9 of the leader at a moment set by
+/// the work done, during a 50,000-job map and a loop of submits; the killed
+/// master comes back as the standby on its port. Nothing acknowledged is
+/// lost, nothing is recorded twice, every job finishes with its result.
+#[test]
+fn twenty_kill_9s_of_the_leader_during_a_map_and_a_submit_loop_lose_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pg = Postgres::start();
+    let (first, leading) = Master::start_ha(&pg.url(), &QUICK);
+    assert!(leading);
+    let (second, leading) = Master::start_ha(&pg.url(), &QUICK);
+    assert!(!leading);
+    let urls = [first.url(), second.url()];
+    let masters = urls.join(",");
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            Worker::start_for(
+                &masters,
+                &first.url(),
+                &[
+                    "--processes",
+                    "1",
+                    "--io-slots",
+                    "100",
+                    "--name",
+                    &format!("w{i}"),
+                ],
+            )
+        })
+        .collect();
+    // 50,000 sleeps of 1 to 5 ms, in one submit.
+    let map: Vec<u64> = (0..50_000).map(|i| 1 + i % 5).collect();
+    let submitted = block_on(first.queue().submit(pb::SubmitRequest {
+        jobs: map.iter().map(|&ms| job(JobKind::Sleep, ms)).collect(),
+        request_id: "the-map".into(),
+        ..Default::default()
+    }))
+    .unwrap()
+    .into_inner();
+    let stop = Arc::new(AtomicBool::new(false));
+    let looping = submit_loop(urls, stop.clone());
+
+    let (mut leader, mut standby) = (first, second);
+    let began = std::time::Instant::now();
+    for round in 1..=20u64 {
+        // Some work done under this leader, then it dies.
+        let start = leader.stats().succeeded;
+        wait_until(MINUTE, &format!("round {round}: progress"), || {
+            leader.stats().succeeded >= start + 300
+        });
+        let port = leader.addr().port();
+        leader.kill9();
+        drop(leader);
+        standby.wait_leading(MINUTE);
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = QUICK.to_vec();
+        args.extend(["--listen", &listen]);
+        let (back, leading) = Master::start_ha(&pg.url(), &args);
+        assert!(!leading, "round {round}: the restarted master leads");
+        assert_eq!(
+            pg.psql("SELECT epoch FROM drover_lease"),
+            (round + 1).to_string()
+        );
+        (leader, standby) = (standby, back);
+    }
+    eprintln!("20 failovers in {:.1} s", began.elapsed().as_secs_f64());
+    stop.store(true, Ordering::SeqCst);
+    let acked = looping.join().unwrap();
+    assert!(
+        acked.len() > 20,
+        "the submit loop got only {} batches in",
+        acked.len()
+    );
+
+    let got = drover_tests::cli::cli(
+        &masters,
+        &["get", &submitted.batch_id, "--wait", "--timeout", "300s"],
+    )
+    .success()
+    .jobs();
+    assert_eq!(got.len(), 50_000);
+    for ((job, id), ms) in got.iter().zip(&submitted.job_ids).zip(&map) {
+        assert_eq!(&job.job_id, id, "the map's results are not in order");
+        assert_eq!(job.state, "succeeded", "{job:?}");
+        assert_eq!(job.result.as_u64(), Some(*ms), "{job:?}");
+    }
+    eprintln!(
+        "the map read back at {:.1} s; {} batches of the submit loop to check",
+        began.elapsed().as_secs_f64(),
+        acked.len()
+    );
+    // Thousands of small batches: read directly, not one CLI run each.
+    let mut queue = leader.queue();
+    for (batch, ns) in &acked {
+        let got = block_on(queue.get(pb::GetRequest {
+            batch_id: batch.clone(),
+            wait: true,
+            timeout_ms: 120_000,
+            ..Default::default()
+        }))
+        .unwrap_or_else(|e| panic!("acknowledged batch {batch}: {e}"))
+        .into_inner();
+        assert!(got.complete, "acknowledged batch {batch} did not finish");
+        assert_eq!(got.jobs.len(), ns.len(), "acknowledged batch {batch}");
+        for (job, &n) in got.jobs.iter().zip(ns) {
+            assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+            let want = drover_tests::reference::fib_u128(n as u32).to_string();
+            assert_eq!(
+                job.output.as_ref().and_then(|o| o.value.clone()),
+                Some(pb::job_output::Value::Fib(want)),
+                "F({n}) in batch {batch}"
+            );
+        }
+    }
+    let stats = leader.stats();
+    assert_eq!(
+        stats.succeeded,
+        50_000 + 10 * acked.len() as u64,
+        "a result was lost or recorded twice"
+    );
+    assert_eq!(
+        stats.failed + stats.cancelled + stats.queued + stats.running,
+        0
+    );
+    drop(workers);
+}
+
+#[test]
+fn a_leader_whose_database_calls_hang_steps_down_within_its_lease() {
+    let pg = Postgres::start();
+    let (leader, standby) = pair(&pg);
+    let (worker, submitted) = sleeps_under_way(&leader, &standby, 100, 100);
+    // The leader's sessions stop answering (their backends stopped): its
+    // calls hang, while the standby's still work.
+    let backends: Vec<i32> = pg
+        .psql(&format!(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'drover-master {} %'",
+            leader.pid()
+        ))
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(
+        backends.len(),
+        3,
+        "the writer, reader and election sessions"
+    );
+    leader.expect_exit();
+    for &pid in &backends {
+        drover_tests::sys::signal(pid as u32, libc::SIGSTOP);
+    }
+    let status = leader.wait_exit(MINUTE);
+    for &pid in &backends {
+        drover_tests::sys::signal(pid as u32, libc::SIGCONT);
+    }
+    assert!(!status.success(), "the hung leader exited with {status}");
+    assert!(
+        leader.log().contains("could not be renewed"),
+        "the hung leader does not say why it stepped down:\n{}",
+        leader.log_tail(20)
+    );
+    standby.wait_leading(MINUTE);
+    check_sleeps(&standby, &submitted);
+    drop(worker);
+}

@@ -130,6 +130,15 @@ impl CoordService {
         })
     }
 
+    /// Why the store failed, if a coordination commit did (the master then
+    /// stops).
+    pub fn store_failure(&self) -> Option<Arc<str>> {
+        self.inner
+            .committed
+            .as_ref()
+            .and_then(|rx| rx.borrow().failed.clone())
+    }
+
     /// Waits for the committer to write what is left (after shutdown).
     pub fn join_committer(&self) {
         if let Some(handle) = self.inner.committer.lock().take() {
