@@ -375,6 +375,42 @@ async fn serve_standby(
     }
 }
 
+/// The runtime the lease lives on: a master whose own threads are busy for
+/// a while (recovering, answering a large read) must still renew it, or a
+/// standby takes over from a master that is working. Shut down in the
+/// background when dropped (it may be dropped inside another runtime).
+#[derive(Debug)]
+pub struct LeaseRuntime(Option<tokio::runtime::Runtime>);
+
+impl LeaseRuntime {
+    /// One worker thread, `drover-lease`.
+    pub fn new() -> std::io::Result<LeaseRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("drover-lease")
+            .enable_all()
+            .build()?;
+        Ok(LeaseRuntime(Some(runtime)))
+    }
+
+    /// A handle to spawn on it.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("alive until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for LeaseRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Why a leader stepped down.
 #[derive(Debug, Clone, Default)]
 pub struct SteppedDown(Arc<Mutex<Option<String>>>);

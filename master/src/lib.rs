@@ -634,39 +634,10 @@ pub async fn run_ha(
     if let Some(warning) = config.check_exposure(addr)? {
         tracing::warn!("{warning}");
     }
-    // The lease lives on a runtime of its own: a master whose own threads
-    // are busy for a while (recovering, answering a large read) must still
-    // renew it, or a standby takes over from a master that is working.
-    let lease_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("drover-lease")
-        .enable_all()
-        .build()?;
-    let result = run_ha_on(
-        config,
-        url,
-        listener,
-        shutdown,
-        standing_by,
-        ready,
-        lease_runtime.handle().clone(),
-    )
-    .await;
-    lease_runtime.shutdown_background();
-    result
-}
-
-/// [`run_ha`], the lease's connection and renewals on `lease_runtime`.
-async fn run_ha_on(
-    config: Config,
-    url: &str,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    standing_by: impl FnOnce(SocketAddr, &ha::Leader),
-    ready: impl FnOnce(SocketAddr, u64),
-    lease_runtime: tokio::runtime::Handle,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
+    // The lease lives on a runtime of its own (see LeaseRuntime), kept
+    // until this returns.
+    let lease = ha::LeaseRuntime::new()?;
+    let lease_runtime = lease.handle();
     let advertise = config
         .ha
         .advertise
