@@ -144,6 +144,8 @@ pub(crate) fn stats_json(s: &pb::StatsResponse) -> Value {
         "retried": s.retried,
         "waiting_for_capability": s.waiting_for_capability,
         "missing_modules": s.missing_modules,
+        "leader_epoch": s.leader_epoch,
+        "leader_address": s.leader_address,
         "workers": s.workers.iter().map(|w| json!({
             "worker_id": w.worker_id,
             "name": w.name,
@@ -180,6 +182,12 @@ pub(crate) fn stats_text(s: &pb::StatsResponse) -> String {
         s.retried,
         s.late_results_dropped
     );
+    if s.leader_epoch > 0 {
+        out.push_str(&format!(
+            "leader: this master ({}), elected at epoch {} on its PostgreSQL store\n",
+            s.leader_address, s.leader_epoch
+        ));
+    }
     out.push_str(&format!("workers: {}\n", s.workers.len()));
     if !s.workers.is_empty() {
         out.push_str(&format!(

@@ -43,6 +43,10 @@ pub struct HaConfig {
     /// The address clients and workers are told to dial for this master
     /// when it leads; by default the address it listens on.
     pub advertise: Option<String>,
+    /// The epoch this master leads at: set by [`crate::run_ha`] once it is
+    /// elected (with `advertise` filled in), for `drover status`; 0 before,
+    /// and for a master alone on its store.
+    pub epoch: u64,
 }
 
 impl Default for HaConfig {
@@ -51,12 +55,13 @@ impl Default for HaConfig {
             lease: Duration::from_secs(2),
             renew: Duration::from_millis(500),
             advertise: None,
+            epoch: 0,
         }
     }
 }
 
 /// Who holds the lease, as the row says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Leader {
     /// The epoch of the last election.
     pub epoch: u64,
@@ -66,6 +71,34 @@ pub struct Leader {
     pub address: String,
     /// Whether its lease has not expired.
     pub live: bool,
+    /// How long until it expires, by the database's clock (zero once it
+    /// has): a standby tries to take over then, not a polling period later.
+    pub expires_in: Duration,
+}
+
+impl Leader {
+    /// What a standby tells any caller (the log says more): the address
+    /// clients need, not the leader's host and process.
+    fn for_callers(&self) -> String {
+        if self.epoch == 0 || self.holder.is_empty() {
+            return "no leader elected yet".into();
+        }
+        let expired = if self.live {
+            ""
+        } else {
+            ", whose lease has expired"
+        };
+        format!(
+            "the leader is {} at epoch {}{expired}",
+            self.address, self.epoch
+        )
+    }
+
+    /// The same election and liveness (what a standby logs a change of).
+    fn same(&self, other: &Leader) -> bool {
+        (self.epoch, &self.holder, &self.address, self.live)
+            == (other.epoch, &other.holder, &other.address, other.live)
+    }
 }
 
 impl std::fmt::Display for Leader {
@@ -210,7 +243,9 @@ impl Elector {
     pub async fn leader(&self) -> anyhow::Result<Leader> {
         let row = self
             .query_opt(
-                "SELECT epoch, holder, address, expires_at > clock_timestamp() FROM drover_lease WHERE id = 1",
+                "SELECT epoch, holder, address, expires_at > clock_timestamp(), \
+                 GREATEST(0, EXTRACT(EPOCH FROM expires_at - clock_timestamp()) * 1000)::float8 \
+                 FROM drover_lease WHERE id = 1",
                 &[],
             )
             .await?
@@ -220,6 +255,10 @@ impl Elector {
             holder: row.get(1),
             address: row.get(2),
             live: row.get(3),
+            // -infinity - now is -infinity, and the GREATEST 0; infinity
+            // (never written) saturates.
+            expires_in: Duration::try_from_secs_f64(row.get::<_, f64>(4) / 1000.0)
+                .unwrap_or(Duration::MAX),
         })
     }
 }
@@ -236,17 +275,26 @@ fn hostname_or_unknown() -> String {
 }
 
 /// What a standby answers: who leads, kept current by the polling loop.
-#[derive(Debug, Clone, Default)]
-pub struct StandbyView(Arc<Mutex<(String, String)>>);
+#[derive(Debug, Clone)]
+pub struct StandbyView(Arc<Mutex<Leader>>);
 
 impl StandbyView {
+    fn new(leader: &Leader) -> StandbyView {
+        StandbyView(Arc::new(Mutex::new(leader.clone())))
+    }
+
     fn set(&self, leader: &Leader) {
-        let address = if leader.live {
-            leader.address.clone()
-        } else {
-            String::new()
-        };
-        *self.0.lock() = (format!("this master is a standby: {leader}"), address);
+        *self.0.lock() = leader.clone();
+    }
+
+    /// Why a standby does not serve, naming the leader.
+    pub fn message(&self) -> String {
+        format!("this master is a standby: {}", self.0.lock().for_callers())
+    }
+
+    /// The epoch of the last election, as the lease row says.
+    pub fn epoch(&self) -> u64 {
+        self.0.lock().epoch
     }
 
     /// A standby's answer to every call but health: UNAVAILABLE, its
@@ -254,8 +302,14 @@ impl StandbyView {
     /// address, empty while none is live) so that clients know the call was
     /// not applied and may send it to the next master.
     pub fn status(&self) -> tonic::Status {
-        let (message, address) = self.0.lock().clone();
-        let mut status = tonic::Status::unavailable(message);
+        let address = {
+            let leader = self.0.lock();
+            match leader.live {
+                true => leader.address.clone(),
+                false => String::new(),
+            }
+        };
+        let mut status = tonic::Status::unavailable(self.message());
         let value = address
             .parse()
             .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static(""));
@@ -264,16 +318,32 @@ impl StandbyView {
             .insert(drover_common::net::STANDBY_METADATA, value);
         status
     }
+
+    /// What a standby's `--metrics-listen` serves: its build, that it
+    /// stands by, and the epoch of the leader.
+    fn metrics(&self) -> String {
+        use drover_common::metrics::{Exposition, Kind};
+        let mut e = Exposition::new();
+        e.family("drover_info", Kind::Gauge, "The build of this master.");
+        e.sample("drover_info", &[("version", drover_common::VERSION)], 1.0);
+        crate::metrics::leadership(&mut e, true, self.epoch());
+        e.finish()
+    }
 }
+
+/// Waited past a lease's expiry before a standby tries to take it over:
+/// the time of the query that read the expiry, with room to spare.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(5);
 
 /// Serves as a standby on `listener` until this master is elected, then
 /// stops serving and returns the epoch (or `None` if `shutdown` came
 /// first). `standing_by` is called once, with the address and the leader,
 /// when the standby starts serving.
-pub async fn stand_by(
+pub(crate) async fn stand_by(
     elector: &Elector,
     config: &crate::Config,
     listener: TcpListener,
+    side: crate::SideListeners,
     shutdown: &CancellationToken,
     standing_by: impl FnOnce(SocketAddr, &Leader),
 ) -> anyhow::Result<Option<u64>> {
@@ -283,8 +353,7 @@ pub async fn stand_by(
         Err(leader) => leader,
     };
     let addr = listener.local_addr()?;
-    let view = StandbyView::default();
-    view.set(&leader);
+    let view = StandbyView::new(&leader);
     standing_by(addr, &leader);
     tracing::info!(%leader, "standing by");
     let stop = shutdown.child_token();
@@ -294,16 +363,35 @@ pub async fn stand_by(
         view.clone(),
         stop.clone(),
     ));
+    if let Some(l) = side.metrics {
+        let view = view.clone();
+        let render: drover_common::metrics::Render = Arc::new(move || view.metrics());
+        tokio::spawn(drover_common::metrics::serve(l, render, stop.clone()));
+    }
+    if let Some(l) = side.dashboard {
+        let (view, config, stop) = (view.clone(), config.clone(), stop.clone());
+        tokio::spawn(async move {
+            let message = move || view.message();
+            if let Err(e) = crate::dashboard::serve_standby(l, &config, message, stop).await {
+                tracing::warn!(error = %e, "the standby's dashboard stopped");
+            }
+        });
+    }
+    // Tried again when the lease expires (a leader killed is replaced a
+    // lease after its last renewal), and at least every --leader-renew.
+    let mut wait = leader.expires_in.min(ha.renew);
     let mut last = leader;
     let result = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ok(None),
-            () = tokio::time::sleep(ha.renew) => {}
+            () = tokio::time::sleep(wait + EXPIRY_MARGIN) => {}
         }
+        wait = ha.renew;
         match elector.try_acquire().await {
             Ok(Ok(epoch)) => break Ok(Some(epoch)),
             Ok(Err(leader)) => {
-                if leader != last {
+                wait = leader.expires_in.min(ha.renew);
+                if !leader.same(&last) {
                     tracing::info!(%leader, "standing by");
                     view.set(&leader);
                     last = leader;

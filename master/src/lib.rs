@@ -326,6 +326,7 @@ impl MasterArgs {
                 lease: self.leader_lease,
                 renew: self.leader_renew,
                 advertise: self.advertise.clone(),
+                epoch: 0,
             },
             retention: self.retention,
             keep_finished: self.keep_finished,
@@ -545,6 +546,68 @@ pub async fn run_notify(
     shutdown: CancellationToken,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    let side = SideListeners::bind(&config).await?;
+    serve_master(config, store, listener, side, shutdown, ready).await
+}
+
+/// The listeners beside the gRPC one, bound when a master starts (a
+/// standby too: one that cannot have them fails then, not when elected).
+pub(crate) struct SideListeners {
+    /// `--metrics-listen`.
+    pub(crate) metrics: Option<TcpListener>,
+    /// `--dashboard-listen`.
+    pub(crate) dashboard: Option<TcpListener>,
+}
+
+impl SideListeners {
+    async fn bind(config: &Config) -> anyhow::Result<SideListeners> {
+        let metrics = config.metrics.bind().await.map_err(anyhow::Error::msg)?;
+        let dashboard = config
+            .dashboard
+            .bind_as("--dashboard-listen", "the dashboard")
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if let Some(l) = &dashboard {
+            config.check_dashboard_exposure(l.local_addr()?)?;
+        }
+        Ok(SideListeners { metrics, dashboard })
+    }
+
+    /// A second handle on each socket, for a standby to serve on until it
+    /// is elected (see [`twin`]).
+    fn twin(&mut self) -> std::io::Result<SideListeners> {
+        fn one(slot: &mut Option<TcpListener>) -> std::io::Result<Option<TcpListener>> {
+            let Some(listener) = slot.take() else {
+                return Ok(None);
+            };
+            let (kept, other) = twin(listener)?;
+            *slot = Some(kept);
+            Ok(Some(other))
+        }
+        Ok(SideListeners {
+            metrics: one(&mut self.metrics)?,
+            dashboard: one(&mut self.dashboard)?,
+        })
+    }
+}
+
+/// Two handles on one listening socket: a connection the first has not
+/// accepted when it stops waits for the second.
+fn twin(listener: TcpListener) -> std::io::Result<(TcpListener, TcpListener)> {
+    let listener = listener.into_std()?;
+    let other = TcpListener::from_std(listener.try_clone()?)?;
+    Ok((TcpListener::from_std(listener)?, other))
+}
+
+/// [`run_notify`] on listeners already bound.
+async fn serve_master(
+    config: Config,
+    store: Arc<dyn store::Store>,
+    listener: TcpListener,
+    side: SideListeners,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     if let Some(warning) = config.check_exposure(addr)? {
         tracing::warn!("{warning}");
@@ -559,15 +622,10 @@ pub async fn run_notify(
         shutdown.clone(),
     )?;
     let tasks = master.tasks().clone();
-    let metrics_listener = config.metrics.bind().await.map_err(anyhow::Error::msg)?;
-    let dashboard_listener = config
-        .dashboard
-        .bind_as("--dashboard-listen", "the dashboard")
-        .await
-        .map_err(anyhow::Error::msg)?;
-    if let Some(l) = &dashboard_listener {
-        config.check_dashboard_exposure(l.local_addr()?)?;
-    }
+    let SideListeners {
+        metrics: metrics_listener,
+        dashboard: dashboard_listener,
+    } = side;
     ready(addr);
     tasks.spawn(master.clone().run_timers());
     tasks.spawn(coord.clone().run_timers());
@@ -644,19 +702,35 @@ pub async fn run_ha(
         .clone()
         .unwrap_or_else(|| addr.to_string());
     let elector = Arc::new(
-        ha::Elector::connect(url, config.ha.lease, advertise, lease_runtime.clone()).await?,
+        ha::Elector::connect(
+            url,
+            config.ha.lease,
+            advertise.clone(),
+            lease_runtime.clone(),
+        )
+        .await?,
     );
-    // The standby serves on a clone of the listening socket: connections
-    // not yet accepted when it stops wait there for the leader's server.
-    let listener = listener.into_std()?;
-    let standby_listener = TcpListener::from_std(listener.try_clone()?)?;
-    let listener = TcpListener::from_std(listener)?;
-    let Some(epoch) =
-        ha::stand_by(&elector, &config, standby_listener, &shutdown, standing_by).await?
+    // The standby serves on clones of the listening sockets: connections
+    // not yet accepted when it stops wait there for the leader's servers.
+    let mut side = SideListeners::bind(&config).await?;
+    let standby_side = side.twin()?;
+    let (listener, standby_listener) = twin(listener)?;
+    let Some(epoch) = ha::stand_by(
+        &elector,
+        &config,
+        standby_listener,
+        standby_side,
+        &shutdown,
+        standing_by,
+    )
+    .await?
     else {
         return Ok(());
     };
     tracing::info!(epoch, "elected leader; recovering from the database");
+    let mut config = config;
+    config.ha.epoch = epoch;
+    config.ha.advertise = Some(advertise);
     let (owned, patience) = (url.to_string(), config.ha.lease);
     let store =
         tokio::task::spawn_blocking(move || pg::PgStore::open(&owned, epoch, patience)).await??;
@@ -669,10 +743,11 @@ pub async fn run_ha(
         stepped_down.clone(),
     ));
     let lease = config.ha.lease;
-    let notify = run_notify(
+    let notify = serve_master(
         config,
         Arc::new(store),
         listener,
+        side,
         shutdown.clone(),
         |addr| ready(addr, epoch),
     );

@@ -8,6 +8,7 @@
 //! state when scraped. The store's commit latency is timed by
 //! [`MeteredStore`], a wrapper around the store the committer writes to.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -73,6 +74,10 @@ impl Store for MeteredStore {
 
     fn job_by_key(&self, key: &str) -> anyhow::Result<Option<JobId>> {
         self.inner.job_by_key(key)
+    }
+
+    fn jobs_by_keys(&self, keys: &[&str]) -> anyhow::Result<HashMap<String, JobId>> {
+        self.inner.jobs_by_keys(keys)
     }
 
     fn batch_by_request(&self, request_id: &str) -> anyhow::Result<Option<BatchId>> {
@@ -223,5 +228,27 @@ pub fn render(master: &Master, commits: &Mutex<Histogram>) -> String {
     );
     e.histogram("drover_store_commit_seconds", &[], &commits);
     guards.render(&mut e);
+    let epoch = master.config().ha.epoch;
+    if epoch > 0 {
+        leadership(&mut e, false, epoch);
+    }
     e.finish()
+}
+
+/// The role of a master on a PostgreSQL store shared with standbys: the
+/// leader and its standbys both say the epoch of the last election, so a
+/// change of leader shows on every one.
+pub(crate) fn leadership(e: &mut Exposition, standby: bool, epoch: u64) {
+    e.single(
+        "drover_standby",
+        Kind::Gauge,
+        "1 while this master stands by for another (PostgreSQL store), 0 while it leads.",
+        if standby { 1.0 } else { 0.0 },
+    );
+    e.single(
+        "drover_leader_epoch",
+        Kind::Gauge,
+        "The epoch of the last leader election on the PostgreSQL store.",
+        epoch as f64,
+    );
 }

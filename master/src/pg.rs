@@ -928,6 +928,18 @@ impl Store for PgStore {
         .map(|r| JobId::from_uuid(r.get(0))))
     }
 
+    fn jobs_by_keys(&self, keys: &[&str]) -> anyhow::Result<HashMap<String, JobId>> {
+        let rows = block(self.reader()?.query(
+            "SELECT k.key, k.job FROM drover_keys k WHERE k.key = ANY($1::text[]) \
+             AND EXISTS (SELECT 1 FROM drover_jobs j WHERE j.id = k.job)",
+            &[&keys],
+        ))?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), JobId::from_uuid(r.get(1))))
+            .collect())
+    }
+
     fn batch_by_request(&self, request_id: &str) -> anyhow::Result<Option<BatchId>> {
         Ok(block(self.reader()?.query_opt(
             "SELECT batch FROM drover_requests WHERE request_id = $1",
@@ -1240,7 +1252,7 @@ mod tests {
 
         // Resigning hands the lease over at once.
         second.resign(next).await.unwrap();
-        assert_eq!(first.try_acquire().await.unwrap(), Ok(next + 1));
+        assert_eq!(first.try_acquire().await.unwrap().ok(), Some(next + 1));
     }
 
     #[test]

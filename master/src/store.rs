@@ -239,6 +239,20 @@ pub trait Store: Send + Sync + 'static {
     fn job_by_key(&self, _key: &str) -> anyhow::Result<Option<JobId>> {
         Ok(None)
     }
+    /// The jobs that `keys` name and whose records the store still holds,
+    /// by key, in as few reads as the store can: a submit asks once for all
+    /// its keys not found in memory.
+    fn jobs_by_keys(&self, keys: &[&str]) -> anyhow::Result<HashMap<String, JobId>> {
+        let mut found = HashMap::new();
+        for &key in keys {
+            if let Some(id) = self.job_by_key(key)?
+                && self.has_job(&id)?
+            {
+                found.insert(key.to_string(), id);
+            }
+        }
+        Ok(found)
+    }
     /// The batch a submit's request id made.
     fn batch_by_request(&self, _request_id: &str) -> anyhow::Result<Option<BatchId>> {
         Ok(None)
@@ -738,6 +752,21 @@ impl Store for RedbStore {
         Ok(keys
             .get(key)?
             .map(|v| JobId::from_uuid(Uuid::from_u128(v.value()))))
+    }
+
+    fn jobs_by_keys(&self, keys: &[&str]) -> anyhow::Result<HashMap<String, JobId>> {
+        let txn = self.db.begin_read()?;
+        let (by_key, jobs) = (txn.open_table(KEYS)?, txn.open_table(JOBS)?);
+        let mut found = HashMap::new();
+        for &key in keys {
+            if let Some(v) = by_key.get(key)? {
+                let id = v.value();
+                if jobs.get(id)?.is_some() {
+                    found.insert(key.to_string(), JobId::from_uuid(Uuid::from_u128(id)));
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn batch_by_request(&self, request_id: &str) -> anyhow::Result<Option<BatchId>> {

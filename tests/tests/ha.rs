@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use drover_common::pb::{self, JobKind};
 use drover_tests::grpc::{block_on, job};
+use drover_tests::http;
 use drover_tests::pg::Postgres;
-use drover_tests::{Master, Submitted, Worker, wait_until};
+use drover_tests::security::{free_port, scrape};
+use drover_tests::{Master, Submitted, Worker, wait_for, wait_until};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -151,6 +153,114 @@ fn a_standby_names_the_leader_then_takes_over_after_kill_9_losing_nothing() {
     assert!(standby.stats().succeeded >= before);
     check_sleeps(&standby, &submitted);
     drop(worker);
+}
+
+/// The value of the sample `name` (without labels) in a scrape.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn status_metrics_and_dashboard_name_the_role_and_epoch_and_a_standby_holds_its_ports() {
+    let pg = Postgres::start();
+    let (leader, _) = Master::start_ha(&pg.url(), &QUICK);
+    let (metrics, dashboard) = (free_port(), free_port());
+    let (metrics_at, dashboard_at) = (
+        format!("127.0.0.1:{metrics}"),
+        format!("127.0.0.1:{dashboard}"),
+    );
+    let flags = [
+        &QUICK[..4],
+        &[
+            "--metrics-listen",
+            &metrics_at,
+            "--dashboard-listen",
+            &dashboard_at,
+        ],
+    ]
+    .concat();
+    let (standby, leading) = Master::start_ha(&pg.url(), &flags);
+    assert!(!leading);
+
+    // `drover status` of the leader names it and its epoch.
+    let text = drover_tests::cli::cli_raw(&["--master", &leader.url(), "status"])
+        .success()
+        .stdout;
+    let named = format!(
+        "leader: this master ({}), elected at epoch 1",
+        leader.addr()
+    );
+    assert!(
+        text.contains(&named),
+        "status does not say {named:?}:\n{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&leader.cli(&["status"]).success().stdout).unwrap();
+    assert_eq!(json["leader_epoch"], 1, "{json}");
+    assert_eq!(json["leader_address"], leader.addr().to_string(), "{json}");
+
+    // The standby serves its metrics from the start: a standby, epoch 1.
+    let scraped = scrape(metrics);
+    assert_eq!(gauge(&scraped, "drover_standby"), Some(1.0), "{scraped}");
+    assert_eq!(
+        gauge(&scraped, "drover_leader_epoch"),
+        Some(1.0),
+        "{scraped}"
+    );
+    // Its dashboard says it is a standby and names the leader.
+    let addr = dashboard_at.parse().unwrap();
+    let page = http::request(addr, "GET", "/", &[], b"").unwrap();
+    assert_eq!(page.status, 503, "{page:?}");
+    assert!(
+        page.body.contains("standby") && page.body.contains(&leader.addr().to_string()),
+        "{page:?}"
+    );
+    // A third master that cannot have the standby's metrics port fails at
+    // start, not when it is elected.
+    let taken = [&QUICK[..4], &["--metrics-listen", &metrics_at]].concat();
+    let mut third = std::process::Command::new(drover_tests::bins::bin("drover-master"))
+        .args(["--listen", "127.0.0.1:0", "--store", &pg.url()])
+        .args(&taken)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_for(MINUTE, "the third master to fail", || {
+        third.try_wait().unwrap()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut third.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!exited.success(), "a master without its metrics port ran");
+    assert!(
+        err.contains("--metrics-listen") && err.contains(&metrics_at),
+        "the error does not name the flag and the address:\n{err}"
+    );
+
+    // The leader resigns on SIGTERM; the standby takes over on the same
+    // ports, and every view says so.
+    leader.sigterm();
+    standby.wait_leading(MINUTE);
+    let scraped = wait_for(MINUTE, "the new leader's metrics", || {
+        let s = scrape(metrics);
+        (gauge(&s, "drover_standby") == Some(0.0)).then_some(s)
+    });
+    assert_eq!(
+        gauge(&scraped, "drover_leader_epoch"),
+        Some(2.0),
+        "{scraped}"
+    );
+    assert!(scraped.contains("drover_queue_jobs"), "{scraped}");
+    let page = wait_for(MINUTE, "the new leader's dashboard", || {
+        http::request(addr, "GET", "/", &[], b"")
+            .ok()
+            .filter(|p| p.status == 200)
+    });
+    assert!(page.body.contains("Leader epoch"), "{}", page.body);
+    let json: serde_json::Value =
+        serde_json::from_str(&standby.cli(&["status"]).success().stdout).unwrap();
+    assert_eq!(json["leader_epoch"], 2, "{json}");
+    assert_eq!(json["leader_address"], standby.addr().to_string(), "{json}");
 }
 
 #[test]

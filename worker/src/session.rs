@@ -124,8 +124,10 @@ pub async fn maintain(
     // The master tried next: the one the session was last with (the first
     // at start), then on around the list.
     let mut next = dial.masters.current();
-    // The masters tried since the last backoff.
+    // The masters tried since the last backoff, and whether a standby
+    // answered one of them.
     let mut tried = 0;
+    let mut standby_seen = false;
     loop {
         if stop.is_cancelled() {
             return;
@@ -133,10 +135,11 @@ pub async fn maintain(
         let at = next;
         let url = dial.masters.urls()[at].as_str();
         let connected_at = tokio::time::Instant::now();
-        let reason = tokio::select! {
+        let Ended { reason, standby } = tokio::select! {
             r = one_session(&dial, at, &hello, &events, &metrics) => r,
             _ = stop.cancelled() => return,
         };
+        standby_seen |= standby;
         metrics.connected(false);
         if closing.is_cancelled() {
             tracing::info!(master = %url, "session closed after draining");
@@ -158,26 +161,63 @@ pub async fn maintain(
             continue;
         }
         tried = 0;
+        // A standby answered: a leader is elected within a lease, so the
+        // round is tried again soon, however long the backoff has grown.
+        let wait = match std::mem::take(&mut standby_seen) {
+            true => backoff.min(STANDBY_RETRY),
+            false => backoff,
+        };
         let jitter =
-            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
+            Duration::from_millis(rand::random::<u64>() % (wait.as_millis() as u64 / 2 + 1));
         tokio::select! {
-            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = tokio::time::sleep(wait + jitter) => {}
             _ = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
+/// The longest wait between rounds while a standby answers: what a
+/// failover costs a worker beyond the election.
+const STANDBY_RETRY: Duration = Duration::from_millis(100);
+
+/// How a session ended.
+struct Ended {
+    /// Why, for the log and the engine.
+    reason: String,
+    /// The master was a standby (it said so: [`net::from_standby`]).
+    standby: bool,
+}
+
+impl From<String> for Ended {
+    fn from(reason: String) -> Ended {
+        Ended {
+            reason,
+            standby: false,
+        }
+    }
+}
+
+impl From<&str> for Ended {
+    fn from(reason: &str) -> Ended {
+        reason.to_string().into()
+    }
+}
+
 /// Why the master refused a session, for the log: an auth refusal says
 /// which flag to look at.
-fn refused(status: &tonic::Status) -> String {
-    match status.code() {
+fn refused(status: &tonic::Status) -> Ended {
+    let reason = match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => format!(
             "master refused the session ({:?}): {} (check this worker's --token and TLS flags)",
             status.code(),
             status.message()
         ),
         _ => format!("master refused the session: {}", status.message()),
+    };
+    Ended {
+        reason,
+        standby: net::from_standby(status),
     }
 }
 
@@ -189,11 +229,11 @@ async fn one_session(
     hello: &pb::Hello,
     events: &mpsc::UnboundedSender<SessionEvent>,
     metrics: &Arc<WorkerMetrics>,
-) -> String {
+) -> Ended {
     let url = dial.masters.urls()[at].as_str();
     let channel = match net::connect_with(url, &dial.options).await {
         Ok(c) => c,
-        Err(e) => return e,
+        Err(e) => return e.into(),
     };
     let mut client = WorkersClient::new(channel)
         .max_decoding_message_size(net::MAX_MESSAGE_BYTES)
@@ -236,7 +276,7 @@ async fn one_session(
             }
             Ok(Some(_)) => {}
             Ok(None) => return "master closed the stream".into(),
-            Err(status) => return format!("stream error: {}", status.message()),
+            Err(status) => return format!("stream error: {}", status.message()).into(),
         }
     }
 }

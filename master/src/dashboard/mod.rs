@@ -56,7 +56,9 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::Request;
 
 use crate::Master;
@@ -130,7 +132,42 @@ pub async fn serve(
     });
     let tasks = master.tasks().clone();
     tasks.spawn(sample(dash.clone()));
-    let app = router(dash);
+    serve_app(listener, router(dash), tls, &tasks, shutdown).await
+}
+
+/// A standby's dashboard: every page answers 503 with `message` (which
+/// names the leader), until `shutdown`.
+pub async fn serve_standby(
+    listener: TcpListener,
+    config: &crate::Config,
+    message: impl Fn() -> String + Clone + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = match &config.tls {
+        Some(t) => Some(access::tls_acceptor(t)?),
+        None => None,
+    };
+    let app = Router::new().fallback(move || {
+        let text = message();
+        async move {
+            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+    });
+    serve_app(listener, app, tls, &TaskTracker::new(), shutdown).await
+}
+
+/// Serves `app` over HTTP/1.1 (on TLS if `tls`) on `listener` until
+/// `shutdown`, each connection a task of `tasks`.
+async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    tasks: &TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -570,6 +607,9 @@ pub(crate) struct Snapshot {
     commit_mean_ms: Option<f64>,
     commit_p99_ms: Option<f64>,
     commits: u64,
+    /// The epoch this master leads at, on a PostgreSQL store shared with
+    /// standbys; 0 otherwise.
+    leader_epoch: u64,
     /// Jobs finished in each of the last [`CHART_SECONDS`] seconds.
     series: Vec<u64>,
 }
@@ -598,6 +638,7 @@ async fn snapshot(dash: &Dash) -> Result<Snapshot, tonic::Status> {
         commit_mean_ms: (count > 0).then(|| commits.sum() / count as f64 * 1000.0),
         commit_p99_ms: commits.quantile_bound(0.99).map(|b| b * 1000.0),
         commits: count,
+        leader_epoch: s.leader_epoch,
         series: dash.history.lock().iter().copied().collect(),
     })
 }

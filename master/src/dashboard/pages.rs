@@ -244,6 +244,9 @@ pub(crate) fn overview(s: &Snapshot) -> Page {
     body += &card("Commit p99 ≤", "commit_p99_ms", &ms(s.commit_p99_ms));
     body += &card("Uptime", "uptime", &span(s.uptime_s));
     body += &card("Version", "version", &esc(&s.version));
+    if s.leader_epoch > 0 {
+        body += &card("Leader epoch", "leader_epoch", &s.leader_epoch.to_string());
+    }
     body += "</section>";
     body += &chart(&s.series);
     Page {

@@ -144,7 +144,12 @@ impl Master {
         &self.inner.state
     }
 
-    /// The limits and refusal counts.
+    /// What the master was started with (with its epoch once elected).
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The queue and watch limits, and what was refused.
     pub fn guards(&self) -> &Arc<Guards> {
         &self.inner.guards
     }

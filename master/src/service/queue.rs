@@ -730,7 +730,13 @@ impl Queue for Master {
         &self,
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        Ok(Response::new(self.inner.state.lock().stats()))
+        let mut stats = self.inner.state.lock().stats();
+        let ha = &self.inner.config.ha;
+        if ha.epoch > 0 {
+            stats.leader_epoch = ha.epoch;
+            stats.leader_address = ha.advertise.clone().unwrap_or_default();
+        }
+        Ok(Response::new(stats))
     }
 
     async fn limits(

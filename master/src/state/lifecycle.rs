@@ -253,19 +253,28 @@ impl State {
         let mut ids = Vec::with_capacity(specs.len());
         let mut slots = Vec::with_capacity(specs.len());
         let mut finished = Vec::new();
+        // Finished jobs that left memory with their batches, asked of the
+        // store in one read for all the keys memory does not know.
+        let archived = match &self.archive {
+            Some(store) => {
+                let unknown: Vec<&str> = specs
+                    .iter()
+                    .map(|s| s.idempotency_key.as_str())
+                    .filter(|k| !k.is_empty() && !self.idempotency.contains_key(*k))
+                    .collect();
+                match unknown.is_empty() {
+                    true => HashMap::new(),
+                    false => store.jobs_by_keys(&unknown).map_err(store_error)?,
+                }
+            }
+            None => HashMap::new(),
+        };
         for (i, spec) in specs.into_iter().enumerate() {
             let index = i as u32;
             let known = match self.idempotency.get(spec.idempotency_key.as_str()) {
                 _ if spec.idempotency_key.is_empty() => None,
                 Some(&id) => Some(id),
-                // A finished job that left memory with its batch.
-                None => match &self.archive {
-                    Some(store) => store
-                        .job_by_key(&spec.idempotency_key)
-                        .map_err(store_error)?
-                        .filter(|id| store.has_job(id).unwrap_or(false)),
-                    None => None,
-                },
+                None => archived.get(spec.idempotency_key.as_str()).copied(),
             };
             if let Some(existing) = known {
                 let existing_finished = self.jobs.get(&existing).is_none_or(Job::is_finished);

@@ -141,6 +141,9 @@ impl State {
             uptime_s: now_s,
             waiting_for_capability,
             missing_modules,
+            // The service fills these in: the state does not know.
+            leader_epoch: 0,
+            leader_address: String::new(),
         }
     }
 

@@ -255,7 +255,7 @@ class WorkerInfo(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., cpu_slots: _Optional[int] = ..., io_slots: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., child_pids: _Optional[_Iterable[int]] = ..., children_restarted: _Optional[int] = ..., version: _Optional[str] = ..., draining: _Optional[bool] = ..., connected_s: _Optional[int] = ..., pid: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[JobKind, str]]] = ..., python_modules: _Optional[_Iterable[str]] = ..., python_slots: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("queued", "running", "succeeded", "failed", "cancelled", "workers", "jobs_per_s", "late_results_dropped", "retried", "version", "uptime_s", "waiting_for_capability", "missing_modules")
+    __slots__ = ("queued", "running", "succeeded", "failed", "cancelled", "workers", "jobs_per_s", "late_results_dropped", "retried", "version", "uptime_s", "waiting_for_capability", "missing_modules", "leader_epoch", "leader_address")
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +269,8 @@ class StatsResponse(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     WAITING_FOR_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     MISSING_MODULES_FIELD_NUMBER: _ClassVar[int]
+    LEADER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     queued: int
     running: int
     succeeded: int
@@ -282,7 +284,9 @@ class StatsResponse(_message.Message):
     uptime_s: int
     waiting_for_capability: int
     missing_modules: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_per_s: _Optional[float] = ..., late_results_dropped: _Optional[int] = ..., retried: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[int] = ..., waiting_for_capability: _Optional[int] = ..., missing_modules: _Optional[_Iterable[str]] = ...) -> None: ...
+    leader_epoch: int
+    leader_address: str
+    def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_per_s: _Optional[float] = ..., late_results_dropped: _Optional[int] = ..., retried: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[int] = ..., waiting_for_capability: _Optional[int] = ..., missing_modules: _Optional[_Iterable[str]] = ..., leader_epoch: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ("state", "limit", "batch_id")
