@@ -36,6 +36,7 @@ mod dashboard;
 mod durable;
 mod fib;
 mod finished;
+mod ha;
 mod jobs;
 mod pg;
 mod recovery;
@@ -105,6 +106,9 @@ struct Args {
     /// figures), each its own session on its own connection.
     #[arg(long, default_value_t = workers::DEFAULT_SIM_WORKERS, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     sim_workers: u32,
+    /// Failovers of the ha workload.
+    #[arg(long, default_value_t = ha::DEFAULT_ROUNDS, value_parser = clap::value_parser!(u32).range(1..))]
+    ha_rounds: u32,
     /// Worker daemons to start.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     workers: u32,
@@ -188,6 +192,10 @@ enum Workload {
     /// PostgreSQL server the bench starts; with durable, pg_vs_redb_tiny.
     /// Not in the default --only.
     Pg,
+    /// ha_failover_p50_ms, ha_failover_p99_ms and ha_takeover_p50_ms:
+    /// --ha-rounds kill -9s of the leader of two masters on PostgreSQL.
+    /// Not in the default --only.
+    Ha,
 }
 
 /// A run of a baseline script may take this long before it is killed.
@@ -251,6 +259,9 @@ fn run(args: &Args) -> Report {
     }
     if selected(Workload::Pyclient) {
         run_python_client(args, &mut report);
+    }
+    if selected(Workload::Ha) {
+        run_ha(args, &mut report);
     }
     let clusters = [
         Workload::Tiny,
@@ -611,6 +622,25 @@ async fn workers_once(
 }
 
 /// fib_decimal in-process, then GMP through gmp_fib.py.
+/// The ha workload ([`ha`]): its own PostgreSQL server and masters, on
+/// the tests' harness, which finds (and builds) the daemons of this
+/// executable's profile.
+fn run_ha(args: &Args, report: &mut Report) {
+    match ha::run(args.ha_rounds) {
+        Ok(f) => {
+            report.ha_takeover_p50_ms = stats::median(&f.takeover_ms);
+            report.ha_failover_p50_ms = stats::median(&f.failover_ms);
+            report.ha_failover_p99_ms = stats::percentile(&f.failover_ms, 99.0);
+            report.samples.insert("ha_takeover_ms", f.takeover_ms);
+            report.samples.insert("ha_failover_ms", f.failover_ms);
+        }
+        Err(e) => {
+            report.failed = true;
+            report.notes.push(format!("ha: {e:#}"));
+        }
+    }
+}
+
 fn run_fib(args: &Args, report: &mut Report) {
     for (n, field) in [(1_000_000, "fib_1e6_ms"), (10_000_000, "fib_1e7_ms")] {
         let samples: Result<Vec<f64>> = (0..args.runs).map(|_| fib::time_fib(n)).collect();

@@ -62,7 +62,7 @@ impl Server {
 }
 
 /// Runs `f`, turning its panic into an error with the panic's message.
-fn unpanic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+pub(crate) fn unpanic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = payload
             .downcast_ref::<String>()

@@ -33,6 +33,12 @@ pub(crate) struct Report {
     /// (`--store postgres://...`).
     pub(crate) pg_submit_jobs_per_s: Option<f64>,
     pub(crate) pg_tiny_jobs_per_s: Option<f64>,
+    /// Failovers on PostgreSQL (the `ha` workload), from the kill -9 of the
+    /// leader: until a standby led with the queue recovered, and until the
+    /// new leader had accepted a result.
+    pub(crate) ha_takeover_p50_ms: Option<f64>,
+    pub(crate) ha_failover_p50_ms: Option<f64>,
+    pub(crate) ha_failover_p99_ms: Option<f64>,
     pub(crate) recovery_s_1m: Option<f64>,
     pub(crate) master_rss_mb_1m: Option<f64>,
     pub(crate) master_rss_mb_1m_recovered: Option<f64>,
@@ -170,6 +176,16 @@ const TARGETS: &[Target] = &[
         higher_is_better: true,
     },
     Target {
+        key: "ha_failover_p50_ms",
+        limit: 2_000.0,
+        higher_is_better: false,
+    },
+    Target {
+        key: "ha_failover_p99_ms",
+        limit: 5_000.0,
+        higher_is_better: false,
+    },
+    Target {
         key: "recovery_s_1m",
         limit: 5.0,
         higher_is_better: false,
@@ -285,6 +301,9 @@ impl Report {
             ("pg_submit_jobs_per_s", self.pg_submit_jobs_per_s),
             ("pg_tiny_jobs_per_s", self.pg_tiny_jobs_per_s),
             ("pg_vs_redb_tiny", self.pg_vs_redb_tiny()),
+            ("ha_takeover_p50_ms", self.ha_takeover_p50_ms),
+            ("ha_failover_p50_ms", self.ha_failover_p50_ms),
+            ("ha_failover_p99_ms", self.ha_failover_p99_ms),
             ("recovery_s_1m", self.recovery_s_1m),
             ("master_rss_mb_1m", self.master_rss_mb_1m),
             (
