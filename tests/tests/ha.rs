@@ -4,7 +4,9 @@
 //! reports NOT_SERVING; when the leader dies (kill -9), is paused past its
 //! lease (SIGSTOP), or loses its database sessions, a standby takes over,
 //! recovers from the database and goes on, with nothing acknowledged lost
-//! and nothing run twice; the old leader never writes again.
+//! and nothing run twice; the old leader never writes again. A Python
+//! client given both masters (the venv of `drover_tests::python`) reads
+//! its map to the end across the takeover.
 
 use std::collections::HashSet;
 use std::time::Duration;
