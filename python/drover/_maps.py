@@ -162,7 +162,8 @@ class MapRun(Iterator[Any]):
             encode = lambda args: encode_args(tuple(args), {})  # noqa: E731
         else:
             encode = self._kind.encode_one
-        req = pb.SubmitRequest()
+        # With several masters, a request id: the submit may go to another.
+        req = pb.SubmitRequest(request_id=self._client._request_id())
         add = req.jobs.add
         size = 0
         n = 0

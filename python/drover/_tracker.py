@@ -203,12 +203,13 @@ class Tracker:
         during the call, sends it again without its wait while it cannot be
         reached, for up to RECONNECT_PATIENCE_S: a repeat names the batch the
         first one made, if it made one. A master never reached fails at
-        once, as every other call does."""
+        once, as every other call does. With several masters, the submit
+        went around them already (``Client._submit_into``)."""
         try:
             self._client._submit_into(req, 0, 0, parts)
             return
         except MasterUnavailable as e:
-            if never_sent(str(e)):
+            if never_sent(str(e)) or len(self._client.urls) > 1:
                 raise
         req.wait = False
         patience_until = time.monotonic() + RECONNECT_PATIENCE_S
@@ -244,7 +245,8 @@ class Tracker:
             # when a limit split it and a later part was refused.
             parts: List[Tuple[int, Any]] = []
             try:
-                self._client._submit_into(pb.SubmitRequest(jobs=[spec for spec, _ in batch]), 0, 0, parts)
+                req = pb.SubmitRequest(jobs=[spec for spec, _ in batch], request_id=self._client._request_id())
+                self._client._submit_into(req, 0, 0, parts)
                 self._settle(batch, parts)
                 return
             except InvalidArgument as e:

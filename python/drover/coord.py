@@ -36,6 +36,14 @@ may have been applied, and sent again after another client's write it
 would undo that one.
 The session, and the locks it holds, survive the restart. Sessions are
 closed at exit (their locks released at once), or with :func:`close`.
+
+Given several masters of one PostgreSQL database (``DROVER_MASTER=a,b``),
+a call moves to the next master by the same rules, for up to
+``FAILOVER_PATIENCE_S``: a call safe to send again moves on whenever its
+master is away, a write only when no master can have applied it (the
+connection could not be made, or a standby refused it). The session and
+its locks live in the database: they are the new leader's after a
+failover.
 """
 
 from __future__ import annotations
@@ -45,14 +53,13 @@ import os
 import pickle
 import re
 import threading
-import time
 from collections.abc import MutableMapping
 from typing import Any, Dict as _Dict, Iterator, List, Optional, Tuple
 
 import grpc
 
 from . import _errors
-from ._client import RECONNECT_PATIENCE_S, Client
+from ._client import Client
 from .v1 import drover_pb2 as pb
 from .v1 import drover_pb2_grpc as pb_grpc
 
@@ -75,16 +82,10 @@ _RESENDABLE = frozenset(
     }
 )
 
-
-def _never_sent(err: grpc.RpcError) -> bool:
-    """Whether an UNAVAILABLE call failed to reach the master at all."""
-    return _errors.never_sent(err.details() or "")
-
 #: The lease of this process's session, in seconds (``DROVER_LEASE_S``).
 DEFAULT_LEASE_S = 10.0
 
 _default_client: Optional[Client] = None
-_stubs: _Dict[int, Tuple[Any, Any]] = {}
 _sessions: _Dict[Tuple[int, int, Optional[str]], "_Session"] = {}
 _guard = threading.Lock()
 
@@ -115,39 +116,29 @@ def _call(
     resend: bool = True,
     metadata: Tuple[Tuple[str, str], ...] = (),
 ) -> Any:
-    """Calls ``Coord.method`` on the client's channel, sending it again
-    across a restart of the master when that is safe (see the module
-    docs; ``resend=False``: never); errors become
-    :class:`drover.DroverError` subclasses naming what went wrong."""
-    client._queue()  # connects, in this process
-    channel = client._channel
-    with _guard:
-        cached = _stubs.get(id(client))
-        if cached is None or cached[0] is not channel:
-            cached = (channel, pb_grpc.CoordStub(channel))
-            _stubs[id(client)] = cached
-    patience_until: Optional[float] = None
-    delay = 0.05
-    while True:
-        try:
-            return getattr(cached[1], method)(req, metadata=client._metadata + metadata, timeout=timeout)
-        except grpc.RpcError as err:
-            code = err.code() if hasattr(err, "code") else None
-            if code == grpc.StatusCode.ABORTED:
-                raise threading.BrokenBarrierError(err.details()) from None
-            if (
-                not resend
-                or code != grpc.StatusCode.UNAVAILABLE
-                or not (method in _RESENDABLE or _never_sent(err))
-            ):
-                raise client._error(err) from None
-            now = time.monotonic()
-            if patience_until is None:
-                patience_until = now + RECONNECT_PATIENCE_S
-            if now >= patience_until:
-                raise client._error(err) from None
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    """Calls ``Coord.method`` at the client's current master, sending it
+    again across a restart of the master, or to the next of several
+    masters, when that is safe (see the module docs; ``resend=False``: not
+    across a restart, and to the next master only when none applied it);
+    errors become :class:`drover.DroverError` subclasses naming what went
+    wrong."""
+    return client._unary(
+        method,
+        req,
+        resend and method in _RESENDABLE,
+        client._reconnect_s if resend else None,
+        kind=pb_grpc.CoordStub,
+        timeout=timeout,
+        metadata=metadata,
+        max_delay=1.0,
+        check=_broken_barrier,
+    )
+
+
+def _broken_barrier(err: grpc.RpcError) -> None:
+    """Raises a barrier's ABORTED as ``threading.BrokenBarrierError``."""
+    if err.code() == grpc.StatusCode.ABORTED:
+        raise threading.BrokenBarrierError(err.details()) from None
 
 
 class _Session:

@@ -20,7 +20,7 @@ import time
 import weakref
 from typing import Any, Iterable, Iterator, Mapping, Optional, Set
 
-from ._client import Client, PathOrPem, client_for
+from ._client import Client, Masters, PathOrPem, client_for
 from ._kinds import job_kind
 from ._maps import DEFAULT_MAX_IN_FLIGHT, MapRun
 from ._options import JobOptions
@@ -54,7 +54,7 @@ class Executor(cf.Executor):
 
     def __init__(
         self,
-        master: Optional[str] = None,
+        master: Masters = None,
         token: Optional[str] = None,
         ca: Optional[PathOrPem] = None,
         *,

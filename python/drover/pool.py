@@ -23,7 +23,7 @@ import weakref
 from concurrent.futures import CancelledError, Future
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from ._client import Client, PathOrPem, client_for
+from ._client import Client, Masters, PathOrPem, client_for
 from ._kinds import job_kind
 from ._maps import DEFAULT_MAX_IN_FLIGHT, MapRun
 from ._options import JobOptions
@@ -120,7 +120,9 @@ class Pool:
 
     ``master``, ``token`` and ``ca`` (and ``tls_cert``/``tls_key``) are as for
     :class:`drover.Client`, defaulting to ``DROVER_MASTER`` and the other
-    variables the CLI reads; or pass ``client=`` to share a connection.
+    variables the CLI reads (``master`` may name several masters, which the
+    pool's calls move between as the client's do); or pass ``client=`` to
+    share a connection.
     ``priority``, ``timeout`` (seconds a job may run on a worker),
     ``max_attempts`` and ``limits`` (e.g. ``{"db": 4}``, see
     :class:`JobOptions`) apply to every job; ``pool.options(...)`` gives a view
@@ -130,7 +132,7 @@ class Pool:
 
     def __init__(
         self,
-        master: Optional[str] = None,
+        master: Masters = None,
         token: Optional[str] = None,
         ca: Optional[PathOrPem] = None,
         *,

@@ -27,6 +27,8 @@
 //!   a hand-fed child process and a strict Prometheus text check.
 //! - [`http`]: a minimal HTTP/1.1 client (the dashboard, WebDriver).
 //! - [`pg`]: a throwaway PostgreSQL server (the PostgreSQL store, HA).
+//! - [`python`]: the virtualenv with the Python client, for pytest and
+//!   for Python client scripts run against real masters.
 //! - [`webdriver`]: headless Chromium through chromedriver, for the
 //!   dashboard's browser test.
 
@@ -39,6 +41,7 @@ pub mod http;
 pub mod model;
 pub mod pg;
 pub mod process;
+pub mod python;
 pub mod reference;
 pub mod security;
 pub mod slow;

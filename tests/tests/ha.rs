@@ -4,7 +4,9 @@
 //! reports NOT_SERVING; when the leader dies (kill -9), is paused past its
 //! lease (SIGSTOP), or loses its database sessions, a standby takes over,
 //! recovers from the database and goes on, with nothing acknowledged lost
-//! and nothing run twice; the old leader never writes again.
+//! and nothing run twice; the old leader never writes again. A Python
+//! client given both masters (the venv of `drover_tests::python`) reads
+//! its map to the end across the takeover.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -589,4 +591,164 @@ fn a_leader_whose_database_calls_hang_steps_down_within_its_lease() {
     standby.wait_leading(MINUTE);
     check_sleeps(&standby, &submitted);
     drop(worker);
+}
+
+/// A Python client given both masters (`DROVER_MASTER=leader,standby`)
+/// reading a `Pool.imap` while the leader is killed: the map's ordered
+/// watch resumes on the new leader, its later submits (named by request
+/// ids) go there, a counter add made during the takeover (unsafe to send
+/// twice: it moves on only from a refused connection or a standby) is
+/// applied once, and every result comes back once and in order.
+#[test]
+fn a_python_map_rides_through_kill_9_of_the_leader() {
+    const JOBS: usize = 20_000;
+    const PAUSE_AT: usize = 1_000;
+    let pg = Postgres::start();
+    let (leader, standby) = pair(&pg);
+    let masters = format!("{},{}", leader.url(), standby.url());
+    let worker = Worker::start_for(&masters, &leader.url(), &["--processes", "2"]);
+
+    let mut script = PythonScript::start(MAP_SCRIPT, &masters, &[JOBS, PAUSE_AT]);
+    // The script stops reading after PAUSE_AT results: at most
+    // max_in_flight jobs are submitted and unread, so the map cannot end
+    // before the leader dies.
+    script.wait_line(MINUTE, "paused");
+    assert!(leader.stats().succeeded < JOBS as u64);
+    leader.kill9();
+    script.say("go");
+    standby.wait_leading(MINUTE);
+    let summary: serde_json::Value = serde_json::from_str(&script.finish(Duration::from_secs(180)))
+        .expect("the script's last line is JSON");
+    assert_eq!(summary["results"], JOBS, "{summary}");
+    assert_eq!(summary["wrong"], serde_json::json!([]), "{summary}");
+    assert_eq!(summary["added"], 1, "{summary}");
+    assert_eq!(summary["url"], standby.url(), "{summary}");
+    assert_eq!(
+        standby.stats().succeeded,
+        JOBS as u64,
+        "a result was recorded twice or lost"
+    );
+    let counter: serde_json::Value = standby.cli(&["counter", "get", "failover"]).success().one();
+    assert_eq!(counter["value"], 1, "the add was applied twice: {counter}");
+    drop(worker);
+}
+
+/// `Pool.imap` of `fib(i % 90)` for `i < JOBS` (argv[1]); after PAUSE_AT
+/// (argv[2]) results it prints `paused`, waits for a line on stdin, adds 1
+/// to the counter `failover`, and reads on; then prints a JSON summary.
+const MAP_SCRIPT: &str = r#"
+import json, sys
+import drover
+
+jobs, pause_at = int(sys.argv[1]), int(sys.argv[2])
+args = [i % 90 for i in range(jobs)]
+got, added = [], None
+with drover.Pool(max_in_flight=2_000) as pool:
+    for r in pool.imap(drover.fib, args, chunksize=500):
+        got.append(r)
+        if len(got) == pause_at:
+            print("paused", flush=True)
+            sys.stdin.readline()
+            added = drover.Value("failover").add(1)
+    url = pool.client.url
+wrong = [i for i, (r, n) in enumerate(zip(got, args)) if r != drover.fib(n)]
+print(json.dumps({"results": len(got), "wrong": wrong[:10], "added": added, "url": url}), flush=True)
+"#;
+
+/// A Python script run with the client's virtualenv, its stdout read line
+/// by line; killed and reaped on drop.
+struct PythonScript {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl PythonScript {
+    /// Starts `python -c SCRIPT ARGS...` with `DROVER_MASTER=masters` and
+    /// no other `DROVER_` variable.
+    fn start(script: &str, masters: &str, args: &[usize]) -> PythonScript {
+        use std::process::{Command, Stdio};
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(drover_tests::python::venv().join("bin/python"));
+        cmd.arg("-c").arg(script);
+        cmd.args(args.iter().map(usize::to_string));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("DROVER_") {
+                cmd.env_remove(&key);
+            }
+        }
+        let mut child = cmd
+            .env("DROVER_MASTER", masters)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .expect("the venv's python starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        PythonScript {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// Its stderr so far, for failures.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// Waits for the line `want`, failing if the script exits first.
+    fn wait_line(&mut self, timeout: Duration, want: &str) {
+        wait_until(timeout, &format!("the script to print {want:?}"), || {
+            if let Ok(line) = self.lines.try_recv() {
+                assert_eq!(line, want, "stderr:\n{}", self.stderr());
+                return true;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the script exited with {status}:\n{}", self.stderr());
+            }
+            false
+        });
+    }
+
+    /// Writes `line` to its stdin.
+    fn say(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        std::io::Write::write_all(stdin, format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// Waits for it to exit successfully and returns its last line.
+    fn finish(&mut self, timeout: Duration) -> String {
+        let status = wait_for(timeout, "the script to finish", || {
+            self.child.try_wait().unwrap()
+        });
+        assert!(
+            status.success(),
+            "the script exited with {status}:\n{}",
+            self.stderr()
+        );
+        // Until its stdout's end: the reader may be behind the exit.
+        let lines: Vec<String> = self.lines.iter().collect();
+        lines
+            .last()
+            .cloned()
+            .unwrap_or_else(|| panic!("the script printed nothing:\n{}", self.stderr()))
+    }
+}
+
+impl Drop for PythonScript {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
