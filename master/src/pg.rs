@@ -19,7 +19,7 @@
 //! store's own that drives its two connections (one for the committers'
 //! transactions, one for reads), and the caller waits for the answer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +37,18 @@ use crate::store::{
     pack_assignments, stored_batch, unpack_assignments,
 };
 
-/// The version of the tables this build writes.
-pub const PG_FORMAT_VERSION: i64 = 1;
+/// The version of the tables this build writes. Format 1 had
+/// `drover_jobs` and `drover_batches` unpartitioned; 2 partitions them by
+/// batch id (see [`Partitions`]).
+pub const PG_FORMAT_VERSION: i64 = 2;
+
+/// The width of a partition (unix ms of batch creation) in a database this
+/// build creates: an hour. A partition is dropped once every batch in it
+/// is purged, so retention of hours or more drops most finished work
+/// whole; a lookup by job id alone probes every partition newer than the
+/// job, so there should not be thousands. Kept in `drover_meta` at
+/// creation: every master of a database cuts the same ranges.
+pub const PARTITION_MS: u64 = 3_600_000;
 
 /// The key of the advisory lock that serializes creating the tables.
 const SCHEMA_LOCK: i64 = 0x6472_6f76_6572; // "drover"
@@ -51,51 +61,63 @@ const CLOSED_COUNTS: [&str; 3] = ["closed_succeeded", "closed_failed", "closed_c
 const CLOSED_BYTES: &str = "closed_bytes";
 const PURGED_UPTO: &str = "budget_purged_upto_ms";
 const NEXT_SEQ: &str = "next_seq";
+const PARTITION_WIDTH: &str = "partition_ms";
 
-/// The tables, their indexes, the lease row and the format marker; run at
-/// every start by every master, under an advisory lock.
+/// The tables, their indexes, the lease row and the format marker, made
+/// once, by the first master, under an advisory lock.
+///
+/// `drover_jobs` is partitioned by its `batch` column and `drover_batches`
+/// by its id, on the same ranges of batch creation time (a UUID v7 starts
+/// with its time in ms), so a batch and its jobs are in partitions of the
+/// same range, and a range whose batches are all purged is dropped whole.
+/// A job's row is keyed by (batch, id), as a partitioned table's keys must
+/// hold the partition key; `drover_jobs_id` serves reads by id. The
+/// DEFAULT partitions take what no range holds (ids that are not v7).
 fn schema() -> String {
     let failed = pb::JobState::Failed as i32;
     let cancelled = pb::JobState::Cancelled as i32;
     format!(
         "
 SET LOCAL client_min_messages = warning;
-CREATE TABLE IF NOT EXISTS drover_meta (name text PRIMARY KEY, value bigint NOT NULL);
-CREATE TABLE IF NOT EXISTS drover_lease (
+CREATE TABLE drover_meta (name text PRIMARY KEY, value bigint NOT NULL);
+CREATE TABLE drover_lease (
     id int PRIMARY KEY CHECK (id = 1),
     epoch bigint NOT NULL,
     holder text NOT NULL,
     address text NOT NULL,
     expires_at timestamptz NOT NULL);
 INSERT INTO drover_lease VALUES (1, 0, '', '', '-infinity') ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS drover_jobs (
-    id uuid PRIMARY KEY,
+CREATE TABLE drover_jobs (
+    id uuid NOT NULL,
     batch uuid NOT NULL,
     state int NOT NULL,
     record bytea NOT NULL,
-    epoch bigint NOT NULL);
-CREATE INDEX IF NOT EXISTS drover_jobs_batch ON drover_jobs (batch);
-CREATE INDEX IF NOT EXISTS drover_jobs_ended ON drover_jobs (state, id)
+    epoch bigint NOT NULL,
+    PRIMARY KEY (batch, id)) PARTITION BY RANGE (batch);
+CREATE INDEX drover_jobs_id ON drover_jobs (id);
+CREATE INDEX drover_jobs_ended ON drover_jobs (state, id)
     WHERE state IN ({failed}, {cancelled});
-CREATE TABLE IF NOT EXISTS drover_batches (
+CREATE TABLE drover_jobs_default PARTITION OF drover_jobs DEFAULT;
+CREATE TABLE drover_batches (
     id uuid PRIMARY KEY,
     record bytea NOT NULL,
     open boolean NOT NULL,
     closed_at_ms bigint,
     info bytea,
     bytes bigint NOT NULL DEFAULT 0,
-    epoch bigint NOT NULL);
-CREATE INDEX IF NOT EXISTS drover_batches_open ON drover_batches (id) WHERE open;
-CREATE INDEX IF NOT EXISTS drover_batches_closed ON drover_batches (closed_at_ms, id)
+    epoch bigint NOT NULL) PARTITION BY RANGE (id);
+CREATE INDEX drover_batches_open ON drover_batches (id) WHERE open;
+CREATE INDEX drover_batches_closed ON drover_batches (closed_at_ms, id)
     WHERE NOT open;
-CREATE TABLE IF NOT EXISTS drover_keys (key text PRIMARY KEY, job uuid NOT NULL, epoch bigint NOT NULL);
-CREATE INDEX IF NOT EXISTS drover_keys_job ON drover_keys (job);
-CREATE TABLE IF NOT EXISTS drover_requests (
+CREATE TABLE drover_batches_default PARTITION OF drover_batches DEFAULT;
+CREATE TABLE drover_keys (key text PRIMARY KEY, job uuid NOT NULL, epoch bigint NOT NULL);
+CREATE INDEX drover_keys_job ON drover_keys (job);
+CREATE TABLE drover_requests (
     request_id text PRIMARY KEY, batch uuid NOT NULL, epoch bigint NOT NULL);
-CREATE INDEX IF NOT EXISTS drover_requests_batch ON drover_requests (batch);
-CREATE TABLE IF NOT EXISTS drover_assignments (
+CREATE INDEX drover_requests_batch ON drover_requests (batch);
+CREATE TABLE drover_assignments (
     number bigint PRIMARY KEY, packed bytea NOT NULL, epoch bigint NOT NULL);
-CREATE TABLE IF NOT EXISTS drover_coord (key text PRIMARY KEY, value bytea NOT NULL, epoch bigint NOT NULL);
+CREATE TABLE drover_coord (key text PRIMARY KEY, value bytea NOT NULL, epoch bigint NOT NULL);
 "
     )
 }
@@ -149,47 +171,75 @@ async fn connect_writer(url: &str, patience: Duration) -> anyhow::Result<Client>
 /// Creates the tables if they are missing and checks their format;
 /// returns when the store was created (unix ms).
 pub async fn ensure_schema(client: &mut Client, url: &str) -> anyhow::Result<u64> {
+    ensure_schema_with(client, url, PARTITION_MS).await
+}
+
+/// [`ensure_schema`], giving a database it creates partitions of
+/// `partition_ms` (tests use a few ms, to cross many); a database that
+/// exists keeps its own.
+pub async fn ensure_schema_with(
+    client: &mut Client,
+    url: &str,
+    partition_ms: u64,
+) -> anyhow::Result<u64> {
+    anyhow::ensure!(partition_ms > 0, "a partition is at least 1 ms wide");
     // Tables of this format already there: no DDL, whose locks would wait
     // for (and hold up) the leader's commits.
-    let existing: Option<String> = client
-        .query_one("SELECT to_regclass('drover_meta')::text", &[])
-        .await?
-        .get(0);
-    if existing.is_some() {
-        let version = meta_value(client, "format_version").await?;
-        anyhow::ensure!(
-            version != 0,
-            "the database at {} has a drover_meta table without drover's format marker; it is not drover's, or its creation was interrupted",
-            redact(url)
-        );
-        anyhow::ensure!(
-            version <= PG_FORMAT_VERSION as u64,
-            "the database at {} was written by a newer drover (format {version}; this build reads up to {PG_FORMAT_VERSION}); run that version, or use another database",
-            redact(url)
-        );
-        if version == PG_FORMAT_VERSION as u64 {
-            return meta_value(client, "created_at_ms").await;
-        }
+    if let Some(created) = current_format(client, url).await? {
+        return Ok(created);
     }
     let txn = client.transaction().await?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await?;
+    // Another master may have made them while this one waited.
+    if let Some(created) = current_format(&txn, url).await? {
+        txn.commit().await?;
+        return Ok(created);
+    }
     txn.batch_execute(&schema()).await?;
+    let created = now_ms() as i64;
     txn.execute(
-        "INSERT INTO drover_meta VALUES ('format_version', $1), ('created_at_ms', $2) \
-         ON CONFLICT DO NOTHING",
-        &[&PG_FORMAT_VERSION, &(now_ms() as i64)],
+        "INSERT INTO drover_meta VALUES ('format_version', $1), ('created_at_ms', $2), ($3, $4)",
+        &[
+            &PG_FORMAT_VERSION,
+            &created,
+            &PARTITION_WIDTH,
+            &(partition_ms as i64),
+        ],
     )
     .await?;
-    let version = meta_value(&txn, "format_version").await?;
+    txn.commit().await?;
+    Ok(created as u64)
+}
+
+/// When the store was created, if its tables are there and of this
+/// format; `None` if there are none; an error naming both formats if they
+/// are of another.
+async fn current_format(client: &impl GenericClient, url: &str) -> anyhow::Result<Option<u64>> {
+    let existing: Option<String> = client
+        .query_one("SELECT to_regclass('drover_meta')::text", &[])
+        .await?
+        .get(0);
+    if existing.is_none() {
+        return Ok(None);
+    }
+    let version = meta_value(client, "format_version").await?;
+    anyhow::ensure!(
+        version != 0,
+        "the database at {} has a drover_meta table without drover's format marker; it is not drover's, or its creation was interrupted",
+        redact(url)
+    );
     anyhow::ensure!(
         version <= PG_FORMAT_VERSION as u64,
         "the database at {} was written by a newer drover (format {version}; this build reads up to {PG_FORMAT_VERSION}); run that version, or use another database",
         redact(url)
     );
-    let created = meta_value(&txn, "created_at_ms").await?;
-    txn.commit().await?;
-    Ok(created)
+    anyhow::ensure!(
+        version == PG_FORMAT_VERSION as u64,
+        "the database at {} holds drover's tables of format {version} (jobs and batches in plain tables); this build writes format {PG_FORMAT_VERSION} (partitioned by batch time, dropped whole by retention) and does not convert them: finish its work with the drover that wrote it, or use another database",
+        redact(url)
+    );
+    Ok(Some(meta_value(client, "created_at_ms").await?))
 }
 
 async fn meta_value(client: &impl GenericClient, name: &str) -> anyhow::Result<u64> {
@@ -225,6 +275,9 @@ struct Writes {
     delete_requests_of: Statement,
     delete_jobs_of: Statement,
     delete_jobs: Statement,
+    batch_in_range: Statement,
+    in_default: Statement,
+    delete_keys_in_range: Statement,
     upsert_jobs: Statement,
     lock_batches: Statement,
     own_bytes: Statement,
@@ -262,14 +315,30 @@ impl Writes {
                 )
                 .await?,
             delete_jobs: c
-                .prepare("DELETE FROM drover_jobs WHERE id = ANY($1::uuid[])")
+                .prepare("DELETE FROM drover_jobs WHERE id = ANY($1::uuid[]) AND batch > $2")
+                .await?,
+            batch_in_range: c
+                .prepare("SELECT 1 FROM drover_batches WHERE id >= $1 AND id < $2 LIMIT 1")
+                .await?,
+            in_default: c
+                .prepare(
+                    "SELECT EXISTS (SELECT 1 FROM drover_batches_default WHERE id >= $1 AND id < $2) \
+                     OR EXISTS (SELECT 1 FROM drover_jobs_default WHERE batch >= $1 AND batch < $2)",
+                )
+                .await?,
+            // The keys of the jobs of a range about to be dropped.
+            delete_keys_in_range: c
+                .prepare(
+                    "DELETE FROM drover_keys WHERE job IN \
+                     (SELECT id FROM drover_jobs WHERE batch >= $1 AND batch < $2)",
+                )
                 .await?,
             upsert_jobs: c
                 .prepare(
                     "INSERT INTO drover_jobs (id, batch, state, record, epoch) \
                      SELECT j.id, j.batch, j.state, j.record, $5 \
                      FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::bytea[]) AS j(id, batch, state, record) \
-                     ON CONFLICT (id) DO UPDATE SET batch = excluded.batch, state = excluded.state, \
+                     ON CONFLICT (batch, id) DO UPDATE SET state = excluded.state, \
                      record = excluded.record, epoch = excluded.epoch",
                 )
                 .await?,
@@ -353,6 +422,8 @@ pub struct PgStore {
     epoch: i64,
     created_at_ms: u64,
     url: String,
+    /// The partitions made, as the writer's commits left them.
+    partitions: Mutex<Partitions>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -397,6 +468,87 @@ fn batch_uuids<'a>(ids: impl IntoIterator<Item = &'a BatchId>) -> Vec<Uuid> {
     ids.into_iter().map(|id| id.uuid()).collect()
 }
 
+/// The partitions of `drover_jobs` and `drover_batches` (always made and
+/// dropped in pairs, in one transaction), as the writer knows them: its
+/// cache, read at open and changed only by its own commits once they are
+/// written (a commit that failed and is written again starts from what
+/// was there before it).
+///
+/// A partition holds the batches made in `[start, start + width)` (unix
+/// ms, the first 48 bits of a UUID v7), and their jobs. The commit that
+/// first writes a batch of a range not made yet makes it; each commit also
+/// makes the next range ahead of the clock, when the lock it needs is free
+/// (see [`PgStore::write_async`]).
+#[derive(Debug, Clone, Default)]
+struct Partitions {
+    /// The range width (ms), the database's.
+    width: u64,
+    /// The start of each range with a partition.
+    made: BTreeSet<u64>,
+    /// Ranges not made because the DEFAULT partitions hold rows in them
+    /// (ids that only looked like a v7 one's): their rows stay there.
+    in_default: HashSet<u64>,
+}
+
+impl Partitions {
+    /// The start of the range of batch `id`; `None` for an id that is not
+    /// a UUID v7 (its rows go to the DEFAULT partition).
+    fn start_of(&self, id: &Uuid) -> Option<u64> {
+        if id.get_version_num() != 7 {
+            return None;
+        }
+        let b = id.as_bytes();
+        let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+        Some(ms - ms % self.width)
+    }
+
+    /// Whether the rows of range `start` need its partition made.
+    fn missing(&self, start: u64) -> bool {
+        !self.made.contains(&start) && !self.in_default.contains(&start)
+    }
+}
+
+/// The lowest UUID of the range starting at `ms` (the highest for a time
+/// past what 48 bits hold).
+fn bound(ms: u64) -> Uuid {
+    if ms >= 1 << 48 {
+        return Uuid::max();
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+/// The lowest of `ids`: every row of `drover_jobs` has `batch > id` (a
+/// submit makes its batch's id after its jobs', and `Uuid::now_v7` orders
+/// the ids of a process; a write of a row that does not is refused), so
+/// `batch > lowest` lets PostgreSQL skip the partitions of older batches
+/// in a read by job id.
+fn lowest(ids: &[Uuid]) -> Uuid {
+    ids.iter().min().copied().unwrap_or_else(Uuid::max)
+}
+
+/// The partitions of `drover_jobs` and `drover_batches` that exist, by the
+/// start of their range, read from the catalog.
+async fn made_partitions(client: &impl GenericClient) -> anyhow::Result<BTreeSet<u64>> {
+    let rows = client
+        .query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'drover_batches'::regclass",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            r.get::<_, &str>(0)
+                .strip_prefix("drover_batches_p")?
+                .parse()
+                .ok()
+        })
+        .collect())
+}
+
 impl PgStore {
     /// Connects to `url`, creating the tables if they are missing, to write
     /// as the leader elected with `epoch` (see [`crate::ha`]). A commit
@@ -405,6 +557,17 @@ impl PgStore {
     /// `patience`; a commit is idempotent, so one that was written before
     /// the break is written the same way twice.
     pub fn open(url: &str, epoch: u64, patience: Duration) -> anyhow::Result<PgStore> {
+        PgStore::open_with(url, epoch, patience, PARTITION_MS)
+    }
+
+    /// [`PgStore::open`], creating a missing database with partitions of
+    /// `partition_ms` (tests: a few ms, so that histories cross many).
+    pub fn open_with(
+        url: &str,
+        epoch: u64,
+        patience: Duration,
+        partition_ms: u64,
+    ) -> anyhow::Result<PgStore> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("drover-pg")
@@ -413,12 +576,18 @@ impl PgStore {
         let owned = url.to_string();
         let opened = block(runtime.spawn(async move {
             let mut writer = connect_writer(&owned, patience).await?;
-            let created = ensure_schema(&mut writer, &owned).await?;
+            let created = ensure_schema_with(&mut writer, &owned, partition_ms).await?;
+            let partitions = Partitions {
+                width: meta_value(&writer, PARTITION_WIDTH).await?,
+                made: made_partitions(&writer).await?,
+                in_default: HashSet::new(),
+            };
+            anyhow::ensure!(partitions.width > 0, "drover_meta has no partition width");
             let writes = Writes::prepare(&writer).await?;
             let reader = connect(&owned, "reader").await?;
-            anyhow::Ok((writer, writes, reader, created))
+            anyhow::Ok((writer, writes, reader, created, partitions))
         }))??;
-        let (writer, writes, reader, created_at_ms) = opened;
+        let (writer, writes, reader, created_at_ms, partitions) = opened;
         Ok(PgStore {
             runtime: Some(runtime),
             writer: Mutex::new(Some((writer, writes))),
@@ -427,6 +596,7 @@ impl PgStore {
             epoch: epoch as i64,
             created_at_ms,
             url: url.to_string(),
+            partitions: Mutex::new(partitions),
         })
     }
 
@@ -480,6 +650,7 @@ impl PgStore {
         c: &Changes,
     ) -> anyhow::Result<()> {
         let epoch = self.epoch;
+        let jobs = JobRows::of(c)?;
         let txn = client.transaction().await?;
         self.fence(&txn, &s.fence).await?;
         let mut names: Vec<&str> = CLOSED_COUNTS.to_vec();
@@ -495,58 +666,117 @@ impl PgStore {
             bytes: meta.remove(CLOSED_BYTES).unwrap_or(0) as u64,
         };
 
+        // The partitions as this commit leaves them, kept once it is
+        // written.
+        let mut parts = self.partitions.lock().clone();
+        let width = parts.width;
+        let now = now_ms();
+        let current = now - now % width;
+        let written: BTreeSet<u64> = c
+            .batches
+            .iter()
+            .map(|(id, _)| id.uuid())
+            .chain(jobs.batches.iter().copied())
+            .filter_map(|b| parts.start_of(&b))
+            .collect();
+
         // Deletions first: a batch purged and brought back in the same
-        // commit is written again after.
-        if !c.deleted_batches.is_empty() {
-            let ids = batch_uuids(&c.deleted_batches);
-            for row in txn.query(&s.delete_batches, &[&ids]).await? {
+        // commit is written again after. The batch rows go one by one
+        // (their closed info is taken off the counts); a range left with
+        // no batch at all, wholly before the clock's and not written by
+        // this commit, is dropped with its jobs instead of deleting them.
+        let purged = batch_uuids(&c.deleted_batches);
+        let mut dropped = Vec::new();
+        if !purged.is_empty() {
+            for row in txn.query(&s.delete_batches, &[&purged]).await? {
                 if let Some(info) = row.get::<_, Option<&[u8]>>(0) {
                     counts.unclose(&decode_info(info)?);
                 }
             }
-            txn.execute(&s.delete_requests_of, &[&ids]).await?;
-            txn.execute(&s.delete_jobs_of, &[&ids]).await?;
+            let candidates: BTreeSet<u64> = purged
+                .iter()
+                .filter_map(|b| parts.start_of(b))
+                .filter(|s| parts.made.contains(s) && s + width <= current && !written.contains(s))
+                .collect();
+            for start in candidates {
+                let range = [bound(start), bound(start + width)];
+                if txn
+                    .query_opt(&s.batch_in_range, &[&range[0], &range[1]])
+                    .await?
+                    .is_none()
+                {
+                    dropped.push(start);
+                }
+            }
+        }
+        // Ranges to make: those this commit writes in, and the next one
+        // ahead of the clock, so that the commits of the next range
+        // seldom make their own (which must wait for the lock).
+        let mut needed = Vec::new();
+        let ahead = current + width;
+        let mut ahead = (parts.missing(ahead) && !written.contains(&ahead)).then_some(ahead);
+        for start in written.iter().copied().chain(ahead) {
+            if !parts.missing(start) {
+                continue;
+            }
+            let range = [bound(start), bound(start + width)];
+            if txn
+                .query_one(&s.in_default, &[&range[0], &range[1]])
+                .await?
+                .get(0)
+            {
+                parts.in_default.insert(start);
+                if ahead == Some(start) {
+                    ahead = None;
+                }
+            } else if ahead != Some(start) {
+                needed.push(start);
+            }
+        }
+        if (!needed.is_empty() || !dropped.is_empty() || ahead.is_some())
+            && self
+                .change_partitions(&txn, s, &needed, ahead, &dropped, width)
+                .await?
+        {
+            parts.made.extend(needed.iter().copied().chain(ahead));
+            for start in &dropped {
+                parts.made.remove(start);
+            }
+        } else {
+            dropped.clear();
+        }
+        if !purged.is_empty() {
+            txn.execute(&s.delete_requests_of, &[&purged]).await?;
+            let rest: Vec<Uuid> = purged
+                .iter()
+                .filter(|b| {
+                    parts
+                        .start_of(b)
+                        .is_none_or(|start| !dropped.contains(&start))
+                })
+                .copied()
+                .collect();
+            if !rest.is_empty() {
+                txn.execute(&s.delete_jobs_of, &[&rest]).await?;
+            }
         }
         if !c.deleted_jobs.is_empty() {
-            txn.execute(&s.delete_jobs, &[&uuids(&c.deleted_jobs)])
-                .await?;
+            let ids = uuids(&c.deleted_jobs);
+            txn.execute(&s.delete_jobs, &[&ids, &lowest(&ids)]).await?;
         }
 
-        // Job records: the last write of each job wins.
-        if !c.jobs.is_empty() {
-            let mut last: HashMap<JobId, usize> = HashMap::with_capacity(c.jobs.len());
-            for (i, w) in c.jobs.iter().enumerate() {
-                last.insert(w.id, i);
-            }
-            let n = last.len();
-            let (mut ids, mut batches, mut states, mut records) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            for (i, w) in c.jobs.iter().enumerate() {
-                if last.get(&w.id) != Some(&i) {
-                    continue;
-                }
-                let header = pb::JobHeader::decode(w.record.as_slice())
-                    .map_err(|e| anyhow::anyhow!("job record {} is corrupt: {e}", w.id))?;
-                anyhow::ensure!(
-                    header.state == w.state as i32,
-                    "job {}: written as state {}, its record says {}",
-                    w.id,
-                    w.state as i32,
-                    header.state
-                );
-                let batch = Uuid::from_slice(&header.batch)
-                    .map_err(|e| anyhow::anyhow!("job record {} names no batch: {e}", w.id))?;
-                ids.push(w.id.uuid());
-                batches.push(batch);
-                states.push(w.state as i32);
-                records.push(w.record.as_slice());
-            }
-            txn.execute(&s.upsert_jobs, &[&ids, &batches, &states, &records, &epoch])
-                .await?;
+        if !jobs.ids.is_empty() {
+            txn.execute(
+                &s.upsert_jobs,
+                &[
+                    &jobs.ids,
+                    &jobs.batches,
+                    &jobs.states,
+                    &jobs.records,
+                    &epoch,
+                ],
+            )
+            .await?;
         }
 
         // Batches: each ends open or closed, as redb's commit leaves it.
@@ -710,7 +940,97 @@ impl PgStore {
                 .await?;
         }
         txn.commit().await?;
+        *self.partitions.lock() = parts;
         Ok(())
+    }
+
+    /// Makes the partitions of the ranges starting at `needed` and `ahead`
+    /// and drops those of `dropped` (with the keys of their jobs), inside
+    /// `txn`. Returns whether it did: only what is `needed` waits for the
+    /// locks as long as it takes; the rest gives up after a while
+    /// (`ddl_wait`), leaving `txn` as it was, and is done by a later
+    /// commit or not at all (its rows are deleted instead).
+    ///
+    /// Making or dropping a partition takes an ACCESS EXCLUSIVE lock on
+    /// both tables (the parent, and its DEFAULT partition): it waits for
+    /// the reads under way and holds up new ones until the commit. They
+    /// are taken first, `drover_jobs` then `drover_batches`, before any
+    /// partition's, and every read that joins the two names `drover_jobs`
+    /// first, so a read never holds a lock this transaction waits for
+    /// while waiting for one it holds. Making a partition that exists (a
+    /// commit written again after its connection broke) does nothing.
+    async fn change_partitions(
+        &self,
+        txn: &Transaction<'_>,
+        s: &Writes,
+        needed: &[u64],
+        ahead: Option<u64>,
+        dropped: &[u64],
+        width: u64,
+    ) -> anyhow::Result<bool> {
+        let optional = needed.is_empty();
+        if optional {
+            txn.batch_execute(&format!(
+                "SAVEPOINT drover_partitions; SET LOCAL lock_timeout = {}",
+                self.ddl_wait().as_millis()
+            ))
+            .await?;
+        }
+        let mut sql = String::from(
+            "SET LOCAL client_min_messages = warning; \
+             LOCK TABLE ONLY drover_jobs, drover_batches IN ACCESS EXCLUSIVE MODE;",
+        );
+        for start in needed.iter().copied().chain(ahead) {
+            let (lo, hi) = (bound(start), bound(start + width));
+            for table in ["drover_jobs", "drover_batches"] {
+                sql.push_str(&format!(
+                    " CREATE TABLE IF NOT EXISTS {table}_p{start} PARTITION OF {table} \
+                     FOR VALUES FROM ('{lo}') TO ('{hi}');"
+                ));
+            }
+        }
+        let done = async {
+            txn.batch_execute(&sql).await?;
+            for &start in dropped {
+                let range = [bound(start), bound(start + width)];
+                txn.execute(&s.delete_keys_in_range, &[&range[0], &range[1]])
+                    .await?;
+                txn.batch_execute(&format!(
+                    "DROP TABLE IF EXISTS drover_jobs_p{start}, drover_batches_p{start}"
+                ))
+                .await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match done {
+            Ok(()) if optional => {
+                txn.batch_execute(
+                    "SET LOCAL lock_timeout = DEFAULT; RELEASE SAVEPOINT drover_partitions",
+                )
+                .await?;
+                Ok(true)
+            }
+            Ok(()) => Ok(true),
+            Err(e) if optional && lock_timed_out(&e) => {
+                tracing::debug!(error = %e, "partitions left for a later commit");
+                txn.batch_execute("ROLLBACK TO SAVEPOINT drover_partitions")
+                    .await?;
+                txn.batch_execute("SET LOCAL lock_timeout = DEFAULT")
+                    .await?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How long a commit waits for the locks to make or drop partitions it
+    /// could do without: a quarter of the lease, between 50 ms and 1 s.
+    fn ddl_wait(&self) -> Duration {
+        if self.patience.is_zero() {
+            return Duration::from_secs(1);
+        }
+        (self.patience / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
     }
 
     /// Runs `op` (one transaction) on the writer's connection. If the
@@ -804,6 +1124,66 @@ impl Drop for PgStore {
     }
 }
 
+/// A commit's job rows as columns: the last write of each job, its batch
+/// read from its record.
+struct JobRows<'a> {
+    ids: Vec<Uuid>,
+    batches: Vec<Uuid>,
+    states: Vec<i32>,
+    records: Vec<&'a [u8]>,
+}
+
+impl<'a> JobRows<'a> {
+    fn of(c: &'a Changes) -> anyhow::Result<JobRows<'a>> {
+        let mut last: HashMap<JobId, usize> = HashMap::with_capacity(c.jobs.len());
+        for (i, w) in c.jobs.iter().enumerate() {
+            last.insert(w.id, i);
+        }
+        let n = last.len();
+        let mut rows = JobRows {
+            ids: Vec::with_capacity(n),
+            batches: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            records: Vec::with_capacity(n),
+        };
+        for (i, w) in c.jobs.iter().enumerate() {
+            if last.get(&w.id) != Some(&i) {
+                continue;
+            }
+            let header = pb::JobHeader::decode(w.record.as_slice())
+                .map_err(|e| anyhow::anyhow!("job record {} is corrupt: {e}", w.id))?;
+            anyhow::ensure!(
+                header.state == w.state as i32,
+                "job {}: written as state {}, its record says {}",
+                w.id,
+                w.state as i32,
+                header.state
+            );
+            let batch = Uuid::from_slice(&header.batch)
+                .map_err(|e| anyhow::anyhow!("job record {} names no batch: {e}", w.id))?;
+            // What reads by id rely on (see `lowest`).
+            anyhow::ensure!(
+                batch > w.id.uuid(),
+                "job {}: its batch {batch} is not newer than it; a batch's id is made after its jobs'",
+                w.id
+            );
+            rows.ids.push(w.id.uuid());
+            rows.batches.push(batch);
+            rows.states.push(w.state as i32);
+            rows.records.push(w.record.as_slice());
+        }
+        Ok(rows)
+    }
+}
+
+/// Whether `e` is PostgreSQL's `lock_not_available` (55P03): a lock
+/// timeout.
+fn lock_timed_out(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(|e| e.code())
+        .is_some_and(|c| *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+}
+
 fn decode_info(bytes: &[u8]) -> anyhow::Result<pb::ClosedInfo> {
     pb::ClosedInfo::decode(bytes).map_err(|e| anyhow::anyhow!("a closed batch is corrupt: {e}"))
 }
@@ -849,7 +1229,7 @@ impl Store for PgStore {
             }
             let jobs = reader.prepare(
                     "SELECT j.id, j.record FROM drover_jobs j JOIN drover_batches b ON b.id = j.batch \
-                     WHERE b.open AND j.id > $1 ORDER BY j.id LIMIT $2",
+                     WHERE b.open AND j.id > $1 AND j.batch > $1 ORDER BY j.id LIMIT $2",
                 )
                 .await?;
             let mut after = Uuid::nil();
@@ -890,8 +1270,8 @@ impl Store for PgStore {
     fn read_jobs(&self, ids: &[JobId]) -> anyhow::Result<Vec<Option<pb::JobRecord>>> {
         let keys = uuids(ids);
         let rows = block(self.reader()?.query(
-            "SELECT id, record FROM drover_jobs WHERE id = ANY($1::uuid[])",
-            &[&keys],
+            "SELECT id, record FROM drover_jobs WHERE id = ANY($1::uuid[]) AND batch > $2",
+            &[&keys, &lowest(&keys)],
         ))?;
         let mut found: HashMap<Uuid, pb::JobRecord> = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -902,10 +1282,10 @@ impl Store for PgStore {
     }
 
     fn has_job(&self, id: &JobId) -> anyhow::Result<bool> {
-        Ok(block(
-            self.reader()?
-                .query_opt("SELECT 1 FROM drover_jobs WHERE id = $1", &[&id.uuid()]),
-        )?
+        Ok(block(self.reader()?.query_opt(
+            "SELECT 1 FROM drover_jobs WHERE id = $1 AND batch > $1",
+            &[&id.uuid()],
+        ))?
         .is_some())
     }
 
@@ -1052,7 +1432,7 @@ impl Store for PgStore {
         visit: &mut dyn FnMut(pb::JobRecord) -> bool,
     ) -> anyhow::Result<()> {
         self.scan_pages(
-            "SELECT id, record FROM drover_jobs WHERE id > $1 AND state = $3 \
+            "SELECT id, record FROM drover_jobs WHERE id > $1 AND batch > $1 AND state = $3 \
              ORDER BY id LIMIT $2",
             Uuid::nil(),
             Some(state as i32),
@@ -1062,7 +1442,8 @@ impl Store for PgStore {
 
     fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
         self.scan_pages(
-            "SELECT id, record FROM drover_jobs WHERE id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, record FROM drover_jobs WHERE id > $1 AND batch > $1 \
+             ORDER BY id LIMIT $2",
             Uuid::nil(),
             None,
             visit,
@@ -1129,9 +1510,19 @@ mod tests {
     use crate::store::JobWrite;
     use std::time::Duration;
 
+    /// A UUID v7 made at `ms` (unix), its other bits random.
+    fn v7_at(ms: u64) -> Uuid {
+        let ts =
+            uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, (ms % 1000) as u32 * 1_000_000);
+        Uuid::new_v7(ts)
+    }
+
+    /// A job of `batch` in `state`, its id made a millisecond before the
+    /// batch's (a submit makes the jobs' ids first).
     fn job(batch: BatchId, state: pb::JobState) -> pb::JobRecord {
+        let ms = batch.made_ms().unwrap();
         pb::JobRecord {
-            id: JobId::new().as_bytes().to_vec(),
+            id: v7_at(ms - 1).as_bytes().to_vec(),
             batch: batch.as_bytes().to_vec(),
             state: state as i32,
             ..Default::default()
@@ -1253,6 +1644,197 @@ mod tests {
         // Resigning hands the lease over at once.
         second.resign(next).await.unwrap();
         assert_eq!(first.try_acquire().await.unwrap().ok(), Some(next + 1));
+    }
+
+    /// Retention drops the partitions of a range when it purges the last
+    /// of its batches, and deletes rows where some stay; keys, request
+    /// ids, counts and bytes end as if every row had been deleted, a purge
+    /// written twice (a commit retried) changes nothing more, and a
+    /// restart reads exactly what is left.
+    #[test]
+    fn a_purge_drops_the_partitions_it_empties_and_deletes_rows_elsewhere() {
+        let server = drover_tests::pg::Postgres::start();
+        let url = server.url();
+        let store = PgStore::open(&url, 0, Duration::ZERO).unwrap();
+        let width = PARTITION_MS;
+        let now = now_ms();
+        let base = now - now % width - 10 * width;
+        // Two batches in the first range, two in the second, one (open)
+        // in the third; two jobs each, the first with a key.
+        let starts = [base, base, base + width, base + width, base + 2 * width];
+        let mut batches: Vec<(BatchId, [JobId; 2])> = Vec::new();
+        let mut changes = Changes::default();
+        let mut bytes = Vec::new();
+        for (i, start) in starts.iter().enumerate() {
+            let ms = start + 1000 * (i as u64 + 1);
+            let jobs = [v7_at(ms), v7_at(ms + 1)].map(JobId::from_uuid);
+            let batch = BatchId::from_uuid(v7_at(ms + 2));
+            let open = i == 4;
+            let state = if open {
+                pb::JobState::Queued
+            } else {
+                pb::JobState::Succeeded
+            };
+            let records: Vec<pb::JobRecord> = jobs
+                .iter()
+                .enumerate()
+                .map(|(k, id)| pb::JobRecord {
+                    id: id.as_bytes().to_vec(),
+                    batch: batch.as_bytes().to_vec(),
+                    state: state as i32,
+                    idempotency_key: if k == 0 {
+                        format!("key-{i}")
+                    } else {
+                        String::new()
+                    },
+                    arg: "x".repeat(10 * (i + 1)),
+                    ..Default::default()
+                })
+                .collect();
+            changes.jobs.extend(records.iter().map(JobWrite::of));
+            changes.keys.push((format!("key-{i}"), jobs[0]));
+            changes.requests.push((format!("req-{i}"), batch));
+            let record = if open {
+                crate::store::encode_batch(&jobs, records.clone(), &format!("req-{i}"))
+            } else {
+                crate::store::encode_closed_batch(&jobs, &[0, 1], &format!("req-{i}"), 1000)
+            };
+            bytes.push(
+                (record.len() + records.iter().map(|r| r.encoded_len()).sum::<usize>()) as u64,
+            );
+            changes.batches.push((batch, record));
+            if !open {
+                changes.closed.push((
+                    batch,
+                    pb::ClosedInfo {
+                        closed_at_ms: 1000,
+                        succeeded: 2,
+                        ..Default::default()
+                    },
+                ));
+            }
+            batches.push((batch, jobs));
+        }
+        store.write(changes).unwrap();
+        assert_eq!(store.closed_counts().unwrap(), [8, 0, 0]);
+        assert_eq!(
+            store.closed_bytes().unwrap(),
+            bytes[..4].iter().sum::<u64>()
+        );
+        let exists =
+            |table: &str| server.psql(&format!("SELECT to_regclass('{table}') IS NOT NULL")) == "t";
+        let range = |i: u64| format!("p{}", base + i * width);
+        for i in 0..3 {
+            assert!(exists(&format!("drover_jobs_{}", range(i))));
+            assert!(exists(&format!("drover_batches_{}", range(i))));
+        }
+
+        // All of the first range and half of the second.
+        let purge = || Changes {
+            deleted_batches: vec![batches[0].0, batches[1].0, batches[2].0],
+            ..Changes::default()
+        };
+        for _ in 0..2 {
+            store.write(purge()).unwrap();
+            assert!(!exists(&format!("drover_jobs_{}", range(0))), "dropped");
+            assert!(!exists(&format!("drover_batches_{}", range(0))), "dropped");
+            assert!(exists(&format!("drover_jobs_{}", range(1))), "kept");
+            assert_eq!(
+                server.psql(&format!("SELECT count(*) FROM drover_jobs_{}", range(1))),
+                "2",
+                "the purged batch's rows deleted, the other's kept"
+            );
+            assert_eq!(store.closed_counts().unwrap(), [2, 0, 0]);
+            assert_eq!(store.closed_bytes().unwrap(), bytes[3]);
+        }
+        let orphans = server.psql(&format!(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'drover_jobs'::regclass \
+             AND inhrelid::regclass::text = 'drover_jobs_{}'",
+            range(0)
+        ));
+        assert_eq!(orphans, "0");
+        for (i, (batch, jobs)) in batches.iter().enumerate() {
+            let kept = i >= 3;
+            assert_eq!(
+                store.read_batch(batch).unwrap().is_some(),
+                kept,
+                "batch {i}"
+            );
+            for job in jobs {
+                assert_eq!(store.read_job(job).unwrap().is_some(), kept, "job of {i}");
+                assert_eq!(store.has_job(job).unwrap(), kept, "job of {i}");
+            }
+            assert_eq!(
+                store.job_by_key(&format!("key-{i}")).unwrap(),
+                kept.then_some(jobs[0]),
+                "key of {i}"
+            );
+            assert_eq!(
+                store.batch_by_request(&format!("req-{i}")).unwrap(),
+                kept.then_some(*batch),
+                "request of {i}"
+            );
+        }
+
+        // A restart reads the open batch, and a scan finds the jobs left.
+        drop(store);
+        let store = PgStore::open(&url, 0, Duration::ZERO).unwrap();
+        let (mut loaded_batches, mut loaded_jobs) = (Vec::new(), Vec::new());
+        store
+            .load(&mut |item| {
+                match item {
+                    Loaded::Batch(id, ..) => loaded_batches.push(id),
+                    Loaded::Job(r) => loaded_jobs.push(JobId::from_slice(&r.id).unwrap()),
+                    Loaded::Assigned(_) => {}
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(loaded_batches, vec![batches[4].0]);
+        assert_eq!(loaded_jobs, batches[4].1.to_vec());
+        let mut scanned = Vec::new();
+        store
+            .scan_jobs(&mut |r| {
+                scanned.push(JobId::from_slice(&r.id).unwrap());
+                true
+            })
+            .unwrap();
+        let want: Vec<JobId> = batches[3].1.iter().chain(&batches[4].1).copied().collect();
+        assert_eq!(scanned, want);
+
+        // The last batch of the second range goes: so does the range.
+        store
+            .write(Changes {
+                deleted_batches: vec![batches[3].0],
+                ..Changes::default()
+            })
+            .unwrap();
+        assert!(!exists(&format!("drover_jobs_{}", range(1))));
+        assert!(
+            exists(&format!("drover_jobs_{}", range(2))),
+            "its batch is open"
+        );
+        assert_eq!(store.closed_counts().unwrap(), [0, 0, 0]);
+        assert_eq!(store.closed_bytes().unwrap(), 0);
+        assert_eq!(store.job_by_key("key-3").unwrap(), None);
+        assert_eq!(store.job_by_key("key-4").unwrap(), Some(batches[4].1[0]));
+    }
+
+    /// A database of format 1 (unpartitioned tables) is refused, naming
+    /// both formats.
+    #[test]
+    fn a_database_of_the_previous_format_is_refused_naming_both() {
+        let server = drover_tests::pg::Postgres::start();
+        server.psql(
+            "CREATE TABLE drover_meta (name text PRIMARY KEY, value bigint NOT NULL); \
+             INSERT INTO drover_meta VALUES ('format_version', 1), ('created_at_ms', 1)",
+        );
+        let err = PgStore::open(&server.url(), 0, Duration::ZERO).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("format 1") && msg.contains("format 2"),
+            "{msg}"
+        );
     }
 
     #[test]

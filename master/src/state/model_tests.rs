@@ -258,6 +258,11 @@ fn make_state(
     st
 }
 
+/// The partition width of a history's PostgreSQL database: a few ms of
+/// batch creation, so that a history of a few seconds crosses hundreds of
+/// ranges and its purges drop some of them whole.
+const PG_PARTITION_MS: u64 = 5;
+
 /// Where a history's durable store lives.
 enum Backing {
     /// A redb file in a temporary directory.
@@ -280,7 +285,7 @@ impl Backing {
         match self {
             Backing::Redb(dir) => Arc::new(RedbStore::open(dir.path()).expect("the store opens")),
             Backing::Pg(url) => Arc::new(
-                crate::pg::PgStore::open(url, 0, std::time::Duration::ZERO)
+                crate::pg::PgStore::open_with(url, 0, std::time::Duration::ZERO, PG_PARTITION_MS)
                     .expect("the store opens"),
             ),
         }
