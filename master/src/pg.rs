@@ -1311,7 +1311,7 @@ impl Store for PgStore {
     fn jobs_by_keys(&self, keys: &[&str]) -> anyhow::Result<HashMap<String, JobId>> {
         let rows = block(self.reader()?.query(
             "SELECT k.key, k.job FROM drover_keys k WHERE k.key = ANY($1::text[]) \
-             AND EXISTS (SELECT 1 FROM drover_jobs j WHERE j.id = k.job)",
+             AND EXISTS (SELECT 1 FROM drover_jobs j WHERE j.id = k.job AND j.batch > k.job)",
             &[&keys],
         ))?;
         Ok(rows
