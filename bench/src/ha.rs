@@ -5,8 +5,8 @@
 //! workload), with the default lease (2 s, renewed every 500 ms), and a
 //! worker given both (`--master A,B`) running sleeps of 10 to 30 ms on 20
 //! slots, so results arrive every millisecond or so. Each round kills the
-//! leader with SIGKILL once results are flowing and measures, from the
-//! kill:
+//! leader with SIGKILL once results are flowing, at a random moment of the
+//! next second, and measures, from the kill:
 //! - until the standby says it leads (its `listening` line: elected, the
 //!   queue recovered from the database): `ha_takeover_*`;
 //! - until the new leader has accepted a result: `ha_failover_*`, the
@@ -71,6 +71,10 @@ fn measure(rounds: u32) -> Failovers {
         wait_until(STEP, "results on the leader", || {
             leader.stats().succeeded >= start + 50
         });
+        // A death lands anywhere between two renewals of the lease: the
+        // kill is put off by a random part of a second, so that it is not
+        // in step with the leader's renewals (which start at its election).
+        std::thread::sleep(Duration::from_millis(rand::random_range(0..1_000)));
         let listen = leader.addr().to_string();
         let killed = Instant::now();
         leader.kill9();

@@ -135,7 +135,11 @@ pub async fn maintain(
         let at = next;
         let url = dial.masters.urls()[at].as_str();
         let connected_at = tokio::time::Instant::now();
-        let Ended { reason, standby } = tokio::select! {
+        let Ended {
+            reason,
+            standby,
+            welcomed,
+        } = tokio::select! {
             r = one_session(&dial, at, &hello, &events, &metrics) => r,
             _ = stop.cancelled() => return,
         };
@@ -152,6 +156,11 @@ pub async fn maintain(
         // round: the master was there, so it is worth trying again soon.
         if connected_at.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(100);
+        }
+        // A master that welcomed the session was there: the round starts
+        // again with the next one, at once (the master killed under a
+        // session of a second is replaced by a standby now leading).
+        if welcomed {
             tried = 0;
         }
         next = (at + 1) % masters;
@@ -187,6 +196,8 @@ struct Ended {
     reason: String,
     /// The master was a standby (it said so: [`net::from_standby`]).
     standby: bool,
+    /// The master welcomed the session before it ended.
+    welcomed: bool,
 }
 
 impl From<String> for Ended {
@@ -194,6 +205,7 @@ impl From<String> for Ended {
         Ended {
             reason,
             standby: false,
+            welcomed: false,
         }
     }
 }
@@ -218,6 +230,7 @@ fn refused(status: &tonic::Status) -> Ended {
     Ended {
         reason,
         standby: net::from_standby(status),
+        welcomed: false,
     }
 }
 
@@ -268,15 +281,20 @@ async fn one_session(
         worker_id: welcome.worker_id.clone(),
         heartbeat: Duration::from_millis(welcome.heartbeat_ms.max(10)),
     });
-    loop {
+    let reason = loop {
         match inbound.message().await {
             Ok(Some(pb::MasterMessage { msg: Some(m) })) => {
                 metrics.incoming(&m);
                 let _ = events.send(SessionEvent::Message(m));
             }
             Ok(Some(_)) => {}
-            Ok(None) => return "master closed the stream".into(),
-            Err(status) => return format!("stream error: {}", status.message()).into(),
+            Ok(None) => break "master closed the stream".to_string(),
+            Err(status) => break format!("stream error: {}", status.message()),
         }
+    };
+    Ended {
+        reason,
+        standby: false,
+        welcomed: true,
     }
 }
