@@ -449,12 +449,15 @@ where
     type Error = io::Error;
 
     fn make_tls_connect(&mut self, host: &str) -> io::Result<HostConnector> {
+        // A Unix socket has no host name (""), and needs none: PostgreSQL
+        // answers its TLS request no, before any handshake. A bad name
+        // fails the handshake, if there is one.
         let name = ServerName::try_from(host.to_string()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{host:?} is not a host name TLS can check: {e}"),
             )
-        })?;
+        });
         Ok(HostConnector {
             connector: self.clone(),
             name,
@@ -465,7 +468,8 @@ where
 /// The connector for one host.
 pub struct HostConnector {
     connector: Connector,
-    name: ServerName<'static>,
+    /// The name the certificate must have, or why there is none.
+    name: io::Result<ServerName<'static>>,
 }
 
 impl<S> TlsConnect<S> for HostConnector
@@ -479,7 +483,10 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let tls = tokio_rustls::TlsConnector::from(self.connector.config.clone());
-            let result = tls.connect(self.name, stream).await;
+            let result = match self.name {
+                Ok(name) => tls.connect(name, stream).await,
+                Err(e) => Err(e),
+            };
             if result.is_err() {
                 self.connector.failed.store(true, Ordering::Relaxed);
             }
@@ -679,6 +686,20 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(said.contains("no certificate in it"), "{said}");
+    }
+
+    /// A Unix socket's connection asks for a connector with no host name:
+    /// that must not fail, or a URL with a socket directory would.
+    #[test]
+    fn a_connector_without_a_host_name_is_made() {
+        let tls = parse("postgres://%2Frun%2Fpostgresql/db").unwrap().1;
+        let mut connector = Connector {
+            config: client_config(&tls).unwrap(),
+            failed: Arc::default(),
+        };
+        assert!(
+            MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(&mut connector, "").is_ok()
+        );
     }
 
     /// Whether the session of `client` is encrypted, by the server's account.
