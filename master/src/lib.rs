@@ -94,7 +94,9 @@ pub struct MasterArgs {
     /// memory (lost when the master stops), or a PostgreSQL URL
     /// (postgres://user@host/db): several masters on one database, one
     /// the leader and the others standbys that take over (high
-    /// availability).
+    /// availability). TLS as libpq's sslmode and sslrootcert parameters
+    /// say (?sslmode=verify-full&sslrootcert=ca.pem); the default, prefer,
+    /// uses TLS when the server offers it.
     #[arg(long, env = "DROVER_STORE", default_value = "redb", value_parser = parse_store)]
     pub store: String,
     /// With a PostgreSQL store: a leader's lease not renewed for this long
@@ -356,7 +358,7 @@ fn parse_store(value: &str) -> Result<String, String> {
     match value {
         "redb" | "memory" => Ok(value.to_string()),
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            url.parse::<tokio_postgres::Config>()
+            pg::tls::parse(url)
                 .map_err(|e| format!("not a PostgreSQL URL ({}): {e}", pg::redact(url)))?;
             Ok(url.to_string())
         }

@@ -19,6 +19,8 @@
 //! store's own that drives its two connections (one for the committers'
 //! transactions, one for reads), and the caller waits for the answer.
 
+pub mod tls;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use drover_common::ids::{BatchId, JobId};
 use drover_common::pb;
 use parking_lot::Mutex;
 use prost::Message;
-use tokio_postgres::{Client, GenericClient, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 use uuid::Uuid;
 
 use crate::coord::{CoordStore, Record};
@@ -122,26 +124,19 @@ CREATE TABLE drover_coord (key text PRIMARY KEY, value bytea NOT NULL, epoch big
     )
 }
 
-/// Connects to `url`, the connection driven on the current runtime; the
-/// error names the URL without its password. Unless the URL names one, the
+/// Connects to `url`, over TLS as its `sslmode` and `sslrootcert` say
+/// ([`tls`]), the connection driven on the current runtime; the error
+/// names the URL without its password. Unless the URL names one, the
 /// session's `application_name` is `drover-master PID ROLE`, so that an
 /// operator (or a test) can tell a master's sessions in
 /// `pg_stat_activity`.
 pub async fn connect(url: &str, role: &str) -> anyhow::Result<Client> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
+    let (mut config, tls) = tls::parse(url)
         .map_err(|e| anyhow::anyhow!("not a PostgreSQL URL ({}): {e}", redact(url)))?;
     if config.get_application_name().is_none() {
         config.application_name(format!("drover-master {} {role}", std::process::id()));
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-        // The driver's message ("db error") hides the server's in its source.
-        let cause = std::error::Error::source(&e).map_or_else(String::new, |s| format!(": {s}"));
-        anyhow::anyhow!(
-            "cannot connect to PostgreSQL at {}: {e}{cause}",
-            redact(url)
-        )
-    })?;
+    let (client, connection) = tls::connect(&mut config, &tls, &redact(url)).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "the PostgreSQL connection ended");

@@ -8,13 +8,20 @@
 //! root, and CI runs as root: then the directory is given to the
 //! `postgres` system user and the server runs as that user. A missing
 //! server fails the test, naming what to install; it never skips.
+//!
+//! [`Postgres::start_tls`] starts one with TLS on, its certificate from a
+//! [`Pki`], and a `pg_hba.conf` of the test's (say [`HOSTSSL_ONLY`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::daemon::die_with_parent;
-use crate::security::free_port;
+use crate::security::{Pki, free_port};
+
+/// A `pg_hba.conf` that takes TCP connections only over TLS (`hostssl`):
+/// PostgreSQL refuses a plain one, saying "no encryption".
+pub const HOSTSSL_ONLY: &str = "hostssl all all 127.0.0.1/32 trust\n";
 
 /// A PostgreSQL server of its own, for one test.
 #[derive(Debug)]
@@ -24,6 +31,8 @@ pub struct Postgres {
     port: u16,
     /// Who the server runs as, when the test runs as root.
     user: Option<(u32, u32)>,
+    /// Whether TLS is on (`server.crt` and `server.key` in `dir`).
+    tls: bool,
     child: Option<Child>,
 }
 
@@ -35,6 +44,52 @@ impl Postgres {
     /// When the server binaries are missing or the server does not start
     /// (with its log).
     pub fn start() -> Postgres {
+        let mut pg = Postgres::init();
+        pg.start_server();
+        pg
+    }
+
+    /// Creates a cluster with TLS on, the server's certificate and key
+    /// `server.pem` and `server.key` of `pki` (signed by its `ca.pem`, for
+    /// `localhost` and `127.0.0.1`), and `hba` as its `pg_hba.conf`;
+    /// starts it and returns once it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// As [`Postgres::start`], or when the files cannot be written.
+    pub fn start_tls(pki: &Pki, hba: &str) -> Postgres {
+        let mut pg = Postgres::init();
+        let files = [
+            ("server.crt", pki.path("server.pem")),
+            ("server.key", pki.path("server.key")),
+        ];
+        for (name, from) in files {
+            let to = pg.dir.path().join(name);
+            std::fs::copy(&from, &to).expect("the server's certificate can be copied");
+            pg.give(&to, 0o600);
+        }
+        let conf = pg.dir.path().join("data").join("pg_hba.conf");
+        std::fs::write(&conf, hba).expect("pg_hba.conf can be written");
+        pg.give(&conf, 0o600);
+        pg.tls = true;
+        pg.start_server();
+        pg
+    }
+
+    /// Makes `path` the server's user's, with `mode` (PostgreSQL refuses a
+    /// key that others can read).
+    fn give(&self, path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .expect("permissions can be set");
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .expect("a file can be given to the postgres user");
+        }
+    }
+
+    /// Creates a cluster in a temporary directory, not started.
+    fn init() -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("drover-pg-")
@@ -69,15 +124,14 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut pg = Postgres {
+        Postgres {
             dir,
             bin,
             port: free_port(),
             user,
+            tls: false,
             child: None,
-        };
-        pg.start_server();
-        pg
+        }
     }
 
     /// Starts the server on its port again (after [`Postgres::stop`]).
@@ -94,10 +148,16 @@ impl Postgres {
                 "unix_socket_directories={}",
                 self.dir.path().display()
             ))
-            .args(["-c", "max_connections=60", "-c", "shared_buffers=64MB"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .args(["-c", "max_connections=60", "-c", "shared_buffers=64MB"]);
+        if self.tls {
+            let file = |name: &str| self.dir.path().join(name).display().to_string();
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", file("server.crt")))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", file("server.key")));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         as_user(&mut cmd, self.user);
         // SIGQUIT: the server's immediate shutdown, should the test die.
         die_with_parent(&mut cmd, libc::SIGQUIT);
@@ -146,6 +206,11 @@ impl Postgres {
     /// The URL of a database on it.
     pub fn url_of(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The port it listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Runs SQL with `psql`, failing the test on an error; returns its

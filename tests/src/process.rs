@@ -371,6 +371,36 @@ impl Master {
         (Master { proc, addr }, leading)
     }
 
+    /// Runs `drover-master --listen 127.0.0.1:0 ARGS...` expecting it to
+    /// refuse to start; returns its stderr.
+    ///
+    /// # Panics
+    ///
+    /// When it starts, panics, or says it is listening before refusing.
+    pub fn refused_start(args: &[&str]) -> String {
+        let out = Command::new(bin("drover-master"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("drover-master runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "drover-master {args:?} started, but should have refused: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked"),
+            "drover-master panicked instead of refusing: {stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "drover-master said it was listening before refusing: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+
     /// Starts `drover-master --listen 127.0.0.1:0 ARGS...` and reads its
     /// first stdout line.
     fn spawn(args: &[&str]) -> (Proc, String) {

@@ -7,13 +7,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use drover_common::pb::{self, JobKind};
-use drover_tests::bins::bin;
 use drover_tests::grpc::{block_on, job};
 use drover_tests::slow::{MEDIUM_PRIME, SLOW_PRIME, busy_child};
 use drover_tests::sys;
@@ -28,32 +26,6 @@ fn master_on(dir: &Path, port: u16, extra: &[&str]) -> Master {
     let mut args = vec!["--listen", &listen, "--data-dir", dir, "--store", "redb"];
     args.extend_from_slice(extra);
     Master::start(&args)
-}
-
-/// Runs `drover-master ARGS` expecting it to refuse to start; returns its
-/// stderr.
-fn refused_start(args: &[&str]) -> String {
-    let out = Command::new(bin("drover-master"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("drover-master runs");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "drover-master {args:?} started, but should have refused: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "drover-master panicked instead of refusing: {stderr}"
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "drover-master said it was listening before refusing: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    stderr
 }
 
 fn jobs_by_id(jobs: Vec<JobLine>) -> HashMap<String, JobLine> {
@@ -382,13 +354,13 @@ fn a_locked_corrupt_or_newer_data_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
     let _first = master_on(dir.path(), 0, &[]);
-    let err = refused_start(&["--data-dir", path]);
+    let err = Master::refused_start(&["--data-dir", path]);
     assert!(err.contains("in use by another master"), "{err}");
 
     // Corrupt: garbage where the database should be.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("drover.redb"), vec![0x42; 64 * 1024]).unwrap();
-    let err = refused_start(&["--data-dir", dir.path().to_str().unwrap()]);
+    let err = Master::refused_start(&["--data-dir", dir.path().to_str().unwrap()]);
     assert!(err.contains("corrupt"), "{err}");
 
     // Newer: a store whose format version is past this build's.
@@ -403,7 +375,7 @@ fn a_locked_corrupt_or_newer_data_directory_is_refused() {
         }
         txn.commit().unwrap();
     }
-    let err = refused_start(&["--data-dir", dir.path().to_str().unwrap()]);
+    let err = Master::refused_start(&["--data-dir", dir.path().to_str().unwrap()]);
     assert!(err.contains("newer drover"), "{err}");
 }
 
@@ -416,7 +388,7 @@ fn a_bad_byte_budget_is_refused_naming_the_flag() {
         ("0", "at least 1 byte"),
         ("12parsecs", "unit"),
     ] {
-        let err = refused_start(&["--data-dir", dir, "--retention-bytes", value]);
+        let err = Master::refused_start(&["--data-dir", dir, "--retention-bytes", value]);
         assert!(
             err.contains("--retention-bytes") && err.contains(says),
             "--retention-bytes {value}: {err}"
