@@ -244,7 +244,9 @@ impl Elector {
         let row = self
             .query_opt(
                 "SELECT epoch, holder, address, expires_at > clock_timestamp(), \
-                 GREATEST(0, EXTRACT(EPOCH FROM expires_at - clock_timestamp()) * 1000)::float8 \
+                 CASE WHEN expires_at <= clock_timestamp() THEN 0 \
+                 WHEN expires_at = 'infinity' THEN 'Infinity' \
+                 ELSE EXTRACT(EPOCH FROM expires_at - clock_timestamp()) * 1000 END::float8 \
                  FROM drover_lease WHERE id = 1",
                 &[],
             )
@@ -255,8 +257,8 @@ impl Elector {
             holder: row.get(1),
             address: row.get(2),
             live: row.get(3),
-            // -infinity - now is -infinity, and the GREATEST 0; infinity
-            // (never written) saturates.
+            // Expired (a resigned lease is -infinity, which PostgreSQL
+            // before 17 cannot subtract from): 0; infinity saturates.
             expires_in: Duration::try_from_secs_f64(row.get::<_, f64>(4) / 1000.0)
                 .unwrap_or(Duration::MAX),
         })
@@ -547,7 +549,7 @@ pub async fn keep_lease(
             )),
             Err(_) => Some(format!(
                 "the lease of epoch {epoch} could not be renewed within {:?} (the database \
-                 does not answer)",
+                 did not answer in time, or this master was paused)",
                 ha.lease
             )),
             Ok(Err(e)) if Instant::now() >= expires => Some(format!(

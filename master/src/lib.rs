@@ -97,7 +97,7 @@ pub struct MasterArgs {
     /// availability). TLS as libpq's sslmode and sslrootcert parameters
     /// say (?sslmode=verify-full&sslrootcert=ca.pem); the default, prefer,
     /// uses TLS when the server offers it.
-    #[arg(long, env = "DROVER_STORE", default_value = "redb", value_parser = parse_store)]
+    #[arg(long, env = "DROVER_STORE", default_value = "redb")]
     pub store: String,
     /// With a PostgreSQL store: a leader's lease not renewed for this long
     /// expires, and a standby takes over.
@@ -194,6 +194,9 @@ pub struct MasterArgs {
 impl MasterArgs {
     /// Checks the flags and makes the config.
     pub fn config(&self) -> anyhow::Result<Config> {
+        // Checked here, not by clap, whose message would show the value
+        // and so the password of a URL.
+        parse_store(&self.store).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
         anyhow::ensure!(
             self.lease >= Duration::from_millis(100),
             "--lease {:?} is under the minimum of 100ms",

@@ -245,14 +245,16 @@ async fn meta_value(client: &impl GenericClient, name: &str) -> anyhow::Result<u
 }
 
 /// A URL with its password (if any) replaced, for messages: the one in
-/// `user:password@` (up to the last `@`) and a `password=` parameter.
+/// `user:password@` (the user info: [`tls::host_start`]) and a
+/// `password=` parameter.
 pub fn redact(url: &str) -> String {
     let mut out = url.to_string();
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((auth, host)) = rest.rsplit_once('@')
-        && let Some((user, _)) = auth.split_once(':')
+    let host = tls::host_start(url);
+    if let Some(scheme_end) = url.find("://")
+        && host > scheme_end + 3
+        && let Some((user, _)) = url[scheme_end + 3..host - 1].split_once(':')
     {
-        out = format!("{scheme}://{user}:***@{host}");
+        out = format!("{}{user}:***@{}", &url[..scheme_end + 3], &url[host..]);
     }
     if let Some(at) = out.find("password=") {
         let start = at + "password=".len();
@@ -481,9 +483,20 @@ struct Partitions {
     /// The start of each range with a partition.
     made: BTreeSet<u64>,
     /// Ranges not made because the DEFAULT partitions hold rows in them
-    /// (ids that only looked like a v7 one's): their rows stay there.
+    /// (ids that only looked like a v7 one's, or a commit that could not
+    /// have the locks to make them): their rows stay there.
     in_default: HashSet<u64>,
+    /// Until when commits leave the partitions alone, after one could not
+    /// have the locks in time ([`DDL_BACKOFF`]).
+    paused_until: Option<std::time::Instant>,
 }
+
+/// How long commits leave the partitions alone (rows of a range not made
+/// go to the DEFAULT partition, rows of a range not dropped are deleted)
+/// after one waited [`PgStore::ddl_wait`] in vain for the locks: another
+/// client's long read (a pg_dump, say) then costs one commit that wait,
+/// not every commit.
+const DDL_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Partitions {
     /// The start of the range of batch `id`; `None` for an id that is not
@@ -576,6 +589,7 @@ impl PgStore {
                 width: meta_value(&writer, PARTITION_WIDTH).await?,
                 made: made_partitions(&writer).await?,
                 in_default: HashSet::new(),
+                paused_until: None,
             };
             anyhow::ensure!(partitions.width > 0, "drover_meta has no partition width");
             let writes = Writes::prepare(&writer).await?;
@@ -728,16 +742,24 @@ impl PgStore {
                 needed.push(start);
             }
         }
-        if (!needed.is_empty() || !dropped.is_empty() || ahead.is_some())
+        let paused = parts
+            .paused_until
+            .is_some_and(|t| std::time::Instant::now() < t);
+        let changed = (!needed.is_empty() || !dropped.is_empty() || ahead.is_some())
+            && !paused
             && self
                 .change_partitions(&txn, s, &needed, ahead, &dropped, width)
-                .await?
-        {
+                .await?;
+        if changed {
             parts.made.extend(needed.iter().copied().chain(ahead));
             for start in &dropped {
                 parts.made.remove(start);
             }
         } else {
+            if !paused && (!needed.is_empty() || !dropped.is_empty() || ahead.is_some()) {
+                // Rows of the ranges not made go to DEFAULT, and stay.
+                parts.paused_until = Some(std::time::Instant::now() + DDL_BACKOFF);
+            }
             dropped.clear();
         }
         if !purged.is_empty() {
@@ -941,10 +963,12 @@ impl PgStore {
 
     /// Makes the partitions of the ranges starting at `needed` and `ahead`
     /// and drops those of `dropped` (with the keys of their jobs), inside
-    /// `txn`. Returns whether it did: only what is `needed` waits for the
-    /// locks as long as it takes; the rest gives up after a while
-    /// (`ddl_wait`), leaving `txn` as it was, and is done by a later
-    /// commit or not at all (its rows are deleted instead).
+    /// `txn`. Returns whether it did: it waits for the locks at most
+    /// `ddl_wait`, then gives up, leaving `txn` as it was (the commit holds
+    /// the lease row: waiting longer would hold up the leader's renewal).
+    /// What it gave up is done by a later commit or not at all: rows of a
+    /// range not made go to the DEFAULT partition (and stay there), those
+    /// of a range not dropped are deleted.
     ///
     /// Making or dropping a partition takes an ACCESS EXCLUSIVE lock on
     /// both tables (the parent, and its DEFAULT partition): it waits for
@@ -963,14 +987,11 @@ impl PgStore {
         dropped: &[u64],
         width: u64,
     ) -> anyhow::Result<bool> {
-        let optional = needed.is_empty();
-        if optional {
-            txn.batch_execute(&format!(
-                "SAVEPOINT drover_partitions; SET LOCAL lock_timeout = {}",
-                self.ddl_wait().as_millis()
-            ))
-            .await?;
-        }
+        txn.batch_execute(&format!(
+            "SAVEPOINT drover_partitions; SET LOCAL lock_timeout = {}",
+            self.ddl_wait().as_millis()
+        ))
+        .await?;
         let mut sql = String::from(
             "SET LOCAL client_min_messages = warning; \
              LOCK TABLE ONLY drover_jobs, drover_batches IN ACCESS EXCLUSIVE MODE;",
@@ -999,15 +1020,14 @@ impl PgStore {
         }
         .await;
         match done {
-            Ok(()) if optional => {
+            Ok(()) => {
                 txn.batch_execute(
                     "SET LOCAL lock_timeout = DEFAULT; RELEASE SAVEPOINT drover_partitions",
                 )
                 .await?;
                 Ok(true)
             }
-            Ok(()) => Ok(true),
-            Err(e) if optional && lock_timed_out(&e) => {
+            Err(e) if lock_timed_out(&e) => {
                 tracing::debug!(error = %e, "partitions left for a later commit");
                 txn.batch_execute("ROLLBACK TO SAVEPOINT drover_partitions")
                     .await?;
@@ -1019,8 +1039,8 @@ impl PgStore {
         }
     }
 
-    /// How long a commit waits for the locks to make or drop partitions it
-    /// could do without: a quarter of the lease, between 50 ms and 1 s.
+    /// How long a commit waits for the locks to make or drop partitions: a
+    /// quarter of the lease, between 50 ms and 1 s.
     fn ddl_wait(&self) -> Duration {
         if self.patience.is_zero() {
             return Duration::from_secs(1);
@@ -1636,9 +1656,78 @@ mod tests {
         .unwrap();
         assert_eq!(new.unwrap(), 1);
 
-        // Resigning hands the lease over at once.
+        // Resigning hands the lease over at once; the lease reads as
+        // expired meanwhile (its -infinity is not subtracted from).
         second.resign(next).await.unwrap();
+        let resigned = second.leader().await.unwrap();
+        assert!(
+            !resigned.live && resigned.expires_in.is_zero(),
+            "{resigned:?}"
+        );
         assert_eq!(first.try_acquire().await.unwrap().ok(), Some(next + 1));
+    }
+
+    /// Another client's long read (a pg_dump holds ACCESS SHARE on every
+    /// table) cannot hold up a commit that would make partitions, which
+    /// holds the lease row: it gives up the DDL after a quarter of the
+    /// lease and writes the range's rows to the DEFAULT partition, and the
+    /// commits after it leave partitions alone.
+    #[test]
+    fn a_commit_does_not_wait_for_another_clients_long_read_to_make_partitions() {
+        let server = drover_tests::pg::Postgres::start();
+        let url = server.url();
+        let store = PgStore::open(&url, 0, Duration::from_secs(2)).unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let u = url.clone();
+        let reader = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&u, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client
+                    .batch_execute("BEGIN; LOCK TABLE drover_jobs IN ACCESS SHARE MODE")
+                    .await
+                    .unwrap();
+                locked.send(()).unwrap();
+                tokio::task::spawn_blocking(move || released.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                client.batch_execute("COMMIT").await.unwrap();
+            });
+        });
+        is_locked.recv().unwrap();
+        // Batches of ranges no commit has made: hours ahead.
+        let now = now_ms();
+        let mut ids = Vec::new();
+        for hours in [5, 6] {
+            let batch = BatchId::from_uuid(v7_at(
+                now - now % PARTITION_MS + hours * PARTITION_MS + 1000,
+            ));
+            let record = job(batch, pb::JobState::Queued);
+            store.write(submit(batch, &record)).unwrap();
+            ids.push(JobId::from_slice(&record.id).unwrap());
+        }
+        // Written while the other client still reads.
+        assert!(
+            !reader.is_finished(),
+            "the reader's transaction ended early"
+        );
+        assert_eq!(
+            server
+                .psql("SELECT string_agg(DISTINCT tableoid::regclass::text, ',') FROM drover_jobs"),
+            "drover_jobs_default"
+        );
+        let read = store.read_jobs(&ids).unwrap();
+        assert!(read.iter().all(Option::is_some), "{read:?}");
+        release.send(()).unwrap();
+        reader.join().unwrap();
     }
 
     /// Retention drops the partitions of a range when it purges the last
@@ -1841,6 +1930,15 @@ mod tests {
             "postgres://u@h/db?password=***&sslmode=disable"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        // An `@` in the query is not the user info's.
+        assert_eq!(
+            redact("postgres://u:secret@h/db?application_name=me@host"),
+            "postgres://u:***@h/db?application_name=me@host"
+        );
+        assert_eq!(
+            redact("postgres://u:secret@h?application_name=me@host"),
+            "postgres://u:***@h?application_name=me@host"
+        );
     }
 
     /// A commit whose connection broke (its session terminated, then the

@@ -108,16 +108,30 @@ const SYSTEM_BUNDLES: [&str; 4] = [
     "/etc/ssl/cert.pem",
 ];
 
+/// Where the host of a PostgreSQL URL starts: after the last `@` of the
+/// authority, which ends at the path's `/` (a `/` of a password is
+/// percent-encoded, as libpq asks), or without a path at the first `?`;
+/// an `@` in the query (`application_name=me@host`) is not the user
+/// info's.
+pub(crate) fn host_start(url: &str) -> usize {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[after_scheme..];
+    let end = rest
+        .find('/')
+        .or_else(|| rest.find('?'))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .rfind('@')
+        .map_or(after_scheme, |i| after_scheme + i + 1)
+}
+
 /// Splits a PostgreSQL URL into what tokio-postgres reads (with its
 /// `sslmode` set to match) and the TLS settings; the error names the
 /// parameter and what is wrong with it, not the URL.
 pub fn parse(url: &str) -> anyhow::Result<(tokio_postgres::Config, Tls)> {
     // The query starts at the first `?` after the user info, which may hold
-    // a `?` of its own (redact reads the user info up to the last `@`).
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let host_at = url[after_scheme..]
-        .rfind('@')
-        .map_or(after_scheme, |i| after_scheme + i + 1);
+    // a `?` of its own.
+    let host_at = host_start(url);
     let (base, query) = match url[host_at..].find('?') {
         Some(q) => (&url[..host_at + q], &url[host_at + q + 1..]),
         None => (url, ""),
@@ -600,6 +614,16 @@ mod tests {
         assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
         assert_eq!(config.get_password(), Some(&b"p?w"[..]));
         assert_eq!(config.get_dbname(), Some("db"));
+        // An `@` in the query leaves the mode where it is.
+        for url in [
+            "postgres://u:pw@h/db?sslmode=require&application_name=me@host",
+            "postgres://u:pw@h?sslmode=require&application_name=me@host",
+        ] {
+            let (config, tls) = parse(url).unwrap();
+            assert_eq!(tls.mode, SslMode::Require, "{url}");
+            assert_eq!(config.get_application_name(), Some("me@host"), "{url}");
+            assert_eq!(config.get_password(), Some(&b"pw"[..]), "{url}");
+        }
     }
 
     #[test]
@@ -657,6 +681,25 @@ mod tests {
         );
         assert!(
             crate::parse_store("postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem").is_ok()
+        );
+        // So does the master's start (clap's own message would show it).
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            master: crate::MasterArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "drover-master",
+            "--store",
+            "postgres://u:hunter2@h/db?sslmode=nope",
+        ])
+        .unwrap();
+        let said = format!("{:#}", cli.master.config().unwrap_err());
+        assert!(
+            said.starts_with("--store: ")
+                && said.contains("sslmode=nope")
+                && !said.contains("hunter2"),
+            "{said}"
         );
     }
 
