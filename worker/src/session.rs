@@ -5,9 +5,9 @@
 //! one of them the leader), a session that ends or cannot open (refused,
 //! a standby's UNAVAILABLE, a master gone) is opened on the next master at
 //! once, wrapping around; the backoff is waited after each full round
-//! (at most `STANDBY_RETRY`, 100 ms, when a standby answered in it: a leader is
-//! elected within a lease). A session a master welcomed starts a new
-//! round.
+//! (at most `STANDBY_RETRY`, 100 ms, when a standby answered in it, for
+//! the first `STANDBY_PATIENCE`, 10 s: a leader is elected within a
+//! lease). A session a master welcomed starts a new round.
 //! The engine sends its unacknowledged results on whichever session opens,
 //! as on any new session.
 //!
@@ -131,6 +131,8 @@ pub async fn maintain(
     // answered one of them.
     let mut tried = 0;
     let mut standby_seen = false;
+    // Since when the rounds have met standbys and no leader.
+    let mut standby_since: Option<tokio::time::Instant> = None;
     loop {
         if stop.is_cancelled() {
             return;
@@ -165,6 +167,7 @@ pub async fn maintain(
         // session of a second is replaced by a standby now leading).
         if welcomed {
             tried = 0;
+            standby_since = None;
         }
         next = (at + 1) % masters;
         tried += 1;
@@ -174,8 +177,15 @@ pub async fn maintain(
         }
         tried = 0;
         // A standby answered: a leader is elected within a lease, so the
-        // round is tried again soon, however long the backoff has grown.
-        let wait = match std::mem::take(&mut standby_seen) {
+        // round is tried again soon, however long the backoff has grown;
+        // but not for ever (the database may be down), only for the
+        // first STANDBY_PATIENCE of it.
+        let soon = std::mem::take(&mut standby_seen)
+            && standby_since
+                .get_or_insert_with(tokio::time::Instant::now)
+                .elapsed()
+                < STANDBY_PATIENCE;
+        let wait = match soon {
             true => backoff.min(STANDBY_RETRY),
             false => backoff,
         };
@@ -192,6 +202,12 @@ pub async fn maintain(
 /// The longest wait between rounds while a standby answers: what a
 /// failover costs a worker beyond the election.
 const STANDBY_RETRY: Duration = Duration::from_millis(100);
+
+/// How long rounds that meet standbys and no leader are tried again every
+/// [`STANDBY_RETRY`]: longer than an election takes with any sensible
+/// lease; after it, the backoff's own waits (a database down for minutes
+/// is not asked ten times a second by every worker).
+const STANDBY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How a session ended.
 struct Ended {
