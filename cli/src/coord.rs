@@ -444,7 +444,10 @@ pub(crate) async fn inspect(masters: &Masters, name: String) -> anyhow::Result<i
 
 /// Runs `drover lock NAME -- COMMAND`: exits with the command's status.
 /// The session is opened on the first master that takes it (another one
-/// only when none applied it), and every later call goes to that one.
+/// only when none applied it). Its later calls go to whichever master
+/// leads: the session and its grant are in the store, so a standby that
+/// takes over (`--master a,b`) knows them; the renewals move on at once,
+/// the release once the new leader answers (within the session's lease).
 pub(crate) async fn lock(masters: &Masters, cmd: LockCommand) -> anyhow::Result<i32> {
     let host = hostname::get().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());
     let req = pb::OpenSessionRequest {
@@ -455,37 +458,76 @@ pub(crate) async fn lock(masters: &Masters, cmd: LockCommand) -> anyhow::Result<
         c.open_session(r).await
     })
     .await?;
-    let c = client(masters.current().1);
     let lease = Duration::from_millis(session.lease_ms);
     let (lost_tx, mut lost) = tokio::sync::watch::channel(None::<String>);
-    let heartbeat = tokio::spawn(keep_alive(c.clone(), session.session, lease, lost_tx));
-    let code = hold(&c, &cmd, session.session, &mut lost).await;
+    let heartbeat = tokio::spawn(keep_alive(masters.clone(), session.session, lease, lost_tx));
+    let code = hold(masters, &cmd, session.session, lease, &mut lost).await;
     heartbeat.abort();
-    let _ = c
-        .clone()
-        .close_session(pb::CloseSessionRequest {
-            session: session.session,
-        })
-        .await;
+    let close = pb::CloseSessionRequest {
+        session: session.session,
+    };
+    let _ = until_applied(masters, lease, close, |mut c, r| async move {
+        c.close_session(r).await
+    })
+    .await;
     code
+}
+
+/// Makes a call that must not be applied twice: on the next master while
+/// none applied it ([`Resend::Unapplied`]), and again around the masters
+/// for up to `patience` while they are all away or standbys (a takeover
+/// under way).
+async fn until_applied<Q, T, F, Fut>(
+    masters: &Masters,
+    patience: Duration,
+    req: Q,
+    f: F,
+) -> Result<T, tonic::Status>
+where
+    Q: Clone,
+    F: Fn(CoordClient<AuthChannel>, Q) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match masters
+            .call(Resend::Unapplied, |channel| f(client(channel), req.clone()))
+            .await
+        {
+            Err(s)
+                if Resend::Unapplied.allows(&s)
+                    && masters.len() > 1
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            done => return done.map(tonic::Response::into_inner),
+        }
+    }
 }
 
 /// Acquires, runs the command, releases.
 async fn hold(
-    c: &CoordClient<AuthChannel>,
+    masters: &Masters,
     cmd: &LockCommand,
     session: u64,
+    lease: Duration,
     lost: &mut tokio::sync::watch::Receiver<Option<String>>,
 ) -> anyhow::Result<i32> {
-    let mut client = c.clone();
-    let acquire = client.acquire(pb::AcquireRequest {
+    let req = pb::AcquireRequest {
         name: cmd.name.clone(),
         permits: cmd.permits,
         session,
         timeout_ms: ms(cmd.timeout),
-    });
+    };
+    let acquire = until_applied(
+        masters,
+        lease,
+        req,
+        |mut c, r| async move { c.acquire(r).await },
+    );
     let token = tokio::select! {
-        r = acquire => r.map_err(status_error)?.into_inner().fencing_token,
+        r = acquire => r.map_err(status_error)?.fencing_token,
         why = lost.wait_for(Option::is_some) => {
             let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
             anyhow::bail!("lost the session while waiting for lock {:?}: {why}", cmd.name);
@@ -505,14 +547,18 @@ async fn hold(
         s = child.wait() => Some(s?),
         _ = lost.wait_for(Option::is_some) => None,
     };
-    let released = c
-        .clone()
-        .release(pb::ReleaseRequest {
-            name: cmd.name.clone(),
-            fencing_token: token,
-            session,
-        })
-        .await;
+    let req = pb::ReleaseRequest {
+        name: cmd.name.clone(),
+        fencing_token: token,
+        session,
+    };
+    let released = until_applied(
+        masters,
+        lease,
+        req,
+        |mut c, r| async move { c.release(r).await },
+    )
+    .await;
     let Some(status) = status else {
         let _ = child.kill().await;
         let why = lost.borrow().clone().unwrap_or_default();
@@ -526,7 +572,13 @@ async fn hold(
         );
     };
     if let Err(e) = released {
-        anyhow::bail!("the command ended ({status}), but {}", e.message());
+        let (at, _) = masters.current();
+        anyhow::bail!(
+            "the command ended ({status}), but releasing lock {:?} at {} failed: {}",
+            cmd.name,
+            masters.url(at),
+            e.message()
+        );
     }
     use std::os::unix::process::ExitStatusExt;
     Ok(status
@@ -534,11 +586,12 @@ async fn hold(
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Renews the session every third of its lease. Reports the lease lost
-/// when the master says the session is gone, or when it could not be
-/// renewed before the lease would have run out.
+/// Renews the session every third of its lease, on whichever master
+/// leads (a renewal is safe to send twice). Reports the lease lost when
+/// the master says the session is gone, or when it could not be renewed
+/// before the lease would have run out.
 async fn keep_alive(
-    c: CoordClient<AuthChannel>,
+    masters: Masters,
     session: u64,
     lease: Duration,
     lost: tokio::sync::watch::Sender<Option<String>>,
@@ -548,8 +601,11 @@ async fn keep_alive(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut client = c.clone();
-        let call = client.keep_alive(pb::KeepAliveRequest { session });
+        let call = masters.call(Resend::Safe, |channel| async move {
+            client(channel)
+                .keep_alive(pb::KeepAliveRequest { session })
+                .await
+        });
         match tokio::time::timeout(lease / 3, call).await {
             Ok(Ok(_)) => renewed = tokio::time::Instant::now(),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => {

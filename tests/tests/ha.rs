@@ -266,6 +266,42 @@ fn status_metrics_and_dashboard_name_the_role_and_epoch_and_a_standby_holds_its_
 }
 
 #[test]
+fn drover_lock_rides_through_kill_9_of_the_leader_and_releases_on_the_new_one() {
+    let pg = Postgres::start();
+    let (leader, standby) = pair(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let (started, go) = (dir.path().join("started"), dir.path().join("go"));
+    // The command says it runs, then waits for the test's word.
+    let script = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done",
+        started.display(),
+        go.display()
+    );
+    let masters = format!("{},{}", leader.url(), standby.url());
+    let run = drover_tests::CliRun::spawn(
+        &masters,
+        &["lock", "L", "--lease", "5s", "--", "sh", "-c", &script],
+    );
+    wait_until(MINUTE, "the command to run under the lock", || {
+        started.exists()
+    });
+    leader.kill9();
+    standby.wait_leading(MINUTE);
+    std::fs::write(&go, "").unwrap();
+    let out = run.wait(MINUTE);
+    assert!(
+        out.status.success(),
+        "drover lock failed across the takeover: {}",
+        out.stderr
+    );
+    // Released on the new leader: another holder gets it at once, not
+    // when the session's lease runs out.
+    standby
+        .cli(&["lock", "L", "--timeout", "2s", "--", "true"])
+        .success();
+}
+
+#[test]
 fn a_leader_paused_past_its_lease_never_writes_again_and_steps_down() {
     let pg = Postgres::start();
     let (leader, standby) = pair(&pg);
