@@ -183,9 +183,26 @@ pub async fn ensure_schema_with(
     if let Some(created) = current_format(client, url).await? {
         return Ok(created);
     }
-    let txn = client.transaction().await?;
-    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+    // The lock is taken before the transaction begins: a transaction reads
+    // the catalog as its cache held it when it began, so a check made in
+    // one begun before the wait would not see the tables another master
+    // made meanwhile, and the CREATE would fail ("already exists").
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
         .await?;
+    let made = create_schema(client, url, partition_ms).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
+        .await;
+    let created = made?;
+    unlocked?;
+    Ok(created)
+}
+
+/// Makes the tables unless another master made them while this one waited
+/// for the schema lock, which the caller holds.
+async fn create_schema(client: &mut Client, url: &str, partition_ms: u64) -> anyhow::Result<u64> {
+    let txn = client.transaction().await?;
     // Another master may have made them while this one waited.
     if let Some(created) = current_format(&txn, url).await? {
         txn.commit().await?;
@@ -1902,6 +1919,61 @@ mod tests {
         assert_eq!(store.closed_bytes().unwrap(), 0);
         assert_eq!(store.job_by_key("key-3").unwrap(), None);
         assert_eq!(store.job_by_key("key-4").unwrap(), Some(batches[4].1[0]));
+    }
+
+    /// Two masters making the tables of a new database at once: the one
+    /// that waited for the other's lock finds the tables made and comes up
+    /// (it used to fail with "relation drover_meta already exists": its
+    /// check, made in a transaction begun before the wait, read the
+    /// catalog as it was then).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_that_waited_for_another_to_make_the_tables_finds_them() {
+        let server = drover_tests::pg::Postgres::start();
+        let url = server.url();
+        let mut first = connect(&url, "first").await.unwrap();
+        // The first master is making the tables: it holds the lock.
+        first
+            .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .unwrap();
+        let waiting = tokio::spawn({
+            let url = url.clone();
+            async move {
+                let mut second = connect(&url, "second").await?;
+                ensure_schema(&mut second, &url).await
+            }
+        });
+        let observer = connect(&url, "observer").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiters: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiters == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second master never waited for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let created = ensure_schema(&mut first, &url).await.unwrap();
+        first
+            .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
+            .await
+            .unwrap();
+        let seen = waiting.await.unwrap();
+        assert_eq!(
+            seen.map_err(|e| format!("{e:#}")),
+            Ok(created),
+            "the waiting master reads the tables the first one made"
+        );
     }
 
     /// A database of format 1 (unpartitioned tables) is refused, naming
