@@ -10,7 +10,8 @@
 //! answers ([`Masters::call`]): reads, puts, sets and events go on to the
 //! next master whenever one is unavailable; adds, compare-and-sets,
 //! deletes, barriers and the lock's session only when no master applied
-//! them. A lock stays with the master that opened its session.
+//! them. A lock's session and grant are in the store: its renewals and
+//! release go to whichever master leads ([`lock`]).
 
 use std::time::Duration;
 
@@ -448,37 +449,91 @@ pub(crate) async fn inspect(masters: &Masters, name: String) -> anyhow::Result<i
 /// leads: the session and its grant are in the store, so a standby that
 /// takes over (`--master a,b`) knows them; the renewals move on at once,
 /// the release once the new leader answers (within the session's lease).
+///
+/// An acquire cut off by its master going away (a kill -9 of the leader
+/// while it waited) may or may not have been granted. With several
+/// masters it is not sent again on that session, which could hold a
+/// permit twice or queue behind itself: the session is closed, which
+/// releases whatever it got, and a new one acquires again.
 pub(crate) async fn lock(masters: &Masters, cmd: LockCommand) -> anyhow::Result<i32> {
-    let host = hostname::get().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());
-    let req = pb::OpenSessionRequest {
-        lease_ms: cmd.lease.as_millis() as u64,
-        owner: format!("{host}:{}", std::process::id()),
-    };
-    let session = call(masters, Resend::Unapplied, req, |mut c, r| async move {
-        c.open_session(r).await
-    })
-    .await?;
-    let lease = Duration::from_millis(session.lease_ms);
-    let (lost_tx, mut lost) = tokio::sync::watch::channel(None::<String>);
-    let heartbeat = tokio::spawn(keep_alive(masters.clone(), session.session, lease, lost_tx));
-    let code = hold(masters, &cmd, session.session, lease, &mut lost).await;
-    heartbeat.abort();
-    let close = pb::CloseSessionRequest {
-        session: session.session,
-    };
-    let _ = until_applied(masters, lease, close, |mut c, r| async move {
-        c.close_session(r).await
-    })
-    .await;
-    code
+    let started = tokio::time::Instant::now();
+    loop {
+        let session = open_session(masters, cmd.lease).await?;
+        let lease = Duration::from_millis(session.lease_ms);
+        let session = session.session;
+        let (lost_tx, mut lost) = tokio::sync::watch::channel(None::<String>);
+        let heartbeat = tokio::spawn(keep_alive(masters.clone(), session, lease, lost_tx));
+        let timeout = cmd.timeout.map(|t| t.saturating_sub(started.elapsed()));
+        let acquired = acquire(masters, &cmd, session, lease, timeout, &mut lost).await;
+        let code = match acquired {
+            Ok(token) => run(masters, &cmd, session, token, lease, &mut lost).await,
+            Err(Acquire::CutOff(status)) => {
+                heartbeat.abort();
+                eprintln!(
+                    "drover: the master went away while lock {:?} was being acquired ({}); closing session {session}, which releases anything it was granted, and acquiring again",
+                    cmd.name,
+                    status.message()
+                );
+                close_session(masters, session, lease)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot close session {session} after its acquire of lock {:?} was cut off: {}",
+                            cmd.name,
+                            status_error(e)
+                        )
+                    })?;
+                continue;
+            }
+            Err(Acquire::Failed(e)) => Err(e),
+        };
+        heartbeat.abort();
+        let _ = close_session(masters, session, lease).await;
+        return code;
+    }
 }
 
-/// Makes a call that must not be applied twice: on the next master while
-/// none applied it ([`Resend::Unapplied`]), and again around the masters
-/// for up to `patience` while they are all away or standbys (a takeover
-/// under way).
-async fn until_applied<Q, T, F, Fut>(
+async fn open_session(
     masters: &Masters,
+    lease: Duration,
+) -> anyhow::Result<pb::OpenSessionResponse> {
+    let host = hostname::get().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());
+    let req = pb::OpenSessionRequest {
+        lease_ms: lease.as_millis() as u64,
+        owner: format!("{host}:{}", std::process::id()),
+    };
+    patiently(
+        masters,
+        Resend::Unapplied,
+        lease,
+        req,
+        |mut c, r| async move { c.open_session(r).await },
+    )
+    .await
+    .map_err(status_error)
+}
+
+/// Closes `session`, which releases its grants. Safe to send again: a
+/// master closes a session it does not know (closed already, or expired)
+/// without error.
+async fn close_session(
+    masters: &Masters,
+    session: u64,
+    lease: Duration,
+) -> Result<pb::CloseSessionResponse, tonic::Status> {
+    let close = pb::CloseSessionRequest { session };
+    patiently(masters, Resend::Safe, lease, close, |mut c, r| async move {
+        c.close_session(r).await
+    })
+    .await
+}
+
+/// Makes a call on the next master while `resend` allows, and again
+/// around the masters for up to `patience` while they are all away or
+/// standbys (a takeover under way).
+async fn patiently<Q, T, F, Fut>(
+    masters: &Masters,
+    resend: Resend,
     patience: Duration,
     req: Q,
     f: F,
@@ -491,11 +546,11 @@ where
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         match masters
-            .call(Resend::Unapplied, |channel| f(client(channel), req.clone()))
+            .call(resend, |channel| f(client(channel), req.clone()))
             .await
         {
             Err(s)
-                if Resend::Unapplied.allows(&s)
+                if resend.allows(&s)
                     && masters.len() > 1
                     && tokio::time::Instant::now() < deadline =>
             {
@@ -506,33 +561,66 @@ where
     }
 }
 
-/// Acquires, runs the command, releases.
-async fn hold(
+/// Whether a call that must not be applied twice failed because its
+/// master went away after it was sent, with another master to go to: it
+/// may or may not have been applied.
+fn cut_off(masters: &Masters, s: &tonic::Status) -> bool {
+    masters.len() > 1 && crate::masters::transient(s) && !Resend::Unapplied.allows(s)
+}
+
+/// Why an acquire gave no token.
+enum Acquire {
+    /// The master went away after the call reached it, with another master
+    /// to go to: it may have been granted.
+    CutOff(tonic::Status),
+    Failed(anyhow::Error),
+}
+
+/// Acquires `cmd.name` for `session`, waiting up to `timeout`: its fencing
+/// token.
+async fn acquire(
     masters: &Masters,
     cmd: &LockCommand,
     session: u64,
     lease: Duration,
+    timeout: Option<Duration>,
     lost: &mut tokio::sync::watch::Receiver<Option<String>>,
-) -> anyhow::Result<i32> {
+) -> Result<u64, Acquire> {
     let req = pb::AcquireRequest {
         name: cmd.name.clone(),
         permits: cmd.permits,
         session,
-        timeout_ms: ms(cmd.timeout),
+        timeout_ms: ms(timeout),
     };
-    let acquire = until_applied(
+    let acquire = patiently(
         masters,
+        Resend::Unapplied,
         lease,
         req,
         |mut c, r| async move { c.acquire(r).await },
     );
-    let token = tokio::select! {
-        r = acquire => r.map_err(status_error)?.fencing_token,
+    tokio::select! {
+        r = acquire => match r {
+            Ok(granted) => Ok(granted.fencing_token),
+            Err(s) if cut_off(masters, &s) => Err(Acquire::CutOff(s)),
+            Err(s) => Err(Acquire::Failed(status_error(s))),
+        },
         why = lost.wait_for(Option::is_some) => {
             let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
-            anyhow::bail!("lost the session while waiting for lock {:?}: {why}", cmd.name);
+            Err(Acquire::Failed(anyhow::anyhow!("lost the session while waiting for lock {:?}: {why}", cmd.name)))
         }
-    };
+    }
+}
+
+/// Runs the command holding the grant `token`, then releases it.
+async fn run(
+    masters: &Masters,
+    cmd: &LockCommand,
+    session: u64,
+    token: u64,
+    lease: Duration,
+    lost: &mut tokio::sync::watch::Receiver<Option<String>>,
+) -> anyhow::Result<i32> {
     let mut command = tokio::process::Command::new(&cmd.command[0]);
     command
         .args(&cmd.command[1..])
@@ -552,13 +640,23 @@ async fn hold(
         fencing_token: token,
         session,
     };
-    let released = until_applied(
+    let mut released = patiently(
         masters,
+        Resend::Unapplied,
         lease,
         req,
         |mut c, r| async move { c.release(r).await },
     )
     .await;
+    if let Err(s) = &released
+        && cut_off(masters, s)
+    {
+        // It may or may not have been applied: closing the session releases
+        // the grant either way.
+        released = close_session(masters, session, lease)
+            .await
+            .map(|_| pb::ReleaseResponse::default());
+    }
     let Some(status) = status else {
         let _ = child.kill().await;
         let why = lost.borrow().clone().unwrap_or_default();

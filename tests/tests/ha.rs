@@ -301,6 +301,89 @@ fn drover_lock_rides_through_kill_9_of_the_leader_and_releases_on_the_new_one() 
         .success();
 }
 
+/// What `master` holds under `name`.
+fn inspect(master: &Master, name: &str) -> pb::InspectResponse {
+    block_on(
+        drover_tests::grpc::coord_client(&master.url())
+            .inspect(pb::InspectRequest { name: name.into() }),
+    )
+    .unwrap()
+    .into_inner()
+}
+
+/// A `drover lock` waiting behind the holder when the leader is killed:
+/// its acquire was cut off, maybe granted, so it is not sent again on that
+/// session; the session is closed and a new one acquires on the new
+/// leader, which grants the lock once the holder releases it there.
+#[test]
+fn a_drover_lock_waiting_when_the_leader_is_killed_acquires_on_the_new_one() {
+    let pg = Postgres::start();
+    let (leader, standby) = pair(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let masters = format!("{},{}", leader.url(), standby.url());
+    let lock = |script: &str| {
+        drover_tests::CliRun::spawn(
+            &masters,
+            &["lock", "L", "--lease", "5s", "--", "sh", "-c", script],
+        )
+    };
+    // The holder runs until the test says go; the waiter notes its token.
+    let holder_script = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done",
+        path("holding").display(),
+        path("go").display()
+    );
+    let holder = lock(&holder_script);
+    wait_until(MINUTE, "the holder's command to run", || {
+        path("holding").exists()
+    });
+    let waiter_script = format!(
+        "echo $DROVER_FENCING_TOKEN > '{}'",
+        path("waiter-token").display()
+    );
+    let waiter = lock(&waiter_script);
+    wait_until(MINUTE, "the waiter to queue on the leader", || {
+        inspect(&leader, "L").lock_waiters == 1
+    });
+    let held = inspect(&leader, "L").lock_tokens;
+    assert_eq!(held.len(), 1, "{held:?}");
+
+    leader.kill9();
+    standby.wait_leading(MINUTE);
+    // The new leader has the holder's grant from the store, and the
+    // waiter queued again.
+    wait_until(MINUTE, "the waiter to queue on the new leader", || {
+        let now = inspect(&standby, "L");
+        now.lock_waiters == 1 && now.lock_tokens == held
+    });
+    assert!(
+        !path("waiter-token").exists(),
+        "the waiter ran while the holder held the lock"
+    );
+    std::fs::write(path("go"), "").unwrap();
+    let out = holder.wait(MINUTE);
+    assert!(out.status.success(), "the holder failed: {}", out.stderr);
+    let out = waiter.wait(MINUTE);
+    assert!(
+        out.status.success(),
+        "the waiter failed across the takeover: {}",
+        out.stderr
+    );
+    let token: u64 = std::fs::read_to_string(path("waiter-token"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(token > held[0], "token {token} after {held:?}");
+    // Both released: the lock is free on the new leader, nobody waits.
+    let now = inspect(&standby, "L");
+    assert!(
+        now.lock_tokens.is_empty() && now.lock_waiters == 0,
+        "{now:?}"
+    );
+}
+
 #[test]
 fn a_leader_paused_past_its_lease_never_writes_again_and_steps_down() {
     let pg = Postgres::start();
