@@ -456,35 +456,48 @@ pub(crate) async fn inspect(masters: &Masters, name: String) -> anyhow::Result<i
 /// permit twice or queue behind itself: the session is closed, which
 /// releases whatever it got, and a new one acquires again.
 pub(crate) async fn lock(masters: &Masters, cmd: LockCommand) -> anyhow::Result<i32> {
-    let started = tokio::time::Instant::now();
+    let deadline = cmd.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut cut_offs = 0;
     loop {
         let session = open_session(masters, cmd.lease).await?;
         let lease = Duration::from_millis(session.lease_ms);
         let session = session.session;
         let (lost_tx, mut lost) = tokio::sync::watch::channel(None::<String>);
         let heartbeat = tokio::spawn(keep_alive(masters.clone(), session, lease, lost_tx));
-        let timeout = cmd.timeout.map(|t| t.saturating_sub(started.elapsed()));
+        let timeout = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         let acquired = acquire(masters, &cmd, session, lease, timeout, &mut lost).await;
         let code = match acquired {
             Ok(token) => run(masters, &cmd, session, token, lease, &mut lost).await,
-            Err(Acquire::CutOff(status)) => {
+            Err(Acquire::CutOff(status)) if cut_offs < MAX_CUT_OFFS => {
+                cut_offs += 1;
                 heartbeat.abort();
                 eprintln!(
                     "drover: the master went away while lock {:?} was being acquired ({}); closing session {session}, which releases anything it was granted, and acquiring again",
                     cmd.name,
                     status.message()
                 );
-                close_session(masters, session, lease)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot close session {session} after its acquire of lock {:?} was cut off: {}",
-                            cmd.name,
-                            status_error(e)
-                        )
-                    })?;
+                if let Err(e) = close_session(masters, session, lease).await {
+                    eprintln!(
+                        "drover: cannot close session {session} ({}): anything it was granted is released when its lease of {lease:?} runs out",
+                        e.message()
+                    );
+                }
                 continue;
             }
+            Err(Acquire::CutOff(status)) => Err(anyhow::anyhow!(
+                "lock {:?} not acquired: the acquire was cut off {} times, the last: {}",
+                cmd.name,
+                cut_offs + 1,
+                status.message()
+            )),
+            // After a cut-off the master's message names what was left of
+            // the timeout, not the timeout.
+            Err(Acquire::TimedOut(_)) if cut_offs > 0 => Err(anyhow::anyhow!(
+                "timed out: lock {:?} not acquired within {:?} (the acquire was made again after the master went away)",
+                cmd.name,
+                cmd.timeout.unwrap_or_default()
+            )),
+            Err(Acquire::TimedOut(s)) => Err(status_error(s)),
             Err(Acquire::Failed(e)) => Err(e),
         };
         heartbeat.abort();
@@ -492,6 +505,11 @@ pub(crate) async fn lock(masters: &Masters, cmd: LockCommand) -> anyhow::Result<
         return code;
     }
 }
+
+/// How many acquires of one `drover lock` may be cut off by the master
+/// going away before it gives up: each takeover costs one, and each one
+/// loses the waiter's place in the queue.
+const MAX_CUT_OFFS: u32 = 10;
 
 async fn open_session(
     masters: &Masters,
@@ -502,10 +520,13 @@ async fn open_session(
         lease_ms: lease.as_millis() as u64,
         owner: format!("{host}:{}", std::process::id()),
     };
+    // Safe to send again: a session opened twice leaves one that holds
+    // nothing and expires with its lease.
     patiently(
         masters,
-        Resend::Unapplied,
+        Resend::Safe,
         lease,
+        Some(lease / 3),
         req,
         |mut c, r| async move { c.open_session(r).await },
     )
@@ -522,19 +543,27 @@ async fn close_session(
     lease: Duration,
 ) -> Result<pb::CloseSessionResponse, tonic::Status> {
     let close = pb::CloseSessionRequest { session };
-    patiently(masters, Resend::Safe, lease, close, |mut c, r| async move {
-        c.close_session(r).await
-    })
+    patiently(
+        masters,
+        Resend::Safe,
+        lease,
+        Some(lease / 3),
+        close,
+        |mut c, r| async move { c.close_session(r).await },
+    )
     .await
 }
 
 /// Makes a call on the next master while `resend` allows, and again
 /// around the masters for up to `patience` while they are all away or
-/// standbys (a takeover under way).
+/// standbys (a takeover under way). A call not answered within
+/// `answer_within` fails as UNAVAILABLE: a paused or cut-off master
+/// answers nothing, and its connection may take half a minute to break.
 async fn patiently<Q, T, F, Fut>(
     masters: &Masters,
     resend: Resend,
     patience: Duration,
+    answer_within: Option<Duration>,
     req: Q,
     f: F,
 ) -> Result<T, tonic::Status>
@@ -545,10 +574,22 @@ where
 {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        match masters
-            .call(resend, |channel| f(client(channel), req.clone()))
-            .await
-        {
+        let attempt = |channel| {
+            let call = f(client(channel), req.clone());
+            async move {
+                let Some(within) = answer_within else {
+                    return call.await;
+                };
+                tokio::time::timeout(within, call)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::unavailable(format!(
+                            "no answer within {within:?}"
+                        )))
+                    })
+            }
+        };
+        match masters.call(resend, attempt).await {
             Err(s)
                 if resend.allows(&s)
                     && masters.len() > 1
@@ -573,6 +614,8 @@ enum Acquire {
     /// The master went away after the call reached it, with another master
     /// to go to: it may have been granted.
     CutOff(tonic::Status),
+    /// Not granted within the request's timeout.
+    TimedOut(tonic::Status),
     Failed(anyhow::Error),
 }
 
@@ -596,6 +639,7 @@ async fn acquire(
         masters,
         Resend::Unapplied,
         lease,
+        None,
         req,
         |mut c, r| async move { c.acquire(r).await },
     );
@@ -603,6 +647,7 @@ async fn acquire(
         r = acquire => match r {
             Ok(granted) => Ok(granted.fencing_token),
             Err(s) if cut_off(masters, &s) => Err(Acquire::CutOff(s)),
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(Acquire::TimedOut(s)),
             Err(s) => Err(Acquire::Failed(status_error(s))),
         },
         why = lost.wait_for(Option::is_some) => {
@@ -635,30 +680,12 @@ async fn run(
         s = child.wait() => Some(s?),
         _ = lost.wait_for(Option::is_some) => None,
     };
-    let req = pb::ReleaseRequest {
-        name: cmd.name.clone(),
-        fencing_token: token,
-        session,
-    };
-    let mut released = patiently(
-        masters,
-        Resend::Unapplied,
-        lease,
-        req,
-        |mut c, r| async move { c.release(r).await },
-    )
-    .await;
-    if let Err(s) = &released
-        && cut_off(masters, s)
-    {
-        // It may or may not have been applied: closing the session releases
-        // the grant either way.
-        released = close_session(masters, session, lease)
-            .await
-            .map(|_| pb::ReleaseResponse::default());
-    }
-    let Some(status) = status else {
+    if status.is_none() {
+        // The lock may be someone else's already: the command stops first.
         let _ = child.kill().await;
+    }
+    let released = release(masters, cmd, session, token, lease).await;
+    let Some(status) = status else {
         let why = lost.borrow().clone().unwrap_or_default();
         let rejected = released
             .err()
@@ -684,6 +711,35 @@ async fn run(
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
+/// Releases the grant `token`. A release cut off (applied or not) is
+/// completed by closing the session, which releases the grant either way.
+async fn release(
+    masters: &Masters,
+    cmd: &LockCommand,
+    session: u64,
+    token: u64,
+    lease: Duration,
+) -> Result<(), tonic::Status> {
+    let req = pb::ReleaseRequest {
+        name: cmd.name.clone(),
+        fencing_token: token,
+        session,
+    };
+    let released = patiently(
+        masters,
+        Resend::Unapplied,
+        lease,
+        Some(lease / 3),
+        req,
+        |mut c, r| async move { c.release(r).await },
+    )
+    .await;
+    match released {
+        Err(s) if cut_off(masters, &s) => close_session(masters, session, lease).await.map(drop),
+        r => r.map(drop),
+    }
+}
+
 /// Renews the session every third of its lease, on whichever master
 /// leads (a renewal is safe to send twice). Reports the lease lost when
 /// the master says the session is gone, or when it could not be renewed
@@ -699,6 +755,7 @@ async fn keep_alive(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let (at, _) = masters.current();
         let call = masters.call(Resend::Safe, |channel| async move {
             client(channel)
                 .keep_alive(pb::KeepAliveRequest { session })
@@ -710,7 +767,12 @@ async fn keep_alive(
                 let _ = lost.send(Some(s.message().to_string()));
                 return;
             }
-            Ok(Err(_)) | Err(_) => {}
+            Ok(Err(_)) => {}
+            // A paused or cut-off master answers nothing: the next renewal
+            // goes to the next master (safe to send twice).
+            Err(_) => {
+                masters.move_on(at);
+            }
         }
         if renewed.elapsed() >= lease {
             let _ = lost.send(Some(format!(

@@ -384,6 +384,63 @@ fn a_drover_lock_waiting_when_the_leader_is_killed_acquires_on_the_new_one() {
     );
 }
 
+/// A `drover lock` holding a lock when the leader is paused (SIGSTOP: it
+/// answers nothing, its connections stay open): its renewals move on to
+/// the new leader, so it keeps the lock and its command runs on, and the
+/// release on the new leader frees it. Before, every renewal went back to
+/// the paused master until the lease ran out, the command was killed, and
+/// the new leader gave the lock away.
+#[test]
+fn a_drover_lock_keeps_its_lock_when_the_leader_is_paused() {
+    let pg = Postgres::start();
+    let (leader, standby) = pair(&pg);
+    let dir = tempfile::tempdir().unwrap();
+    let (holding, go) = (dir.path().join("holding"), dir.path().join("go"));
+    let script = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done",
+        holding.display(),
+        go.display()
+    );
+    let lease = Duration::from_secs(3);
+    let masters = format!("{},{}", leader.url(), standby.url());
+    let mut holder = drover_tests::CliRun::spawn(
+        &masters,
+        &["lock", "L", "--lease", "3s", "--", "sh", "-c", &script],
+    );
+    wait_until(MINUTE, "the holder's command to run", || holding.exists());
+    let held = inspect(&leader, "L").lock_tokens;
+    assert_eq!(held.len(), 1, "{held:?}");
+
+    leader.expect_exit();
+    leader.sigstop();
+    standby.wait_leading(MINUTE);
+    // Two leases after the takeover the session would have expired on the
+    // new leader had it not been renewed there: the lock stays held by
+    // the same grant, and the command runs, all along.
+    let until = std::time::Instant::now() + 2 * lease;
+    while std::time::Instant::now() < until {
+        assert!(
+            !holder.finished(),
+            "the holder ended while the leader was paused"
+        );
+        assert_eq!(
+            inspect(&standby, "L").lock_tokens,
+            held,
+            "the grant changed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&go, "").unwrap();
+    let out = holder.wait(MINUTE);
+    assert!(
+        out.status.success(),
+        "drover lock failed while the leader was paused: {}",
+        out.stderr
+    );
+    let now = inspect(&standby, "L");
+    assert!(now.lock_tokens.is_empty(), "not released: {now:?}");
+}
+
 #[test]
 fn a_leader_paused_past_its_lease_never_writes_again_and_steps_down() {
     let pg = Postgres::start();
