@@ -183,10 +183,12 @@ pub async fn ensure_schema_with(
     if let Some(created) = current_format(client, url).await? {
         return Ok(created);
     }
-    // The lock is taken before the transaction begins: a transaction reads
-    // the catalog as its cache held it when it began, so a check made in
-    // one begun before the wait would not see the tables another master
-    // made meanwhile, and the CREATE would fail ("already exists").
+    // The lock is taken before the transaction begins. The check above left
+    // "no such table" in this connection's catalog cache; a transaction
+    // begun before another master's commit does not refresh it, so a
+    // check made in one begun before the wait would still miss the tables
+    // made meanwhile, and the CREATE would fail ("already exists"). One
+    // begun after the wait does refresh it.
     client
         .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
         .await?;
