@@ -82,7 +82,7 @@ impl Master {
         let created_at = store.load(&mut |item| state.recover_item(item, &mut report))?;
         state.set_created_at(created_at);
         state.set_next_seq(store.next_seq()?);
-        state.committed(0, store.closed_counts()?);
+        let _ = state.committed(0, store.closed_counts()?);
         state.finish_recovery(&mut report);
         if report.queued + report.requeued + report.finished > 0 {
             tracing::info!(

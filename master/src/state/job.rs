@@ -34,7 +34,8 @@ pub(crate) struct Job {
     pub(crate) counted: u32,
     pub(crate) kind: JobKind,
     pub(crate) state: JobState,
-    /// Changed since the last commit, and listed in `State::dirty_jobs`.
+    /// Changed since the last commit, and listed in `State::dirty_jobs`
+    /// (with its slot).
     pub(super) dirty: bool,
     /// The length of the record last encoded for it by this master, as
     /// the store holds it once that commit is written; 0 if none was (a
@@ -61,6 +62,13 @@ impl JobTable {
     pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<&mut Job> {
         let slot = *self.index.get(id)?;
         self.slots[slot as usize].as_mut()
+    }
+
+    /// The job and its slot, to change it and find it again by the slot
+    /// ([`JobTable::get_mut_hinted`]) without hashing its id.
+    pub(crate) fn get_mut_slotted(&mut self, id: &JobId) -> Option<(u32, &mut Job)> {
+        let slot = *self.index.get(id)?;
+        self.slots[slot as usize].as_mut().map(|job| (slot, job))
     }
 
     pub(crate) fn contains_key(&self, id: &JobId) -> bool {
@@ -134,8 +142,29 @@ impl JobTable {
         slot
     }
 
-    pub(crate) fn remove(&mut self, id: &JobId) -> Option<Job> {
-        let slot = self.index.remove(id)?;
+    /// Removes the job `id` if `keep` says so of it, found at `hint` if
+    /// that slot still holds it (see [`JobTable::get_hinted`]).
+    pub(crate) fn remove_hinted(
+        &mut self,
+        id: &JobId,
+        hint: Option<&u32>,
+        keep: impl FnOnce(&Job) -> bool,
+    ) -> Option<Job> {
+        let slot = match hint {
+            Some(&slot)
+                if self
+                    .slots
+                    .get(slot as usize)
+                    .is_some_and(|j| j.as_ref().is_some_and(|j| j.id == *id)) =>
+            {
+                slot
+            }
+            _ => *self.index.get(id)?,
+        };
+        if !self.slots[slot as usize].as_ref().is_some_and(keep) {
+            return None;
+        }
+        self.index.remove(id);
         self.free.push(slot);
         self.slots[slot as usize].take()
     }
@@ -414,7 +443,15 @@ mod tests {
         assert_eq!(table.get_hinted(&a_id, Some(&slot)).unwrap().id, a_id);
         assert_eq!(table.get_mut_hinted(&a_id, Some(&slot)).unwrap().id, a_id);
         // a leaves and b takes its slot: the hint now names b.
-        table.remove(&a_id);
+        assert!(table.remove_hinted(&a_id, Some(&slot), |_| false).is_none());
+        assert_eq!(
+            table
+                .remove_hinted(&a_id, Some(&slot), |_| true)
+                .unwrap()
+                .id,
+            a_id
+        );
+        assert!(table.get(&a_id).is_none());
         assert_eq!(table.insert(b_id, b), slot);
         assert!(table.get_hinted(&a_id, Some(&slot)).is_none());
         assert!(table.get_mut_hinted(&a_id, Some(&slot)).is_none());
@@ -439,5 +476,16 @@ mod tests {
                 .is_none()
         );
         assert!(table.get_hinted(&JobId::new(), Some(&slot)).is_none());
+        // A stale hint removes nothing of the job in that slot now.
+        assert_eq!(
+            table
+                .remove_hinted(&a_id, Some(&slot), |_| true)
+                .unwrap()
+                .id,
+            a_id
+        );
+        assert_eq!(table.get_hinted(&b_id, Some(&slot)).unwrap().id, b_id);
+        assert!(table.get(&a_id).is_none());
+        assert!(table.remove_hinted(&a_id, None, |_| true).is_none());
     }
 }

@@ -77,8 +77,8 @@ impl State {
             let record = encode_batch_of(&b.jobs, created, request_id, &mut scratch);
             changes.batches.push((id, record));
         }
-        for id in std::mem::take(&mut self.dirty_jobs) {
-            if let Some(job) = self.jobs.get_mut(&id)
+        for (id, slot) in std::mem::take(&mut self.dirty_jobs) {
+            if let Some(job) = self.jobs.get_mut_hinted(&id, Some(&slot))
                 && job.dirty
             {
                 job.dirty = false;
@@ -126,11 +126,11 @@ impl State {
         if !self.durable {
             return;
         }
-        if let Some(job) = self.jobs.get_mut(&id)
+        if let Some((slot, job)) = self.jobs.get_mut_slotted(&id)
             && !job.dirty
         {
             job.dirty = true;
-            self.dirty_jobs.push(id);
+            self.dirty_jobs.push((id, slot));
         }
         self.kick();
     }

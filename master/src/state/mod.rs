@@ -206,7 +206,10 @@ pub struct State {
     created_at_ms: u64,
     /// Whether changes are committed to a store; if not, none are tracked.
     durable: bool,
-    dirty_jobs: Vec<JobId>,
+    /// Jobs changed since the last commit, with their slot: the commit
+    /// reads them by slot, not by a hash of each id into a table of
+    /// hundreds of thousands (a cache miss or two a job, under the lock).
+    dirty_jobs: Vec<(JobId, u32)>,
     /// Assignments since the last commit, with their attempt.
     assign_log: Vec<(JobId, u32)>,
     dirty_batches: Vec<BatchId>,
@@ -296,6 +299,16 @@ pub struct Outgoing {
     pub messages: Vec<(Outbox, pb::MasterMessage)>,
     /// Batches whose waiters to wake once the ticket's commit is done.
     pub notify: Vec<watch::Sender<u64>>,
+}
+
+/// What left memory once a commit was written ([`State::committed`]):
+/// dropped by the caller after it lets go of the state's lock.
+#[derive(Debug, Default)]
+pub struct Evicted {
+    /// The batches taken out.
+    batches: Vec<Batch>,
+    /// Their own jobs.
+    jobs: Vec<Job>,
 }
 
 impl Outgoing {

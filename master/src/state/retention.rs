@@ -35,10 +35,10 @@ impl State {
             .collect();
         let mut purged = 0;
         for b in expired {
-            let gone = self.take_out(b, false);
+            let (_, gone) = self.take_out(b, false);
             purged += gone.len();
             if self.durable {
-                self.deleted_jobs.extend(gone);
+                self.deleted_jobs.extend(gone.iter().map(|j| j.id));
                 self.deleted_batches.push(b);
                 self.kick();
             }
