@@ -350,8 +350,8 @@ impl Store for MemoryStore {
 pub struct RedbStore {
     db: Database,
     created_at_ms: u64,
-    /// Held open for its lock; released when the store is dropped.
-    _lock: File,
+    /// Released when the store is dropped (after `db`, dropped first).
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -439,7 +439,24 @@ fn has_tables(txn: &redb::WriteTransaction) -> anyhow::Result<bool> {
 }
 
 /// Takes an exclusive lock on the data directory, or says who holds it.
-fn lock_dir(dir: &Path) -> anyhow::Result<File> {
+/// The lock on a data directory: an exclusive `flock` of its lock file,
+/// released when dropped. It is released explicitly, not by closing the
+/// file: a process forked meanwhile (any `Command::spawn` of the process,
+/// until its exec) shares the file's description and would hold the lock
+/// on after the close, and a store opened again in this process (a test's
+/// restart) would find the directory "in use by another master".
+#[derive(Debug)]
+struct DirLock(File);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn lock_dir(dir: &Path) -> anyhow::Result<DirLock> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
@@ -465,7 +482,7 @@ fn lock_dir(dir: &Path) -> anyhow::Result<File> {
     file.rewind()?;
     write!(file, "{}", std::process::id())?;
     file.flush()?;
-    Ok(file)
+    Ok(DirLock(file))
 }
 
 impl Store for RedbStore {
@@ -1219,6 +1236,25 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy of the lock file's description (what a process forked
+    /// meanwhile holds until its exec) does not keep a dropped store's
+    /// directory locked: it opens again at once (the redb model test's
+    /// restarts failed now and then, "in use by another master", while
+    /// another test spawned processes).
+    #[test]
+    fn a_dropped_stores_directory_opens_again_while_a_forked_copy_of_its_lock_lives() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let dir = tempfile::tempdir().unwrap();
+        let lock = lock_dir(dir.path()).unwrap();
+        // SAFETY: dup of a descriptor we own; the copy is owned and closed.
+        let copy = unsafe { OwnedFd::from_raw_fd(libc::dup(lock.0.as_raw_fd())) };
+        assert!(lock_dir(dir.path()).is_err(), "a held directory is refused");
+        drop(lock);
+        let again = lock_dir(dir.path());
+        assert!(again.is_ok(), "{:#}", again.unwrap_err());
+        drop(copy);
+    }
 
     #[test]
     fn writes_survive_reopening_and_a_second_master_is_refused() {
