@@ -195,6 +195,46 @@ pub(crate) struct JobExtra {
     pub(crate) started_at_ms: u64,
 }
 
+/// A job record's fields that every job has (not its argument, which the
+/// caller moves or copies, nor those of [`JobExtra`]), borrowed from a
+/// message or read from the record's bytes (`encode.rs`).
+#[derive(Debug, Default)]
+pub(super) struct Fields<'a> {
+    pub(super) id: &'a [u8],
+    pub(super) batch: &'a [u8],
+    pub(super) index: u32,
+    pub(super) kind: i32,
+    pub(super) priority: i32,
+    pub(super) timeout_ms: u64,
+    pub(super) max_attempts: u32,
+    pub(super) state: i32,
+    pub(super) attempts: u32,
+    pub(super) seq: u64,
+    pub(super) not_before_ms: u64,
+    pub(super) counted: Option<u32>,
+    pub(super) allowance: Option<u32>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(r: &'a pb::JobRecord) -> Fields<'a> {
+        Fields {
+            id: &r.id,
+            batch: &r.batch,
+            index: r.index,
+            kind: r.kind,
+            priority: r.priority,
+            timeout_ms: r.timeout_ms,
+            max_attempts: r.max_attempts,
+            state: r.state,
+            attempts: r.attempts,
+            seq: r.seq,
+            not_before_ms: r.not_before_ms,
+            counted: r.counted,
+            allowance: r.allowance,
+        }
+    }
+}
+
 impl JobExtra {
     /// The extra fields of a job's record.
     fn from_record(r: pb::JobRecord) -> JobExtra {
@@ -312,28 +352,17 @@ impl Job {
     /// Rebuilds a job from its record.
     pub(super) fn from_record(mut r: pb::JobRecord) -> Result<Job, String> {
         let arg = std::mem::take(&mut r.arg).into_boxed_str();
-        let mut job = Job::from_fields(&r, arg)?;
+        let mut job = Job::from_fields(&Fields::of(&r), arg)?;
         if !is_bare(&r) {
             job.extra = Some(Box::new(JobExtra::from_record(r)));
         }
         Ok(job)
     }
 
-    /// Rebuilds a job from a record it only borrows: recovery decodes the
-    /// records of a batch one after the other into one reused message, and
-    /// a queued job then costs one allocation, its argument.
-    pub(super) fn from_record_ref(r: &pb::JobRecord) -> Result<Job, String> {
-        let mut job = Job::from_fields(r, r.arg.as_str().into())?;
-        if !is_bare(r) {
-            job.extra = Some(Box::new(JobExtra::from_record(r.clone())));
-        }
-        Ok(job)
-    }
-
-    /// A job from its record's fields, but its extra ones, with `arg`.
-    fn from_fields(r: &pb::JobRecord, arg: Box<str>) -> Result<Job, String> {
-        let id = JobId::from_slice(&r.id).ok_or("a job record has a malformed id")?;
-        let batch = BatchId::from_slice(&r.batch)
+    /// A job from its record's fields but the extra ones, with `arg`.
+    pub(super) fn from_fields(r: &Fields<'_>, arg: Box<str>) -> Result<Job, String> {
+        let id = JobId::from_slice(r.id).ok_or("a job record has a malformed id")?;
+        let batch = BatchId::from_slice(r.batch)
             .ok_or_else(|| format!("job {id} has a malformed batch id"))?;
         let kind = JobKind::try_from(r.kind)
             .map_err(|_| format!("job {id} has unknown kind {}", r.kind))?;

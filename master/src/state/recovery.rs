@@ -54,15 +54,24 @@ impl State {
                 // (jobs it lists but did not create) are filled in by
                 // `finish_recovery`.
                 let mut slots = vec![u32::MAX; ids.len()];
-                let mut record = pb::JobRecord::default();
                 for bytes in created.iter() {
-                    record.clear();
-                    record.merge(bytes).map_err(|e| {
-                        anyhow::anyhow!("a job record in batch {batch_id} is corrupt: {e}")
-                    })?;
-                    let job = Job::from_record_ref(&record).map_err(anyhow::Error::msg)?;
+                    // A queued job's record read straight into the job;
+                    // any other through prost.
+                    let (job, running) = match encode::decode_bare(bytes) {
+                        Some(read) => read,
+                        None => {
+                            let record = pb::JobRecord::decode(bytes).map_err(|e| {
+                                anyhow::anyhow!("a job record in batch {batch_id} is corrupt: {e}")
+                            })?;
+                            let running = record.running;
+                            (
+                                Job::from_record(record).map_err(anyhow::Error::msg)?,
+                                running,
+                            )
+                        }
+                    };
                     let (id, index) = (job.id, job.index as usize);
-                    let slot = self.load_job(job, record.running);
+                    let slot = self.load_job(job, running);
                     if ids.get(index) == Some(&id) {
                         slots[index] = slot;
                     }
