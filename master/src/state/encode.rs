@@ -423,7 +423,14 @@ pub(super) mod tests {
             assert_eq!(request_id, want.request_id);
         }
         // What prost refuses, so does this.
-        for bad in [&[0x0a, 0x05, 1, 2][..], &[0x08, 1], &[0x1a, 1, 0xff]] {
+        let refused: [&[u8]; 5] = [
+            &[0x0a, 0x05, 1, 2],
+            &[0x08, 1],
+            &[0x1a, 1, 0xff],
+            &[0x22, 0],
+            &[0x28, 1],
+        ];
+        for bad in refused {
             assert!(pb::BatchRecord::decode(bad).is_err());
             assert!(decode_batch(bad).is_err(), "{bad:?}");
         }
