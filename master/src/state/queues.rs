@@ -20,10 +20,10 @@ pub(crate) struct Queues {
     python_len: usize,
     /// While recovery queues every job it loaded: the built-in classes'
     /// jobs, gathered to build each queue at once from sorted keys. A
-    /// B-tree built so has full nodes; inserted one by one in key order it
-    /// splits each node in two and leaves it part empty, allocating far
-    /// more nodes (each a page fault's worth of fresh memory now and then,
-    /// a tenth of recovering ten million jobs, bench/README.md).
+    /// B-tree built so has full nodes; filled one key after the other, it
+    /// splits each node and leaves it part empty: more nodes, each fresh
+    /// memory to fault in (13% of recovering ten million jobs,
+    /// bench/README.md).
     gathering: Option<[Vec<(QueueKey, JobId)>; JobClass::COUNT]>,
 }
 
