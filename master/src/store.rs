@@ -189,7 +189,7 @@ pub enum Loaded {
     Job(Box<pb::JobRecord>),
     /// A batch: its id, its jobs in order, the first records of the jobs
     /// it created, and its submit's request id (or empty).
-    Batch(BatchId, Vec<JobId>, Vec<pb::JobRecord>, String),
+    Batch(BatchId, Vec<JobId>, CreatedRecords, String),
     /// One commit's assignment log entry: jobs handed out, with their attempt.
     Assigned(Vec<(JobId, u32)>),
 }
@@ -200,7 +200,7 @@ pub struct Recovered {
     /// Every job record.
     pub jobs: Vec<pb::JobRecord>,
     /// Every batch: its id, its jobs in order, and its jobs' first records.
-    pub batches: Vec<(BatchId, Vec<JobId>, Vec<pb::JobRecord>, String)>,
+    pub batches: Vec<(BatchId, Vec<JobId>, CreatedRecords, String)>,
     /// The assignment log, oldest commit first.
     pub assignments: Vec<Vec<(JobId, u32)>>,
     /// When the store was created (unix ms): ids older than this were never
@@ -517,9 +517,8 @@ impl Store for RedbStore {
                 ids.clone()
             } else {
                 created
-                    .iter()
-                    .filter_map(|r| JobId::from_slice(&r.id))
-                    .collect()
+                    .ids()
+                    .map_err(|e| anyhow::anyhow!("batch record {id} is corrupt: {e}"))?
             };
             sink(Loaded::Batch(id, ids, created, request_id))?;
             for job in own {
@@ -1216,14 +1215,135 @@ pub fn encode_closed_batch(
     .encode_to_vec()
 }
 
-/// Decodes a batch record: its jobs, the records of those it created, and
-/// its submit's request id.
-pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, Vec<pb::JobRecord>, String), String> {
-    let record = pb::BatchRecord::decode(bytes).map_err(|e| e.to_string())?;
-    if record.job_ids.len() % 16 != 0 {
+/// Decodes a batch record: its jobs, the records of those it created (left
+/// encoded), and its submit's request id. The fields are read as prost
+/// reads `BatchRecord` (a repeated `job_ids` or `request_id`: the last
+/// wins; unknown fields skipped), but each created job's record stays
+/// bytes, for recovery to read straight into its job (`state/encode.rs`):
+/// a decoded `BatchRecord` made a message and three allocations per job
+/// (a quarter of recovering ten million jobs, bench/README.md).
+pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, CreatedRecords, String), String> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let whole = bytes.len();
+    let mut buf = bytes;
+    let mut ids: &[u8] = &[];
+    let mut spans = Vec::new();
+    let mut request_id: &[u8] = &[];
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        // closed_at_ms and finished are not needed here, but their wire
+        // types are checked as prost checks them.
+        let want = match tag {
+            1..=3 | 5 => Some(WireType::LengthDelimited),
+            4 => Some(WireType::Varint),
+            _ => None,
+        };
+        if want.is_some_and(|w| w != wire_type) {
+            return Err(format!("field {tag} has wire type {wire_type:?}"));
+        }
+        if !(1..=3).contains(&tag) {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default())
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
+        let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
+        if len > buf.len() as u64 {
+            return Err("a field runs past the end of the record".into());
+        }
+        let (value, rest) = buf.split_at(len as usize);
+        match tag {
+            1 => ids = value,
+            2 => {
+                let start = whole - buf.len();
+                spans.push((start, start + value.len()));
+            }
+            _ => request_id = value,
+        }
+        buf = rest;
+    }
+    if !ids.len().is_multiple_of(16) {
         return Err("its job list is not a whole number of ids".into());
     }
-    Ok((job_ids(&record.job_ids), record.created, record.request_id))
+    let request_id = std::str::from_utf8(request_id)
+        .map_err(|_| "its request id is not UTF-8".to_string())?
+        .to_string();
+    let created = CreatedRecords {
+        bytes: if spans.is_empty() {
+            Vec::new()
+        } else {
+            bytes.to_vec()
+        },
+        spans,
+    };
+    Ok((job_ids(ids), created, request_id))
+}
+
+/// The records of the jobs a batch created, as its record holds them:
+/// still encoded (see [`decode_batch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreatedRecords {
+    /// The batch record they sit in.
+    bytes: Vec<u8>,
+    /// Where each record sits in `bytes`, in the record's order.
+    spans: Vec<(usize, usize)>,
+}
+
+impl CreatedRecords {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none (a batch reopened keeps its closed record,
+    /// which holds no jobs).
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Each record, encoded, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans
+            .iter()
+            .map(|&(start, end)| &self.bytes[start..end])
+    }
+
+    /// Each record, decoded.
+    pub fn decode(&self) -> Result<Vec<pb::JobRecord>, String> {
+        self.iter()
+            .map(|r| pb::JobRecord::decode(r).map_err(|e| format!("a job record is corrupt: {e}")))
+            .collect()
+    }
+
+    /// The ids their records name, read without decoding the rest (a
+    /// record whose id is not 16 bytes names none).
+    pub fn ids(&self) -> Result<Vec<JobId>, String> {
+        self.iter()
+            .filter_map(|r| record_id(r).transpose())
+            .collect()
+    }
+}
+
+/// The id a job's record names (its field 1, the first one written), or
+/// `None` if that is not 16 bytes.
+fn record_id(mut record: &[u8]) -> Result<Option<JobId>, String> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let mut id = None;
+    while !record.is_empty() {
+        let (tag, wire_type) = decode_key(&mut record).map_err(|e| e.to_string())?;
+        if tag == 1 && wire_type == WireType::LengthDelimited {
+            let len = decode_varint(&mut record).map_err(|e| e.to_string())?;
+            if len > record.len() as u64 {
+                return Err("a job record's id runs past its end".into());
+            }
+            let (value, rest) = record.split_at(len as usize);
+            id = Some(value);
+            record = rest;
+        } else {
+            skip_field(wire_type, tag, &mut record, DecodeContext::default())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(id.and_then(JobId::from_slice))
 }
 
 /// Milliseconds since the Unix epoch.

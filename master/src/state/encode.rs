@@ -1,17 +1,31 @@
-//! A job's store record written straight from the job: the same bytes as
-//! `job.record().encode_to_vec()`, without building the `pb::JobRecord`
-//! first (its ids, argument, worker, errors and limits copied into owned
-//! strings and vectors, about eight allocations a record). The committer
-//! encodes every changed job each commit, under the state's lock, so this
-//! is on the durable store's hot path (bench/README.md). A test checks the
-//! bytes against prost's for randomized jobs. A field added to `JobRecord`
-//! goes in three places: `Job::record` (the compiler asks for it), here,
-//! and the test's generator, with random values, or the test cannot see it
-//! missing here.
+//! A job's store record written straight from the job, and a queued
+//! job's read straight back.
+//!
+//! Written: the same bytes as `job.record().encode_to_vec()`, without
+//! building the `pb::JobRecord` first (its ids, argument, worker, errors
+//! and limits copied into owned strings and vectors, about eight
+//! allocations a record). The committer encodes every changed job each
+//! commit, under the state's lock, so this is on the durable store's hot
+//! path (bench/README.md). A test checks the bytes against prost's for
+//! randomized jobs.
+//!
+//! Read ([`decode_bare`]): a record with none of [`JobExtra`]'s fields, as
+//! a batch record holds each job it created, straight into the job; any
+//! other record goes through prost. Recovery reads millions of these. A
+//! test checks the jobs against prost's reading of the same bytes,
+//! damaged ones too.
+//!
+//! A field added to `JobRecord` goes in four places: `Job::record` (the
+//! compiler asks for it), `encode_record`, `decode_bare` (and
+//! [`LAST_FIELD`]), and the tests' generator, with random values, or the
+//! tests cannot see it missing.
 
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{
+    WireType, decode_key, decode_varint, encode_key, encode_varint, encoded_len_varint, key_len,
+};
 
+use super::job::Fields;
 use super::*;
 
 /// A varint field, left out when 0 (proto3).
@@ -100,6 +114,72 @@ impl Job {
         }
         put_varint(24, x.started_at_ms, buf);
     }
+}
+
+/// `JobRecord`'s highest field number: [`decode_bare`] skips a field above
+/// it as one it does not know, as prost does.
+const LAST_FIELD: u32 = 24;
+
+/// Reads a job's store record straight into a job, with whether it was
+/// running (`JobRecord.running`), as `Job::from_record` of prost's
+/// decoding would: one allocation, the argument, where prost made a
+/// message and an allocation per string and bytes field. Only for a
+/// record with none of [`JobExtra`]'s fields, as the batch record holds
+/// a queued job's (recovery reads millions of them, bench/README.md):
+/// `None` for one with any of them, and for anything unusual (a wire type
+/// or value prost would refuse, a group, a bad id), which the caller then
+/// decodes with prost, getting prost's answer and error.
+pub(super) fn decode_bare(mut buf: &[u8]) -> Option<(Job, bool)> {
+    let mut f = Fields::default();
+    let mut arg = "";
+    let mut running = false;
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        match wire_type {
+            WireType::Varint => {
+                let v = decode_varint(&mut buf).ok()?;
+                // As prost converts them: truncated to the field's width.
+                match tag {
+                    3 => f.index = v as u32,
+                    4 => f.kind = v as i32,
+                    6 => f.priority = v as i32,
+                    7 => f.timeout_ms = v,
+                    8 => f.max_attempts = v as u32,
+                    9 => f.state = v as i32,
+                    10 => f.attempts = v as u32,
+                    11 => f.seq = v,
+                    18 => f.not_before_ms = v,
+                    20 => running = v != 0,
+                    21 => f.counted = Some(v as u32),
+                    22 => f.allowance = Some(v as u32),
+                    // JobExtra's, and varints where prost wants bytes.
+                    _ if tag <= LAST_FIELD => return None,
+                    _ => {}
+                }
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                if len > buf.len() {
+                    return None;
+                }
+                let (value, rest) = buf.split_at(len);
+                buf = rest;
+                match tag {
+                    1 => f.id = value,
+                    2 => f.batch = value,
+                    // Each one must be UTF-8, as prost checks each.
+                    5 => arg = std::str::from_utf8(value).ok()?,
+                    _ if tag <= LAST_FIELD => return None,
+                    _ => {}
+                }
+            }
+            WireType::SixtyFourBit if tag > LAST_FIELD && buf.len() >= 8 => buf = &buf[8..],
+            WireType::ThirtyTwoBit if tag > LAST_FIELD && buf.len() >= 4 => buf = &buf[4..],
+            _ => return None,
+        }
+    }
+    let job = Job::from_fields(&f, arg.into()).ok()?;
+    Some((job, running))
 }
 
 /// Encodes a batch's record with the records of the jobs it created (those
@@ -241,6 +321,121 @@ pub(super) mod tests {
             job.encode_record(&mut buf);
             assert_eq!(buf, job.record().encode_to_vec(), "{job:?}");
         }
+    }
+
+    /// A job read straight from its record, as prost's decoding of it
+    /// gives it to `Job::from_record`.
+    fn prosts(bytes: &[u8]) -> Option<(Job, bool)> {
+        let r = pb::JobRecord::decode(bytes).ok()?;
+        let running = r.running;
+        Some((Job::from_record(r).ok()?, running))
+    }
+
+    #[test]
+    fn a_bare_record_read_straight_is_the_job_prost_reads() {
+        let mut rng = StdRng::seed_from_u64(0x4e05);
+        let mut read = 0;
+        for round in 0..40_000 {
+            let mut job = job(&mut rng);
+            if round % 2 == 0 {
+                job.extra = None;
+            }
+            let mut bytes = Vec::new();
+            job.encode_record(&mut bytes);
+            // What prost also takes: a field it does not know, and one
+            // given again (the last one wins).
+            if round % 3 == 1 {
+                encode_key(25 + round % 7, WireType::Varint, &mut bytes);
+                encode_varint(num(&mut rng), &mut bytes);
+            }
+            if round % 5 == 2 {
+                put_int32(6, rng.random(), &mut bytes);
+                put_bytes(5, b"again", &mut bytes);
+            }
+            // And damage, which either reads as prost reads it, or is
+            // left to prost.
+            if round % 4 == 3 && !bytes.is_empty() {
+                let at = rng.random_range(0..bytes.len());
+                bytes[at] = rng.random();
+            }
+            let Some((got, running)) = decode_bare(&bytes) else {
+                // Only a job with extra fields, or damage, is left to prost.
+                assert!(job.extra.is_some() || round % 4 == 3, "{job:?}");
+                continue;
+            };
+            let (want, want_running) = prosts(&bytes).unwrap_or_else(|| {
+                let prost = pb::JobRecord::decode(bytes.as_slice());
+                panic!("read straight, not by prost ({prost:?}): {bytes:?}")
+            });
+            assert_eq!(got.record(), want.record());
+            assert_eq!(running, want_running);
+            assert!(got.extra.is_none() && want.extra.is_none());
+            read += 1;
+        }
+        assert!(read > 15_000, "{read}");
+    }
+
+    #[test]
+    fn a_batch_read_with_its_records_left_encoded_is_what_prost_reads() {
+        use crate::store::decode_batch;
+        let mut rng = StdRng::seed_from_u64(0xdec0);
+        for round in 0..500 {
+            let jobs: Vec<Job> = (0..rng.random_range(0..20))
+                .map(|_| job(&mut rng))
+                .collect();
+            let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+            let closed = rng.random_bool(0.3);
+            let mut bytes = pb::BatchRecord {
+                job_ids: ids.iter().flat_map(|id| *id.as_bytes()).collect(),
+                created: if closed {
+                    Vec::new()
+                } else {
+                    jobs.iter().map(Job::record).collect()
+                },
+                request_id: text(&mut rng, 10),
+                closed_at_ms: if closed { num(&mut rng) } else { 0 },
+                finished: (0..rng.random_range(0..4u32))
+                    .flat_map(u32::to_le_bytes)
+                    .collect(),
+            }
+            .encode_to_vec();
+            // What prost also accepts: a field it does not know, and a
+            // field given again (the last one wins).
+            if round % 3 == 1 {
+                encode_key(9, WireType::Varint, &mut bytes);
+                encode_varint(num(&mut rng), &mut bytes);
+            }
+            if round % 5 == 2 {
+                put_len_delimited(3, b"again", &mut bytes);
+            }
+            let want = pb::BatchRecord::decode(bytes.as_slice()).unwrap();
+            let (got_ids, created, request_id) = decode_batch(&bytes).unwrap();
+            let want_ids: Vec<u8> = got_ids.iter().flat_map(|id| *id.as_bytes()).collect();
+            assert_eq!(want_ids, want.job_ids);
+            assert_eq!(created.len(), want.created.len());
+            assert_eq!(created.decode().unwrap(), want.created);
+            let own: Vec<JobId> = want
+                .created
+                .iter()
+                .filter_map(|r| JobId::from_slice(&r.id))
+                .collect();
+            assert_eq!(created.ids().unwrap(), own);
+            assert_eq!(request_id, want.request_id);
+        }
+        // What prost refuses, so does this.
+        let refused: [&[u8]; 5] = [
+            &[0x0a, 0x05, 1, 2],
+            &[0x08, 1],
+            &[0x1a, 1, 0xff],
+            &[0x22, 0],
+            &[0x28, 1],
+        ];
+        for bad in refused {
+            assert!(pb::BatchRecord::decode(bad).is_err());
+            assert!(decode_batch(bad).is_err(), "{bad:?}");
+        }
+        // And a job list that is not whole ids, as before.
+        assert!(decode_batch(&[0x0a, 0x01, 7]).is_err());
     }
 
     #[test]

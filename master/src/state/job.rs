@@ -122,24 +122,32 @@ impl JobTable {
         (0..b.jobs.len()).map(move |i| self.in_batch(b, i))
     }
 
-    /// Inserts (or replaces) a job; returns its slot.
+    /// Inserts (or replaces) a job; returns its slot. The id is hashed and
+    /// looked for once: in a table of millions, each look is a cache miss
+    /// (recovery inserts every job).
     pub(crate) fn insert(&mut self, id: JobId, job: Job) -> u32 {
-        if let Some(&slot) = self.index.get(&id) {
-            self.slots[slot as usize] = Some(job);
-            return slot;
-        }
-        let slot = match self.free.pop() {
-            Some(slot) => {
+        use std::collections::hash_map::Entry;
+        match self.index.entry(id) {
+            Entry::Occupied(e) => {
+                let slot = *e.get();
                 self.slots[slot as usize] = Some(job);
                 slot
             }
-            None => {
-                self.slots.push(Some(job));
-                (self.slots.len() - 1) as u32
+            Entry::Vacant(e) => {
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = Some(job);
+                        slot
+                    }
+                    None => {
+                        self.slots.push(Some(job));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                e.insert(slot);
+                slot
             }
-        };
-        self.index.insert(id, slot);
-        slot
+        }
     }
 
     /// Removes the job `id` if `keep` says so of it, found at `hint` if
@@ -173,12 +181,14 @@ impl JobTable {
         self.slots.iter().flatten()
     }
 
-    /// Every job with its slot, in slot order.
-    pub(crate) fn slotted(&self) -> impl Iterator<Item = (u32, &Job)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, job)| job.as_ref().map(|j| (slot as u32, j)))
+    /// The slots there are, taken or free: every slot is below this.
+    pub(crate) fn slot_count(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// The job in `slot`, if any.
+    pub(crate) fn at(&self, slot: u32) -> Option<&Job> {
+        self.slots.get(slot as usize)?.as_ref()
     }
 
     /// How many jobs the table holds.
@@ -212,6 +222,77 @@ pub(crate) struct JobExtra {
     pub(crate) limits: super::limits::JobLimits,
     /// When the master last handed it to a worker (unix ms).
     pub(crate) started_at_ms: u64,
+}
+
+/// A job record's fields that every job has (not its argument, which the
+/// caller moves or copies, nor those of [`JobExtra`]), borrowed from a
+/// message or read from the record's bytes (`encode.rs`).
+#[derive(Debug, Default)]
+pub(super) struct Fields<'a> {
+    pub(super) id: &'a [u8],
+    pub(super) batch: &'a [u8],
+    pub(super) index: u32,
+    pub(super) kind: i32,
+    pub(super) priority: i32,
+    pub(super) timeout_ms: u64,
+    pub(super) max_attempts: u32,
+    pub(super) state: i32,
+    pub(super) attempts: u32,
+    pub(super) seq: u64,
+    pub(super) not_before_ms: u64,
+    pub(super) counted: Option<u32>,
+    pub(super) allowance: Option<u32>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(r: &'a pb::JobRecord) -> Fields<'a> {
+        Fields {
+            id: &r.id,
+            batch: &r.batch,
+            index: r.index,
+            kind: r.kind,
+            priority: r.priority,
+            timeout_ms: r.timeout_ms,
+            max_attempts: r.max_attempts,
+            state: r.state,
+            attempts: r.attempts,
+            seq: r.seq,
+            not_before_ms: r.not_before_ms,
+            counted: r.counted,
+            allowance: r.allowance,
+        }
+    }
+}
+
+impl JobExtra {
+    /// The extra fields of a job's record.
+    fn from_record(r: pb::JobRecord) -> JobExtra {
+        JobExtra {
+            worker: (!r.worker.is_empty()).then(|| Arc::from(r.worker.as_str())),
+            output: r.output,
+            error: (!r.error.is_empty()).then_some(r.error),
+            attempt_errors: r.attempt_errors,
+            run_us: r.run_us,
+            finished_at_ms: r.finished_at_ms,
+            idempotency_key: (!r.idempotency_key.is_empty())
+                .then(|| r.idempotency_key.into_boxed_str()),
+            limits: super::limits::from_pb(r.limits),
+            started_at_ms: r.started_at_ms,
+        }
+    }
+}
+
+/// Whether a record has nothing for [`JobExtra`], as a job just submitted
+/// (a run time is only ever set beside a start time).
+fn is_bare(r: &pb::JobRecord) -> bool {
+    r.worker.is_empty()
+        && r.output.is_none()
+        && r.error.is_empty()
+        && r.attempt_errors.is_empty()
+        && r.idempotency_key.is_empty()
+        && r.finished_at_ms == 0
+        && r.limits.is_empty()
+        && r.started_at_ms == 0
 }
 
 static NO_EXTRA: JobExtra = JobExtra {
@@ -298,40 +379,30 @@ impl Job {
     }
 
     /// Rebuilds a job from its record.
-    pub(super) fn from_record(r: pb::JobRecord) -> Result<Job, String> {
-        let id = JobId::from_slice(&r.id).ok_or("a job record has a malformed id")?;
-        let batch = BatchId::from_slice(&r.batch)
+    pub(super) fn from_record(mut r: pb::JobRecord) -> Result<Job, String> {
+        let arg = std::mem::take(&mut r.arg).into_boxed_str();
+        let mut job = Job::from_fields(&Fields::of(&r), arg)?;
+        if !is_bare(&r) {
+            job.extra = Some(Box::new(JobExtra::from_record(r)));
+        }
+        Ok(job)
+    }
+
+    /// A job from its record's fields but the extra ones, with `arg`.
+    pub(super) fn from_fields(r: &Fields<'_>, arg: Box<str>) -> Result<Job, String> {
+        let id = JobId::from_slice(r.id).ok_or("a job record has a malformed id")?;
+        let batch = BatchId::from_slice(r.batch)
             .ok_or_else(|| format!("job {id} has a malformed batch id"))?;
         let kind = JobKind::try_from(r.kind)
             .map_err(|_| format!("job {id} has unknown kind {}", r.kind))?;
         let state = JobState::try_from(r.state)
             .map_err(|_| format!("job {id} has unknown state {}", r.state))?;
-        let extra = JobExtra {
-            worker: (!r.worker.is_empty()).then(|| Arc::from(r.worker.as_str())),
-            output: r.output,
-            error: (!r.error.is_empty()).then_some(r.error),
-            attempt_errors: r.attempt_errors,
-            run_us: r.run_us,
-            finished_at_ms: r.finished_at_ms,
-            idempotency_key: (!r.idempotency_key.is_empty())
-                .then(|| r.idempotency_key.into_boxed_str()),
-            limits: super::limits::from_pb(r.limits),
-            started_at_ms: r.started_at_ms,
-        };
-        let bare = extra.worker.is_none()
-            && extra.output.is_none()
-            && extra.error.is_none()
-            && extra.attempt_errors.is_empty()
-            && extra.idempotency_key.is_none()
-            && extra.finished_at_ms == 0
-            && extra.limits.is_empty()
-            && extra.started_at_ms == 0;
         Ok(Job {
             id,
             batch,
             index: r.index,
             kind,
-            arg: r.arg.into_boxed_str(),
+            arg,
             priority: r.priority,
             timeout_ms: r.timeout_ms,
             max_attempts: r.max_attempts.max(1),
@@ -344,7 +415,7 @@ impl Job {
             seq: r.seq,
             session: None,
             not_before_ms: r.not_before_ms,
-            extra: (!bare).then(|| Box::new(extra)),
+            extra: None,
             dirty: false,
             record_len: 0,
         })

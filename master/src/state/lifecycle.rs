@@ -29,11 +29,13 @@ impl State {
 
     /// [`State::enqueue`] of a job found first at the slot `hint`.
     pub(super) fn enqueue_hinted(&mut self, id: JobId, hint: Option<&u32>, not_before_ms: u64) {
-        let now = self.now_ms();
+        // The clock is read only for a job that may have to wait (recovery
+        // queues millions that do not).
+        let wait = not_before_ms > 0 && not_before_ms > self.now_ms();
         let Some(job) = self.jobs.get_mut_hinted(&id, hint) else {
             return;
         };
-        if not_before_ms > now {
+        if wait {
             job.not_before_ms = not_before_ms;
             self.delayed.insert((not_before_ms, job.seq), id);
         } else {

@@ -1,5 +1,7 @@
 //! Recovery: the queue rebuilt from what the store committed.
 
+use prost::Message;
+
 use super::*;
 
 impl State {
@@ -47,15 +49,39 @@ impl State {
                 if let Some(r) = &request_id {
                     self.requests.insert(r.clone(), batch_id);
                 }
-                for record in created {
-                    self.load_record(record)?;
+                // Each job's slot as it goes in: the hints of every later
+                // walk of the batch, without looking an id up. The rest
+                // (jobs it lists but did not create) are filled in by
+                // `finish_recovery`.
+                let mut slots = vec![u32::MAX; ids.len()];
+                for bytes in created.iter() {
+                    // A queued job's record read straight into the job;
+                    // any other through prost.
+                    let (job, running) = match encode::decode_bare(bytes) {
+                        Some(read) => read,
+                        None => {
+                            let record = pb::JobRecord::decode(bytes).map_err(|e| {
+                                anyhow::anyhow!("a job record in batch {batch_id} is corrupt: {e}")
+                            })?;
+                            let running = record.running;
+                            (
+                                Job::from_record(record).map_err(anyhow::Error::msg)?,
+                                running,
+                            )
+                        }
+                    };
+                    let (id, index) = (job.id, job.index as usize);
+                    let slot = self.load_job(job, running);
+                    if ids.get(index) == Some(&id) {
+                        slots[index] = slot;
+                    }
                 }
                 let (tx, _) = watch::channel(0);
                 self.batches.insert(
                     batch_id,
                     Batch {
                         jobs: ids,
-                        slots: Vec::new(),
+                        slots,
                         finished: Vec::new(),
                         notify: tx,
                         rewinds: 0,
@@ -87,7 +113,14 @@ impl State {
     /// that was running is marked RUNNING until recovery finishes.
     pub(super) fn load_record(&mut self, record: pb::JobRecord) -> anyhow::Result<()> {
         let was_running = record.running;
-        let mut job = Job::from_record(record).map_err(anyhow::Error::msg)?;
+        let job = Job::from_record(record).map_err(anyhow::Error::msg)?;
+        self.load_job(job, was_running);
+        Ok(())
+    }
+
+    /// Puts a recovered job in the table (see [`State::load_record`]);
+    /// returns its slot.
+    fn load_job(&mut self, mut job: Job, was_running: bool) -> u32 {
         self.next_seq = self.next_seq.max(job.seq + 1);
         if let Some(key) = &job.x().idempotency_key {
             self.idempotency.insert(key.clone(), job.id);
@@ -95,8 +128,7 @@ impl State {
         if was_running {
             job.state = JobState::Running;
         }
-        self.jobs.insert(job.id, job);
-        Ok(())
+        self.jobs.insert(job.id, job)
     }
 
     /// Ends recovery: queued jobs go back to their queues in order; jobs
@@ -105,14 +137,15 @@ impl State {
     /// delivers its result before the job is handed out again still has it
     /// recorded); batches learn which of their jobs are finished.
     pub fn finish_recovery(&mut self, report: &mut RecoveryReport) {
-        // In slot order, each job found by its slot: no id is hashed for
-        // the millions of jobs a restart may bring back.
-        let loaded: Vec<(u32, JobId, JobState, u64)> = self
-            .jobs
-            .slotted()
-            .map(|(slot, j)| (slot, j.id, j.state, j.not_before_ms))
-            .collect();
-        for (slot, id, state, not_before) in loaded {
+        // In slot order, each job read in its slot: no id is hashed for
+        // the millions of jobs a restart may bring back, and the ready
+        // queues are built at once from what they gather.
+        self.queues.gather();
+        for slot in 0..self.jobs.slot_count() {
+            let Some(job) = self.jobs.at(slot) else {
+                continue;
+            };
+            let (id, state, not_before) = (job.id, job.state, job.not_before_ms);
             match state {
                 JobState::Running => {
                     self.counts[JobState::Running as usize] += 1;
@@ -130,17 +163,17 @@ impl State {
                 }
             }
         }
+        self.queues.build_gathered();
         let batch_ids: Vec<BatchId> = self.batches.keys().copied().collect();
         for b in batch_ids {
-            // Each job's slot, looked up once, then the hint of every walk
-            // of the batch (as for a batch submitted since the start).
-            let slots: Vec<u32> = self.batches[&b]
-                .jobs
-                .iter()
-                .map(|id| self.jobs.slot_of(id).unwrap_or(u32::MAX))
-                .collect();
+            // The slot hints loading could not fill: jobs the batch lists
+            // but did not create, and a reopened batch's own jobs.
             if let Some(batch) = self.batches.get_mut(&b) {
-                batch.slots = slots;
+                for (slot, id) in batch.slots.iter_mut().zip(&batch.jobs) {
+                    if *slot == u32::MAX {
+                        *slot = self.jobs.slot_of(id).unwrap_or(u32::MAX);
+                    }
+                }
             }
             let batch = &self.batches[&b];
             // A job not in memory left with its closed batch: finished.

@@ -379,6 +379,84 @@ fn recovery_restores_queue_order_results_and_requeues_running_jobs() {
     assert_eq!(order, ["10", "11", "13"]);
 }
 
+/// Recovery fills each batch's slot hints as it loads its jobs, and builds
+/// the ready queues at once from what it gathers: a restart of thousands
+/// of jobs in several batches, of two classes and mixed priorities, some
+/// running and one finished (its own record), queues every unfinished job
+/// in its class's order, and every hint names its job.
+#[test]
+fn a_recovered_queue_is_in_order_and_every_slot_hint_holds_its_job() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let mut st = durable(3);
+    let mut batches = Vec::new();
+    {
+        let store = crate::store::RedbStore::open(dir.path()).unwrap();
+        for _ in 0..5 {
+            let specs = (0..2_000)
+                .map(|i| {
+                    let kind = if rng.random_bool(0.3) {
+                        JobKind::Sleep
+                    } else {
+                        JobKind::Fib
+                    };
+                    spec(kind, &(i % 50 + 1).to_string(), rng.random_range(-2..3))
+                })
+                .collect();
+            batches.push(st.submit(specs).unwrap());
+            commit_to(&mut st, &store);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let s = st.add_session(&hello("a"), tx);
+        st.add_credit(s, 300, 100).send(None);
+        let running = assigned(&mut rx);
+        assert_eq!(running.len(), 400);
+        st.record_results(s, 0, vec![ok(&running[0])]).send(None);
+        commit_to(&mut st, &store);
+    }
+    // Every unfinished job, in the order its class's queue must give it.
+    let mut want: [Vec<(queues::QueueKey, String)>; 2] = Default::default();
+    for job in st.jobs.values().filter(|j| !j.is_finished()) {
+        let class = usize::from(job.kind == JobKind::Sleep);
+        want[class].push(((Reverse(job.priority), job.seq), job.id.to_string()));
+    }
+    for queue in &mut want {
+        queue.sort();
+    }
+
+    let store = crate::store::RedbStore::open(dir.path()).unwrap();
+    let mut back = durable(3);
+    let mut report = RecoveryReport::default();
+    store
+        .load(&mut |item| back.recover_item(item, &mut report))
+        .unwrap();
+    back.finish_recovery(&mut report);
+    assert_eq!(
+        (report.queued, report.requeued, report.finished),
+        (9_600, 399, 1)
+    );
+    for (batch, ids) in &batches {
+        let b = &back.batches[batch];
+        assert_eq!(b.slots.len(), ids.len());
+        for (slot, id) in b.slots.iter().zip(ids) {
+            assert_eq!(back.jobs.at(*slot).map(|j| j.id), Some(*id));
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = back.add_session(&hello("b"), tx);
+    back.add_credit(s, 20_000, 20_000).send(None);
+    let mut got: [Vec<String>; 2] = Default::default();
+    for a in assigned(&mut rx) {
+        got[usize::from(a.kind == JobKind::Sleep as i32)].push(a.job_id);
+    }
+    for (got, want) in got.iter().zip(&want) {
+        let want: Vec<&String> = want.iter().map(|(_, id)| id).collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+    }
+}
+
 #[test]
 fn failed_jobs_can_be_retried() {
     let mut st = State::new(settings(1));
