@@ -1228,7 +1228,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, CreatedRecords, String)
     let mut buf = bytes;
     let mut ids: &[u8] = &[];
     let mut spans = Vec::new();
-    let mut request_id: &[u8] = &[];
+    let mut request_id = "";
     while !buf.is_empty() {
         let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
         // closed_at_ms and finished are not needed here, but their wire
@@ -1257,16 +1257,18 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(Vec<JobId>, CreatedRecords, String)
                 let start = whole - buf.len();
                 spans.push((start, start + value.len()));
             }
-            _ => request_id = value,
+            // Every copy is checked, as prost checks them; the last wins.
+            _ => {
+                request_id = std::str::from_utf8(value)
+                    .map_err(|_| "its request id is not UTF-8".to_string())?;
+            }
         }
         buf = rest;
     }
     if !ids.len().is_multiple_of(16) {
         return Err("its job list is not a whole number of ids".into());
     }
-    let request_id = std::str::from_utf8(request_id)
-        .map_err(|_| "its request id is not UTF-8".to_string())?
-        .to_string();
+    let request_id = request_id.to_string();
     let created = CreatedRecords {
         bytes: if spans.is_empty() {
             Vec::new()

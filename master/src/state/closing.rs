@@ -241,7 +241,7 @@ impl State {
         for (i, job_id) in batch.jobs.iter().enumerate() {
             let Some(job) = self
                 .jobs
-                .remove_hinted(job_id, batch.slot(i), |j| j.batch == id)
+                .take_if_hinted(job_id, batch.slot(i), |j| j.batch == id)
             else {
                 continue;
             };

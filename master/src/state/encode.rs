@@ -120,6 +120,39 @@ impl Job {
 /// it as one it does not know, as prost does.
 const LAST_FIELD: u32 = 24;
 
+/// `JobRecord` destructured without `..`: a field added to it stops the
+/// build here, so whoever adds one also raises [`LAST_FIELD`] and teaches
+/// [`decode_bare`], the encoder and the tests' generator (else recovery
+/// would skip the new field of every queued job as unknown).
+const _: fn(pb::JobRecord) = |record| {
+    let pb::JobRecord {
+        id: _,
+        batch: _,
+        index: _,
+        kind: _,
+        arg: _,
+        priority: _,
+        timeout_ms: _,
+        max_attempts: _,
+        state: _,
+        attempts: _,
+        seq: _,
+        worker: _,
+        output: _,
+        error: _,
+        attempt_errors: _,
+        run_us: _,
+        finished_at_ms: _,
+        not_before_ms: _,
+        idempotency_key: _,
+        running: _,
+        counted: _,
+        allowance: _,
+        limits: _,
+        started_at_ms: _, // field 24: LAST_FIELD
+    } = record;
+};
+
 /// Reads a job's store record straight into a job, with whether it was
 /// running (`JobRecord.running`), as `Job::from_record` of prost's
 /// decoding would: one allocation, the argument, where prost made a
@@ -423,12 +456,14 @@ pub(super) mod tests {
             assert_eq!(request_id, want.request_id);
         }
         // What prost refuses, so does this.
-        let refused: [&[u8]; 5] = [
+        let refused: [&[u8]; 6] = [
             &[0x0a, 0x05, 1, 2],
             &[0x08, 1],
             &[0x1a, 1, 0xff],
             &[0x22, 0],
             &[0x28, 1],
+            // A request id twice, the first not UTF-8: prost checks every copy.
+            &[0x1a, 1, 0xff, 0x1a, 2, b'o', b'k'],
         ];
         for bad in refused {
             assert!(pb::BatchRecord::decode(bad).is_err());

@@ -150,13 +150,13 @@ impl JobTable {
         }
     }
 
-    /// Removes the job `id` if `keep` says so of it, found at `hint` if
+    /// Takes the job `id` out if `take` says so of it, found at `hint` if
     /// that slot still holds it (see [`JobTable::get_hinted`]).
-    pub(crate) fn remove_hinted(
+    pub(crate) fn take_if_hinted(
         &mut self,
         id: &JobId,
         hint: Option<&u32>,
-        keep: impl FnOnce(&Job) -> bool,
+        take: impl FnOnce(&Job) -> bool,
     ) -> Option<Job> {
         let slot = match hint {
             Some(&slot)
@@ -169,7 +169,7 @@ impl JobTable {
             }
             _ => *self.index.get(id)?,
         };
-        if !self.slots[slot as usize].as_ref().is_some_and(keep) {
+        if !self.slots[slot as usize].as_ref().is_some_and(take) {
             return None;
         }
         self.index.remove(id);
@@ -514,10 +514,14 @@ mod tests {
         assert_eq!(table.get_hinted(&a_id, Some(&slot)).unwrap().id, a_id);
         assert_eq!(table.get_mut_hinted(&a_id, Some(&slot)).unwrap().id, a_id);
         // a leaves and b takes its slot: the hint now names b.
-        assert!(table.remove_hinted(&a_id, Some(&slot), |_| false).is_none());
+        assert!(
+            table
+                .take_if_hinted(&a_id, Some(&slot), |_| false)
+                .is_none()
+        );
         assert_eq!(
             table
-                .remove_hinted(&a_id, Some(&slot), |_| true)
+                .take_if_hinted(&a_id, Some(&slot), |_| true)
                 .unwrap()
                 .id,
             a_id
@@ -550,13 +554,13 @@ mod tests {
         // A stale hint removes nothing of the job in that slot now.
         assert_eq!(
             table
-                .remove_hinted(&a_id, Some(&slot), |_| true)
+                .take_if_hinted(&a_id, Some(&slot), |_| true)
                 .unwrap()
                 .id,
             a_id
         );
         assert_eq!(table.get_hinted(&b_id, Some(&slot)).unwrap().id, b_id);
         assert!(table.get(&a_id).is_none());
-        assert!(table.remove_hinted(&a_id, None, |_| true).is_none());
+        assert!(table.take_if_hinted(&a_id, None, |_| true).is_none());
     }
 }
