@@ -86,29 +86,29 @@ impl JobTable {
     /// hashing each id into a table of hundreds of thousands (cache misses
     /// that were a quarter of the master's CPU, bench/README.md).
     pub(crate) fn get_hinted(&self, id: &JobId, hint: Option<&u32>) -> Option<&Job> {
-        if let Some(&slot) = hint
-            && let Some(Some(job)) = self.slots.get(slot as usize)
-            && job.id == *id
-        {
-            return Some(job);
-        }
-        self.get(id)
+        self.slots[self.hinted_slot(id, hint)? as usize].as_ref()
     }
 
     /// [`JobTable::get_hinted`], to change the job.
     pub(crate) fn get_mut_hinted(&mut self, id: &JobId, hint: Option<&u32>) -> Option<&mut Job> {
-        let slot = match hint {
+        let slot = self.hinted_slot(id, hint)?;
+        self.slots[slot as usize].as_mut()
+    }
+
+    /// The slot of job `id`: `hint` if that slot still holds it, else the
+    /// index's.
+    fn hinted_slot(&self, id: &JobId, hint: Option<&u32>) -> Option<u32> {
+        match hint {
             Some(&slot)
                 if self
                     .slots
                     .get(slot as usize)
                     .is_some_and(|j| j.as_ref().is_some_and(|j| j.id == *id)) =>
             {
-                slot
+                Some(slot)
             }
-            _ => *self.index.get(id)?,
-        };
-        self.slots[slot as usize].as_mut()
+            _ => self.slot_of(id),
+        }
     }
 
     /// The job at `index` in a batch, if in the table (found by the
@@ -158,17 +158,7 @@ impl JobTable {
         hint: Option<&u32>,
         take: impl FnOnce(&Job) -> bool,
     ) -> Option<Job> {
-        let slot = match hint {
-            Some(&slot)
-                if self
-                    .slots
-                    .get(slot as usize)
-                    .is_some_and(|j| j.as_ref().is_some_and(|j| j.id == *id)) =>
-            {
-                slot
-            }
-            _ => *self.index.get(id)?,
-        };
+        let slot = self.hinted_slot(id, hint)?;
         if !self.slots[slot as usize].as_ref().is_some_and(take) {
             return None;
         }
