@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `WorkersClient::connect`; clients are built from a tuned channel
         // (`net::connect`) anyway.
         .build_transport(false)
+        // Written by hand (src/pages.rs): the master sends jobs it encoded
+        // itself. Same fields, same wire format.
+        .extern_path(".drover.v1.GetResponse", "crate::pages::GetResponse")
+        .extern_path(".drover.v1.WatchResponse", "crate::pages::WatchResponse")
         .compile_fds(fds)?;
     Ok(())
 }

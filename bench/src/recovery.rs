@@ -196,18 +196,28 @@ async fn read_stats(client: &mut QueueClient<Channel>) -> Result<StatsResponse> 
         .into_inner())
 }
 
-/// The ids of the oldest queued jobs the master lists.
+/// The ids of the oldest queued jobs the master lists (up to `LISTED`,
+/// through as many pages as it takes).
 async fn oldest_queued(client: &mut QueueClient<Channel>) -> Result<Vec<String>> {
-    let listed = client
-        .list_jobs(ListJobsRequest {
-            state: JobState::Queued as i32,
-            limit: LISTED,
-            ..Default::default()
-        })
-        .await
-        .context("list jobs")?
-        .into_inner();
-    Ok(listed.jobs.into_iter().map(|j| j.job_id).collect())
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_jobs(ListJobsRequest {
+                state: JobState::Queued as i32,
+                limit: LISTED - ids.len() as u32,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .context("list jobs")?
+            .into_inner();
+        ids.extend(page.jobs.into_iter().map(|j| j.job_id));
+        if ids.len() >= LISTED as usize || page.next_page_token.is_empty() {
+            return Ok(ids);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Jobs to read back by id: the first, middle and last of every Submit.

@@ -514,6 +514,7 @@ impl Session {
                 attempt: job.attempt,
                 outcome: Some(outcome),
                 run_us,
+                slot: job.slot,
             });
             self.jobs_run += 1;
         }

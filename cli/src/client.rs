@@ -362,23 +362,47 @@ impl Client {
         .await
     }
 
-    /// Jobs in a state.
+    /// Jobs in a state (or of a batch), oldest first, handed to `each` as
+    /// pages of them arrive: the master's pages are followed until `limit`
+    /// jobs (0: 1000) were handed or there are no more. Returns whether
+    /// more jobs matched than were handed.
     pub(crate) async fn list(
         &self,
         state: JobState,
         batch: Option<String>,
         limit: u32,
-    ) -> anyhow::Result<pb::ListJobsResponse> {
-        let req = pb::ListJobsRequest {
+        mut each: impl FnMut(pb::JobInfo),
+    ) -> anyhow::Result<bool> {
+        let mut left = if limit == 0 { 1000 } else { limit };
+        let mut req = pb::ListJobsRequest {
             state: state as i32,
-            limit,
+            limit: left,
             batch_id: batch.unwrap_or_default(),
+            page_token: String::new(),
         };
-        self.unary(Resend::Safe, |mut q| {
-            let req = req.clone();
-            async move { q.list_jobs(req).await }
-        })
-        .await
+        loop {
+            let resp = self
+                .unary(Resend::Safe, |mut q| {
+                    let req = req.clone();
+                    async move { q.list_jobs(req).await }
+                })
+                .await?;
+            let more = !resp.next_page_token.is_empty();
+            anyhow::ensure!(
+                !(more && resp.jobs.is_empty()),
+                "the master sent an empty page of jobs that says more follow"
+            );
+            let shown = resp.jobs.len().min(left as usize);
+            resp.jobs.into_iter().take(shown).for_each(&mut each);
+            left -= shown as u32;
+            // A master from before pages sends no token, and says
+            // `truncated` when its one answer stopped at the limit.
+            if left == 0 || !more {
+                return Ok(resp.truncated);
+            }
+            req.limit = left;
+            req.page_token = resp.next_page_token;
+        }
     }
 
     /// The concurrency limits held or waited for (or only `name`).

@@ -111,7 +111,7 @@ enum Command {
         /// Only jobs of this batch.
         #[arg(long)]
         batch: Option<String>,
-        /// At most this many.
+        /// At most this many (0: 1000), read from the master in pages.
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
@@ -377,26 +377,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             limit,
         } => {
             let state = output::parse_state(&state).map_err(anyhow::Error::msg)?;
-            let resp = client.list(state, batch, limit).await?;
-            for j in &resp.jobs {
-                match format {
-                    Format::Json => println!("{}", output::job_json(j)),
-                    Format::Text => println!(
-                        "{}\t{}\t{} {}\t{}\t{}",
-                        j.job_id,
-                        output::state_name(j.state),
-                        drover_common::job::kind_name(j.kind),
-                        j.arg,
-                        j.attempts,
-                        if j.error.is_empty() { "-" } else { &j.error }
-                    ),
-                }
-            }
-            if resp.truncated {
-                eprintln!(
-                    "drover: more jobs matched; showing the first {}",
-                    resp.jobs.len()
-                );
+            let mut shown = 0u64;
+            let truncated = client
+                .list(state, batch, limit, |j| {
+                    shown += 1;
+                    match format {
+                        Format::Json => println!("{}", output::job_json(&j)),
+                        Format::Text => println!(
+                            "{}\t{}\t{} {}\t{}\t{}",
+                            j.job_id,
+                            output::state_name(j.state),
+                            drover_common::job::kind_name(j.kind),
+                            j.arg,
+                            j.attempts,
+                            if j.error.is_empty() { "-" } else { &j.error }
+                        ),
+                    }
+                })
+                .await?;
+            if truncated {
+                eprintln!("drover: more jobs matched; showing the first {shown}");
             }
             Ok(0)
         }

@@ -15,6 +15,9 @@
 //!   calls.
 //! - [`metrics`]: histograms, the Prometheus text format and the HTTP
 //!   responder that serves it.
+//! - [`pages`]: the replies that carry finished jobs (`GetResponse`,
+//!   `WatchResponse`), written by hand so that the master can send jobs it
+//!   encoded itself.
 //! - [`util`]: durations, ranges, shutdown signals and tracing set-up.
 //!
 //! No I/O policy lives here: the master, the worker and the CLI decide that.
@@ -25,6 +28,7 @@ pub mod ids;
 pub mod job;
 pub mod metrics;
 pub mod net;
+pub mod pages;
 pub mod util;
 
 pub use error::Error;
@@ -34,6 +38,8 @@ pub use job::{JobArgs, JobClass, Limits, module_allowed, python_module};
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod pb {
     tonic::include_proto!("drover.v1");
+
+    pub use crate::pages::{GetResponse, WatchResponse};
 
     /// The encoded descriptor set of the protocol, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

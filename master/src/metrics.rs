@@ -108,16 +108,21 @@ impl Store for MeteredStore {
         self.inner.budget_purged_upto_ms()
     }
 
-    fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
-        self.inner.scan_jobs(visit)
+    fn scan_jobs(
+        &self,
+        after: Option<JobId>,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
+        self.inner.scan_jobs(after, visit)
     }
 
     fn scan_jobs_in_state(
         &self,
         state: pb::JobState,
+        after: Option<JobId>,
         visit: &mut dyn FnMut(pb::JobRecord) -> bool,
     ) -> anyhow::Result<()> {
-        self.inner.scan_jobs_in_state(state, visit)
+        self.inner.scan_jobs_in_state(state, after, visit)
     }
 
     fn scan_closed_jobs_newest(

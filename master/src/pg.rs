@@ -1463,22 +1463,29 @@ impl Store for PgStore {
     fn scan_jobs_in_state(
         &self,
         state: pb::JobState,
+        after: Option<JobId>,
         visit: &mut dyn FnMut(pb::JobRecord) -> bool,
     ) -> anyhow::Result<()> {
+        // Each row's batch is above its id (see `lowest`), so `batch > $1`
+        // holds for every row past the cursor and skips older partitions.
         self.scan_pages(
             "SELECT id, record FROM drover_jobs WHERE id > $1 AND batch > $1 AND state = $3 \
              ORDER BY id LIMIT $2",
-            Uuid::nil(),
+            after.map_or(Uuid::nil(), |id| id.uuid()),
             Some(state as i32),
             visit,
         )
     }
 
-    fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+    fn scan_jobs(
+        &self,
+        after: Option<JobId>,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
         self.scan_pages(
             "SELECT id, record FROM drover_jobs WHERE id > $1 AND batch > $1 \
              ORDER BY id LIMIT $2",
-            Uuid::nil(),
+            after.map_or(Uuid::nil(), |id| id.uuid()),
             None,
             visit,
         )
@@ -1897,13 +1904,24 @@ mod tests {
         assert_eq!(loaded_jobs, batches[4].1.to_vec());
         let mut scanned = Vec::new();
         store
-            .scan_jobs(&mut |r| {
+            .scan_jobs(None, &mut |r| {
                 scanned.push(JobId::from_slice(&r.id).unwrap());
                 true
             })
             .unwrap();
         let want: Vec<JobId> = batches[3].1.iter().chain(&batches[4].1).copied().collect();
         assert_eq!(scanned, want);
+        // And one from a listing's cursor starts past it.
+        for at in 1..=want.len() {
+            let mut rest = Vec::new();
+            store
+                .scan_jobs(Some(want[at - 1]), &mut |r| {
+                    rest.push(JobId::from_slice(&r.id).unwrap());
+                    true
+                })
+                .unwrap();
+            assert_eq!(rest, want[at..], "after {at}");
+        }
 
         // The last batch of the second range goes: so does the range.
         store

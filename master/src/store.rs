@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -285,17 +286,24 @@ pub trait Store: Send + Sync + 'static {
     fn budget_purged_upto_ms(&self) -> anyhow::Result<u64> {
         Ok(0)
     }
-    /// Visits job records in id order (about submission order) until
-    /// `visit` returns false.
-    fn scan_jobs(&self, _visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+    /// Visits job records in id order (about submission order), from the
+    /// first after `after` (or the first of all), until `visit` returns
+    /// false: a listing's later pages start where the last one ended
+    /// without reading what came before.
+    fn scan_jobs(
+        &self,
+        _after: Option<JobId>,
+        _visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
         Ok(())
     }
-    /// Visits the records of the jobs in `state`, in id order, until `visit`
-    /// returns false: FAILED and CANCELLED from an index, other states by a
-    /// scan of every record.
+    /// Visits the records of the jobs in `state`, in id order from the
+    /// first after `after`, until `visit` returns false: FAILED and
+    /// CANCELLED from an index, other states by a scan of every record.
     fn scan_jobs_in_state(
         &self,
         _state: pb::JobState,
+        _after: Option<JobId>,
         _visit: &mut dyn FnMut(pb::JobRecord) -> bool,
     ) -> anyhow::Result<()> {
         Ok(())
@@ -914,16 +922,21 @@ impl Store for RedbStore {
     fn scan_jobs_in_state(
         &self,
         state: pb::JobState,
+        after: Option<JobId>,
         visit: &mut dyn FnMut(pb::JobRecord) -> bool,
     ) -> anyhow::Result<()> {
         let state = state as i32;
         if !indexed(state) {
-            return self.scan_jobs(&mut |r| r.state != state || visit(r));
+            return self.scan_jobs(after, &mut |r| r.state != state || visit(r));
         }
         let txn = self.db.begin_read()?;
         let jobs = txn.open_table(JOBS)?;
         let by_state = txn.open_table(BY_STATE)?;
-        for entry in by_state.range((state, 0)..=(state, u128::MAX))? {
+        let from = match after {
+            Some(id) => Bound::Excluded((state, id.uuid().as_u128())),
+            None => Bound::Included((state, 0)),
+        };
+        for entry in by_state.range::<(i32, u128)>((from, Bound::Included((state, u128::MAX))))? {
             let (_, key) = entry?.0.value();
             let Some(value) = jobs.get(key)? else {
                 anyhow::bail!(
@@ -938,10 +951,18 @@ impl Store for RedbStore {
         Ok(())
     }
 
-    fn scan_jobs(&self, visit: &mut dyn FnMut(pb::JobRecord) -> bool) -> anyhow::Result<()> {
+    fn scan_jobs(
+        &self,
+        after: Option<JobId>,
+        visit: &mut dyn FnMut(pb::JobRecord) -> bool,
+    ) -> anyhow::Result<()> {
         let txn = self.db.begin_read()?;
         let jobs = txn.open_table(JOBS)?;
-        for entry in jobs.iter()? {
+        let from = match after {
+            Some(id) => Bound::Excluded(id.uuid().as_u128()),
+            None => Bound::Unbounded,
+        };
+        for entry in jobs.range::<u128>((from, Bound::Unbounded))? {
             let (key, value) = entry?;
             let record = decode_job(key.value(), value.value())?;
             if !visit(record) {
@@ -1513,6 +1534,64 @@ mod tests {
         assert_eq!(store.closed_before(u64::MAX, 10).unwrap(), vec![]);
     }
 
+    /// A scan from a listing's cursor starts after it, by id, in every
+    /// table it reads: the jobs, and the index of failed and cancelled ones.
+    #[test]
+    fn a_scan_after_a_job_starts_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let batch = BatchId::new();
+        let states = [
+            pb::JobState::Failed,
+            pb::JobState::Succeeded,
+            pb::JobState::Failed,
+            pb::JobState::Cancelled,
+            pb::JobState::Succeeded,
+            pb::JobState::Failed,
+        ];
+        let jobs: Vec<(JobId, pb::JobState)> = states.iter().map(|&s| (JobId::new(), s)).collect();
+        let records: Vec<pb::JobRecord> = jobs
+            .iter()
+            .map(|(id, state)| pb::JobRecord {
+                id: id.as_bytes().to_vec(),
+                batch: batch.as_bytes().to_vec(),
+                state: *state as i32,
+                ..Default::default()
+            })
+            .collect();
+        store
+            .write(Changes {
+                jobs: records.iter().map(JobWrite::of).collect(),
+                ..Changes::default()
+            })
+            .unwrap();
+        for at in 0..=jobs.len() {
+            let after = at.checked_sub(1).map(|i| jobs[i].0);
+            for state in [
+                None,
+                Some(pb::JobState::Failed),
+                Some(pb::JobState::Succeeded),
+            ] {
+                let mut got = Vec::new();
+                let mut visit = |r: pb::JobRecord| {
+                    got.push(JobId::from_slice(&r.id).unwrap());
+                    true
+                };
+                match state {
+                    None => store.scan_jobs(after, &mut visit),
+                    Some(state) => store.scan_jobs_in_state(state, after, &mut visit),
+                }
+                .unwrap();
+                let want: Vec<JobId> = jobs[at..]
+                    .iter()
+                    .filter(|(_, s)| state.is_none_or(|state| *s == state))
+                    .map(|(id, _)| *id)
+                    .collect();
+                assert_eq!(got, want, "{state:?} after {at}");
+            }
+        }
+    }
+
     /// What format 2 left on disk for `changes`. Formats 2 and 3 encode
     /// every record alike (3's new fields are proto3 defaults here: closed
     /// batches' `bytes`, jobs' `limits` and `started_at_ms`), so this writes
@@ -1658,7 +1737,7 @@ mod tests {
         let in_state = |state| {
             let mut ids = Vec::new();
             store
-                .scan_jobs_in_state(state, &mut |r| {
+                .scan_jobs_in_state(state, None, &mut |r| {
                     ids.push(JobId::from_slice(&r.id).unwrap());
                     true
                 })

@@ -186,5 +186,6 @@ pub fn failure(a: &pb::Assignment, reason: &str, retryable: bool) -> pb::JobResu
             retryable,
         })),
         run_us: 0,
+        slot: a.slot,
     }
 }

@@ -737,6 +737,11 @@ fn valid_message(rng: &mut Rng, path: &str) -> Vec<u8> {
             } else {
                 id(rng)
             },
+            page_token: match rng.below(3) {
+                0 => String::new(),
+                1 => id(rng),
+                _ => random_arg(rng),
+            },
         }
         .encode_to_vec(),
         "/drover.v1.Queue/Retry" => pb::RetryRequest {

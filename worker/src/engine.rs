@@ -44,6 +44,8 @@ enum Place {
 #[derive(Debug)]
 struct LocalJob {
     job_id: String,
+    /// The master's slot for the job, sent back with its result.
+    slot: Option<u32>,
     attempt: u32,
     kind: i32,
     arg: String,
@@ -278,6 +280,7 @@ impl Engine {
             }
             let mut job = LocalJob {
                 job_id: a.job_id,
+                slot: a.slot,
                 attempt: a.attempt,
                 kind: a.kind,
                 arg: a.arg,
@@ -367,6 +370,7 @@ impl Engine {
             attempt: job.attempt,
             outcome: Some(outcome),
             run_us,
+            slot: job.slot,
         });
     }
 

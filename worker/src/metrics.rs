@@ -300,6 +300,7 @@ mod tests {
                     attempt: 1,
                     outcome: Some(job_result::Outcome::Output(pb::JobOutput::default())),
                     run_us: 2000,
+                    slot: None,
                 }],
                 ..Default::default()
             })),

@@ -135,6 +135,7 @@ mod tests {
                 value: Some(pb::job_output::Value::Fib("7".repeat(digits))),
             })),
             run_us: 1,
+            slot: None,
         }
     }
 

@@ -443,7 +443,11 @@ async fn job(Axum(dash): Shared, Path(id): Path<String>, headers: HeaderMap, uri
         ..Default::default()
     };
     let info = match Queue::get(&dash.master, Request::new(request)).await {
-        Ok(r) => r.into_inner().jobs.into_iter().next(),
+        // The master's reply holds its jobs encoded.
+        Ok(r) => match r.into_inner().into_jobs() {
+            Ok(jobs) => jobs.into_iter().next(),
+            Err(e) => return failed(tonic::Status::internal(format!("reading the reply: {e}"))),
+        },
         Err(e) => return failed(e),
     };
     match info {

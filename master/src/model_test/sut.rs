@@ -386,6 +386,7 @@ impl Sut {
                 attempt: *attempt,
                 outcome: outcome(out),
                 run_us: 1,
+                slot: None,
             })
             .collect();
         let out = self.st.record_results(sid(s), seq, results);

@@ -1,5 +1,6 @@
 //! A job's store record written straight from the job, and a queued
-//! job's read straight back.
+//! job's read straight back; and a job as its client sees it, written
+//! straight from it ([`Job::encode_info`]).
 //!
 //! Written: the same bytes as `job.record().encode_to_vec()`, without
 //! building the `pb::JobRecord` first (its ids, argument, worker, errors
@@ -14,6 +15,9 @@
 //! other record goes through prost. Recovery reads millions of these. A
 //! test checks the jobs against prost's reading of the same bytes,
 //! damaged ones too.
+//!
+//! A field added to `JobInfo` goes in `Job::info` (the compiler asks for
+//! it) and `encode_info`; a test compares the two on random jobs.
 //!
 //! A field added to `JobRecord` goes in four places: `Job::record` (the
 //! compiler asks for it), `encode_record`, `decode_bare` (and
@@ -97,22 +101,81 @@ impl Job {
         encode_varint(self.counted.into(), buf);
         encode_key(22, WireType::Varint, buf);
         encode_varint(self.allowance.into(), buf);
-        for (name, permits) in &x.limits {
-            let len = if name.is_empty() {
-                0
-            } else {
-                key_len(1) + encoded_len_varint(name.len() as u64) + name.len()
-            } + if *permits == 0 {
-                0
-            } else {
-                key_len(2) + encoded_len_varint((*permits).into())
-            };
-            encode_key(23, WireType::LengthDelimited, buf);
-            encode_varint(len as u64, buf);
-            put_bytes(1, name.as_bytes(), buf);
-            put_varint(2, (*permits).into(), buf);
-        }
+        put_limits(23, &x.limits, buf);
         put_varint(24, x.started_at_ms, buf);
+    }
+}
+
+impl Job {
+    /// Appends the job as a client sees it, read at place `index` of a
+    /// batch: the bytes of `self.info_at(index).encode_to_vec()`, written
+    /// without building the message (its ids formatted into strings, its
+    /// argument, worker, output and errors copied). Every finished job
+    /// reaches its client this way, through `Get` and `Watch` (see
+    /// `drover_common::pages`).
+    pub(crate) fn encode_info(&self, index: u32, buf: &mut Vec<u8>) {
+        let x = self.x();
+        let mut text = uuid::Uuid::encode_buffer();
+        put_bytes(
+            1,
+            self.id
+                .uuid()
+                .hyphenated()
+                .encode_lower(&mut text)
+                .as_bytes(),
+            buf,
+        );
+        put_bytes(
+            2,
+            self.batch
+                .uuid()
+                .hyphenated()
+                .encode_lower(&mut text)
+                .as_bytes(),
+            buf,
+        );
+        put_varint(3, index.into(), buf);
+        put_int32(4, self.kind as i32, buf);
+        put_bytes(5, self.arg.as_bytes(), buf);
+        put_int32(6, self.state as i32, buf);
+        put_int32(7, self.priority, buf);
+        put_varint(8, self.attempts.into(), buf);
+        put_varint(9, self.allowance.into(), buf);
+        if let Some(output) = &x.output {
+            encode_key(10, WireType::LengthDelimited, buf);
+            encode_varint(output.encoded_len() as u64, buf);
+            output.encode_raw(buf);
+        }
+        put_bytes(11, x.error.as_deref().unwrap_or_default().as_bytes(), buf);
+        put_bytes(12, x.worker.as_deref().unwrap_or_default().as_bytes(), buf);
+        for e in &x.attempt_errors {
+            put_len_delimited(13, e.as_bytes(), buf);
+        }
+        put_varint(14, x.run_us, buf);
+        put_varint(15, self.counted.into(), buf);
+        put_limits(16, &x.limits, buf);
+        put_varint(17, x.started_at_ms, buf);
+        put_varint(18, x.finished_at_ms, buf);
+    }
+}
+
+/// A job's limits as repeated `JobLimit` messages (name 1, permits 2),
+/// each written even when empty.
+fn put_limits(tag: u32, limits: &[(Arc<str>, u32)], buf: &mut Vec<u8>) {
+    for (name, permits) in limits {
+        let len = if name.is_empty() {
+            0
+        } else {
+            key_len(1) + encoded_len_varint(name.len() as u64) + name.len()
+        } + if *permits == 0 {
+            0
+        } else {
+            key_len(2) + encoded_len_varint((*permits).into())
+        };
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(len as u64, buf);
+        put_bytes(1, name.as_bytes(), buf);
+        put_varint(2, (*permits).into(), buf);
     }
 }
 
@@ -353,6 +416,18 @@ pub(super) mod tests {
             let mut buf = Vec::new();
             job.encode_record(&mut buf);
             assert_eq!(buf, job.record().encode_to_vec(), "{job:?}");
+        }
+    }
+
+    #[test]
+    fn a_job_encoded_for_a_client_is_prosts_encoding_of_its_info() {
+        let mut rng = StdRng::seed_from_u64(0x1f0e);
+        for _ in 0..20_000 {
+            let job = job(&mut rng);
+            let index = num(&mut rng) as u32;
+            let mut buf = Vec::new();
+            job.encode_info(index, &mut buf);
+            assert_eq!(buf, job.info_at(index as usize).encode_to_vec(), "{job:?}");
         }
     }
 

@@ -64,13 +64,6 @@ impl JobTable {
         self.slots[slot as usize].as_mut()
     }
 
-    /// The job and its slot, to change it and find it again by the slot
-    /// ([`JobTable::get_mut_hinted`]) without hashing its id.
-    pub(crate) fn get_mut_slotted(&mut self, id: &JobId) -> Option<(u32, &mut Job)> {
-        let slot = *self.index.get(id)?;
-        self.slots[slot as usize].as_mut().map(|job| (slot, job))
-    }
-
     pub(crate) fn contains_key(&self, id: &JobId) -> bool {
         self.index.contains_key(id)
     }
@@ -97,7 +90,7 @@ impl JobTable {
 
     /// The slot of job `id`: `hint` if that slot still holds it, else the
     /// index's.
-    fn hinted_slot(&self, id: &JobId, hint: Option<&u32>) -> Option<u32> {
+    pub(crate) fn hinted_slot(&self, id: &JobId, hint: Option<&u32>) -> Option<u32> {
         match hint {
             Some(&slot)
                 if self
@@ -480,11 +473,16 @@ pub(crate) fn stored_info(
     record: pb::JobRecord,
     index: Option<usize>,
 ) -> Result<pb::JobInfo, Error> {
-    let job = Job::from_record(record).map_err(Error::Internal)?;
+    let job = stored_job(record)?;
     Ok(match index {
         Some(i) => job.info_at(i),
         None => job.info(),
     })
+}
+
+/// A job as the store's record of it holds it.
+pub(crate) fn stored_job(record: pb::JobRecord) -> Result<Job, Error> {
+    Job::from_record(record).map_err(Error::Internal)
 }
 
 #[cfg(test)]

@@ -126,7 +126,20 @@ impl State {
         if !self.durable {
             return;
         }
-        if let Some((slot, job)) = self.jobs.get_mut_slotted(&id)
+        match self.jobs.slot_of(&id) {
+            Some(slot) => self.mark_slotted(id, slot),
+            None => self.kick(),
+        }
+    }
+
+    /// [`State::mark`] of the job at table slot `slot`, which must be the
+    /// job's (as [`JobTable::hinted_slot`] gives it): it is listed with the
+    /// job for the commit (where a wrong one would only cost a lookup).
+    pub(super) fn mark_slotted(&mut self, id: JobId, slot: u32) {
+        if !self.durable {
+            return;
+        }
+        if let Some(job) = self.jobs.get_mut_hinted(&id, Some(&slot))
             && !job.dirty
         {
             job.dirty = true;

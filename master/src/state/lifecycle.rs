@@ -336,9 +336,10 @@ impl State {
             let key = (Reverse(job.priority), seq);
             self.counts[JobState::Queued as usize] += 1;
             self.counters.jobs.submitted(kind);
-            slots.push(self.jobs.insert(id, job));
-            self.queue_ready(id, key);
-            self.mark(id);
+            let slot = self.jobs.insert(id, job);
+            slots.push(slot);
+            self.queue_ready_hinted(id, Some(&slot), key);
+            self.mark_slotted(id, slot);
             ids.push(id);
         }
         let (tx, _) = watch::channel(0);
@@ -366,8 +367,14 @@ impl State {
     }
 
     /// How a result for `attempt` of `id` from `session` relates to the job.
-    fn match_result(&self, session: SessionId, id: JobId, attempt: u32) -> Match {
-        let Some(job) = self.jobs.get(&id) else {
+    fn match_result(
+        &self,
+        session: SessionId,
+        id: JobId,
+        slot: Option<&u32>,
+        attempt: u32,
+    ) -> Match {
+        let Some(job) = self.jobs.get_hinted(&id, slot) else {
             return Match::Stale;
         };
         if attempt == 0 || attempt != job.attempts {
@@ -401,7 +408,10 @@ impl State {
                 self.counters.late_results_dropped += 1;
                 continue;
             };
-            let matched = self.match_result(session, id, r.attempt);
+            // The slot the worker echoes is a hint (checked against the
+            // id); found once, it spares the id's lookups below.
+            let slot = self.jobs.hinted_slot(&id, r.slot.as_ref());
+            let matched = self.match_result(session, id, slot.as_ref(), r.attempt);
             let success = matches!(r.outcome, Some(pb::job_result::Outcome::Output(_)));
             match matched {
                 Match::Held => {
@@ -420,7 +430,8 @@ impl State {
             match r.outcome {
                 Some(pb::job_result::Outcome::Output(output)) => {
                     let name = self.sessions.get(&session).map(|s| s.name.clone());
-                    let job = self.jobs.get_mut(&id).expect("a matched job exists");
+                    let job = self.jobs.get_mut_hinted(&id, slot.as_ref());
+                    let job = job.expect("a matched job exists");
                     job.session = None;
                     self.counters.jobs.ran(job.kind, r.run_us);
                     let x = job.xm();
@@ -429,7 +440,7 @@ impl State {
                     if name.is_some() {
                         x.worker = name;
                     }
-                    self.finish(id, JobState::Succeeded, None);
+                    self.finish_hinted(id, slot.as_ref(), JobState::Succeeded, None);
                 }
                 Some(pb::job_result::Outcome::Failure(f)) => {
                     requeued |= self.fail_attempt(id, f.reason, f.retryable);
@@ -514,12 +525,26 @@ impl State {
 
     /// Moves a job to a finished state, and tells its batches.
     pub(super) fn finish(&mut self, id: JobId, to: JobState, error: Option<String>) {
+        self.finish_hinted(id, None, to, error);
+    }
+
+    /// [`State::finish`] of a job found first at the slot `hint`.
+    pub(super) fn finish_hinted(
+        &mut self,
+        id: JobId,
+        hint: Option<&u32>,
+        to: JobState,
+        error: Option<String>,
+    ) {
         self.release_limits(id);
-        self.set_state(id, to);
         let now = self.now_ms();
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(slot) = self.jobs.hinted_slot(&id, hint) else {
             return;
         };
+        let job = self.jobs.get_mut_hinted(&id, Some(&slot)).expect("found");
+        self.counts[job.state as usize] -= 1;
+        self.counts[to as usize] += 1;
+        job.state = to;
         self.counters.jobs.finished(job.kind, to);
         let x = job.xm();
         if error.is_some() {
@@ -545,7 +570,7 @@ impl State {
                 }
             }
         }
-        self.mark(id);
+        self.mark_slotted(id, slot);
         let now = self.started.elapsed().as_secs();
         match self.counters.per_second.back_mut() {
             Some((sec, n)) if *sec == now => *n += 1,

@@ -155,16 +155,13 @@ pub(super) fn to_pb(limits: &[(Arc<str>, u32)]) -> Vec<pb::JobLimit> {
 impl State {
     /// Puts a job that became ready in its queue (`key` is its queue key):
     /// at once if it has no limits or they all have room (it then holds a
-    /// permit of each), else among the waiters of its limits.
-    pub(super) fn queue_ready(&mut self, id: JobId, key: QueueKey) {
-        self.queue_ready_hinted(id, None, key);
-    }
-
-    /// [`State::queue_ready`] of a job found first at the slot `hint`.
+    /// permit of each), else among the waiters of its limits. The job is
+    /// found at the slot `hint` if that still holds it, else by its id.
     pub(super) fn queue_ready_hinted(&mut self, id: JobId, hint: Option<&u32>, key: QueueKey) {
-        let Some(job) = self.jobs.get_hinted(&id, hint) else {
+        let Some(slot) = self.jobs.hinted_slot(&id, hint) else {
             return;
         };
+        let job = self.jobs.get_hinted(&id, Some(&slot)).expect("found");
         let limits = &job.x().limits;
         if !limits.is_empty() {
             let c = &mut self.concurrency;
@@ -177,7 +174,7 @@ impl State {
                 c.limits.entry(name.clone()).or_default().holders.insert(id);
             }
         }
-        self.queues.insert(job.class(), &job.arg, key, id);
+        self.queues.insert(job.class(), &job.arg, key, (id, slot));
     }
 
     /// Gives back what a job holds or waits for, when its attempt ends or
@@ -223,7 +220,7 @@ impl State {
                 self.concurrency.tidy(name);
                 return;
             };
-            let Some(job) = self.jobs.get(&id) else {
+            let Some(slot) = self.jobs.slot_of(&id) else {
                 // Cannot happen: a job leaves the table finished, and a
                 // finish releases it. Dropped rather than spun on.
                 if let Some(l) = self.concurrency.limits.get_mut(name) {
@@ -231,6 +228,7 @@ impl State {
                 }
                 continue;
             };
+            let job = self.jobs.get_hinted(&id, Some(&slot)).expect("found");
             let limits = &job.x().limits;
             let own = limits.iter().find(|(n, _)| &**n == name).map_or(0, |l| l.1);
             if l.holders.len() >= own as usize {
@@ -251,7 +249,7 @@ impl State {
             for (n, _) in limits.iter() {
                 c.limits.entry(n.clone()).or_default().holders.insert(id);
             }
-            self.queues.insert(job.class(), &job.arg, key, id);
+            self.queues.insert(job.class(), &job.arg, key, (id, slot));
             c.admitted = true;
         }
     }

@@ -85,8 +85,8 @@ mod retention;
 mod sessions;
 
 pub use dashboard_queries::{BatchSummary, JobFilter, JobPage, MAX_PAGE};
-pub(crate) use job::{Batch, Job, JobExtra, JobTable, stored_info};
-use queues::Queues;
+pub(crate) use job::{Batch, Job, JobExtra, JobTable, stored_info, stored_job};
+use queues::{Queued, Queues};
 pub use recovery::RecoveryReport;
 
 /// What the master may send a worker's stream: each message with the

@@ -147,13 +147,18 @@ impl State {
         }
     }
 
-    /// Jobs in a state (or all), oldest first.
-    pub fn list(&self, req: &pb::ListJobsRequest) -> Result<pb::ListJobsResponse, Error> {
-        let limit = if req.limit == 0 {
-            1000
-        } else {
-            req.limit as usize
-        };
+    /// A page of a listing from memory: the first `max` jobs in `req`'s
+    /// state (or all) and batch (or any) after `after`, oldest first by
+    /// id (the store's order, with which the service merges them: by
+    /// submission `seq` the two orders part where a restart's clock went
+    /// back, and a page's cursor skipped or repeated jobs), and whether
+    /// more matched. The service renders them while it holds the lock.
+    pub(crate) fn list(
+        &self,
+        req: &pb::ListJobsRequest,
+        after: Option<JobId>,
+        max: usize,
+    ) -> Result<(Vec<&Job>, bool), Error> {
         let state = JobState::try_from(req.state)
             .map_err(|_| Error::invalid(format!("state: unknown state {}", req.state)))?;
         let batch = if req.batch_id.is_empty() {
@@ -166,13 +171,17 @@ impl State {
             .values()
             .filter(|j| state == JobState::Unspecified || j.state == state)
             .filter(|j| batch.is_none_or(|b| j.batch == b))
+            .filter(|j| after.is_none_or(|a| j.id > a))
             .collect();
-        matched.sort_by_key(|j| j.seq);
-        let truncated = matched.len() > limit;
-        Ok(pb::ListJobsResponse {
-            jobs: matched.into_iter().take(limit).map(Job::info).collect(),
-            truncated,
-        })
+        // The page's jobs without sorting all of them: a listing of a
+        // million queued jobs is read a page at a time, under the lock.
+        let more = matched.len() > max;
+        if more {
+            matched.select_nth_unstable_by_key(max, |j| j.id);
+            matched.truncate(max);
+        }
+        matched.sort_unstable_by_key(|j| j.id);
+        Ok((matched, more))
     }
 
     /// Ids of every failed job.

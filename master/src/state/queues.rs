@@ -7,15 +7,20 @@ use super::*;
 /// A queue's key: highest priority first, then oldest (by sequence).
 pub(crate) type QueueKey = (Reverse<i32>, u64);
 
+/// A queued job, and its slot in the job table as a hint: dispatch reads
+/// the job there instead of hashing its id into the table's index (a
+/// cache miss a job in a table of hundreds of thousands, bench/README.md).
+pub(crate) type Queued = (JobId, u32);
+
 /// Every queued job, by class, and Python jobs by module.
 #[derive(Debug, Default)]
 pub(crate) struct Queues {
     /// CPU and IO jobs (indexed by [`JobClass::index`]; the Python slot is
     /// unused: those are in `python`).
-    builtin: [BTreeMap<QueueKey, JobId>; JobClass::COUNT],
+    builtin: [BTreeMap<QueueKey, Queued>; JobClass::COUNT],
     /// Python jobs by the module their argument names; a module with no
     /// queued job has no entry, so dispatch looks at live modules only.
-    python: HashMap<Box<str>, BTreeMap<QueueKey, JobId>>,
+    python: HashMap<Box<str>, BTreeMap<QueueKey, Queued>>,
     /// Python jobs queued, over every module.
     python_len: usize,
     /// While recovery queues every job it loaded: the built-in classes'
@@ -24,12 +29,13 @@ pub(crate) struct Queues {
     /// splits each node and leaves it part empty: more nodes, each fresh
     /// memory to fault in (13% of recovering ten million jobs,
     /// bench/README.md).
-    gathering: Option<[Vec<(QueueKey, JobId)>; JobClass::COUNT]>,
+    gathering: Option<[Vec<(QueueKey, Queued)>; JobClass::COUNT]>,
 }
 
 impl Queues {
-    /// Queues job `id` of `class` with argument `arg`.
-    pub(crate) fn insert(&mut self, class: JobClass, arg: &str, key: QueueKey, id: JobId) {
+    /// Queues job `job` (its id and table slot) of `class` with argument
+    /// `arg`.
+    pub(crate) fn insert(&mut self, class: JobClass, arg: &str, key: QueueKey, job: Queued) {
         match class {
             JobClass::Python => {
                 let module = drover_common::python_module(arg);
@@ -37,14 +43,14 @@ impl Queues {
                     Some(q) => q,
                     None => self.python.entry(module.into()).or_default(),
                 };
-                if queue.insert(key, id).is_none() {
+                if queue.insert(key, job).is_none() {
                     self.python_len += 1;
                 }
             }
             class => match &mut self.gathering {
-                Some(gathered) => gathered[class.index()].push((key, id)),
+                Some(gathered) => gathered[class.index()].push((key, job)),
                 None => {
-                    self.builtin[class.index()].insert(key, id);
+                    self.builtin[class.index()].insert(key, job);
                 }
             },
         }
@@ -68,7 +74,7 @@ impl Queues {
             }
             // Sorts (once, and in one pass when they come in order, as
             // recovery's do) and builds the tree bottom up.
-            let mut built: BTreeMap<QueueKey, JobId> = jobs.into_iter().collect();
+            let mut built: BTreeMap<QueueKey, Queued> = jobs.into_iter().collect();
             if queue.is_empty() {
                 *queue = built;
             } else {
@@ -113,15 +119,15 @@ impl Queues {
     }
 
     /// Takes the first job of a built-in class.
-    pub(crate) fn pop_builtin(&mut self, class: JobClass) -> Option<JobId> {
+    pub(crate) fn pop_builtin(&mut self, class: JobClass) -> Option<Queued> {
         debug_assert!(class != JobClass::Python);
         debug_assert!(self.gathering.is_none(), "taken out while gathering");
-        self.builtin[class.index()].pop_first().map(|(_, id)| id)
+        self.builtin[class.index()].pop_first().map(|(_, job)| job)
     }
 
     /// Takes up to `n` Python jobs of the modules `allowed` admits, best
     /// first across those modules.
-    pub(crate) fn pop_python(&mut self, allowed: &[Box<str>], n: u64, out: &mut Vec<JobId>) {
+    pub(crate) fn pop_python(&mut self, allowed: &[Box<str>], n: u64, out: &mut Vec<Queued>) {
         let mut modules: Vec<Box<str>> = self
             .python
             .keys()
@@ -138,8 +144,8 @@ impl Queues {
                 .min_by_key(|(_, key)| *key)
                 .expect("every listed module has jobs");
             let queue = self.python.get_mut(&modules[best]).expect("listed");
-            let (_, id) = queue.pop_first().expect("not empty");
-            out.push(id);
+            let (_, job) = queue.pop_first().expect("not empty");
+            out.push(job);
             taken += 1;
             self.python_len -= 1;
             if queue.is_empty() {

@@ -102,7 +102,7 @@ impl State {
     /// Assigns queued jobs to sessions with credit, spreading them so that
     /// no worker takes more than its share while others have room.
     pub fn dispatch(&mut self) -> Outgoing {
-        let mut plan: HashMap<SessionId, Vec<JobId>> = HashMap::new();
+        let mut plan: HashMap<SessionId, Vec<Queued>> = HashMap::new();
         for class in JobClass::ALL {
             let c = class.index();
             loop {
@@ -134,10 +134,10 @@ impl State {
                         self.queues.pop_python(&s.python_modules, take, list);
                     } else {
                         for _ in 0..take {
-                            let Some(id) = self.queues.pop_builtin(class) else {
+                            let Some(job) = self.queues.pop_builtin(class) else {
                                 break;
                             };
-                            list.push(id);
+                            list.push(job);
                         }
                     }
                     let taken = (list.len() - before) as u64;
@@ -157,11 +157,14 @@ impl State {
                 continue;
             }
             let mut assignments = Vec::with_capacity(ids.len());
-            for id in &ids {
-                self.set_state(*id, JobState::Running);
+            for (id, hint) in &ids {
                 let session = self.sessions.get_mut(&sid).expect("planned session exists");
                 session.held.insert(*id);
-                let job = self.jobs.get_mut(id).expect("queued job exists");
+                let job = self.jobs.get_mut_hinted(id, Some(hint));
+                let job = job.expect("queued job exists");
+                self.counts[job.state as usize] -= 1;
+                self.counts[JobState::Running as usize] += 1;
+                job.state = JobState::Running;
                 // An attempt starts: a fact recorded once, never undone.
                 job.attempts += 1;
                 job.session = Some(sid);
@@ -178,6 +181,7 @@ impl State {
                     timeout_ms: job.timeout_ms,
                     attempt: job.attempts,
                     priority: job.priority,
+                    slot: Some(*hint),
                 });
                 let attempt = job.attempts;
                 if self.durable {

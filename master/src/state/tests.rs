@@ -66,6 +66,7 @@ fn ok(a: &pb::Assignment) -> pb::JobResult {
             value: Some(pb::job_output::Value::SleptMs(1)),
         })),
         run_us: 1,
+        slot: a.slot,
     }
 }
 
@@ -80,6 +81,50 @@ fn higher_priority_first_then_fifo() {
     st.add_credit(s, 3, 0).send(None);
     let args: Vec<String> = assigned(&mut rx).into_iter().map(|a| a.arg).collect();
     assert_eq!(args, ["3", "1", "2"]);
+}
+
+#[test]
+fn a_result_is_recorded_for_its_id_whatever_slot_it_names() {
+    let mut st = State::new(settings(3));
+    let (_, ids) = st
+        .submit(
+            (0..3)
+                .map(|i| spec(JobKind::Fib, &i.to_string(), 0))
+                .collect(),
+        )
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = st.add_session(&hello("w"), tx);
+    st.add_credit(s, 3, 0).send(None);
+    let jobs = assigned(&mut rx);
+    // Each assignment names the slot that holds its job.
+    let slots: Vec<u32> = jobs.iter().map(|a| a.slot.expect("a slot")).collect();
+    let mut distinct = slots.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{slots:?}");
+    // A result naming another running job's slot, one naming no job's,
+    // and one naming none: each ends its own job only.
+    let mut wrong = ok(&jobs[0]);
+    wrong.slot = jobs[1].slot;
+    let mut beyond = ok(&jobs[2]);
+    beyond.slot = Some(u32::MAX);
+    st.record_results(s, 0, vec![wrong, beyond]).send(None);
+    let state = |id: &JobId| st.job(id).unwrap().state;
+    assert_eq!(
+        [state(&ids[0]), state(&ids[1]), state(&ids[2])],
+        [JobState::Succeeded, JobState::Running, JobState::Succeeded]
+    );
+    assert_eq!(st.count(JobState::Succeeded), 2);
+    assert_eq!(st.count(JobState::Running), 1);
+    let mut unnamed = ok(&jobs[1]);
+    unnamed.slot = None;
+    st.record_results(s, 0, vec![unnamed]).send(None);
+    assert_eq!(st.count(JobState::Succeeded), 3);
+    assert_eq!(st.count(JobState::Running), 0);
+    // The first result again, with its own slot: late, dropped.
+    st.record_results(s, 0, vec![ok(&jobs[0])]).send(None);
+    assert_eq!(st.count(JobState::Succeeded), 3);
 }
 
 #[test]
@@ -152,6 +197,7 @@ fn retryable_failures_end_failed_after_max_attempts() {
                     retryable: true,
                 })),
                 run_us: 0,
+                slot: a.slot,
             }],
         )
         .send(None);
@@ -262,6 +308,7 @@ fn fail(a: &pb::Assignment) -> pb::JobResult {
             retryable: true,
         })),
         run_us: 0,
+        slot: a.slot,
     }
 }
 
@@ -1298,7 +1345,7 @@ fn the_memory_store_evicts_over_the_byte_budget_oldest_first() {
 fn indexed_ids(store: &crate::store::RedbStore, state: JobState) -> Vec<JobId> {
     let mut ids = Vec::new();
     store
-        .scan_jobs_in_state(state, &mut |r| {
+        .scan_jobs_in_state(state, None, &mut |r| {
             ids.push(JobId::from_slice(&r.id).unwrap());
             true
         })

@@ -289,22 +289,26 @@ class StatsResponse(_message.Message):
     def __init__(self, queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_per_s: _Optional[float] = ..., late_results_dropped: _Optional[int] = ..., retried: _Optional[int] = ..., version: _Optional[str] = ..., uptime_s: _Optional[int] = ..., waiting_for_capability: _Optional[int] = ..., missing_modules: _Optional[_Iterable[str]] = ..., leader_epoch: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("state", "limit", "batch_id")
+    __slots__ = ("state", "limit", "batch_id", "page_token")
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     state: JobState
     limit: int
     batch_id: str
-    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., limit: _Optional[int] = ..., batch_id: _Optional[str] = ...) -> None: ...
+    page_token: str
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., limit: _Optional[int] = ..., batch_id: _Optional[str] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs", "truncated")
+    __slots__ = ("jobs", "truncated", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
     truncated: bool
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., truncated: _Optional[bool] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RetryRequest(_message.Message):
     __slots__ = ("job_ids", "batch_id", "all_failed")
@@ -353,34 +357,38 @@ class LimitsResponse(_message.Message):
     def __init__(self, limits: _Optional[_Iterable[_Union[LimitInfo, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("job_id", "kind", "arg", "timeout_ms", "attempt", "priority")
+    __slots__ = ("job_id", "kind", "arg", "timeout_ms", "attempt", "priority", "slot")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ARG_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     arg: str
     timeout_ms: int
     attempt: int
     priority: int
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+    slot: int
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., arg: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ..., slot: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("job_id", "attempt", "output", "failure", "run_us")
+    __slots__ = ("job_id", "attempt", "output", "failure", "run_us", "slot")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     RUN_US_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     output: JobOutput
     failure: JobFailure
     run_us: int
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., failure: _Optional[_Union[JobFailure, _Mapping]] = ..., run_us: _Optional[int] = ...) -> None: ...
+    slot: int
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., output: _Optional[_Union[JobOutput, _Mapping]] = ..., failure: _Optional[_Union[JobFailure, _Mapping]] = ..., run_us: _Optional[int] = ..., slot: _Optional[int] = ...) -> None: ...
 
 class JobFailure(_message.Message):
     __slots__ = ("reason", "retryable")

@@ -117,7 +117,7 @@ class QueueServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Jobs by state, e.g. the failed ones.
+        """Jobs by state, e.g. the failed ones, in pages bounded in bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -222,7 +222,14 @@ fn job(id: &str, kind: JobKind, arg: &str, timeout_ms: u64) -> pb::Assignment {
         timeout_ms,
         attempt: 1,
         priority: 0,
+        slot: Some(master_slot(id)),
     }
+}
+
+/// The slot the fake master gives job `id`: any number the worker must
+/// send back unchanged.
+fn master_slot(id: &str) -> u32 {
+    id.bytes().map(u32::from).sum::<u32>() * 7919
 }
 
 fn fib(id: &str, n: &str) -> pb::Assignment {
@@ -402,6 +409,7 @@ async fn credit_is_processes_plus_prefetch_and_comes_back_as_jobs_finish() {
     assert_eq!(results.seq, 1);
     assert_eq!(results.results.len(), 1);
     assert_eq!(results.results[0].job_id, "a");
+    assert_eq!(results.results[0].slot, Some(master_slot("a")));
     assert_eq!(
         results.results[0].outcome,
         Some(job_result::Outcome::Output(pb::JobOutput {
