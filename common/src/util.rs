@@ -112,6 +112,27 @@ fn split_range(arg: &str) -> Option<(&str, &str, bool)> {
     }
 }
 
+/// The most threads a daemon's `--runtime-threads` may ask for.
+pub const MAX_RUNTIME_THREADS: u16 = 1024;
+
+/// The tokio runtime of a daemon started with `--runtime-threads threads`:
+/// 1, a current-thread runtime (every task on the thread that calls
+/// `block_on`, so a hand-off between tasks wakes no other thread); 0, a
+/// thread per core (or `TOKIO_WORKER_THREADS`); N, N threads.
+pub fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n.into());
+            }
+            b
+        }
+    };
+    builder.enable_all().build()
+}
+
 /// Returns a token cancelled on the first SIGINT or SIGTERM; a second signal
 /// exits the process at once with status 130.
 pub fn shutdown_on_signals() -> CancellationToken {

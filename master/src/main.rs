@@ -1,6 +1,7 @@
 //! `drover-master`: parses flags, sets up logging, binds and serves.
 
 use clap::Parser;
+use drover_common::util::MAX_RUNTIME_THREADS;
 
 /// drover's master: the task queue and result store behind gRPC.
 #[derive(Debug, Parser)]
@@ -11,13 +12,28 @@ struct Cli {
     /// Log format on stderr: text or json.
     #[arg(long, env = "DROVER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Threads of the master's runtime (its gRPC services and timers; the
+    /// committer and the store's writer have threads of their own). 0, the
+    /// default: one per core. 1: everything on one thread, so no hand-off
+    /// between tasks wakes another thread (apply's median about 0.8x on 2
+    /// cores: bench/README.md), but a read of the store, a large reply's
+    /// encoding or a TLS handshake holds up every other call meanwhile.
+    #[arg(long, env = "DROVER_RUNTIME_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_RUNTIME_THREADS)))]
+    runtime_threads: u16,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
     drover_common::util::init_tracing(cli.log_format == "json", "info");
-    if let Err(e) = serve(cli).await {
+    let runtime = match drover_common::util::runtime(cli.runtime_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover-master: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(serve(cli)) {
         eprintln!("drover-master: {e:#}");
         std::process::exit(1);
     }
@@ -73,5 +89,20 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn runtime_threads_past_the_limit_are_refused_naming_the_flag_and_the_limit() {
+        let err = Cli::try_parse_from(["drover-master", "--runtime-threads", "1025"])
+            .expect_err("1025 threads accepted");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--runtime-threads") && msg.contains("0..=1024"),
+            "{msg}"
+        );
+        let one = Cli::try_parse_from(["drover-master", "--runtime-threads", "1"]).expect("1");
+        assert_eq!(one.runtime_threads, 1);
+        let default = Cli::try_parse_from(["drover-master"]).expect("no flags");
+        assert_eq!(default.runtime_threads, 0);
     }
 }

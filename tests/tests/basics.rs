@@ -40,7 +40,9 @@ fn assert_in_order(jobs: &[JobLine], n: usize) {
 
 #[test]
 fn seed_tables_through_a_master_and_a_worker_over_tcp() {
-    let master = Master::start(&[]);
+    // Its services on one thread (`--runtime-threads 1`); the other tests
+    // run the default, a thread per core.
+    let master = Master::start(&["--runtime-threads", "1"]);
     let _worker = Worker::start(&master.url(), &["--processes", "1"]);
 
     let out = master.cli(&["map", "fib", "2..=20"]).success();

@@ -1,6 +1,7 @@
 //! `drover-worker`: parses flags, sets up logging and runs the worker.
 
 use clap::Parser;
+use drover_common::util::MAX_RUNTIME_THREADS;
 
 /// drover's worker: pulls jobs from a master and runs them in a pool of
 /// child processes.
@@ -18,29 +19,16 @@ struct Cli {
     /// between them wakes another thread (apply's median 0.6x, tiny jobs
     /// faster too: bench/README.md). 0: one per core.
     #[arg(long, env = "DROVER_RUNTIME_THREADS", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(0..=MAX_RUNTIME_THREADS))]
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_RUNTIME_THREADS)))]
     runtime_threads: u16,
 }
-
-/// The most threads `--runtime-threads` may ask for.
-const MAX_RUNTIME_THREADS: i64 = 1024;
 
 fn main() {
     // A child of the pool runs jobs and exits here; it never starts tokio.
     drover_worker::child::run_if_child();
     let cli = Cli::parse();
     drover_common::util::init_tracing(cli.log_format == "json", "info");
-    let mut builder = match cli.runtime_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(n.into());
-            }
-            b
-        }
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match drover_common::util::runtime(cli.runtime_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("drover-worker: cannot start the runtime: {e}");
