@@ -88,3 +88,12 @@ pub(crate) fn number(v: &Value, key: &str) -> Result<f64> {
         .and_then(Value::as_f64)
         .ok_or_else(|| anyhow!("no number {key:?} in {v}"))
 }
+
+/// Reads a list of numbers (a script's samples) from its JSON output.
+pub(crate) fn numbers(v: &Value, key: &str) -> Result<Vec<f64>> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| anyhow!("no list of numbers {key:?} in the script's output"))
+}

@@ -719,6 +719,64 @@ fn run_python_manager(args: &Args, report: &mut Report) {
     report.samples.insert("python_manager_jobs_per_s", samples);
 }
 
+/// The apply workload's Python baselines (baselines/python_apply.py), run
+/// after each of drover's apply runs: every round trip of every run.
+#[derive(Default)]
+struct PythonApply {
+    pool: Vec<f64>,
+    executor: Vec<f64>,
+    manager: Vec<f64>,
+    /// Set once a run failed: the figures stay `null`, with a note.
+    failed: bool,
+}
+
+impl PythonApply {
+    fn run(&mut self, args: &Args, processes: usize, report: &mut Report) {
+        if self.failed {
+            return;
+        }
+        let script = baselines_dir(args).join("python_apply.py");
+        let script_args = [
+            "--round-trips".to_string(),
+            args.round_trips.to_string(),
+            "--processes".to_string(),
+            processes.to_string(),
+        ];
+        let got = baselines::run_script(&args.python, &script, &script_args, BASELINE_TIMEOUT)
+            .and_then(|v| {
+                Ok((
+                    baselines::numbers(&v, "pool_us")?,
+                    baselines::numbers(&v, "executor_us")?,
+                    baselines::numbers(&v, "manager_us")?,
+                ))
+            });
+        match got {
+            Ok((pool, executor, manager)) => {
+                self.pool.extend(pool);
+                self.executor.extend(executor);
+                self.manager.extend(manager);
+            }
+            Err(e) => {
+                self.failed = true;
+                report
+                    .notes
+                    .push(format!("python_apply baseline failed: {e:#}"));
+            }
+        }
+    }
+
+    fn report(self, report: &mut Report) {
+        if self.failed {
+            return;
+        }
+        report.pool_apply_p50_us = stats::percentile(&self.pool, 50.0);
+        report.pool_apply_p99_us = stats::percentile(&self.pool, 99.0);
+        report.executor_apply_p50_us = stats::percentile(&self.executor, 50.0);
+        report.manager_apply_p50_us = stats::percentile(&self.manager, 50.0);
+        report.manager_apply_p99_us = stats::percentile(&self.manager, 99.0);
+    }
+}
+
 /// The daemons to start, with the notes finding them made; `None`, and the
 /// report failed, when they cannot be found or built.
 fn locate_binaries(args: &Args, report: &mut Report) -> Option<Binaries> {
@@ -975,6 +1033,7 @@ async fn run_queue_workloads(
     if let Some((cluster, client)) = memory.as_mut().filter(|_| apply) {
         let mut all = Vec::new();
         let mut p50s = Vec::new();
+        let mut python = PythonApply::default();
         for run in 1..=args.runs {
             let samples = measure(
                 cluster,
@@ -984,12 +1043,16 @@ async fn run_queue_workloads(
             .await?;
             p50s.extend(stats::percentile(&samples, 50.0));
             all.extend(samples);
+            // Python's own tools right after, on as many processes: side
+            // by side, run by run.
+            python.run(args, workers * args.processes as usize, report);
         }
         // Over every round trip of every run: a p99 of 2,000 samples per run
         // rests on 20 values; pooled, on 60.
         report.apply_p50_us = stats::percentile(&all, 50.0);
         report.apply_p99_us = stats::percentile(&all, 99.0);
         report.samples.insert("apply_p50_us", p50s);
+        python.report(report);
     }
 
     if let Some((mut cluster, _)) = memory {
