@@ -9,7 +9,7 @@
 //! acknowledged are one [`ResultsOutbox`].
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use drover_common::JobClass;
@@ -375,10 +375,14 @@ impl Engine {
     }
 
     fn on_cancel(&mut self, ids: &[String]) {
+        // A set: one Cancel can name every job the worker holds, and a
+        // scan of the list per held job froze the worker for seconds at
+        // 100,000 (its heartbeats too, so the master ended the session).
+        let ids: HashSet<&str> = ids.iter().map(String::as_str).collect();
         let keys: Vec<u64> = self
             .jobs
             .iter()
-            .filter(|(_, j)| ids.contains(&j.job_id))
+            .filter(|(_, j)| ids.contains(j.job_id.as_str()))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {
