@@ -135,34 +135,65 @@ pub fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Returns a token cancelled on the first SIGINT or SIGTERM; a second signal
 /// exits the process at once with status 130.
+///
+/// The signals are watched on a thread of their own, and their handlers
+/// are in place when this returns: a daemon whose runtime is one busy
+/// thread still hears a second signal (two signals that arrive before a
+/// busy thread looks are one), and a signal during its start-up stops it
+/// cleanly rather than killing it.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        wait_signal().await;
-        tracing::info!("signal received, shutting down (a second signal stops at once)");
-        t.cancel();
-        wait_signal().await;
-        tracing::warn!("second signal, exiting now");
-        std::process::exit(130);
-    });
-    token
-}
-
-async fn wait_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let cancel = token.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    let watcher = std::thread::Builder::new()
+        .name("drover-signals".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let streams = signal(SignalKind::terminate())
+                    .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+                let (mut term, mut int) = match streams {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::info!("signal received, shutting down (a second signal stops at once)");
+                cancel.cancel();
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::warn!("second signal, exiting now");
+                std::process::exit(130);
+            });
+        });
+    let ready = match watcher {
+        Ok(_) => ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the signal thread ended"))),
+        Err(e) => Err(e),
     };
-    let mut int = match signal(SignalKind::interrupt()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    if let Err(e) = ready {
+        tracing::warn!(error = %e, "cannot watch for SIGTERM and SIGINT; they stop the process at once");
     }
+    token
 }
 
 /// Sets up tracing to stderr with RUST_LOG (default `default_level`), as

@@ -14,10 +14,10 @@ struct Cli {
     log_format: String,
     /// Threads of the master's runtime (its gRPC services and timers; the
     /// committer and the store's writer have threads of their own). 0, the
-    /// default: one per core. 1: everything on one thread, so no hand-off
-    /// between tasks wakes another thread (apply's median about 0.8x on 2
-    /// cores: bench/README.md), but a read of the store, a large reply's
-    /// encoding or a TLS handshake holds up every other call meanwhile.
+    /// default: one per core (or TOKIO_WORKER_THREADS); N: N threads. 1
+    /// saves a cross-thread wake-up at each hand-off between tasks, but a
+    /// read of the store, a large reply's encoding or a TLS handshake then
+    /// holds up every other call meanwhile.
     #[arg(long, env = "DROVER_RUNTIME_THREADS", default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_RUNTIME_THREADS)))]
     runtime_threads: u16,

@@ -16,8 +16,8 @@ struct Cli {
     /// Threads of the worker's own runtime: its session with the master, the
     /// engine and the children's pipes (the jobs themselves run in the child
     /// processes). 1, the default: all on one thread, so no hop of a job
-    /// between them wakes another thread (apply's median 0.6x, tiny jobs
-    /// faster too: bench/README.md). 0: one per core.
+    /// between them wakes another thread (measured in bench/README.md).
+    /// 0: one per core (or TOKIO_WORKER_THREADS); N: N threads.
     #[arg(long, env = "DROVER_RUNTIME_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_RUNTIME_THREADS)))]
     runtime_threads: u16,
