@@ -55,6 +55,12 @@ pub const PARTITION_MS: u64 = 3_600_000;
 /// The key of the advisory lock that serializes creating the tables.
 const SCHEMA_LOCK: i64 = 0x6472_6f76_6572; // "drover"
 
+/// How long a master waits for that lock before it gives up saying why.
+/// Making the tables takes milliseconds: a session that holds the lock this
+/// long belongs to a master stopped in the middle (paused, or its network
+/// cut off before PostgreSQL noticed).
+const SCHEMA_LOCK_WAIT: Duration = Duration::from_secs(60);
+
 /// Rows read per query by the scans, which may stop early.
 const SCAN_PAGE: i64 = 1000;
 
@@ -177,6 +183,17 @@ pub async fn ensure_schema_with(
     url: &str,
     partition_ms: u64,
 ) -> anyhow::Result<u64> {
+    ensure_schema_waiting(client, url, partition_ms, SCHEMA_LOCK_WAIT).await
+}
+
+/// [`ensure_schema_with`], waiting at most `lock_wait` for another master
+/// that is making the tables.
+async fn ensure_schema_waiting(
+    client: &mut Client,
+    url: &str,
+    partition_ms: u64,
+    lock_wait: Duration,
+) -> anyhow::Result<u64> {
     anyhow::ensure!(partition_ms > 0, "a partition is at least 1 ms wide");
     // Tables of this format already there: no DDL, whose locks would wait
     // for (and hold up) the leader's commits.
@@ -190,8 +207,28 @@ pub async fn ensure_schema_with(
     // made meanwhile, and the CREATE would fail ("already exists"). One
     // begun after the wait does refresh it.
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+        .batch_execute(&format!(
+            "SET lock_timeout = {}",
+            lock_wait.as_millis().max(1)
+        ))
         .await?;
+    let locked = client
+        .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+        .await
+        .map_err(anyhow::Error::from);
+    client.batch_execute("RESET lock_timeout").await?;
+    if let Err(e) = locked {
+        if lock_timed_out(&e) {
+            anyhow::bail!(
+                "waited {lock_wait:?} for another session to finish making drover's tables in {} (it \
+                 holds advisory lock {SCHEMA_LOCK}: SELECT pid FROM pg_locks WHERE locktype = \
+                 'advisory' AND granted); a master stopped while making them? End that \
+                 session with pg_terminate_backend(pid) and start again",
+                redact(url)
+            );
+        }
+        return Err(e);
+    }
     let made = create_schema(client, url, partition_ms).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
@@ -1994,6 +2031,54 @@ mod tests {
             Ok(created),
             "the waiting master reads the tables the first one made"
         );
+    }
+
+    /// A master that finds another's session holding the tables' lock for
+    /// longer than it waits gives up, saying which lock and how to end the
+    /// session, and leaves the lock as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_gives_up_on_a_schema_lock_held_too_long_and_says_why() {
+        let server = drover_tests::pg::Postgres::start();
+        let url = server.url();
+        let stuck = connect(&url, "stuck").await.unwrap();
+        stuck
+            .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .unwrap();
+        let mut second = connect(&url, "second").await.unwrap();
+        let err =
+            ensure_schema_waiting(&mut second, &url, PARTITION_MS, Duration::from_millis(300))
+                .await
+                .expect_err("made the tables while another session held the lock");
+        let msg = format!("{err:#}");
+        for part in ["waited 300ms", "advisory lock", "pg_terminate_backend"] {
+            assert!(msg.contains(part), "{part:?} not in: {msg}");
+        }
+        // The session's lock_timeout is back to its default, and the stuck
+        // session still holds the lock.
+        let timeout: String = second
+            .query_one("SHOW lock_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(timeout, "0");
+        let held: i64 = second
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(held, 1);
+        // Once the stuck session lets go, the same call makes the tables.
+        stuck
+            .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
+            .await
+            .unwrap();
+        ensure_schema_waiting(&mut second, &url, PARTITION_MS, Duration::from_millis(300))
+            .await
+            .expect("the tables once the lock is free");
     }
 
     /// A database of format 1 (unpartitioned tables) is refused, naming
