@@ -216,19 +216,28 @@ async fn ensure_schema_waiting(
         .execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK])
         .await
         .map_err(anyhow::Error::from);
-    client.batch_execute("RESET lock_timeout").await?;
+    // Checked after the lock's error, which says more than this one would
+    // (a broken connection, say). The caller drops the connection on any
+    // error, which releases a lock taken.
+    let reset = client.batch_execute("RESET lock_timeout").await;
     if let Err(e) = locked {
         if lock_timed_out(&e) {
+            // pg_locks shows a bigint key as its two halves.
+            let (high, low) = (SCHEMA_LOCK >> 32, SCHEMA_LOCK & 0xffff_ffff);
             anyhow::bail!(
-                "waited {lock_wait:?} for another session to finish making drover's tables in {} (it \
-                 holds advisory lock {SCHEMA_LOCK}: SELECT pid FROM pg_locks WHERE locktype = \
-                 'advisory' AND granted); a master stopped while making them? End that \
-                 session with pg_terminate_backend(pid) and start again",
+                "waited {lock_wait:?} for another session to finish making drover's tables in {} \
+                 (it holds their advisory lock: SELECT pid, application_name FROM pg_locks JOIN \
+                 pg_stat_activity USING (pid) WHERE locktype = 'advisory' AND granted AND \
+                 classid = {high} AND objid = {low} AND objsubid = 1 AND pg_locks.database = \
+                 (SELECT oid FROM pg_database WHERE datname = current_database())); a master \
+                 stopped while making them? End that session with pg_terminate_backend(pid) \
+                 and start again",
                 redact(url)
             );
         }
         return Err(e);
     }
+    reset?;
     let made = create_schema(client, url, partition_ms).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK])
@@ -2054,6 +2063,22 @@ mod tests {
         for part in ["waited 300ms", "advisory lock", "pg_terminate_backend"] {
             assert!(msg.contains(part), "{part:?} not in: {msg}");
         }
+        // The query it gives finds the stuck session, and only it.
+        let start = msg.find("SELECT pid").expect("a query in the message");
+        let end = start + msg[start..].find("); a master").expect("the query's end");
+        let pids: Vec<i32> = second
+            .query(&msg[start..end], &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let stuck_pid: i32 = stuck
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pids, vec![stuck_pid], "{msg}");
         // The session's lock_timeout is back to its default, and the stuck
         // session still holds the lock.
         let timeout: String = second
